@@ -1,0 +1,83 @@
+// In-memory data sets: Fashion-MNIST (IDX, gzip) and generic numeric CSV; seeded shuffling,
+// train/validation splits and partitioning across clients.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <ATen/Tensor.h>
+
+namespace cleave {
+
+// inputs: float32 [N, ...] (images are [N, 1, 28, 28] scaled to [0, 1]); labels: int64 [N].
+struct Dataset {
+  at::Tensor inputs;
+  at::Tensor labels;
+  int64_t num_classes = 0;
+
+  int64_t size() const;
+  // Rows `indices` (int64 tensor or vector) as a new data set sharing nothing with this one.
+  Dataset Subset(const std::vector<int64_t>& indices) const;
+};
+
+enum class FashionMnistSplit { kTrain, kTest };
+
+// Reads {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] from `dir` (gzip through zlib).
+// Validates magic numbers, dimensions and label range; throws UserError naming the file.
+Dataset LoadFashionMnist(const std::string& dir, FashionMnistSplit split);
+constexpr const char* kDefaultFashionMnistDir = "/usr/share/datasets/fashion-mnist";
+
+// Per-feature standardisation, fitted on one split and applied to others.
+struct Standardizer {
+  at::Tensor mean;  // [F]
+  at::Tensor std;   // [F], zeros replaced by 1
+  static Standardizer Fit(const at::Tensor& features);
+  at::Tensor Apply(const at::Tensor& features) const;
+};
+
+struct CsvOptions {
+  std::string label_column = "label";  // header name of the label column
+  char delimiter = ',';
+};
+
+// A CSV file with a header row, numeric feature columns and an integer label column (labels are
+// remapped to 0..C-1 in sorted order of the distinct values). Throws UserError naming file and line
+// for a missing file, missing label column, non-numeric cell or ragged row. Not standardised.
+Dataset LoadCsv(const std::string& path, const CsvOptions& options = {});
+
+// A seeded permutation of 0..n-1 (same seed, same permutation, on every platform).
+std::vector<int64_t> SeededPermutation(int64_t n, uint64_t seed);
+
+struct TrainValidation {
+  Dataset train;
+  Dataset validation;
+};
+// Shuffles with `seed` and holds out `validation_fraction` of the rows.
+TrainValidation SplitTrainValidation(const Dataset& data, double validation_fraction, uint64_t seed);
+
+// IID partition: shuffled with `seed`, then cut into `parts` nearly equal shards.
+std::vector<Dataset> PartitionIid(const Dataset& data, int parts, uint64_t seed);
+// Non-IID partition: for every class, shard proportions drawn from Dirichlet(beta) (seeded).
+std::vector<Dataset> PartitionDirichlet(const Dataset& data, int parts, double beta, uint64_t seed);
+
+// Mini-batches over a data set in a seeded shuffled order (new order every epoch).
+class BatchIterator {
+ public:
+  BatchIterator(const Dataset& data, int64_t batch_size, uint64_t seed, bool shuffle = true);
+  // Starts epoch `epoch` (the order depends on seed and epoch only).
+  void StartEpoch(int64_t epoch);
+  // Fills the next batch; returns false at the end of the epoch. The last batch may be smaller.
+  bool Next(at::Tensor* inputs, at::Tensor* labels);
+  int64_t batches_per_epoch() const;
+
+ private:
+  const Dataset& data_;
+  int64_t batch_size_;
+  uint64_t seed_;
+  bool shuffle_;
+  std::vector<int64_t> order_;
+  int64_t position_ = 0;
+};
+
+}  // namespace cleave

@@ -1,0 +1,43 @@
+// The split model zoo: full models cut at a configurable layer into a client-side `bottom` and a
+// server-side `top`, plus the fingerprint both sides compare at Join.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <torch/nn/modules/container/sequential.h>
+
+namespace cleave {
+
+struct ModelSpec {
+  std::string architecture = "cnn";  // "cnn" (1x28x28 images) or "mlp" (tabular)
+  int cut = 1;                       // number of blocks that run on the client (1..blocks-1)
+  std::vector<int64_t> input_shape = {1, 28, 28};  // one sample, without the batch dimension
+  int64_t num_classes = 10;
+  std::vector<int64_t> hidden = {};  // mlp only: hidden widths (default {128, 64})
+};
+
+struct SplitModel {
+  torch::nn::Sequential bottom{nullptr};  // client side: input -> cut-layer activation
+  torch::nn::Sequential top{nullptr};     // server side: activation -> logits
+  std::vector<int64_t> cut_shape;         // activation shape of one sample
+  int num_blocks = 0;                     // how many blocks the full model has
+};
+
+// Builds the model (weights initialised from `seed`). Throws UserError for an unknown
+// architecture, a cut outside 1..num_blocks-1, or a bad input shape.
+SplitModel BuildSplitModel(const ModelSpec& spec, uint64_t seed);
+
+// Number of blocks of an architecture (valid cuts are 1..n-1).
+int NumBlocks(const std::string& architecture);
+
+// A short hex digest (16 chars) over the architecture, cut, input shape, classes, hidden widths,
+// the cut-layer shape and `extra` (the compression configuration). Equal specs give equal
+// fingerprints on every machine.
+std::string ModelFingerprint(const ModelSpec& spec, const std::string& extra = "");
+
+// Human-readable description, e.g. "cnn cut=1 input=1x28x28 classes=10".
+std::string DescribeSpec(const ModelSpec& spec);
+
+}  // namespace cleave

@@ -29,8 +29,8 @@ struct SplitModel {
 // architecture, a cut outside 1..num_blocks-1, or a bad input shape.
 SplitModel BuildSplitModel(const ModelSpec& spec, uint64_t seed);
 
-// Number of blocks of an architecture (valid cuts are 1..n-1).
-int NumBlocks(const std::string& architecture);
+// Number of blocks of the full model (valid cuts are 1..n-1).
+int NumBlocks(const ModelSpec& spec);
 
 // A short hex digest (16 chars) over the architecture, cut, input shape, classes, hidden widths,
 // the cut-layer shape and `extra` (the compression configuration). Equal specs give equal

@@ -1,0 +1,181 @@
+#include "cleave/client/split_trainer.h"
+
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/optim/adam.h>
+#include <torch/optim/sgd.h>
+
+#include <chrono>
+
+#include "cleave/client/activation_compressor.h"
+#include "cleave/core/error.h"
+#include "cleave/privacy/distance_correlation.h"
+#include "cleave/protocol/status_error.h"
+#include "cleave/protocol/tensor_message.h"
+
+namespace cleave::client {
+
+SplitTrainer::SplitTrainer(TrainerOptions options, protocol::SplitLink& link)
+    : options_(std::move(options)), link_(link) {
+  CLEAVE_CHECK_USER(options_.batch_size >= 1, "batch size must be at least 1");
+  CLEAVE_CHECK_USER(options_.nopeek_alpha >= 0, "--nopeek-alpha must be >= 0");
+  model_ = BuildSplitModel(options_.model, options_.seed);
+  fingerprint_ = ModelFingerprint(options_.model);
+  if (options_.optimizer == "adam") {
+    optimizer_ = std::make_unique<torch::optim::Adam>(
+        model_.bottom->parameters(), torch::optim::AdamOptions(options_.learning_rate));
+  } else if (options_.optimizer == "sgd") {
+    optimizer_ = std::make_unique<torch::optim::SGD>(
+        model_.bottom->parameters(),
+        torch::optim::SGDOptions(options_.learning_rate).momentum(0.9));
+  } else {
+    throw UserError("unknown optimizer '" + options_.optimizer + "' (use adam or sgd)");
+  }
+}
+
+SplitTrainer::~SplitTrainer() = default;
+
+v1::JoinReply SplitTrainer::Join(int64_t num_train_samples) {
+  v1::JoinRequest request;
+  request.set_protocol_version(protocol::kProtocolVersion);
+  request.set_model_fingerprint(fingerprint_);
+  request.set_model_description(DescribeSpec(options_.model));
+  request.set_num_train_samples(num_train_samples);
+  v1::JoinReply reply = link_.Join(request);
+  if (reply.protocol_version() != protocol::kProtocolVersion) {
+    throw protocol::StatusError(grpc::StatusCode::FAILED_PRECONDITION,
+                                "server speaks protocol version " +
+                                    std::to_string(reply.protocol_version()));
+  }
+  session_id_ = reply.session_id();
+  compression_ = reply.compression();
+  compressor_ = std::make_unique<ActivationCompressor>(compression_.activations(), options_.seed);
+  return reply;
+}
+
+EpochStats SplitTrainer::TrainEpoch(const Dataset& train, int64_t epoch, int64_t epochs,
+                                    ProgressReporter* progress) {
+  CLEAVE_ENFORCE(!session_id_.empty(), "Join before training");
+  BatchIterator batches(train, options_.batch_size, options_.seed);
+  batches.StartEpoch(epoch);
+  int64_t total_steps = batches.batches_per_epoch();
+  if (options_.max_steps_per_epoch > 0) total_steps = std::min(total_steps, options_.max_steps_per_epoch);
+  if (progress) progress->StartEpoch(epoch + 1, epochs, total_steps);
+
+  EpochStats stats;
+  double loss_sum = 0, dcor_sum = 0;
+  int64_t correct = 0;
+  const auto start = std::chrono::steady_clock::now();
+  ProgressStats shown;
+  model_.bottom->train();
+  link_.OpenTrainStream();
+  at::Tensor inputs, labels;
+  while (stats.steps < total_steps && batches.Next(&inputs, &labels)) {
+    const at::Tensor activations = model_.bottom->forward(inputs);
+    // The mask is part of the forward pass: only what is sent carries gradient back.
+    const SelectedActivations selected = compressor_->Select(activations);
+
+    v1::TrainRequest request;
+    request.set_protocol_version(protocol::kProtocolVersion);
+    request.set_session_id(session_id_);
+    request.set_step(step_);
+    request.set_model_version(0);
+    compressor_->Encode(activations, selected, request.mutable_activations());
+    protocol::EncodeDense(labels, request.mutable_labels());
+    const v1::TrainReply reply = link_.TrainStep(request);
+    counters_.bytes_sent += static_cast<int64_t>(request.ByteSizeLong());
+    counters_.bytes_received += static_cast<int64_t>(reply.ByteSizeLong());
+    counters_.dense_fp32_bytes += activations.numel() * 4;
+    counters_.elements_total += activations.numel();
+    counters_.elements_sent += selected.count(activations.numel());
+    CLEAVE_CHECK_INPUT(reply.step() == step_, "server answered step ", reply.step(),
+                       ", expected ", step_);
+
+    const at::Tensor gradient = compressor_->DecodeGradient(reply.gradients(), activations,
+                                                            selected,
+                                                            compression_.gradients());
+    optimizer_->zero_grad();
+    if (options_.nopeek_alpha > 0) {
+      // One backward pass through both terms: the server's gradient at the cut and the local
+      // NoPeek penalty alpha * dCor(inputs, sent activations).
+      const at::Tensor sent = selected.Apply(activations);
+      const at::Tensor dcor = privacy::DistanceCorrelation(inputs, sent);
+      dcor_sum += dcor.item<double>();
+      torch::autograd::backward({activations, options_.nopeek_alpha * dcor},
+                                {gradient, at::ones({}, dcor.options())});
+    } else {
+      activations.backward(gradient);
+    }
+    optimizer_->step();
+
+    ++step_;
+    ++stats.steps;
+    stats.samples += labels.size(0);
+    loss_sum += reply.loss();
+    correct += reply.correct();
+    step_losses_.push_back(reply.loss());
+    if (progress) {
+      const double seconds =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      shown.loss = loss_sum / stats.steps;
+      shown.accuracy = static_cast<double>(correct) / stats.samples;
+      shown.samples_per_second = seconds > 0 ? stats.samples / seconds : 0;
+      shown.bytes_sent = counters_.bytes_sent;
+      shown.bytes_received = counters_.bytes_received;
+      shown.density = counters_.elements_total > 0
+                          ? static_cast<double>(counters_.elements_sent) / counters_.elements_total
+                          : 1.0;
+      progress->Update(stats.steps, shown);
+    }
+  }
+  link_.CloseTrainStream();
+  stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  stats.loss = stats.steps > 0 ? loss_sum / stats.steps : 0;
+  stats.accuracy = stats.samples > 0 ? static_cast<double>(correct) / stats.samples : 0;
+  stats.dcor = stats.steps > 0 ? dcor_sum / stats.steps : 0;
+  if (progress) progress->FinishEpoch(shown);
+  return stats;
+}
+
+EvalStats SplitTrainer::Evaluate(const Dataset& test, int64_t batch_size) {
+  CLEAVE_ENFORCE(!session_id_.empty(), "Join before evaluating");
+  at::NoGradGuard no_grad;
+  model_.bottom->eval();
+  BatchIterator batches(test, batch_size, options_.seed, /*shuffle=*/false);
+  batches.StartEpoch(0);
+  EvalStats stats;
+  double loss_sum = 0;
+  int64_t correct = 0;
+  at::Tensor inputs, labels;
+  while (batches.Next(&inputs, &labels)) {
+    const at::Tensor activations = model_.bottom->forward(inputs);
+    const SelectedActivations selected = compressor_->Select(activations);
+    v1::EvaluateRequest request;
+    request.set_protocol_version(protocol::kProtocolVersion);
+    request.set_session_id(session_id_);
+    compressor_->Encode(activations, selected, request.mutable_activations());
+    protocol::EncodeDense(labels, request.mutable_labels());
+    const v1::EvaluateReply reply = link_.Evaluate(request);
+    counters_.bytes_sent += static_cast<int64_t>(request.ByteSizeLong());
+    counters_.bytes_received += static_cast<int64_t>(reply.ByteSizeLong());
+    CLEAVE_CHECK_INPUT(reply.count() == labels.size(0), "server evaluated ", reply.count(),
+                       " samples, sent ", labels.size(0));
+    loss_sum += reply.loss_sum();
+    correct += reply.correct();
+    stats.samples += reply.count();
+  }
+  stats.loss = stats.samples > 0 ? loss_sum / stats.samples : 0;
+  stats.accuracy = stats.samples > 0 ? static_cast<double>(correct) / stats.samples : 0;
+  return stats;
+}
+
+void SplitTrainer::Leave() {
+  if (session_id_.empty()) return;
+  v1::LeaveRequest request;
+  request.set_protocol_version(protocol::kProtocolVersion);
+  request.set_session_id(session_id_);
+  link_.Leave(request);
+  session_id_.clear();
+}
+
+}  // namespace cleave::client

@@ -1,0 +1,338 @@
+// End-to-end split learning over loopback gRPC with mutual TLS and throwaway certificates (port 0),
+// and the bad inputs a server must survive.
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+#include <grpcpp/grpcpp.h>
+
+#include <limits>
+#include <numeric>
+
+#include "cleave/client/grpc_link.h"
+#include "cleave/client/split_trainer.h"
+#include "cleave/core/certificates.h"
+#include "cleave/core/dataset.h"
+#include "cleave/protocol/cleave.grpc.pb.h"
+#include "cleave/protocol/status_error.h"
+#include "cleave/protocol/tensor_message.h"
+#include "cleave/server/grpc_server.h"
+#include "cleave/server/split_server.h"
+
+namespace cleave {
+namespace {
+
+using client::ConnectOptions;
+using client::GrpcLink;
+using client::SplitTrainer;
+using client::TrainerOptions;
+using protocol::StatusError;
+
+// A CA, a server certificate for localhost and client certificates, all in memory.
+struct TestPki {
+  PemPair ca = CreateCertificateAuthority("cleave test CA");
+  PemPair server = IssueServerCertificate(ca, "cleave-server", {});
+  PemPair ServerTlsPair() const { return server; }
+  TlsFiles ServerFiles() const { return {ca.certificate_pem, server.certificate_pem, server.private_key_pem}; }
+  TlsFiles ClientFiles(const std::string& name) const {
+    const PemPair client = IssueClientCertificate(ca, name);
+    return {ca.certificate_pem, client.certificate_pem, client.private_key_pem};
+  }
+};
+
+const TestPki& Pki() {
+  static const TestPki pki;
+  return pki;
+}
+
+const Dataset& SmallTrainSet() {
+  static const Dataset data = [] {
+    Dataset all = LoadFashionMnist(kDefaultFashionMnistDir, FashionMnistSplit::kTrain);
+    std::vector<int64_t> rows(8000);
+    std::iota(rows.begin(), rows.end(), 0);
+    return all.Subset(rows);
+  }();
+  return data;
+}
+
+ModelSpec CnnSpec() {
+  ModelSpec spec;
+  spec.architecture = "cnn";
+  spec.cut = 1;
+  return spec;
+}
+
+class EndToEndTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    server::RouteGrpcLogsToSpdlog();
+    server::SplitServerOptions options;
+    options.model = CnnSpec();
+    options.max_batch = 256;
+    options.max_message_bytes = 4 << 20;
+    split_server_ = std::make_unique<server::SplitServer>(options);
+    server::ListenOptions listen;
+    listen.address = "127.0.0.1:0";
+    listen.tls = Pki().ServerFiles();
+    listen.max_message_bytes = options.max_message_bytes;
+    grpc_server_ = std::make_unique<server::GrpcServer>(*split_server_, listen);
+  }
+  void TearDown() override { grpc_server_->Shutdown(0); }
+
+  ConnectOptions Connect(const TlsFiles& tls) const {
+    ConnectOptions connect;
+    connect.target = "localhost:" + std::to_string(grpc_server_->port());
+    connect.tls = tls;
+    connect.max_message_bytes = 4 << 20;
+    connect.connect_timeout_seconds = 5;
+    return connect;
+  }
+
+  // A raw stub with a client certificate, for sending hand-made (bad) messages.
+  std::unique_ptr<v1::SplitLearning::Stub> RawStub(const std::string& name) const {
+    const TlsFiles tls = Pki().ClientFiles(name);
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = tls.ca_pem;
+    ssl.pem_cert_chain = tls.certificate_pem;
+    ssl.pem_private_key = tls.private_key_pem;
+    grpc::ChannelArguments arguments;
+    arguments.SetMaxSendMessageSize(64 << 20);
+    return v1::SplitLearning::NewStub(grpc::CreateCustomChannel(
+        "localhost:" + std::to_string(grpc_server_->port()), grpc::SslCredentials(ssl), arguments));
+  }
+
+  std::string RawJoin(v1::SplitLearning::Stub& stub) const {
+    grpc::ClientContext context;
+    v1::JoinRequest request;
+    request.set_protocol_version(protocol::kProtocolVersion);
+    request.set_model_fingerprint(split_server_->fingerprint());
+    v1::JoinReply reply;
+    const grpc::Status status = stub.Join(&context, request, &reply);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return reply.session_id();
+  }
+
+  // A well-formed request for `batch` samples; tests then break one thing in it.
+  v1::TrainRequest GoodRequest(const std::string& session, int64_t batch = 4) const {
+    v1::TrainRequest request;
+    request.set_protocol_version(protocol::kProtocolVersion);
+    request.set_session_id(session);
+    protocol::EncodeDense(at::rand({batch, 32, 14, 14}), request.mutable_activations());
+    protocol::EncodeDense(at::zeros({batch}, at::kLong), request.mutable_labels());
+    return request;
+  }
+
+  // Sends one request on a fresh stream and returns the stream's status.
+  grpc::Status SendOne(v1::SplitLearning::Stub& stub, const v1::TrainRequest& request) const {
+    grpc::ClientContext context;
+    auto stream = stub.Train(&context);
+    stream->Write(request);
+    stream->WritesDone();
+    v1::TrainReply reply;
+    while (stream->Read(&reply)) {
+    }
+    return stream->Finish();
+  }
+
+  std::unique_ptr<server::SplitServer> split_server_;
+  std::unique_ptr<server::GrpcServer> grpc_server_;
+};
+
+TEST_F(EndToEndTest, LossFallsOverAFewHundredStepsWithMutualTls) {
+  GrpcLink link(Connect(Pki().ClientFiles("st-mary")));
+  TrainerOptions options;
+  options.model = CnnSpec();
+  options.batch_size = 32;
+  options.max_steps_per_epoch = 250;
+  SplitTrainer trainer(options, link);
+  const v1::JoinReply joined = trainer.Join(SmallTrainSet().size());
+  EXPECT_EQ(joined.client_name(), "st-mary");  // identity from the certificate CN
+  trainer.TrainEpoch(SmallTrainSet(), 0, 1, nullptr);
+  const auto& losses = trainer.step_losses();
+  ASSERT_EQ(losses.size(), 250u);
+  const double first = std::accumulate(losses.begin(), losses.begin() + 25, 0.0) / 25;
+  const double last = std::accumulate(losses.end() - 25, losses.end(), 0.0) / 25;
+  EXPECT_LT(last, 0.6 * first) << "first " << first << " last " << last;
+  EXPECT_EQ(split_server_->step(), 250);
+  EXPECT_GT(trainer.counters().bytes_sent, 250 * 32 * 32 * 14 * 14 * 4);
+  EXPECT_GT(trainer.counters().bytes_received, 0);
+  const client::EvalStats eval = trainer.Evaluate(SmallTrainSet(), 500);
+  EXPECT_EQ(eval.samples, SmallTrainSet().size());
+  EXPECT_GT(eval.accuracy, 0.6);
+  trainer.Leave();
+  EXPECT_EQ(split_server_->active_sessions(), 0u);
+}
+
+TEST_F(EndToEndTest, ClientWithoutCertificateIsRefusedByTheHandshake) {
+  const int64_t refused_before = server::RefusedHandshakes();
+  ConnectOptions connect = Connect({});
+  connect.tls.ca_pem = Pki().ca.certificate_pem;  // trusts the server, presents nothing
+  GrpcLink link(connect);
+  TrainerOptions options;
+  options.model = CnnSpec();
+  SplitTrainer trainer(options, link);
+  try {
+    trainer.Join(1);
+    FAIL() << "Join succeeded without a client certificate";
+  } catch (const StatusError& error) {
+    EXPECT_EQ(error.code(), grpc::StatusCode::UNAVAILABLE) << error.what();
+  }
+  EXPECT_GT(server::RefusedHandshakes(), refused_before);  // and the server logged it
+  EXPECT_EQ(split_server_->active_sessions(), 0u);
+}
+
+TEST_F(EndToEndTest, ClientSignedByAnotherCaIsRefused) {
+  const int64_t refused_before = server::RefusedHandshakes();
+  const PemPair other_ca = CreateCertificateAuthority("someone else's CA");
+  const PemPair impostor = IssueClientCertificate(other_ca, "st-mary");
+  GrpcLink link(Connect({Pki().ca.certificate_pem, impostor.certificate_pem,
+                         impostor.private_key_pem}));
+  TrainerOptions options;
+  options.model = CnnSpec();
+  SplitTrainer trainer(options, link);
+  EXPECT_THROW(trainer.Join(1), StatusError);
+  EXPECT_GT(server::RefusedHandshakes(), refused_before);
+  EXPECT_EQ(split_server_->active_sessions(), 0u);
+}
+
+TEST_F(EndToEndTest, WrongFingerprintIsFailedPreconditionNamingBoth) {
+  GrpcLink link(Connect(Pki().ClientFiles("st-mary")));
+  TrainerOptions options;
+  options.model = CnnSpec();
+  options.model.cut = 2;
+  SplitTrainer trainer(options, link);
+  try {
+    trainer.Join(1);
+    FAIL() << "Join accepted a different model";
+  } catch (const StatusError& error) {
+    EXPECT_EQ(error.code(), grpc::StatusCode::FAILED_PRECONDITION);
+    const std::string message = error.what();
+    EXPECT_NE(message.find(trainer.fingerprint()), std::string::npos) << message;
+    EXPECT_NE(message.find(split_server_->fingerprint()), std::string::npos) << message;
+  }
+}
+
+struct BadTensorCase {
+  const char* name;
+  void (*breaker)(v1::TrainRequest*);
+};
+
+class BadTensorTest : public EndToEndTest,
+                      public ::testing::WithParamInterface<BadTensorCase> {};
+
+TEST_P(BadTensorTest, IsInvalidArgumentAndOthersKeepTraining) {
+  auto stub = RawStub("mallory");
+  const std::string session = RawJoin(*stub);
+  v1::TrainRequest request = GoodRequest(session);
+  GetParam().breaker(&request);
+  const grpc::Status status = SendOne(*stub, request);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+  EXPECT_EQ(split_server_->step(), 0);
+
+  // Another hospital is still served.
+  GrpcLink link(Connect(Pki().ClientFiles("st-mary")));
+  TrainerOptions options;
+  options.model = CnnSpec();
+  options.max_steps_per_epoch = 3;
+  SplitTrainer trainer(options, link);
+  trainer.Join(SmallTrainSet().size());
+  trainer.TrainEpoch(SmallTrainSet(), 0, 1, nullptr);
+  EXPECT_EQ(split_server_->step(), 3);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, BadTensorTest,
+    ::testing::Values(
+        BadTensorCase{"WrongShape",
+                      [](v1::TrainRequest* r) {
+                        protocol::EncodeDense(at::rand({4, 32, 14, 13}), r->mutable_activations());
+                      }},
+        BadTensorCase{"WrongRank",
+                      [](v1::TrainRequest* r) {
+                        protocol::EncodeDense(at::rand({4, 6272}), r->mutable_activations());
+                      }},
+        BadTensorCase{"WrongDtype",
+                      [](v1::TrainRequest* r) {
+                        r->mutable_activations()->set_dtype(v1::Tensor::INT64);
+                      }},
+        BadTensorCase{"TooFewBytes",
+                      [](v1::TrainRequest* r) {
+                        r->mutable_activations()->mutable_dense()->resize(100);
+                      }},
+        BadTensorCase{"LabelCountMismatch",
+                      [](v1::TrainRequest* r) {
+                        protocol::EncodeDense(at::zeros({3}, at::kLong), r->mutable_labels());
+                      }},
+        BadTensorCase{"LabelOutOfRange",
+                      [](v1::TrainRequest* r) {
+                        protocol::EncodeDense(at::full({4}, 10, at::kLong), r->mutable_labels());
+                      }},
+        BadTensorCase{"NaN",
+                      [](v1::TrainRequest* r) {
+                        at::Tensor t = at::rand({4, 32, 14, 14});
+                        t[1][2][3][4] = std::numeric_limits<float>::quiet_NaN();
+                        protocol::EncodeDense(t, r->mutable_activations());
+                      }},
+        BadTensorCase{"Inf",
+                      [](v1::TrainRequest* r) {
+                        at::Tensor t = at::rand({4, 32, 14, 14});
+                        t[0][0][0][0] = std::numeric_limits<float>::infinity();
+                        protocol::EncodeDense(t, r->mutable_activations());
+                      }},
+        BadTensorCase{"BatchOverTheLimit",
+                      [](v1::TrainRequest* r) {
+                        protocol::EncodeDense(at::rand({257, 32, 14, 14}), r->mutable_activations());
+                        protocol::EncodeDense(at::zeros({257}, at::kLong), r->mutable_labels());
+                      }},
+        BadTensorCase{"NegativeDimension",
+                      [](v1::TrainRequest* r) { r->mutable_activations()->set_shape(0, -4); }},
+        BadTensorCase{"NoPayload",
+                      [](v1::TrainRequest* r) { r->mutable_activations()->clear_dense(); }},
+        BadTensorCase{"UnexpectedSparsePayload",
+                      [](v1::TrainRequest* r) {
+                        r->mutable_activations()->set_sparse("\x01\x02\x03");
+                      }}),
+    [](const auto& info) { return std::string(info.param.name); });
+
+TEST_F(EndToEndTest, MessageOverTheSizeLimitIsAClearError) {
+  auto stub = RawStub("mallory");
+  const std::string session = RawJoin(*stub);
+  v1::TrainRequest request = GoodRequest(session, 200);  // ~5 MB > 4 MiB limit
+  const grpc::Status status = SendOne(*stub, request);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
+}
+
+TEST_F(EndToEndTest, AnotherClientCannotUseASession) {
+  auto owner = RawStub("st-mary");
+  const std::string session = RawJoin(*owner);
+  auto thief = RawStub("mallory");
+  const grpc::Status status = SendOne(*thief, GoodRequest(session));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  grpc::ClientContext context;
+  v1::LeaveRequest leave;
+  leave.set_protocol_version(protocol::kProtocolVersion);
+  leave.set_session_id(session);
+  v1::LeaveReply reply;
+  EXPECT_EQ(thief->Leave(&context, leave, &reply).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(split_server_->active_sessions(), 1u);
+}
+
+TEST_F(EndToEndTest, VanishingClientReleasesItsSession) {
+  auto stub = RawStub("st-mary");
+  const std::string session = RawJoin(*stub);
+  ASSERT_EQ(split_server_->active_sessions(), 1u);
+  // Mid-epoch: one step on an open stream, then the connection dies without closing it.
+  grpc::ClientContext context;
+  auto stream = stub->Train(&context);
+  ASSERT_TRUE(stream->Write(GoodRequest(session)));
+  v1::TrainReply reply;
+  ASSERT_TRUE(stream->Read(&reply));
+  EXPECT_EQ(split_server_->step(), 1);
+  context.TryCancel();
+  stream->Finish();
+  EXPECT_TRUE(split_server_->WaitForActiveSessions(0, std::chrono::seconds(10)))
+      << split_server_->active_sessions() << " sessions still active";
+}
+
+}  // namespace
+}  // namespace cleave

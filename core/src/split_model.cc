@@ -1,0 +1,147 @@
+#include "cleave/core/split_model.h"
+
+#include <ATen/ATen.h>
+#include <torch/nn/modules/activation.h>
+#include <torch/nn/modules/conv.h>
+#include <torch/nn/modules/dropout.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/modules/pooling.h>
+#include <torch/utils.h>
+
+#include <cstdio>
+#include <sstream>
+
+#include "cleave/core/error.h"
+
+namespace cleave {
+
+namespace {
+
+using torch::nn::Sequential;
+
+std::string JoinShape(const std::vector<int64_t>& shape) {
+  std::string out;
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? "x" : "") + std::to_string(shape[i]);
+  return out;
+}
+
+std::vector<int64_t> MlpHidden(const ModelSpec& spec) {
+  return spec.hidden.empty() ? std::vector<int64_t>{128, 64} : spec.hidden;
+}
+
+// The blocks of the full model, in order.
+std::vector<Sequential> CnnBlocks(const ModelSpec& spec) {
+  CLEAVE_CHECK_USER(spec.input_shape.size() == 3 && spec.input_shape[1] % 4 == 0 &&
+                        spec.input_shape[2] % 4 == 0,
+                    "cnn needs an input shape CxHxW with H and W divisible by 4, got ",
+                    JoinShape(spec.input_shape));
+  const int64_t channels = spec.input_shape[0];
+  const int64_t flat = 64 * (spec.input_shape[1] / 4) * (spec.input_shape[2] / 4);
+  namespace nn = torch::nn;
+  return {
+      Sequential(nn::Conv2d(nn::Conv2dOptions(channels, 32, 3).padding(1)), nn::ReLU(),
+                 nn::MaxPool2d(2)),
+      Sequential(nn::Conv2d(nn::Conv2dOptions(32, 64, 3).padding(1)), nn::ReLU(),
+                 nn::MaxPool2d(2)),
+      Sequential(nn::Flatten(), nn::Linear(flat, 128), nn::ReLU(), nn::Dropout(0.3)),
+      Sequential(nn::Linear(128, spec.num_classes)),
+  };
+}
+
+std::vector<Sequential> MlpBlocks(const ModelSpec& spec) {
+  CLEAVE_CHECK_USER(spec.input_shape.size() == 1,
+                    "mlp needs a flat input shape (number of features), got ",
+                    JoinShape(spec.input_shape));
+  namespace nn = torch::nn;
+  std::vector<Sequential> blocks;
+  int64_t width = spec.input_shape[0];
+  for (int64_t hidden : MlpHidden(spec)) {
+    CLEAVE_CHECK_USER(hidden > 0, "mlp hidden widths must be positive");
+    blocks.push_back(Sequential(nn::Linear(width, hidden), nn::ReLU()));
+    width = hidden;
+  }
+  blocks.push_back(Sequential(nn::Linear(width, spec.num_classes)));
+  return blocks;
+}
+
+std::vector<Sequential> Blocks(const ModelSpec& spec) {
+  CLEAVE_CHECK_USER(spec.num_classes >= 2, "a model needs at least 2 classes, got ",
+                    spec.num_classes);
+  for (int64_t d : spec.input_shape) {
+    CLEAVE_CHECK_USER(d > 0, "input shape ", JoinShape(spec.input_shape), " has a bad size");
+  }
+  if (spec.architecture == "cnn") return CnnBlocks(spec);
+  if (spec.architecture == "mlp") return MlpBlocks(spec);
+  throw UserError("unknown model architecture '" + spec.architecture + "' (use cnn or mlp)");
+}
+
+uint64_t Fnv1a64(const std::string& text) {
+  uint64_t hash = 1469598103934665603ULL;
+  for (unsigned char c : text) {
+    hash ^= c;
+    hash *= 1099511628211ULL;
+  }
+  return hash;
+}
+
+}  // namespace
+
+int NumBlocks(const ModelSpec& spec) { return static_cast<int>(Blocks(spec).size()); }
+
+namespace {
+
+// Builds and cuts the model with whatever the global generator holds.
+SplitModel Assemble(const ModelSpec& spec) {
+  std::vector<Sequential> blocks = Blocks(spec);
+  const int num_blocks = static_cast<int>(blocks.size());
+  CLEAVE_CHECK_USER(spec.cut >= 1 && spec.cut < num_blocks, "cut ", spec.cut, " is outside 1..",
+                    num_blocks - 1, " for ", spec.architecture, " (", num_blocks, " blocks)");
+  SplitModel model;
+  model.num_blocks = num_blocks;
+  model.bottom = Sequential();
+  model.top = Sequential();
+  for (int b = 0; b < num_blocks; ++b) {
+    for (const auto& layer : *blocks[b]) {
+      (b < spec.cut ? model.bottom : model.top)->push_back(layer);
+    }
+  }
+  // The cut-layer shape of one sample, from a dummy forward pass.
+  at::NoGradGuard no_grad;
+  std::vector<int64_t> input = {1};
+  input.insert(input.end(), spec.input_shape.begin(), spec.input_shape.end());
+  model.bottom->eval();
+  const at::Tensor cut = model.bottom->forward(at::zeros(input));
+  model.bottom->train();
+  model.cut_shape.assign(cut.sizes().begin() + 1, cut.sizes().end());
+  return model;
+}
+
+}  // namespace
+
+SplitModel BuildSplitModel(const ModelSpec& spec, uint64_t seed) {
+  torch::manual_seed(seed);
+  return Assemble(spec);
+}
+
+std::string DescribeSpec(const ModelSpec& spec) {
+  std::ostringstream out;
+  out << spec.architecture << " cut=" << spec.cut << " input=" << JoinShape(spec.input_shape)
+      << " classes=" << spec.num_classes;
+  if (spec.architecture == "mlp") out << " hidden=" << JoinShape(MlpHidden(spec));
+  return out.str();
+}
+
+std::string ModelFingerprint(const ModelSpec& spec, const std::string& extra) {
+  // The cut shape follows from the spec, but hashing it guards against model zoo changes that
+  // keep the spec text and change the layers.
+  const SplitModel model = Assemble(spec);
+  std::string canonical = "cleave-model-v1|" + DescribeSpec(spec) +
+                          "|cut_shape=" + JoinShape(model.cut_shape) +
+                          "|blocks=" + std::to_string(model.num_blocks) + "|" + extra;
+  char hex[17];
+  std::snprintf(hex, sizeof(hex), "%016llx",
+                static_cast<unsigned long long>(Fnv1a64(canonical)));
+  return hex;
+}
+
+}  // namespace cleave

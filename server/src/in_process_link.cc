@@ -1,0 +1,36 @@
+#include "cleave/server/in_process_link.h"
+
+#include "cleave/core/error.h"
+#include "cleave/server/split_server.h"
+
+namespace cleave::server {
+
+namespace {
+
+// Round-trips a message through its wire encoding, as the network would.
+template <typename Message>
+Message OverTheWire(const Message& message) {
+  Message copy;
+  CLEAVE_ENFORCE(copy.ParseFromString(message.SerializeAsString()), "message did not parse");
+  return copy;
+}
+
+}  // namespace
+
+v1::JoinReply InProcessLink::Join(const v1::JoinRequest& request) {
+  return OverTheWire(server_.Join(identity_, OverTheWire(request)));
+}
+
+v1::TrainReply InProcessLink::TrainStep(const v1::TrainRequest& request) {
+  return OverTheWire(server_.Train(identity_, OverTheWire(request)));
+}
+
+v1::EvaluateReply InProcessLink::Evaluate(const v1::EvaluateRequest& request) {
+  return OverTheWire(server_.Evaluate(identity_, OverTheWire(request)));
+}
+
+void InProcessLink::Leave(const v1::LeaveRequest& request) {
+  server_.Leave(identity_, OverTheWire(request).session_id());
+}
+
+}  // namespace cleave::server

@@ -1,0 +1,159 @@
+// cleave-server: the server side of split learning over mutual-TLS gRPC.
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include <csignal>
+#include <cstdio>
+#include <pthread.h>
+
+#include "cleave/core/certificates.h"
+#include "cleave/core/error.h"
+#include "cleave/core/logging.h"
+#include "cleave/core/model_flags.h"
+#include "cleave/server/grpc_server.h"
+#include "cleave/server/split_server.h"
+
+namespace {
+
+constexpr const char* kDescription = R"(cleave-server: holds the top of a split model and trains it with hospitals (clients).
+
+Clients send cut-layer activations and labels; the server computes the loss, updates its layers
+and returns the gradient at the cut. Connections use mutual TLS: the server presents --cert/--key
+and accepts only clients whose certificate is signed by --ca; a client's identity is the CN of its
+certificate. Make certificates with cleave-provision.
+
+Example:
+  cleave-server --listen 0.0.0.0:50051 --ca pki/ca.crt --cert pki/server.crt --key pki/server.key \
+                --model cnn --cut 1 --checkpoint runs/server.ckpt --checkpoint-every 500 --resume
+
+SIGINT/SIGTERM: stop accepting, finish open steps, write the checkpoint, exit 0.
+Exit codes: 0 ok, 1 internal error, 2 bad flags, files or certificates.)";
+
+struct CompressionFlags {
+  std::string method = "none";
+  double density = 1.0;
+  std::string precision = "fp32";
+};
+
+void AddCompressionFlags(CLI::App& app, const std::string& direction, const std::string& what,
+                         CompressionFlags* flags) {
+  app.add_option("--" + direction + "-compression", flags->method,
+                 "Compression of " + what + ": none, topk, gaussiank, gaussiank+, randomk")
+      ->capture_default_str();
+  app.add_option("--" + direction + "-density", flags->density,
+                 "Fraction of " + what + " kept, in (0, 1]")
+      ->capture_default_str();
+  app.add_option("--" + direction + "-precision", flags->precision,
+                 "Value precision of " + what + " on the wire: fp32, fp16, bf16")
+      ->capture_default_str();
+}
+
+void Fill(const CompressionFlags& flags, cleave::v1::CompressionSettings* settings) {
+  settings->set_method(flags.method);
+  settings->set_density(flags.density);
+  settings->set_value_precision(flags.precision);
+}
+
+int Run(int argc, char** argv) {
+  CLI::App app(kDescription, "cleave-server");
+  app.get_formatter()->column_width(36);
+  std::string listen = "0.0.0.0:50051";
+  std::string ca_path = "pki/ca.crt", cert_path = "pki/server.crt", key_path = "pki/server.key";
+  bool insecure = false;
+  cleave::ModelFlags model_flags;
+  cleave::server::SplitServerOptions options;
+  double max_message_mb = 64;
+  std::string log_level = "info";
+  CompressionFlags act, grad;
+
+  app.add_option("--listen", listen, "Address to listen on (port 0 picks a free port)")
+      ->capture_default_str();
+  app.add_option("--ca", ca_path, "CA certificate that signs client certificates (PEM)")
+      ->capture_default_str();
+  app.add_option("--cert", cert_path, "Server certificate (PEM)")->capture_default_str();
+  app.add_option("--key", key_path, "Server private key (PEM)")->capture_default_str();
+  app.add_flag("--insecure", insecure,
+               "Plaintext without client authentication. For debugging only: anyone can connect");
+  model_flags.Register(app);
+  app.add_option("--optimizer", options.optimizer, "Server-side optimizer: adam or sgd")
+      ->check(CLI::IsMember({"adam", "sgd"}))
+      ->capture_default_str();
+  app.add_option("--lr", options.learning_rate, "Learning rate of the server-side layers")
+      ->capture_default_str();
+  app.add_option("--seed", options.seed, "Seed of the server-side weight initialisation")
+      ->capture_default_str();
+  app.add_option("--checkpoint", options.checkpoint_path,
+                 "Checkpoint file of the server-side model and optimizer (written atomically)");
+  app.add_option("--checkpoint-every", options.checkpoint_every,
+                 "Write the checkpoint every N training steps (0: only at shutdown)")
+      ->capture_default_str();
+  app.add_flag("--resume", options.resume, "Load --checkpoint at start if it exists");
+  app.add_option("--max-message-mb", max_message_mb, "Largest gRPC message accepted or sent, MiB")
+      ->capture_default_str();
+  app.add_option("--max-batch", options.max_batch, "Largest batch a client may send")
+      ->capture_default_str();
+  AddCompressionFlags(app, "act", "activations (client to server)", &act);
+  AddCompressionFlags(app, "grad", "gradients (server to client)", &grad);
+  app.add_option("--log-level", log_level, "trace, debug, info, warn or error")
+      ->capture_default_str();
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "cleave-server: error: %s (see --help)\n", e.what());
+    return 2;
+  }
+
+  cleave::SetupLogging(log_level);
+  cleave::server::RouteGrpcLogsToSpdlog();
+  options.model = model_flags.Spec();
+  options.max_message_bytes = static_cast<int64_t>(max_message_mb * 1024 * 1024);
+  Fill(act, options.compression.mutable_activations());
+  Fill(grad, options.compression.mutable_gradients());
+
+  cleave::server::ListenOptions listen_options;
+  listen_options.address = listen;
+  listen_options.insecure = insecure;
+  listen_options.max_message_bytes = options.max_message_bytes;
+  if (insecure) {
+    spdlog::warn("--insecure: plaintext, no client authentication; anyone who can reach {} can "
+                 "train on this model. Use only for local debugging.", listen);
+  } else {
+    listen_options.tls = cleave::LoadTlsFiles(ca_path, cert_path, key_path);
+  }
+
+  // Block the stop signals in every thread; the main thread waits for them with sigwait.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  cleave::server::SplitServer server(options);
+  cleave::server::GrpcServer grpc_server(server, listen_options);
+  std::printf("cleave-server listening on port %d\n", grpc_server.port());
+  std::fflush(stdout);
+
+  int signal_number = 0;
+  sigwait(&stop_signals, &signal_number);
+  spdlog::info("received {}, shutting down", signal_number == SIGINT ? "SIGINT" : "SIGTERM");
+  grpc_server.Shutdown();
+  server.SaveCheckpoint();
+  spdlog::info("stopped after {} steps", server.step());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return Run(argc, argv);
+  } catch (const cleave::UserError& e) {
+    std::fprintf(stderr, "cleave-server: error: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "cleave-server: internal error: %s\n", e.what());
+    return 1;
+  }
+}

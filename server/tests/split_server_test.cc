@@ -1,0 +1,172 @@
+// SplitServer without a network: Join checks, validation of what clients send, sessions owned by
+// identities, checkpoints and resume.
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+
+#include "cleave/core/error.h"
+#include "cleave/core/file_io.h"
+#include "cleave/protocol/status_error.h"
+#include "cleave/protocol/tensor_message.h"
+#include "cleave/server/in_process_link.h"
+#include "cleave/server/split_server.h"
+
+namespace cleave::server {
+namespace {
+
+using protocol::StatusError;
+
+SplitServerOptions MlpOptions() {
+  SplitServerOptions options;
+  options.model.architecture = "mlp";
+  options.model.input_shape = {8};
+  options.model.num_classes = 3;
+  options.model.cut = 1;
+  options.max_batch = 16;
+  return options;
+}
+
+v1::JoinRequest JoinFor(const SplitServer& server) {
+  v1::JoinRequest request;
+  request.set_protocol_version(protocol::kProtocolVersion);
+  request.set_model_fingerprint(server.fingerprint());
+  return request;
+}
+
+v1::TrainRequest Batch(const std::string& session, int64_t width, int64_t batch = 4) {
+  v1::TrainRequest request;
+  request.set_protocol_version(protocol::kProtocolVersion);
+  request.set_session_id(session);
+  protocol::EncodeDense(at::randn({batch, width}), request.mutable_activations());
+  protocol::EncodeDense(at::randint(0, 3, {batch}, at::kLong), request.mutable_labels());
+  return request;
+}
+
+std::string TempPath(const std::string& name) {
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("cleave_server_test_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  return (dir / name).string();
+}
+
+TEST(SplitServerTest, JoinRefusesOtherFingerprintNamingBoth) {
+  SplitServer server(MlpOptions());
+  v1::JoinRequest request = JoinFor(server);
+  request.set_model_fingerprint("0123456789abcdef");
+  try {
+    server.Join("a", request);
+    FAIL();
+  } catch (const StatusError& error) {
+    EXPECT_EQ(error.code(), grpc::StatusCode::FAILED_PRECONDITION);
+    EXPECT_NE(std::string(error.what()).find("0123456789abcdef"), std::string::npos);
+    EXPECT_NE(std::string(error.what()).find(server.fingerprint()), std::string::npos);
+  }
+}
+
+TEST(SplitServerTest, JoinRefusesOtherProtocolVersion) {
+  SplitServer server(MlpOptions());
+  v1::JoinRequest request = JoinFor(server);
+  request.set_protocol_version(99);
+  EXPECT_THROW(server.Join("a", request), StatusError);
+}
+
+TEST(SplitServerTest, TrainReturnsGradientOfTheCutShape) {
+  SplitServer server(MlpOptions());
+  const auto joined = server.Join("a", JoinFor(server));
+  const auto reply = server.Train("a", Batch(joined.session_id(), 128));
+  protocol::TensorSpec spec;
+  spec.sample_shape = {128};
+  const at::Tensor gradient = protocol::DecodeTensor(reply.gradients(), spec).dense;
+  EXPECT_EQ(gradient.sizes(), (std::vector<int64_t>{4, 128}));
+  EXPECT_GT(gradient.abs().sum().item<double>(), 0);
+  EXPECT_EQ(server.step(), 1);
+  EXPECT_GT(reply.loss(), 0);
+}
+
+TEST(SplitServerTest, RejectsBadTensorsWithoutStepping) {
+  SplitServer server(MlpOptions());
+  const auto session = server.Join("a", JoinFor(server)).session_id();
+  EXPECT_THROW(server.Train("a", Batch(session, 127)), InvalidInput);      // shape
+  EXPECT_THROW(server.Train("a", Batch(session, 128, 17)), InvalidInput);  // batch > max
+  auto nan = Batch(session, 128);
+  at::Tensor values = at::randn({4, 128});
+  values[0][0] = std::numeric_limits<float>::quiet_NaN();
+  protocol::EncodeDense(values, nan.mutable_activations());
+  EXPECT_THROW(server.Train("a", nan), InvalidInput);
+  EXPECT_EQ(server.step(), 0);
+}
+
+TEST(SplitServerTest, SessionsBelongToTheirIdentity) {
+  SplitServer server(MlpOptions());
+  const auto session = server.Join("alice", JoinFor(server)).session_id();
+  try {
+    server.Train("bob", Batch(session, 128));
+    FAIL();
+  } catch (const StatusError& error) {
+    EXPECT_EQ(error.code(), grpc::StatusCode::PERMISSION_DENIED);
+  }
+  EXPECT_THROW(server.Leave("bob", session), StatusError);
+  try {
+    server.Train("alice", Batch("no-such-session", 128));
+    FAIL();
+  } catch (const StatusError& error) {
+    EXPECT_EQ(error.code(), grpc::StatusCode::NOT_FOUND);
+  }
+  server.Leave("alice", session);
+  EXPECT_EQ(server.active_sessions(), 0u);
+}
+
+TEST(SplitServerTest, InProcessLinkRoundTripsMessages) {
+  SplitServer server(MlpOptions());
+  InProcessLink link(server, "local");
+  const auto joined = link.Join(JoinFor(server));
+  EXPECT_EQ(joined.client_name(), "local");
+  link.TrainStep(Batch(joined.session_id(), 128));
+  EXPECT_EQ(server.step(), 1);
+}
+
+TEST(SplitServerTest, CheckpointEveryNStepsAndResume) {
+  const std::string path = TempPath("resume.ckpt");
+  std::remove(path.c_str());
+  SplitServerOptions options = MlpOptions();
+  options.checkpoint_path = path;
+  options.checkpoint_every = 5;
+  {
+    SplitServer server(options);
+    const auto session = server.Join("a", JoinFor(server)).session_id();
+    for (int i = 0; i < 7; ++i) server.Train("a", Batch(session, 128));
+  }
+  ASSERT_TRUE(FileExists(path));
+  options.resume = true;
+  SplitServer resumed(options);
+  EXPECT_EQ(resumed.step(), 5);  // the checkpoint written at step 5
+}
+
+TEST(SplitServerTest, CorruptCheckpointIsRefusedAndKept) {
+  const std::string path = TempPath("corrupt.ckpt");
+  SplitServerOptions options = MlpOptions();
+  options.checkpoint_path = path;
+  {
+    SplitServer server(options);
+    server.SaveCheckpoint();
+  }
+  std::string bytes = ReadFile(path, "checkpoint");
+  bytes[bytes.size() / 2] ^= 0x5a;
+  WriteFileAtomic(path, bytes);
+  options.resume = true;
+  try {
+    SplitServer server(options);
+    FAIL() << "a corrupt checkpoint was accepted";
+  } catch (const UserError& error) {
+    EXPECT_NE(std::string(error.what()).find(path), std::string::npos) << error.what();
+  }
+  EXPECT_EQ(ReadFile(path, "checkpoint"), bytes);  // left as it was, for inspection
+}
+
+}  // namespace
+}  // namespace cleave::server

@@ -158,6 +158,7 @@ EvalStats SplitTrainer::Evaluate(const Dataset& test, int64_t batch_size) {
     const v1::EvaluateReply reply = link_.Evaluate(request);
     counters_.bytes_sent += static_cast<int64_t>(request.ByteSizeLong());
     counters_.bytes_received += static_cast<int64_t>(reply.ByteSizeLong());
+    counters_.dense_fp32_bytes += activations.numel() * 4;
     CLEAVE_CHECK_INPUT(reply.count() == labels.size(0), "server evaluated ", reply.count(),
                        " samples, sent ", labels.size(0));
     loss_sum += reply.loss_sum();

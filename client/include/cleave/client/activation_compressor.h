@@ -11,10 +11,6 @@
 
 #include "cleave/protocol/cleave.pb.h"
 
-namespace cleave {
-class Compressor;
-}
-
 namespace cleave::client {
 
 struct SelectedActivations {
@@ -42,7 +38,6 @@ class ActivationCompressor {
 
  private:
   v1::CompressionSettings settings_;
-  std::unique_ptr<Compressor> compressor_;
 };
 
 }  // namespace cleave::client

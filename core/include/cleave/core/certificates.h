@@ -27,10 +27,14 @@ PemPair IssueServerCertificate(const PemPair& ca, const std::string& common_name
 PemPair IssueClientCertificate(const PemPair& ca, const std::string& client_name,
                                int valid_days = 825);
 
+// True if `certificate_pem` chains to `ca_pem` (signature, validity period, CA constraints).
+bool VerifyCertificateChain(const std::string& ca_pem, const std::string& certificate_pem);
+
 // The subject CN of a PEM certificate (throws InvalidInput if unparsable).
 std::string CertificateCommonName(const std::string& certificate_pem);
 
-// TLS material read from files, each failure a UserError naming the file.
+// TLS material read from files, each failure a UserError naming the file: missing or unreadable,
+// not PEM, a key that does not match the certificate, a certificate not signed by the CA.
 struct TlsFiles {
   std::string ca_pem;           // CA that signs the peer
   std::string certificate_pem;  // our certificate

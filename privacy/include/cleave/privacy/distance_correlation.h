@@ -1,0 +1,29 @@
+// Sample distance correlation (Szekely et al. 2007) between a batch of raw inputs and the
+// activations that leave the client; the NoPeek penalty (Vepakomma et al. 2020).
+#pragma once
+
+#include <cstdint>
+
+#include <ATen/Tensor.h>
+
+namespace cleave::privacy {
+
+// Differentiable dCor(X, Z) in [0, 1] for X [n, ...] and Z [n, ...] (rows flattened), using
+// Euclidean (not squared) pairwise distances with a small floor under the squared distance
+// before the square root (finite gradients when two rows coincide), double centring, and
+// dCor = sqrt(dCov^2 / sqrt(dVarX^2 * dVarZ^2)). Returns 0 when either variance is 0. The plain
+// estimator is biased upward for small n: state the batch size with any figure.
+at::Tensor DistanceCorrelation(const at::Tensor& x, const at::Tensor& z);
+
+// The bias-corrected estimator (U-centred, Szekely & Rizzo 2014), for measurement: near 0 for
+// independent samples at any n, and may be slightly negative. Needs n >= 4.
+at::Tensor BiasCorrectedDistanceCorrelation(const at::Tensor& x, const at::Tensor& z);
+
+// The independence baseline: the same estimator with Z's rows shuffled (seeded).
+double IndependenceBaseline(const at::Tensor& x, const at::Tensor& z, uint64_t seed,
+                            bool bias_corrected = false);
+
+// alpha * dCor(x, z): the NoPeek term added to the client's loss.
+at::Tensor NoPeekLoss(const at::Tensor& x, const at::Tensor& z, double alpha);
+
+}  // namespace cleave::privacy

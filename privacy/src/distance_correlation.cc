@@ -1,0 +1,93 @@
+#include "cleave/privacy/distance_correlation.h"
+
+#include <ATen/ATen.h>
+
+#include <numeric>
+#include <random>
+
+#include "cleave/core/error.h"
+
+namespace cleave::privacy {
+
+namespace {
+
+constexpr double kSquaredDistanceFloor = 1e-12;
+
+// Euclidean pairwise distances of the flattened rows.
+at::Tensor PairwiseDistances(const at::Tensor& batch) {
+  const at::Tensor flat = batch.reshape({batch.size(0), -1});
+  const at::Tensor norms = flat.pow(2).sum(1, /*keepdim=*/true);
+  const at::Tensor squared = (norms + norms.t() - 2 * flat.matmul(flat.t()));
+  // The floor keeps the gradient of sqrt finite on the diagonal and for duplicate rows.
+  return squared.clamp_min(kSquaredDistanceFloor).sqrt();
+}
+
+at::Tensor DoubleCentred(const at::Tensor& distances) {
+  return distances - distances.mean(0, true) - distances.mean(1, true) + distances.mean();
+}
+
+// U-centring (Szekely & Rizzo 2014): zero diagonal, sums over n-2, correction over (n-1)(n-2).
+at::Tensor UCentred(const at::Tensor& distances) {
+  const int64_t n = distances.size(0);
+  const at::Tensor d = distances * (1 - at::eye(n, distances.options()));
+  const at::Tensor rows = d.sum(1, true) / (n - 2);
+  const at::Tensor cols = d.sum(0, true) / (n - 2);
+  const at::Tensor total = d.sum() / ((n - 1) * (n - 2));
+  return (d - rows - cols + total) * (1 - at::eye(n, distances.options()));
+}
+
+void CheckBatches(const at::Tensor& x, const at::Tensor& z, int64_t min_rows) {
+  CLEAVE_CHECK_USER(x.dim() >= 1 && z.dim() >= 1 && x.size(0) == z.size(0),
+                    "dCor needs two batches with the same number of rows");
+  CLEAVE_CHECK_USER(x.size(0) >= min_rows, "dCor needs at least ", min_rows, " rows, got ",
+                    x.size(0));
+}
+
+at::Tensor Correlation(const at::Tensor& a, const at::Tensor& b, double normaliser) {
+  const at::Tensor dcov2 = (a * b).sum() / normaliser;
+  const at::Tensor dvar_x = (a * a).sum() / normaliser;
+  const at::Tensor dvar_z = (b * b).sum() / normaliser;
+  const at::Tensor denominator = (dvar_x * dvar_z).sqrt();
+  // Zero variance on either side: dCor is defined as 0.
+  const at::Tensor safe = at::where(denominator > 0, denominator, at::ones_like(denominator));
+  return at::where(denominator > 0, dcov2 / safe, at::zeros_like(dcov2));
+}
+
+}  // namespace
+
+at::Tensor DistanceCorrelation(const at::Tensor& x, const at::Tensor& z) {
+  CheckBatches(x, z, 2);
+  const at::Tensor a = DoubleCentred(PairwiseDistances(x.to(z.scalar_type())));
+  const at::Tensor b = DoubleCentred(PairwiseDistances(z));
+  const double n = static_cast<double>(x.size(0));
+  const at::Tensor dcor2 = Correlation(a, b, n * n);
+  // sqrt with a floor: dCor^2 >= 0 in exact arithmetic, tiny negatives come from rounding.
+  return dcor2.clamp_min(kSquaredDistanceFloor).sqrt();
+}
+
+at::Tensor BiasCorrectedDistanceCorrelation(const at::Tensor& x, const at::Tensor& z) {
+  CheckBatches(x, z, 4);
+  const at::Tensor a = UCentred(PairwiseDistances(x.to(z.scalar_type())));
+  const at::Tensor b = UCentred(PairwiseDistances(z));
+  const double n = static_cast<double>(x.size(0));
+  return Correlation(a, b, n * (n - 3));
+}
+
+double IndependenceBaseline(const at::Tensor& x, const at::Tensor& z, uint64_t seed,
+                            bool bias_corrected) {
+  std::vector<int64_t> order(static_cast<size_t>(z.size(0)));
+  std::iota(order.begin(), order.end(), 0);
+  std::mt19937_64 rng(seed);
+  for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[rng() % i]);
+  const at::Tensor shuffled =
+      z.index_select(0, at::tensor(order, at::kLong).to(z.device()));
+  const at::Tensor value = bias_corrected ? BiasCorrectedDistanceCorrelation(x, shuffled)
+                                          : DistanceCorrelation(x, shuffled);
+  return value.item<double>();
+}
+
+at::Tensor NoPeekLoss(const at::Tensor& x, const at::Tensor& z, double alpha) {
+  return alpha * DistanceCorrelation(x, z);
+}
+
+}  // namespace cleave::privacy

@@ -1,0 +1,75 @@
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+
+#include "cleave/core/error.h"
+#include "cleave/core/split_model.h"
+
+namespace cleave {
+namespace {
+
+struct CutCase {
+  const char* architecture;
+  int cut;
+  std::vector<int64_t> input_shape;
+  std::vector<int64_t> cut_shape;
+};
+
+class SplitModelTest : public ::testing::TestWithParam<CutCase> {};
+
+TEST_P(SplitModelTest, BottomThenTopIsTheFullModel) {
+  ModelSpec spec;
+  spec.architecture = GetParam().architecture;
+  spec.cut = GetParam().cut;
+  spec.input_shape = GetParam().input_shape;
+  SplitModel model = BuildSplitModel(spec, 3);
+  EXPECT_EQ(model.cut_shape, GetParam().cut_shape);
+  std::vector<int64_t> batch_shape = {5};
+  batch_shape.insert(batch_shape.end(), spec.input_shape.begin(), spec.input_shape.end());
+  model.bottom->eval();
+  model.top->eval();
+  const at::Tensor cut = model.bottom->forward(at::rand(batch_shape));
+  EXPECT_EQ(std::vector<int64_t>(cut.sizes().begin() + 1, cut.sizes().end()), model.cut_shape);
+  EXPECT_EQ(model.top->forward(cut).sizes(), (std::vector<int64_t>{5, 10}));
+  // Same seed, same weights.
+  SplitModel again = BuildSplitModel(spec, 3);
+  EXPECT_TRUE(model.bottom->parameters()[0].equal(again.bottom->parameters()[0]));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Zoo, SplitModelTest,
+    ::testing::Values(CutCase{"cnn", 1, {1, 28, 28}, {32, 14, 14}},
+                      CutCase{"cnn", 2, {1, 28, 28}, {64, 7, 7}},
+                      CutCase{"cnn", 3, {1, 28, 28}, {128}},
+                      CutCase{"mlp", 1, {30}, {128}}, CutCase{"mlp", 2, {30}, {64}}));
+
+TEST(SplitModelFingerprintTest, StableAndSensitive) {
+  ModelSpec spec;
+  const std::string fingerprint = ModelFingerprint(spec);
+  EXPECT_EQ(fingerprint.size(), 16u);
+  EXPECT_EQ(fingerprint, ModelFingerprint(spec));
+  ModelSpec other = spec;
+  other.cut = 2;
+  EXPECT_NE(fingerprint, ModelFingerprint(other));
+  other = spec;
+  other.num_classes = 5;
+  EXPECT_NE(fingerprint, ModelFingerprint(other));
+  EXPECT_NE(fingerprint, ModelFingerprint(spec, "act=topk"));
+}
+
+TEST(SplitModelTest, BadSpecsAreUserErrors) {
+  ModelSpec spec;
+  spec.cut = 4;
+  EXPECT_THROW(BuildSplitModel(spec, 1), UserError);
+  spec.cut = 0;
+  EXPECT_THROW(BuildSplitModel(spec, 1), UserError);
+  spec.cut = 1;
+  spec.architecture = "transformer";
+  EXPECT_THROW(BuildSplitModel(spec, 1), UserError);
+  spec.architecture = "mlp";  // needs a flat input
+  EXPECT_THROW(BuildSplitModel(spec, 1), UserError);
+  EXPECT_EQ(NumBlocks(ModelSpec{}), 4);
+}
+
+}  // namespace
+}  // namespace cleave

@@ -47,6 +47,10 @@ v1::JoinReply SplitTrainer::Join(int64_t num_train_samples) {
                                 "server speaks protocol version " +
                                     std::to_string(reply.protocol_version()));
   }
+  CLEAVE_CHECK_USER(options_.batch_size <= reply.server().max_batch(), "batch size ",
+                    options_.batch_size, " exceeds the server's maximum of ",
+                    reply.server().max_batch());
+  server_config_ = reply.server();
   session_id_ = reply.session_id();
   compression_ = reply.compression();
   compressor_ = std::make_unique<ActivationCompressor>(compression_.activations(), options_.seed);
@@ -141,6 +145,13 @@ EvalStats SplitTrainer::Evaluate(const Dataset& test, int64_t batch_size) {
   CLEAVE_ENFORCE(!session_id_.empty(), "Join before evaluating");
   at::NoGradGuard no_grad;
   model_.bottom->eval();
+  // Largest batch whose dense message fits the server's limits (with room for framing).
+  int64_t sample_bytes = 4;  // fp32 activations of one sample ...
+  for (int64_t d : model_.cut_shape) sample_bytes *= d;
+  sample_bytes += 8;  // ... and its int64 label
+  const int64_t fits = std::max<int64_t>(1, server_config_.max_message_bytes() * 9 / 10 /
+                                                (sample_bytes + 16));
+  batch_size = std::min({batch_size, server_config_.max_batch(), fits});
   BatchIterator batches(test, batch_size, options_.seed, /*shuffle=*/false);
   batches.StartEpoch(0);
   EvalStats stats;

@@ -67,7 +67,7 @@ class EndToEndTest : public ::testing::Test {
     server::RouteGrpcLogsToSpdlog();
     server::SplitServerOptions options;
     options.model = CnnSpec();
-    options.max_batch = 256;
+    options.max_batch = 64;
     options.max_message_bytes = 4 << 20;
     split_server_ = std::make_unique<server::SplitServer>(options);
     server::ListenOptions listen;
@@ -83,7 +83,7 @@ class EndToEndTest : public ::testing::Test {
     connect.target = "localhost:" + std::to_string(grpc_server_->port());
     connect.tls = tls;
     connect.max_message_bytes = 4 << 20;
-    connect.connect_timeout_seconds = 5;
+    connect.connect_timeout_seconds = 2;
     return connect;
   }
 
@@ -280,8 +280,8 @@ INSTANTIATE_TEST_SUITE_P(
                       }},
         BadTensorCase{"BatchOverTheLimit",
                       [](v1::TrainRequest* r) {
-                        protocol::EncodeDense(at::rand({257, 32, 14, 14}), r->mutable_activations());
-                        protocol::EncodeDense(at::zeros({257}, at::kLong), r->mutable_labels());
+                        protocol::EncodeDense(at::rand({65, 32, 14, 14}), r->mutable_activations());
+                        protocol::EncodeDense(at::zeros({65}, at::kLong), r->mutable_labels());
                       }},
         BadTensorCase{"NegativeDimension",
                       [](v1::TrainRequest* r) { r->mutable_activations()->set_shape(0, -4); }},

@@ -124,6 +124,7 @@ v1::JoinReply SplitServer::Join(const std::string& identity, const v1::JoinReque
   reply.mutable_server()->set_max_message_bytes(options_.max_message_bytes);
   reply.mutable_server()->set_model_description(DescribeSpec(options_.model));
   reply.mutable_server()->set_schedule("single");
+  reply.mutable_server()->set_max_batch(options_.max_batch);
   return reply;
 }
 

@@ -83,6 +83,7 @@ class SplitTrainer {
   std::string fingerprint_;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
   std::string session_id_;
+  v1::ServerConfig server_config_;
   v1::CompressionConfig compression_;
   std::unique_ptr<ActivationCompressor> compressor_;
   LinkCounters counters_;

@@ -88,6 +88,8 @@ int Run(int argc, char** argv) {
                  "Write the checkpoint every N training steps (0: only at shutdown)")
       ->capture_default_str();
   app.add_flag("--resume", options.resume, "Load --checkpoint at start if it exists");
+  app.add_flag("--require-checkpoint", options.require_checkpoint,
+               "With --resume: refuse to start when the checkpoint is missing");
   app.add_option("--max-message-mb", max_message_mb, "Largest gRPC message accepted or sent, MiB")
       ->capture_default_str();
   app.add_option("--max-batch", options.max_batch, "Largest batch a client may send")

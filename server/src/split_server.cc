@@ -77,8 +77,12 @@ SplitServer::SplitServer(SplitServerOptions options) : options_(std::move(option
   } else {
     throw UserError("unknown optimizer '" + options_.optimizer + "' (use adam or sgd)");
   }
-  if (options_.resume && !options_.checkpoint_path.empty() &&
-      FileExists(options_.checkpoint_path)) {
+  CLEAVE_CHECK_USER(!options_.resume || !options_.checkpoint_path.empty(),
+                    "--resume needs --checkpoint FILE");
+  if (options_.resume && options_.require_checkpoint) {
+    ReadFile(options_.checkpoint_path, "checkpoint");  // names the file if it is missing
+  }
+  if (options_.resume && FileExists(options_.checkpoint_path)) {
     const CheckpointMeta meta =
         LoadCheckpoint(options_.checkpoint_path, *model_.top, optimizer_.get(), fingerprint_);
     const auto it = meta.counters.find("step");

@@ -31,6 +31,7 @@ struct SplitServerOptions {
   std::string checkpoint_path;        // empty: no checkpoints
   int64_t checkpoint_every = 0;       // steps between checkpoints (0: only on request)
   bool resume = false;                // load checkpoint_path at start if it exists
+  bool require_checkpoint = false;    // with resume: a missing checkpoint is an error
 };
 
 // Fills an unset compression config with "none" in both directions and checks it.

@@ -11,11 +11,14 @@ namespace cleave::privacy {
 
 namespace {
 
-constexpr double kSquaredDistanceFloor = 1e-12;
+// Small enough not to bias the value, large enough that sqrt has a finite slope (and clamp_min
+// passes no gradient below it).
+constexpr double kSquaredDistanceFloor = 1e-18;
 
-// Euclidean pairwise distances of the flattened rows.
+// Euclidean pairwise distances of the flattened rows, in double: |a|^2 + |b|^2 - 2ab cancels
+// badly in float for rows with large norms (images, wide activations).
 at::Tensor PairwiseDistances(const at::Tensor& batch) {
-  const at::Tensor flat = batch.reshape({batch.size(0), -1});
+  const at::Tensor flat = batch.reshape({batch.size(0), -1}).to(at::kDouble);
   const at::Tensor norms = flat.pow(2).sum(1, /*keepdim=*/true);
   const at::Tensor squared = (norms + norms.t() - 2 * flat.matmul(flat.t()));
   // The floor keeps the gradient of sqrt finite on the diagonal and for duplicate rows.
@@ -57,20 +60,20 @@ at::Tensor Correlation(const at::Tensor& a, const at::Tensor& b, double normalis
 
 at::Tensor DistanceCorrelation(const at::Tensor& x, const at::Tensor& z) {
   CheckBatches(x, z, 2);
-  const at::Tensor a = DoubleCentred(PairwiseDistances(x.to(z.scalar_type())));
+  const at::Tensor a = DoubleCentred(PairwiseDistances(x));
   const at::Tensor b = DoubleCentred(PairwiseDistances(z));
   const double n = static_cast<double>(x.size(0));
   const at::Tensor dcor2 = Correlation(a, b, n * n);
   // sqrt with a floor: dCor^2 >= 0 in exact arithmetic, tiny negatives come from rounding.
-  return dcor2.clamp_min(kSquaredDistanceFloor).sqrt();
+  return dcor2.clamp_min(kSquaredDistanceFloor).sqrt().to(z.scalar_type());
 }
 
 at::Tensor BiasCorrectedDistanceCorrelation(const at::Tensor& x, const at::Tensor& z) {
   CheckBatches(x, z, 4);
-  const at::Tensor a = UCentred(PairwiseDistances(x.to(z.scalar_type())));
+  const at::Tensor a = UCentred(PairwiseDistances(x));
   const at::Tensor b = UCentred(PairwiseDistances(z));
   const double n = static_cast<double>(x.size(0));
-  return Correlation(a, b, n * (n - 3));
+  return Correlation(a, b, n * (n - 3)).to(z.scalar_type());
 }
 
 double IndependenceBaseline(const at::Tensor& x, const at::Tensor& z, uint64_t seed,

@@ -1,0 +1,60 @@
+// Sparsification kernels on raw float buffers: statistics, threshold selection with compaction,
+// exact and random top-k, and the fused error-feedback step. No LibTorch, no gRPC.
+//
+// Every operation has a multithreaded CPU implementation here (the reference the CUDA backend in
+// sparsify_cuda.h is tested against). Selected entries always come out in ascending index order.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace cleave::kernels {
+
+struct Moments {
+  double mean = 0;    // of the values
+  double stddev = 0;  // population standard deviation of the values
+  double max_abs = 0;
+  size_t n = 0;
+};
+
+// One pass; per-thread Welford accumulators merged with Chan's formula (stable for large n).
+Moments ComputeMoments(const float* x, size_t n);
+// Moments of (a + b) without materialising the sum (error feedback: grad + residual).
+Moments ComputeMomentsOfSum(const float* a, const float* b, size_t n);
+
+// Number of elements with |x| > threshold.
+size_t CountAbove(const float* x, size_t n, float threshold);
+
+// Writes (index, value) of every |x| > threshold in ascending index order, at most `capacity`
+// of them; returns how many there are in total (which may exceed capacity: then only the first
+// `capacity` were written).
+size_t SelectAbove(const float* x, size_t n, float threshold, uint32_t* indices, float* values,
+                   size_t capacity);
+
+// Exact top-k by magnitude (ties broken towards lower indices), ascending index order. The
+// reference every approximate method is measured against. k is clamped to n; returns k.
+size_t TopK(const float* x, size_t n, size_t k, uint32_t* indices, float* values);
+
+// k distinct positions drawn uniformly with `seed`, ascending. k is clamped to n; returns k.
+size_t RandomK(const float* x, size_t n, size_t k, uint64_t seed, uint32_t* indices,
+               float* values);
+
+// Fused error feedback, one pass: acc = grad + residual; entries with |acc| > threshold are
+// written out (ascending) and zeroed in `residual`; all others are kept in `residual` = acc.
+// Invariant: sent + new residual == grad + old residual, exactly. Returns the number selected
+// (at most `capacity` are written; the caller sizes the buffers from a count).
+size_t ErrorFeedbackSelect(const float* grad, float* residual, size_t n, float threshold,
+                           uint32_t* indices, float* values, size_t capacity);
+
+// The threshold t such that about k elements have |x| > t, found robustly for any
+// distribution: a sampled quantile brackets it, one selection pass collects the candidates
+// above the bracket, and the candidates are trimmed to exactly k (see SelectTopKApprox).
+// Returns the number selected (k, or fewer only if fewer than k elements are nonzero).
+size_t SelectTopKBySampling(const float* x, size_t n, size_t k, uint64_t seed,
+                            uint32_t* indices, float* values);
+
+// Threads the CPU kernels use (default: hardware concurrency). 1 disables threading.
+void SetCpuThreads(int threads);
+int CpuThreads();
+
+}  // namespace cleave::kernels

@@ -1,0 +1,278 @@
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <unordered_set>
+#include <vector>
+
+#include "cleave/kernels/sparsify.h"
+#include "parallel.h"
+
+namespace cleave::kernels {
+
+namespace {
+
+std::atomic<int> cpu_threads{0};  // 0: hardware concurrency
+
+// Welford accumulator, merged with Chan et al.'s parallel formula.
+struct Welford {
+  double count = 0, mean = 0, m2 = 0, max_abs = 0;
+
+  void Merge(const Welford& other) {
+    if (other.count == 0) return;
+    const double total = count + other.count;
+    const double delta = other.mean - mean;
+    mean += delta * other.count / total;
+    m2 += other.m2 + delta * delta * count * other.count / total;
+    count = total;
+    max_abs = std::max(max_abs, other.max_abs);
+  }
+};
+
+// Moments of a block small enough for plain float-in-double sums, then merged: blocks keep the
+// inner loop vectorisable and the merge keeps it stable.
+template <typename Load>
+Welford BlockMoments(size_t begin, size_t end, Load load) {
+  Welford total;
+  constexpr size_t kBlock = 4096;
+  for (size_t b = begin; b < end; b += kBlock) {
+    const size_t e = std::min(end, b + kBlock);
+    double sum = 0, max_abs = 0;
+    for (size_t i = b; i < e; ++i) {
+      const float v = load(i);
+      sum += v;
+      max_abs = std::max(max_abs, static_cast<double>(std::fabs(v)));
+    }
+    const double mean = sum / static_cast<double>(e - b);
+    double m2 = 0;
+    for (size_t i = b; i < e; ++i) {
+      const double d = load(i) - mean;
+      m2 += d * d;
+    }
+    total.Merge({static_cast<double>(e - b), mean, m2, max_abs});
+  }
+  return total;
+}
+
+template <typename Load>
+Moments MomentsOf(size_t n, Load load) {
+  const int threads = detail::ThreadsFor(n);
+  std::vector<Welford> partial(static_cast<size_t>(threads));
+  detail::ParallelChunks(n, threads, [&](int c, size_t begin, size_t end) {
+    partial[static_cast<size_t>(c)] = BlockMoments(begin, end, load);
+  });
+  Welford total;
+  for (const Welford& w : partial) total.Merge(w);
+  Moments out;
+  out.n = n;
+  out.mean = total.mean;
+  out.stddev = n > 0 ? std::sqrt(total.m2 / static_cast<double>(n)) : 0;
+  out.max_abs = total.max_abs;
+  return out;
+}
+
+// Per-chunk selections concatenated in chunk order: ascending overall, one pass over the data.
+struct ChunkSelection {
+  std::vector<uint32_t> indices;
+  std::vector<float> values;
+};
+
+size_t Concatenate(const std::vector<ChunkSelection>& chunks, uint32_t* indices, float* values,
+                   size_t capacity) {
+  size_t total = 0;
+  for (const ChunkSelection& chunk : chunks) {
+    const size_t count = chunk.indices.size();
+    if (total < capacity) {
+      const size_t take = std::min(count, capacity - total);
+      std::memcpy(indices + total, chunk.indices.data(), take * sizeof(uint32_t));
+      std::memcpy(values + total, chunk.values.data(), take * sizeof(float));
+    }
+    total += count;
+  }
+  return total;
+}
+
+}  // namespace
+
+void SetCpuThreads(int threads) { cpu_threads.store(std::max(0, threads)); }
+
+int CpuThreads() {
+  const int set = cpu_threads.load();
+  return set > 0 ? set : std::max(1u, std::thread::hardware_concurrency());
+}
+
+int detail::ThreadsFor(size_t n) {
+  const size_t by_size = std::max<size_t>(1, n / kMinElementsPerThread);
+  return static_cast<int>(std::min<size_t>(static_cast<size_t>(CpuThreads()), by_size));
+}
+
+Moments ComputeMoments(const float* x, size_t n) {
+  return MomentsOf(n, [x](size_t i) { return x[i]; });
+}
+
+Moments ComputeMomentsOfSum(const float* a, const float* b, size_t n) {
+  return MomentsOf(n, [a, b](size_t i) { return a[i] + b[i]; });
+}
+
+size_t CountAbove(const float* x, size_t n, float threshold) {
+  const int threads = detail::ThreadsFor(n);
+  std::vector<size_t> partial(static_cast<size_t>(threads), 0);
+  detail::ParallelChunks(n, threads, [&](int c, size_t begin, size_t end) {
+    size_t count = 0;
+    for (size_t i = begin; i < end; ++i) count += std::fabs(x[i]) > threshold;
+    partial[static_cast<size_t>(c)] = count;
+  });
+  return std::accumulate(partial.begin(), partial.end(), size_t{0});
+}
+
+size_t SelectAbove(const float* x, size_t n, float threshold, uint32_t* indices, float* values,
+                   size_t capacity) {
+  const int threads = detail::ThreadsFor(n);
+  std::vector<ChunkSelection> chunks(static_cast<size_t>(threads));
+  detail::ParallelChunks(n, threads, [&](int c, size_t begin, size_t end) {
+    ChunkSelection& out = chunks[static_cast<size_t>(c)];
+    for (size_t i = begin; i < end; ++i) {
+      if (std::fabs(x[i]) > threshold) {
+        out.indices.push_back(static_cast<uint32_t>(i));
+        out.values.push_back(x[i]);
+      }
+    }
+  });
+  return Concatenate(chunks, indices, values, capacity);
+}
+
+size_t TopK(const float* x, size_t n, size_t k, uint32_t* indices, float* values) {
+  k = std::min(k, n);
+  if (k == 0) return 0;
+  std::vector<uint32_t> order(n);
+  std::iota(order.begin(), order.end(), 0u);
+  // Larger magnitude first; equal magnitudes: lower index first.
+  auto before = [x](uint32_t a, uint32_t b) {
+    const float fa = std::fabs(x[a]), fb = std::fabs(x[b]);
+    return fa > fb || (fa == fb && a < b);
+  };
+  std::nth_element(order.begin(), order.begin() + static_cast<long>(k - 1), order.end(), before);
+  std::sort(order.begin(), order.begin() + static_cast<long>(k));
+  for (size_t i = 0; i < k; ++i) {
+    indices[i] = order[i];
+    values[i] = x[order[i]];
+  }
+  return k;
+}
+
+size_t RandomK(const float* x, size_t n, size_t k, uint64_t seed, uint32_t* indices,
+               float* values) {
+  k = std::min(k, n);
+  std::mt19937_64 rng(seed);
+  std::vector<uint32_t> chosen;
+  chosen.reserve(k);
+  if (k * 2 <= n) {
+    // Floyd's algorithm: k distinct draws in O(k).
+    std::unordered_set<uint64_t> seen;
+    seen.reserve(k * 2);
+    for (uint64_t j = n - k; j < n; ++j) {
+      const uint64_t t = rng() % (j + 1);
+      const uint64_t pick = seen.insert(t).second ? t : j;
+      if (pick == j) seen.insert(j);
+      chosen.push_back(static_cast<uint32_t>(pick));
+    }
+    std::sort(chosen.begin(), chosen.end());
+  } else {
+    // Selection sampling (Knuth's algorithm S): ascending by construction.
+    size_t needed = k;
+    for (size_t i = 0; i < n && needed > 0; ++i) {
+      if (rng() % (n - i) < needed) {
+        chosen.push_back(static_cast<uint32_t>(i));
+        --needed;
+      }
+    }
+  }
+  for (size_t i = 0; i < k; ++i) {
+    indices[i] = chosen[i];
+    values[i] = x[chosen[i]];
+  }
+  return k;
+}
+
+size_t ErrorFeedbackSelect(const float* grad, float* residual, size_t n, float threshold,
+                           uint32_t* indices, float* values, size_t capacity) {
+  const int threads = detail::ThreadsFor(n);
+  std::vector<ChunkSelection> chunks(static_cast<size_t>(threads));
+  detail::ParallelChunks(n, threads, [&](int c, size_t begin, size_t end) {
+    ChunkSelection& out = chunks[static_cast<size_t>(c)];
+    for (size_t i = begin; i < end; ++i) {
+      const float acc = grad[i] + residual[i];
+      const bool send = std::fabs(acc) > threshold;
+      if (send) {
+        out.indices.push_back(static_cast<uint32_t>(i));
+        out.values.push_back(acc);
+      }
+      residual[i] = send ? 0.0f : acc;
+    }
+  });
+  return Concatenate(chunks, indices, values, capacity);
+}
+
+size_t SelectTopKBySampling(const float* x, size_t n, size_t k, uint64_t seed,
+                            uint32_t* indices, float* values) {
+  k = std::min(k, n);
+  if (k == 0) return 0;
+  constexpr size_t kGroups = 4096, kGroupSize = 16;  // one cache line per group
+  if (n <= 4 * kGroups * kGroupSize || k * 4 >= n) return TopK(x, n, k, indices, values);
+
+  // 1. A sample of |x|: kGroups cache lines at seeded positions.
+  std::mt19937_64 rng(seed);
+  std::vector<float> sample;
+  sample.reserve(kGroups * kGroupSize);
+  for (size_t g = 0; g < kGroups; ++g) {
+    const size_t start = static_cast<size_t>(rng() % (n - kGroupSize));
+    for (size_t i = start; i < start + kGroupSize; ++i) sample.push_back(std::fabs(x[i]));
+  }
+  // 2. A threshold a little below the k-th largest: the sample rank with ~25% + 3 sigma spare.
+  const double expected = static_cast<double>(k) * sample.size() / static_cast<double>(n);
+  const size_t rank = std::min(sample.size() - 1,
+                               static_cast<size_t>(1.25 * expected + 3 * std::sqrt(expected) + 8));
+  std::nth_element(sample.begin(), sample.begin() + static_cast<long>(rank), sample.end(),
+                   std::greater<float>());
+  float threshold = sample[rank];
+
+  // 3. One pass collects the candidates; 4. trim them to exactly k.
+  const size_t capacity = 4 * k + 4096;
+  std::vector<uint32_t> candidate_indices(capacity);
+  std::vector<float> candidate_values(capacity);
+  size_t found = 0;
+  for (int attempt = 0;; ++attempt) {
+    found = SelectAbove(x, n, threshold, candidate_indices.data(), candidate_values.data(),
+                        capacity);
+    if (found > capacity || attempt == 3) return TopK(x, n, k, indices, values);  // rare
+    if (found >= k || threshold == 0.0f) break;
+    threshold *= 0.5f;  // the sample overestimated the threshold: widen and collect again
+  }
+  if (found <= k) {
+    std::memcpy(indices, candidate_indices.data(), found * sizeof(uint32_t));
+    std::memcpy(values, candidate_values.data(), found * sizeof(float));
+    return found;
+  }
+  std::vector<float> magnitudes(found);
+  for (size_t i = 0; i < found; ++i) magnitudes[i] = std::fabs(candidate_values[i]);
+  std::nth_element(magnitudes.begin(), magnitudes.begin() + static_cast<long>(k - 1),
+                   magnitudes.end(), std::greater<float>());
+  const float kth = magnitudes[k - 1];
+  size_t above = 0;
+  for (size_t i = 0; i < found; ++i) above += std::fabs(candidate_values[i]) > kth;
+  size_t ties_allowed = k - above, written = 0;
+  for (size_t i = 0; i < found; ++i) {
+    const float magnitude = std::fabs(candidate_values[i]);
+    if (magnitude > kth || (magnitude == kth && ties_allowed > 0)) {
+      if (magnitude == kth) --ties_allowed;
+      indices[written] = candidate_indices[i];
+      values[written] = candidate_values[i];
+      ++written;
+    }
+  }
+  return written;
+}
+
+}  // namespace cleave::kernels

@@ -1,0 +1,184 @@
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <set>
+
+#include "cleave/kernels/sparsify.h"
+#include "random_data.h"
+
+namespace cleave::kernels {
+namespace {
+
+using testing::Distribution;
+using testing::RandomData;
+
+class KernelSizes : public ::testing::TestWithParam<size_t> {};
+
+TEST_P(KernelSizes, MomentsMatchADoubleReference) {
+  const size_t n = GetParam();
+  const auto x = RandomData(n, Distribution::kLaplace, n);
+  double sum = 0, max_abs = 0;
+  for (float v : x) {
+    sum += v;
+    max_abs = std::max(max_abs, static_cast<double>(std::fabs(v)));
+  }
+  const double mean = n ? sum / n : 0;
+  double m2 = 0;
+  for (float v : x) m2 += (v - mean) * (v - mean);
+  const Moments m = ComputeMoments(x.data(), n);
+  EXPECT_EQ(m.n, n);
+  EXPECT_NEAR(m.mean, mean, 1e-9 * (1 + std::fabs(mean)));
+  EXPECT_NEAR(m.stddev, n ? std::sqrt(m2 / n) : 0, 1e-9);
+  EXPECT_EQ(m.max_abs, max_abs);
+}
+
+TEST_P(KernelSizes, SelectAboveMatchesBruteForceInIndexOrder) {
+  const size_t n = GetParam();
+  const auto x = RandomData(n, Distribution::kNormal, n + 1);
+  const float threshold = 1.7f;
+  std::vector<uint32_t> expected;
+  for (size_t i = 0; i < n; ++i) {
+    if (std::fabs(x[i]) > threshold) expected.push_back(static_cast<uint32_t>(i));
+  }
+  EXPECT_EQ(CountAbove(x.data(), n, threshold), expected.size());
+  std::vector<uint32_t> indices(n + 1);
+  std::vector<float> values(n + 1);
+  const size_t count = SelectAbove(x.data(), n, threshold, indices.data(), values.data(), n);
+  ASSERT_EQ(count, expected.size());
+  for (size_t i = 0; i < count; ++i) {
+    ASSERT_EQ(indices[i], expected[i]);
+    ASSERT_EQ(values[i], x[expected[i]]);
+  }
+  // Capacity smaller than the count: the first entries are written, the total is reported.
+  if (count > 2) {
+    std::vector<uint32_t> few(2);
+    std::vector<float> few_values(2);
+    EXPECT_EQ(SelectAbove(x.data(), n, threshold, few.data(), few_values.data(), 2), count);
+    EXPECT_EQ(few[0], expected[0]);
+    EXPECT_EQ(few[1], expected[1]);
+  }
+}
+
+TEST_P(KernelSizes, TopKIsExact) {
+  const size_t n = GetParam();
+  const auto x = RandomData(n, Distribution::kStudentT2, n + 2);
+  for (size_t k : {size_t{0}, size_t{1}, n / 100 + 1, n / 2, n}) {
+    std::vector<uint32_t> indices(n + 1);
+    std::vector<float> values(n + 1);
+    const size_t got = TopK(x.data(), n, k, indices.data(), values.data());
+    ASSERT_EQ(got, std::min(k, n));
+    // Brute force: sort all positions by magnitude (ties: lower index).
+    std::vector<uint32_t> order(n);
+    std::iota(order.begin(), order.end(), 0u);
+    std::stable_sort(order.begin(), order.end(),
+                     [&](uint32_t a, uint32_t b) { return std::fabs(x[a]) > std::fabs(x[b]); });
+    std::vector<uint32_t> expected(order.begin(), order.begin() + static_cast<long>(got));
+    std::sort(expected.begin(), expected.end());
+    ASSERT_EQ(std::vector<uint32_t>(indices.begin(), indices.begin() + static_cast<long>(got)),
+              expected);
+    for (size_t i = 0; i < got; ++i) ASSERT_EQ(values[i], x[indices[i]]);
+  }
+}
+
+TEST_P(KernelSizes, RandomKIsSeededDistinctAndAscending) {
+  const size_t n = GetParam();
+  const auto x = RandomData(n, Distribution::kNormal, 3);
+  for (size_t k : {size_t{0}, size_t{1}, n / 10 + 1, n * 3 / 4, n}) {
+    std::vector<uint32_t> a(n + 1), b(n + 1);
+    std::vector<float> va(n + 1), vb(n + 1);
+    const size_t got = RandomK(x.data(), n, k, 42, a.data(), va.data());
+    ASSERT_EQ(got, std::min(k, n));
+    ASSERT_EQ(RandomK(x.data(), n, k, 42, b.data(), vb.data()), got);
+    for (size_t i = 0; i < got; ++i) {
+      ASSERT_EQ(a[i], b[i]);
+      ASSERT_LT(a[i], n);
+      if (i > 0) {
+        ASSERT_GT(a[i], a[i - 1]);
+      }
+      ASSERT_EQ(va[i], x[a[i]]);
+    }
+  }
+}
+
+TEST_P(KernelSizes, ErrorFeedbackKeepsTheInvariantExactly) {
+  const size_t n = GetParam();
+  const auto grad = RandomData(n, Distribution::kNormal, 5);
+  auto residual = RandomData(n, Distribution::kLaplace, 6);
+  const auto old_residual = residual;
+  std::vector<uint32_t> indices(n + 1);
+  std::vector<float> values(n + 1);
+  const float threshold = 1.5f;
+  const size_t count =
+      ErrorFeedbackSelect(grad.data(), residual.data(), n, threshold, indices.data(),
+                          values.data(), n);
+  std::vector<float> sent(n, 0.0f);
+  for (size_t i = 0; i < count; ++i) {
+    if (i > 0) {
+      ASSERT_GT(indices[i], indices[i - 1]);
+    }
+    sent[indices[i]] = values[i];
+  }
+  for (size_t i = 0; i < n; ++i) {
+    const float acc = grad[i] + old_residual[i];
+    ASSERT_EQ(sent[i] + residual[i], acc) << i;  // exact, not approximately
+    ASSERT_EQ(std::fabs(acc) > threshold, sent[i] != 0.0f || acc == 0.0f) << i;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, KernelSizes,
+                         ::testing::Values(0u, 1u, 2u, 255u, 257u, 4097u, 65537u, 200003u,
+                                           1u << 20));
+
+using LandingParam = std::tuple<Distribution, double>;
+class SampledTopKLanding : public ::testing::TestWithParam<LandingParam> {};
+
+TEST_P(SampledTopKLanding, LandsOnKAndMatchesTheExactSet) {
+  const auto [distribution, density] = GetParam();
+  const size_t n = size_t{1} << 20;
+  const auto x = RandomData(n, distribution, 11);
+  const size_t k = static_cast<size_t>(density * n);
+  std::vector<uint32_t> indices(n), exact(n);
+  std::vector<float> values(n), exact_values(n);
+  const size_t got = SelectTopKBySampling(x.data(), n, k, 7, indices.data(), values.data());
+  const size_t nonzero = n - static_cast<size_t>(std::count(x.begin(), x.end(), 0.0f));
+  ASSERT_EQ(got, std::min(k, nonzero));
+  ASSERT_EQ(TopK(x.data(), n, k, exact.data(), exact_values.data()), k);
+  // Same magnitudes as the exact top-k (the sets differ only among equal magnitudes).
+  std::vector<float> a(got), b(got);
+  for (size_t i = 0; i < got; ++i) {
+    a[i] = std::fabs(values[i]);
+    b[i] = std::fabs(exact_values[i]);
+  }
+  std::sort(a.begin(), a.end());
+  std::sort(b.begin(), b.end());
+  EXPECT_EQ(a, b);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    DistributionsDensities, SampledTopKLanding,
+    ::testing::Combine(::testing::Values(Distribution::kNormal, Distribution::kLaplace,
+                                         Distribution::kStudentT2, Distribution::kPostRelu),
+                       ::testing::Values(0.001, 0.01, 0.1)),
+    [](const auto& info) {
+      return std::string(testing::Name(std::get<0>(info.param))) + "_" +
+             std::to_string(static_cast<int>(std::get<1>(info.param) * 1000));
+    });
+
+TEST(KernelThreadsTest, SingleAndMultiThreadedAgree) {
+  const auto x = RandomData(1 << 20, Distribution::kNormal, 9);
+  SetCpuThreads(1);
+  const Moments one = ComputeMoments(x.data(), x.size());
+  const size_t count_one = CountAbove(x.data(), x.size(), 2.0f);
+  SetCpuThreads(4);
+  const Moments four = ComputeMoments(x.data(), x.size());
+  EXPECT_EQ(CountAbove(x.data(), x.size(), 2.0f), count_one);
+  EXPECT_NEAR(one.mean, four.mean, 1e-12);
+  EXPECT_NEAR(one.stddev, four.stddev, 1e-12);
+  SetCpuThreads(0);
+  EXPECT_GE(CpuThreads(), 1);
+}
+
+}  // namespace
+}  // namespace cleave::kernels

@@ -1,0 +1,216 @@
+#include "cleave/compress/compressor.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <limits>
+
+#include "cleave/core/error.h"
+#include "cleave/kernels/sparsify.h"
+
+namespace cleave {
+
+namespace {
+
+void Resize(Selection* out, size_t capacity) {
+  out->indices.resize(capacity);
+  out->values.resize(capacity);
+}
+
+class NoneCompressor final : public Compressor {
+ public:
+  using Compressor::Compressor;
+
+ protected:
+  void SelectFrom(const float* data, size_t n, size_t, Selection* out) override {
+    Resize(out, n);
+    for (size_t i = 0; i < n; ++i) {
+      out->indices[i] = static_cast<uint32_t>(i);
+      out->values[i] = data[i];
+    }
+  }
+};
+
+class TopKCompressor final : public Compressor {
+ public:
+  using Compressor::Compressor;
+
+ protected:
+  void SelectFrom(const float* data, size_t n, size_t k, Selection* out) override {
+    Resize(out, k);
+    Resize(out, kernels::TopK(data, n, k, out->indices.data(), out->values.data()));
+  }
+};
+
+class RandomKCompressor final : public Compressor {
+ public:
+  using Compressor::Compressor;
+
+ protected:
+  void SelectFrom(const float* data, size_t n, size_t k, Selection* out) override {
+    Resize(out, k);
+    const uint64_t seed = config().seed * 0x9E3779B97F4A7C15ULL + calls_;
+    Resize(out, kernels::RandomK(data, n, k, seed, out->indices.data(), out->values.data()));
+  }
+};
+
+class GaussianKCompressor final : public Compressor {
+ public:
+  using Compressor::Compressor;
+
+ protected:
+  void SelectFrom(const float* data, size_t n, size_t k, Selection* out) override {
+    size_t count = 0;
+    const float threshold = GaussianKThreshold(data, n, k, &count);
+    Resize(out, count);
+    kernels::SelectAbove(data, n, threshold, out->indices.data(), out->values.data(), count);
+  }
+};
+
+class GaussianKPlusCompressor final : public Compressor {
+ public:
+  using Compressor::Compressor;
+
+ protected:
+  void SelectFrom(const float* data, size_t n, size_t k, Selection* out) override {
+    Resize(out, k);
+    const uint64_t seed = config().seed + calls_;
+    Resize(out, kernels::SelectTopKBySampling(data, n, k, seed, out->indices.data(),
+                                              out->values.data()));
+  }
+};
+
+}  // namespace
+
+Compressor::Compressor(CompressorConfig config) : config_(std::move(config)) {
+  CLEAVE_CHECK_USER(config_.density > 0.0 && config_.density <= 1.0, "density ",
+                    config_.density, " is outside (0, 1]");
+}
+
+int64_t Compressor::TargetCount(int64_t numel) const {
+  if (numel <= 0) return 0;
+  const auto k = static_cast<int64_t>(std::llround(config_.density * static_cast<double>(numel)));
+  return std::min(numel, std::max<int64_t>(1, k));
+}
+
+Selection Compressor::Compress(const at::Tensor& dense) {
+  CLEAVE_ENFORCE(dense.scalar_type() == at::kFloat, "compressors take float32 tensors");
+  CLEAVE_ENFORCE(dense.numel() <= std::numeric_limits<uint32_t>::max(),
+                 "tensor too large for 32-bit indices");
+  // The kernels' CUDA backend is used by builds against a CUDA LibTorch; this build copies.
+  const at::Tensor flat = dense.detach().to(at::kCPU).contiguous().view(-1);
+  Selection out;
+  out.shape.assign(dense.sizes().begin(), dense.sizes().end());
+  out.numel = flat.numel();
+  SelectFrom(flat.data_ptr<float>(), static_cast<size_t>(out.numel),
+             static_cast<size_t>(TargetCount(out.numel)), &out);
+  ++calls_;
+  return out;
+}
+
+std::unique_ptr<Compressor> MakeCompressor(const CompressorConfig& config) {
+  if (config.method == "none") return std::make_unique<NoneCompressor>(config);
+  if (config.method == "topk") return std::make_unique<TopKCompressor>(config);
+  if (config.method == "gaussiank") return std::make_unique<GaussianKCompressor>(config);
+  if (config.method == "gaussiank+") return std::make_unique<GaussianKPlusCompressor>(config);
+  if (config.method == "randomk") return std::make_unique<RandomKCompressor>(config);
+  throw UserError("unknown compression method '" + config.method +
+                  "' (use none, topk, gaussiank, gaussiank+, randomk)");
+}
+
+at::Tensor Decompress(const Selection& selection) {
+  at::Tensor dense = at::zeros({selection.numel}, at::kFloat);
+  float* data = dense.data_ptr<float>();
+  for (size_t i = 0; i < selection.indices.size(); ++i) {
+    CLEAVE_ENFORCE(selection.indices[i] < static_cast<uint64_t>(selection.numel),
+                   "index out of range");
+    data[selection.indices[i]] = selection.values[i];
+  }
+  return dense.view(selection.shape);
+}
+
+double NormalQuantile(double p) {
+  CLEAVE_ENFORCE(p > 0.0 && p < 1.0, "quantile of ", p);
+  // Acklam's coefficients.
+  static const double a[] = {-3.969683028665376e+01, 2.209460984245205e+02,
+                             -2.759285104469687e+02, 1.383577518672690e+02,
+                             -3.066479806614716e+01, 2.506628277459239e+00};
+  static const double b[] = {-5.447609879822406e+01, 1.615858368580409e+02,
+                             -1.556989798598866e+02, 6.680131188771972e+01,
+                             -1.328068155288572e+01};
+  static const double c[] = {-7.784894002430293e-03, -3.223964580411365e-01,
+                             -2.400758277161838e+00, -2.549732539343734e+00,
+                             4.374664141464968e+00,  2.938163982698783e+00};
+  static const double d[] = {7.784695709041462e-03, 3.224671290700398e-01,
+                             2.445134137142996e+00, 3.754408661907416e+00};
+  double x;
+  if (p < 0.02425) {
+    const double q = std::sqrt(-2 * std::log(p));
+    x = (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) /
+        ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1);
+  } else if (p > 1 - 0.02425) {
+    const double q = std::sqrt(-2 * std::log(1 - p));
+    x = -(((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) /
+        ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1);
+  } else {
+    const double q = p - 0.5, r = q * q;
+    x = (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q /
+        (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1);
+  }
+  // One Newton step on Phi(x) - p.
+  const double error = 0.5 * std::erfc(-x / std::sqrt(2.0)) - p;
+  const double density = std::exp(-x * x / 2) / std::sqrt(2 * M_PI);
+  return x - error / density;
+}
+
+float GaussianKThreshold(const float* data, size_t n, size_t k, size_t* count_at_threshold) {
+  if (n == 0 || k == 0) {
+    *count_at_threshold = 0;
+    return std::numeric_limits<float>::infinity();
+  }
+  const kernels::Moments moments = kernels::ComputeMoments(data, n);
+  const double density = static_cast<double>(k) / static_cast<double>(n);
+  float threshold = k >= n ? -1.0f
+                           : static_cast<float>(moments.mean + moments.stddev *
+                                                                   NormalQuantile(1 - density / 2));
+  size_t count = kernels::CountAbove(data, n, threshold);
+  // Shi et al.'s refinement: at most three corrections, the selection uses the last threshold
+  // whose count is known.
+  for (int loop = 0; loop < 3; ++loop) {
+    if (3 * count < 2 * k) {
+      threshold *= 0.5f;
+    } else if (3 * count > 4 * k) {
+      threshold *= 1.5f;
+    } else {
+      break;
+    }
+    count = kernels::CountAbove(data, n, threshold);
+  }
+  *count_at_threshold = count;
+  return threshold;
+}
+
+ErrorFeedback::ErrorFeedback(const CompressorConfig& config)
+    : compressor_(MakeCompressor(config)) {}
+
+Selection ErrorFeedback::Compress(const std::string& key, const at::Tensor& update) {
+  at::Tensor& residual = residuals_[key];
+  const at::Tensor flat_update = update.detach().to(at::kCPU).contiguous();
+  if (!residual.defined()) residual = at::zeros_like(flat_update);
+  CLEAVE_ENFORCE(residual.sizes() == flat_update.sizes(), "update for '", key,
+                 "' changed shape");
+  // acc = update + residual, computed once: the values sent are exactly acc's entries.
+  const at::Tensor accumulated = flat_update + residual;
+  Selection selection = compressor_->Compress(accumulated);
+  residual = accumulated.clone();
+  float* data = residual.view(-1).data_ptr<float>();
+  for (uint32_t index : selection.indices) data[index] = 0.0f;
+  return selection;
+}
+
+at::Tensor ErrorFeedback::Residual(const std::string& key) const {
+  const auto it = residuals_.find(key);
+  return it == residuals_.end() ? at::Tensor() : it->second;
+}
+
+}  // namespace cleave

@@ -1,0 +1,128 @@
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <numeric>
+
+#include "cleave/compress/compressor.h"
+#include "cleave/core/error.h"
+
+namespace cleave {
+namespace {
+
+at::Tensor Sample(const std::string& distribution, int64_t n, uint64_t seed) {
+  at::manual_seed(seed);
+  if (distribution == "normal") return at::randn({n});
+  if (distribution == "laplace") {
+    const at::Tensor u = at::rand({n}) - 0.5;
+    return -u.sign() * at::log1p(-2 * u.abs());
+  }
+  if (distribution == "student_t2") {  // normal / sqrt(chi2_2 / 2)
+    const at::Tensor chi2 = -2 * at::log(at::rand({n}));
+    return at::randn({n}) / at::sqrt(chi2 / 2);
+  }
+  return at::relu(at::randn({n}) + 0.1);  // post-ReLU
+}
+
+TEST(NormalQuantileTest, KnownValues) {
+  EXPECT_NEAR(NormalQuantile(0.5), 0.0, 1e-12);
+  EXPECT_NEAR(NormalQuantile(0.975), 1.959963984540054, 1e-9);
+  EXPECT_NEAR(NormalQuantile(0.0005), -3.290526731491926, 1e-9);
+  EXPECT_NEAR(NormalQuantile(1 - 1e-7), 5.199337582192816, 1e-7);
+}
+
+TEST(CompressorTest, TopKMatchesABruteForceSort) {
+  const at::Tensor x = Sample("laplace", 5000, 1).view({50, 100});
+  auto topk = MakeCompressor({"topk", 0.03, 1});
+  const Selection s = topk->Compress(x);
+  ASSERT_EQ(s.indices.size(), 150u);
+  EXPECT_EQ(s.shape, (std::vector<int64_t>{50, 100}));
+  const at::Tensor expected = std::get<0>(std::get<1>(x.view(-1).abs().topk(150)).sort());
+  for (size_t i = 0; i < 150; ++i) {
+    EXPECT_EQ(s.indices[i], expected[static_cast<int64_t>(i)].item<int64_t>());
+    EXPECT_EQ(s.values[i], x.view(-1)[s.indices[i]].item<float>());
+  }
+  EXPECT_TRUE(Decompress(s).view(-1).index_select(0, expected).equal(x.view(-1).index_select(0, expected)));
+}
+
+TEST(CompressorTest, NoneKeepsEverything) {
+  const at::Tensor x = at::randn({3, 4});
+  EXPECT_TRUE(Decompress(MakeCompressor({"none", 1.0, 1})->Compress(x)).equal(x));
+}
+
+TEST(CompressorTest, RandomKIsSeededAndChangesBetweenCalls) {
+  const at::Tensor x = at::randn({10000});
+  auto a = MakeCompressor({"randomk", 0.01, 7});
+  auto b = MakeCompressor({"randomk", 0.01, 7});
+  const Selection first = a->Compress(x);
+  EXPECT_EQ(first.indices, b->Compress(x).indices);
+  EXPECT_EQ(first.indices.size(), 100u);
+  EXPECT_NE(first.indices, a->Compress(x).indices);
+  for (size_t i = 0; i < 100; ++i) {
+    EXPECT_EQ(first.values[i], x[first.indices[i]].item<float>());
+  }
+}
+
+TEST(CompressorTest, GaussianKSelectsAboveItsThreshold) {
+  const at::Tensor x = Sample("normal", 1 << 16, 2);
+  auto gaussiank = MakeCompressor({"gaussiank", 0.01, 1});
+  const Selection s = gaussiank->Compress(x);
+  size_t count = 0;
+  const float threshold = GaussianKThreshold(x.data_ptr<float>(), 1 << 16, 655, &count);
+  EXPECT_EQ(s.indices.size(), count);
+  EXPECT_EQ(count, static_cast<size_t>((x.abs() > threshold).sum().item<int64_t>()));
+  // On normal data the paper's rule lands close to k.
+  EXPECT_NEAR(static_cast<double>(count), 655.0, 655.0 / 3);
+}
+
+TEST(CompressorTest, BadConfigsAreUserErrors) {
+  EXPECT_THROW(MakeCompressor({"fancy", 0.1, 1}), UserError);
+  EXPECT_THROW(MakeCompressor({"topk", 0.0, 1}), UserError);
+  EXPECT_THROW(MakeCompressor({"topk", 1.5, 1}), UserError);
+}
+
+using LandingParam = std::tuple<std::string, double>;
+class GaussianKPlusLanding : public ::testing::TestWithParam<LandingParam> {};
+
+TEST_P(GaussianKPlusLanding, WithinTenPercentOfK) {
+  const auto [distribution, density] = GetParam();
+  const int64_t n = 1 << 20;
+  const at::Tensor x = Sample(distribution, n, 3);
+  auto plus = MakeCompressor({"gaussiank+", density, 1});
+  const int64_t k = plus->TargetCount(n);
+  const double landed = static_cast<double>(plus->Compress(x).indices.size()) / k;
+  EXPECT_GE(landed, 0.9) << distribution;
+  EXPECT_LE(landed, 1.1) << distribution;
+  size_t paper_count = 0;
+  GaussianKThreshold(x.data_ptr<float>(), n, k, &paper_count);
+  std::printf("[ landing  ] %-10s density %.3f: gaussiank+ %.3f k, gaussiank %.3f k\n",
+              distribution.c_str(), density, landed, static_cast<double>(paper_count) / k);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Distributions, GaussianKPlusLanding,
+    ::testing::Combine(::testing::Values("normal", "laplace", "student_t2", "post_relu"),
+                       ::testing::Values(0.001, 0.01, 0.1)),
+    [](const auto& info) {
+      return std::get<0>(info.param) + "_" +
+             std::to_string(static_cast<int>(std::get<1>(info.param) * 1000));
+    });
+
+TEST(ErrorFeedbackTest, SentPlusResidualIsUpdatePlusOldResidualExactly) {
+  for (const char* method : {"topk", "gaussiank", "gaussiank+", "randomk"}) {
+    ErrorFeedback feedback({method, 0.05, 1});
+    at::Tensor old_residual = at::zeros({40, 50});
+    for (int step = 0; step < 4; ++step) {
+      const at::Tensor update = at::randn({40, 50});
+      const Selection sent = feedback.Compress("layer1.weight", update);
+      const at::Tensor residual = feedback.Residual("layer1.weight");
+      EXPECT_TRUE((Decompress(sent) + residual).equal(update + old_residual)) << method;
+      for (uint32_t index : sent.indices) EXPECT_EQ(residual.view(-1)[index].item<float>(), 0.0f);
+      old_residual = residual.clone();
+    }
+  }
+}
+
+}  // namespace
+}  // namespace cleave

@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include "cleave/compress/compressor.h"
 #include "cleave/compress/sparse_codec.h"
 #include "cleave/core/error.h"
 #include "cleave/protocol/tensor_message.h"
@@ -13,30 +14,22 @@ at::Tensor SelectedActivations::Apply(const at::Tensor& activations) const {
 }
 
 ActivationCompressor::ActivationCompressor(const v1::CompressionSettings& settings,
-                                           uint64_t /*seed*/)
-    : settings_(settings) {
-  CLEAVE_CHECK_USER(settings_.method() == "none" || settings_.method() == "topk",
-                    "activation compression '", settings_.method(),
-                    "' is not available in this build");
-}
+                                           uint64_t seed)
+    : settings_(settings),
+      compressor_(MakeCompressor({settings.method(), settings.density(), seed})) {}
 
 ActivationCompressor::~ActivationCompressor() = default;
 
 SelectedActivations ActivationCompressor::Select(const at::Tensor& activations) {
   SelectedActivations selected;
   if (settings_.method() == "none") return selected;
-  const at::Tensor flat = activations.detach().reshape({-1});
-  const int64_t k = std::max<int64_t>(
-      1, static_cast<int64_t>(settings_.density() * static_cast<double>(flat.numel())));
-  const at::Tensor positions = std::get<1>(flat.abs().topk(std::min(k, flat.numel())));
-  const at::Tensor sorted = std::get<0>(positions.sort());
+  Selection selection = compressor_->Compress(activations);
   selected.all = false;
-  selected.indices.resize(static_cast<size_t>(sorted.numel()));
-  const int64_t* data = sorted.data_ptr<int64_t>();
-  for (size_t i = 0; i < selected.indices.size(); ++i) {
-    selected.indices[i] = static_cast<uint32_t>(data[i]);
-  }
-  selected.mask = at::zeros_like(flat).index_fill_(0, sorted, 1.0).view(activations.sizes());
+  selected.indices = std::move(selection.indices);
+  at::Tensor mask = at::zeros({activations.numel()}, activations.options().requires_grad(false));
+  float* data = mask.data_ptr<float>();
+  for (uint32_t index : selected.indices) data[index] = 1.0f;
+  selected.mask = mask.view(activations.sizes());
   return selected;
 }
 
@@ -55,6 +48,9 @@ at::Tensor ActivationCompressor::DecodeGradient(
     const v1::Tensor& message, const at::Tensor& activations, const SelectedActivations& selected,
     const v1::CompressionSettings& gradient_settings) const {
   const std::vector<int64_t> shape(activations.sizes().begin(), activations.sizes().end());
+  if (selected.all && message.payload_case() == v1::Tensor::kSparse) {
+    return protocol::DecodeSparseAt(message, shape, {});
+  }
   if (selected.all) {
     protocol::TensorSpec spec;
     spec.sample_shape.assign(shape.begin() + 1, shape.end());
@@ -63,6 +59,10 @@ at::Tensor ActivationCompressor::DecodeGradient(
     CLEAVE_CHECK_INPUT(gradient.size(0) == shape[0], "gradient batch ", gradient.size(0),
                        ", expected ", shape[0]);
     return gradient;
+  }
+  if (message.payload_case() == v1::Tensor::kSparse) {
+    // Sparsified again by the server, with indices relative to the positions we sent.
+    return protocol::DecodeSparseAt(message, shape, selected.indices);
   }
   return protocol::DecodeValuesAt(message, shape, selected.indices,
                                   ParseValuePrecision(gradient_settings.value_precision()));

@@ -63,12 +63,17 @@ ModelSpec CnnSpec() {
 
 class EndToEndTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    server::RouteGrpcLogsToSpdlog();
+  virtual server::SplitServerOptions ServerOptions() const {
     server::SplitServerOptions options;
     options.model = CnnSpec();
     options.max_batch = 64;
     options.max_message_bytes = 4 << 20;
+    return options;
+  }
+
+  void SetUp() override {
+    server::RouteGrpcLogsToSpdlog();
+    const server::SplitServerOptions options = ServerOptions();
     split_server_ = std::make_unique<server::SplitServer>(options);
     server::ListenOptions listen;
     listen.address = "127.0.0.1:0";
@@ -332,6 +337,47 @@ TEST_F(EndToEndTest, VanishingClientReleasesItsSession) {
   stream->Finish();
   EXPECT_TRUE(split_server_->WaitForActiveSessions(0, std::chrono::seconds(10)))
       << split_server_->active_sessions() << " sessions still active";
+}
+
+// Gaussian-k on the link: activations up at 5% in fp16, gradients back re-sparsified to half of
+// the sent positions in bf16.
+class CompressedEndToEndTest : public EndToEndTest {
+ protected:
+  server::SplitServerOptions ServerOptions() const override {
+    server::SplitServerOptions options = EndToEndTest::ServerOptions();
+    auto* act = options.compression.mutable_activations();
+    act->set_method("gaussiank+");
+    act->set_density(0.05);
+    act->set_value_precision("fp16");
+    auto* grad = options.compression.mutable_gradients();
+    grad->set_method("gaussiank");
+    grad->set_density(0.5);
+    grad->set_value_precision("bf16");
+    return options;
+  }
+};
+
+TEST_F(CompressedEndToEndTest, TrainsWithFarFewerBytes) {
+  GrpcLink link(Connect(Pki().ClientFiles("st-mary")));
+  TrainerOptions options;
+  options.model = CnnSpec();
+  options.batch_size = 32;
+  options.max_steps_per_epoch = 250;
+  SplitTrainer trainer(options, link);
+  const v1::JoinReply joined = trainer.Join(SmallTrainSet().size());
+  EXPECT_EQ(joined.compression().activations().method(), "gaussiank+");
+  trainer.TrainEpoch(SmallTrainSet(), 0, 1, nullptr);
+  const auto& losses = trainer.step_losses();
+  const double first = std::accumulate(losses.begin(), losses.begin() + 25, 0.0) / 25;
+  const double last = std::accumulate(losses.end() - 25, losses.end(), 0.0) / 25;
+  EXPECT_LT(last, 0.7 * first) << "first " << first << " last " << last;
+  const auto& counters = trainer.counters();
+  // 5% of the elements, 2-byte values plus delta-varint indices: well over 10x less than dense.
+  EXPECT_GT(static_cast<double>(counters.dense_fp32_bytes) / counters.bytes_sent, 10.0);
+  EXPECT_NEAR(static_cast<double>(counters.elements_sent) / counters.elements_total, 0.05, 0.005);
+  EXPECT_LT(counters.bytes_received, counters.bytes_sent);
+  const client::EvalStats eval = trainer.Evaluate(SmallTrainSet(), 500);
+  EXPECT_GT(eval.accuracy, 0.6);
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include <random>
 #include <set>
 
+#include "cleave/compress/compressor.h"
 #include "cleave/core/checkpoint.h"
 #include "cleave/core/error.h"
 #include "cleave/core/file_io.h"
@@ -67,6 +68,11 @@ std::string DescribeCompression(const v1::CompressionConfig& config) {
 SplitServer::SplitServer(SplitServerOptions options) : options_(std::move(options)) {
   options_.compression = NormalizeCompression(options_.compression);
   fingerprint_ = ModelFingerprint(options_.model);
+  if (options_.compression.gradients().method() != "none") {
+    gradient_compressor_ = MakeCompressor({options_.compression.gradients().method(),
+                                           options_.compression.gradients().density(),
+                                           options_.seed});
+  }
   model_ = BuildSplitModel(options_.model, options_.seed);
   if (options_.optimizer == "adam") {
     optimizer_ = std::make_unique<torch::optim::Adam>(
@@ -198,9 +204,24 @@ v1::TrainReply SplitServer::Train(const std::string& identity, const v1::TrainRe
   reply.set_correct(correct);
   reply.set_server_step(step_);
   const at::Tensor grad = input.grad();
-  if (activations.was_sparse) {
-    protocol::EncodeValuesAt(grad, activations.sent_indices,
-                             ParseValuePrecision(options_.compression.gradients().value_precision()),
+  const ValuePrecision gradient_precision =
+      ParseValuePrecision(options_.compression.gradients().value_precision());
+  if (gradient_compressor_) {
+    // Sparsify the gradient again: over the positions the client sent (indices relative to
+    // that set), or over the whole tensor when the activations came dense.
+    at::Tensor values = grad.reshape({-1});
+    if (activations.was_sparse) {
+      std::vector<int64_t> sent(activations.sent_indices.begin(), activations.sent_indices.end());
+      values = values.index_select(0, at::tensor(sent, at::kLong));
+    }
+    const Selection selection = gradient_compressor_->Compress(values);
+    protocol::EncodeSparse(values, selection.indices, gradient_precision,
+                           reply.mutable_gradients());
+    // The message's shape is the full gradient's; the payload's own size says how many values.
+    reply.mutable_gradients()->clear_shape();
+    for (int64_t d : grad.sizes()) reply.mutable_gradients()->add_shape(d);
+  } else if (activations.was_sparse) {
+    protocol::EncodeValuesAt(grad, activations.sent_indices, gradient_precision,
                              reply.mutable_gradients());
   } else {
     protocol::EncodeDense(grad, reply.mutable_gradients());

@@ -11,6 +11,10 @@
 
 #include "cleave/protocol/cleave.pb.h"
 
+namespace cleave {
+class Compressor;
+}
+
 namespace cleave::client {
 
 struct SelectedActivations {
@@ -38,6 +42,7 @@ class ActivationCompressor {
 
  private:
   v1::CompressionSettings settings_;
+  std::unique_ptr<Compressor> compressor_;
 };
 
 }  // namespace cleave::client

@@ -18,6 +18,10 @@ namespace torch::optim {
 class Optimizer;
 }
 
+namespace cleave {
+class Compressor;
+}
+
 namespace cleave::server {
 
 struct SplitServerOptions {
@@ -81,6 +85,7 @@ class SplitServer {
   std::string fingerprint_;
   SplitModel model_;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
+  std::unique_ptr<Compressor> gradient_compressor_;  // null: gradients go back uncompressed
 
   mutable std::mutex mutex_;  // guards everything below and the model/optimizer
   mutable std::condition_variable sessions_changed_;

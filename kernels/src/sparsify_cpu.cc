@@ -9,6 +9,7 @@
 
 #include "cleave/kernels/sparsify.h"
 #include "parallel.h"
+#include "simd.h"
 
 namespace cleave::kernels {
 
@@ -31,37 +32,56 @@ struct Welford {
   }
 };
 
-// Moments of a block small enough for plain float-in-double sums, then merged: blocks keep the
-// inner loop vectorisable and the merge keeps it stable.
-template <typename Load>
-Welford BlockMoments(size_t begin, size_t end, Load load) {
+// Moments of blocks of 4096 values summed in float over 2 x 4 lanes (vectorised), shifted by the
+// block's first value against cancellation, then merged across blocks in double (Chan et al.).
+template <typename Load4, typename Load>
+Welford BlockMoments(size_t begin, size_t end, Load4 load4, Load load) {
+  using detail::Float4;
   Welford total;
   constexpr size_t kBlock = 4096;
   for (size_t b = begin; b < end; b += kBlock) {
     const size_t e = std::min(end, b + kBlock);
-    double sum = 0, max_abs = 0;
-    for (size_t i = b; i < e; ++i) {
+    const float shift = load(b);
+    const Float4 shift4 = detail::Splat(shift);
+    Float4 sum0 = {}, sum1 = {}, squares0 = {}, squares1 = {}, max0 = {}, max1 = {};
+    size_t i = b;
+    for (; i + 8 <= e; i += 8) {
+      const Float4 v0 = load4(i), v1 = load4(i + 4);
+      const Float4 d0 = v0 - shift4, d1 = v1 - shift4;
+      sum0 += d0;
+      sum1 += d1;
+      squares0 += d0 * d0;
+      squares1 += d1 * d1;
+      const Float4 a0 = v0 < 0 ? -v0 : v0, a1 = v1 < 0 ? -v1 : v1;
+      max0 = a0 > max0 ? a0 : max0;
+      max1 = a1 > max1 ? a1 : max1;
+    }
+    double block_sum = 0, block_squares = 0, block_max = 0;
+    for (int j = 0; j < 4; ++j) {
+      block_sum += static_cast<double>(sum0[j]) + sum1[j];
+      block_squares += static_cast<double>(squares0[j]) + squares1[j];
+      block_max = std::max({block_max, static_cast<double>(max0[j]), static_cast<double>(max1[j])});
+    }
+    for (; i < e; ++i) {
       const float v = load(i);
-      sum += v;
-      max_abs = std::max(max_abs, static_cast<double>(std::fabs(v)));
+      const double d = static_cast<double>(v) - shift;
+      block_sum += d;
+      block_squares += d * d;
+      block_max = std::max(block_max, static_cast<double>(std::fabs(v)));
     }
-    const double mean = sum / static_cast<double>(e - b);
-    double m2 = 0;
-    for (size_t i = b; i < e; ++i) {
-      const double d = load(i) - mean;
-      m2 += d * d;
-    }
-    total.Merge({static_cast<double>(e - b), mean, m2, max_abs});
+    const double count = static_cast<double>(e - b);
+    const double m2 = std::max(0.0, block_squares - block_sum * block_sum / count);
+    total.Merge({count, shift + block_sum / count, m2, block_max});
   }
   return total;
 }
 
-template <typename Load>
-Moments MomentsOf(size_t n, Load load) {
+template <typename Load4, typename Load>
+Moments MomentsOf(size_t n, Load4 load4, Load load) {
   const int threads = detail::ThreadsFor(n);
   std::vector<Welford> partial(static_cast<size_t>(threads));
   detail::ParallelChunks(n, threads, [&](int c, size_t begin, size_t end) {
-    partial[static_cast<size_t>(c)] = BlockMoments(begin, end, load);
+    partial[static_cast<size_t>(c)] = BlockMoments(begin, end, load4, load);
   });
   Welford total;
   for (const Welford& w : partial) total.Merge(w);
@@ -109,19 +129,26 @@ int detail::ThreadsFor(size_t n) {
 }
 
 Moments ComputeMoments(const float* x, size_t n) {
-  return MomentsOf(n, [x](size_t i) { return x[i]; });
+  return MomentsOf(
+      n, [x](size_t i) { return detail::LoadFloat4(x + i); }, [x](size_t i) { return x[i]; });
 }
 
 Moments ComputeMomentsOfSum(const float* a, const float* b, size_t n) {
-  return MomentsOf(n, [a, b](size_t i) { return a[i] + b[i]; });
+  return MomentsOf(
+      n, [a, b](size_t i) { return detail::LoadFloat4(a + i) + detail::LoadFloat4(b + i); },
+      [a, b](size_t i) { return a[i] + b[i]; });
 }
 
 size_t CountAbove(const float* x, size_t n, float threshold) {
   const int threads = detail::ThreadsFor(n);
   std::vector<size_t> partial(static_cast<size_t>(threads), 0);
   detail::ParallelChunks(n, threads, [&](int c, size_t begin, size_t end) {
-    size_t count = 0;
-    for (size_t i = begin; i < end; ++i) count += std::fabs(x[i]) > threshold;
+    const auto bits = static_cast<int32_t>(detail::MagnitudeBits(threshold));
+    detail::Int4 lanes = {};
+    size_t i = begin;
+    for (; i + 4 <= end; i += 4) lanes -= detail::AboveMask(x + i, bits);  // mask lanes are -1
+    size_t count = static_cast<size_t>(lanes[0]) + lanes[1] + lanes[2] + lanes[3];
+    for (; i < end; ++i) count += std::fabs(x[i]) > threshold;
     partial[static_cast<size_t>(c)] = count;
   });
   return std::accumulate(partial.begin(), partial.end(), size_t{0});
@@ -133,7 +160,29 @@ size_t SelectAbove(const float* x, size_t n, float threshold, uint32_t* indices,
   std::vector<ChunkSelection> chunks(static_cast<size_t>(threads));
   detail::ParallelChunks(n, threads, [&](int c, size_t begin, size_t end) {
     ChunkSelection& out = chunks[static_cast<size_t>(c)];
-    for (size_t i = begin; i < end; ++i) {
+    out.indices.reserve((end - begin) / 64 + 16);
+    out.values.reserve((end - begin) / 64 + 16);
+    // Groups of 16: a vector compare gives a 16-bit mask; most masks are 0 at low density and
+    // the set bits of the others are visited directly, without a branch per element.
+    constexpr size_t kGroup = 16;
+    const auto bits = static_cast<int32_t>(detail::MagnitudeBits(threshold));
+    size_t i = begin;
+    for (; i + kGroup <= end; i += kGroup) {
+      const detail::Int4 m0 = detail::AboveMask(x + i, bits);
+      const detail::Int4 m1 = detail::AboveMask(x + i + 4, bits);
+      const detail::Int4 m2 = detail::AboveMask(x + i + 8, bits);
+      const detail::Int4 m3 = detail::AboveMask(x + i + 12, bits);
+      if (!detail::AnyLane((m0 | m1) | (m2 | m3))) continue;
+      uint32_t mask = detail::LaneBits(m0) | detail::LaneBits(m1) << 4 | detail::LaneBits(m2) << 8 |
+                      detail::LaneBits(m3) << 12;
+      while (mask != 0) {
+        const size_t at = i + static_cast<size_t>(__builtin_ctz(mask));
+        mask &= mask - 1;
+        out.indices.push_back(static_cast<uint32_t>(at));
+        out.values.push_back(x[at]);
+      }
+    }
+    for (; i < end; ++i) {
       if (std::fabs(x[i]) > threshold) {
         out.indices.push_back(static_cast<uint32_t>(i));
         out.values.push_back(x[i]);

@@ -29,8 +29,8 @@ TEST_P(KernelSizes, MomentsMatchADoubleReference) {
   for (float v : x) m2 += (v - mean) * (v - mean);
   const Moments m = ComputeMoments(x.data(), n);
   EXPECT_EQ(m.n, n);
-  EXPECT_NEAR(m.mean, mean, 1e-9 * (1 + std::fabs(mean)));
-  EXPECT_NEAR(m.stddev, n ? std::sqrt(m2 / n) : 0, 1e-9);
+  EXPECT_NEAR(m.mean, mean, 1e-6 * (1 + std::fabs(mean)));  // float lanes, double merge
+  EXPECT_NEAR(m.stddev, n ? std::sqrt(m2 / n) : 0, 1e-6);
   EXPECT_EQ(m.max_abs, max_abs);
 }
 

@@ -95,12 +95,13 @@ void BM_SplitInProcess(benchmark::State& state) {
   RunSplit(state, link, server);
 }
 
-void BM_SplitOverMutualTlsLoopback(benchmark::State& state) {
+void SplitOverMutualTls(benchmark::State& state, const cleave::v1::CompressionConfig& compression) {
   const cleave::PemPair ca = cleave::CreateCertificateAuthority("bench CA");
   const cleave::PemPair server_pair = cleave::IssueServerCertificate(ca, "bench-server", {});
   const cleave::PemPair client_pair = cleave::IssueClientCertificate(ca, "bench-client");
   cleave::server::SplitServerOptions options;
   options.model = Spec();
+  options.compression = compression;
   cleave::server::SplitServer server(options);
   cleave::server::ListenOptions listen;
   listen.address = "127.0.0.1:0";
@@ -113,9 +114,33 @@ void BM_SplitOverMutualTlsLoopback(benchmark::State& state) {
   RunSplit(state, link, server);
 }
 
-BENCHMARK(BM_LocalUnsplit)->Arg(64)->Unit(benchmark::kMillisecond)->MinTime(2.0);
-BENCHMARK(BM_SplitInProcess)->Arg(64)->Unit(benchmark::kMillisecond)->MinTime(2.0);
-BENCHMARK(BM_SplitOverMutualTlsLoopback)->Arg(64)->Unit(benchmark::kMillisecond)->MinTime(2.0);
+void BM_SplitOverMutualTlsLoopback(benchmark::State& state) {
+  SplitOverMutualTls(state, {});
+}
+
+// Activations up: gaussiank+ at 5% in fp16; gradients back at those positions in bf16.
+void BM_SplitOverMutualTlsLoopbackGaussianK(benchmark::State& state) {
+  cleave::v1::CompressionConfig compression;
+  compression.mutable_activations()->set_method("gaussiank+");
+  compression.mutable_activations()->set_density(0.05);
+  compression.mutable_activations()->set_value_precision("fp16");
+  compression.mutable_gradients()->set_value_precision("bf16");
+  SplitOverMutualTls(state, compression);
+}
+
+// Real time: the work happens on gRPC's threads too, not only the benchmark's.
+BENCHMARK(BM_LocalUnsplit)->Arg(64)->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
+BENCHMARK(BM_SplitInProcess)->Arg(64)->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
+BENCHMARK(BM_SplitOverMutualTlsLoopback)
+    ->Arg(64)
+    ->Unit(benchmark::kMillisecond)
+    ->MinTime(2.0)
+    ->UseRealTime();
+BENCHMARK(BM_SplitOverMutualTlsLoopbackGaussianK)
+    ->Arg(64)
+    ->Unit(benchmark::kMillisecond)
+    ->MinTime(2.0)
+    ->UseRealTime();
 
 }  // namespace
 

@@ -55,35 +55,62 @@ PkeyPtr NewEcKey() {
   return key;
 }
 
-std::string PemOfKey(EVP_PKEY* key) {
+BioPtr NewMemoryBio() {
   BioPtr bio(BIO_new(BIO_s_mem()));
+  CLEAVE_OPENSSL_CHECK(bio != nullptr);
+  return bio;
+}
+
+std::string ContentsOf(BIO* bio) {
+  char* data = nullptr;
+  const long size = BIO_get_mem_data(bio, &data);
+  CLEAVE_OPENSSL_CHECK(size > 0 && data != nullptr);
+  return std::string(data, static_cast<size_t>(size));
+}
+
+std::string PemOfKey(EVP_PKEY* key) {
+  BioPtr bio = NewMemoryBio();
   CLEAVE_OPENSSL_CHECK(PEM_write_bio_PrivateKey(bio.get(), key, nullptr, nullptr, 0, nullptr,
                                                 nullptr) == 1);
-  char* data = nullptr;
-  const long size = BIO_get_mem_data(bio.get(), &data);
-  return std::string(data, static_cast<size_t>(size));
+  return ContentsOf(bio.get());
 }
 
 std::string PemOfCertificate(X509* certificate) {
-  BioPtr bio(BIO_new(BIO_s_mem()));
+  BioPtr bio = NewMemoryBio();
   CLEAVE_OPENSSL_CHECK(PEM_write_bio_X509(bio.get(), certificate) == 1);
-  char* data = nullptr;
-  const long size = BIO_get_mem_data(bio.get(), &data);
-  return std::string(data, static_cast<size_t>(size));
+  return ContentsOf(bio.get());
 }
 
-X509Ptr ParseCertificate(const std::string& pem) {
+// A read-only BIO over `pem`; PEM files are small, anything past INT_MAX is not one.
+BioPtr ReadOnlyBio(const std::string& pem) {
+  CLEAVE_CHECK_USER(pem.size() < (1u << 30), "PEM text of ", pem.size(), " bytes is too large");
   BioPtr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+  CLEAVE_OPENSSL_CHECK(bio != nullptr);
+  return bio;
+}
+
+// Null (and the error queue cleared) when `pem` holds no certificate: callers word the error.
+X509Ptr ParseCertificate(const std::string& pem) {
+  BioPtr bio = ReadOnlyBio(pem);
   X509Ptr certificate(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
   ERR_clear_error();
   return certificate;
 }
 
+// Refuses every passphrase: without this OpenSSL would prompt on the terminal for an encrypted
+// key, and a server must not hang waiting for one.
+int NoPassphrase(char* /*buffer*/, int /*size*/, int /*rwflag*/, void* /*user*/) { return -1; }
+
 PkeyPtr ParseKey(const std::string& pem) {
-  BioPtr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
-  PkeyPtr key(PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr));
+  BioPtr bio = ReadOnlyBio(pem);
+  PkeyPtr key(PEM_read_bio_PrivateKey(bio.get(), nullptr, NoPassphrase, nullptr));
   ERR_clear_error();
   return key;
+}
+
+bool IsEncryptedPem(const std::string& pem) {
+  return pem.find("-----BEGIN ENCRYPTED PRIVATE KEY-----") != std::string::npos ||
+         pem.find("Proc-Type: 4,ENCRYPTED") != std::string::npos;
 }
 
 void AddExtension(X509* certificate, X509* issuer, int nid, const std::string& value) {
@@ -139,9 +166,12 @@ LoadedCa LoadCa(const PemPair& ca) {
   LoadedCa loaded{ParseCertificate(ca.certificate_pem), ParseKey(ca.private_key_pem)};
   CLEAVE_CHECK_USER(loaded.certificate != nullptr, "the CA certificate is not valid PEM");
   CLEAVE_CHECK_USER(loaded.key != nullptr, "the CA private key is not valid PEM");
-  CLEAVE_CHECK_USER(X509_check_private_key(loaded.certificate.get(), loaded.key.get()) == 1,
-                    "the CA private key does not match the CA certificate");
+  const bool matches = X509_check_private_key(loaded.certificate.get(), loaded.key.get()) == 1;
   ERR_clear_error();
+  CLEAVE_CHECK_USER(matches, "the CA private key does not match the CA certificate");
+  // A leaf (basicConstraints CA:FALSE) could sign, but nothing would ever verify against it.
+  CLEAVE_CHECK_USER(X509_check_ca(loaded.certificate.get()) != 0,
+                    "the CA certificate is not a certificate authority (CA:FALSE)");
   return loaded;
 }
 
@@ -151,12 +181,19 @@ bool LooksLikeIp(const std::string& name) {
          inet_pton(AF_INET6, name.c_str(), buffer) == 1;
 }
 
+bool IsAlphanumeric(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+}
+
+// Names become CNs, DNS SANs and (for clients) file names, so keep them to a portable set that
+// cannot look like a flag or a path.
 void CheckName(const std::string& name, const char* what) {
-  CLEAVE_CHECK_USER(!name.empty() && name.size() <= 64, what, " name must be 1..64 characters");
+  CLEAVE_CHECK_USER(!name.empty() && name.size() <= 64, what, " name '", name,
+                    "' must be 1..64 characters");
+  CLEAVE_CHECK_USER(IsAlphanumeric(name.front()), what, " name '", name,
+                    "' must start with a letter or digit");
   for (char c : name) {
-    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                    c == '.' || c == '_' || c == '-';
-    CLEAVE_CHECK_USER(ok, what, " name '", name,
+    CLEAVE_CHECK_USER(IsAlphanumeric(c) || c == '.' || c == '_' || c == '-', what, " name '", name,
                       "' may only contain letters, digits, '.', '_' and '-'");
   }
 }
@@ -169,7 +206,9 @@ PemPair Sign(X509* certificate, EVP_PKEY* key, EVP_PKEY* signer) {
 }  // namespace
 
 PemPair CreateCertificateAuthority(const std::string& common_name, int valid_days) {
-  CLEAVE_CHECK_USER(!common_name.empty(), "the CA needs a name");
+  // 64 is the X.520 upper bound on a CN; OpenSSL refuses longer ones with a less clear error.
+  CLEAVE_CHECK_USER(!common_name.empty() && common_name.size() <= 64, "CA name '", common_name,
+                    "' must be 1..64 characters");
   PkeyPtr key = NewEcKey();
   X509Ptr certificate = NewCertificate(key.get(), common_name, nullptr, valid_days);
   AddExtension(certificate.get(), certificate.get(), NID_basic_constraints, "critical,CA:TRUE");
@@ -252,6 +291,8 @@ TlsFiles LoadTlsFiles(const std::string& ca_path, const std::string& cert_path,
   X509Ptr certificate = ParseCertificate(files.certificate_pem);
   CLEAVE_CHECK_USER(certificate != nullptr, "certificate '", cert_path,
                     "' is not a PEM certificate");
+  CLEAVE_CHECK_USER(!IsEncryptedPem(files.private_key_pem), "private key '", key_path,
+                    "' is encrypted; cleave needs an unencrypted key (keep it mode 0600)");
   PkeyPtr key = ParseKey(files.private_key_pem);
   CLEAVE_CHECK_USER(key != nullptr, "private key '", key_path, "' is not a PEM private key");
   const bool matches = X509_check_private_key(certificate.get(), key.get()) == 1;

@@ -28,8 +28,7 @@ using X509Ptr = std::unique_ptr<X509, Deleter<X509, X509_free>>;
 using BioPtr = std::unique_ptr<BIO, Deleter<BIO, BIO_free_all>>;
 using ExtPtr = std::unique_ptr<X509_EXTENSION, Deleter<X509_EXTENSION, X509_EXTENSION_free>>;
 using StorePtr = std::unique_ptr<X509_STORE, Deleter<X509_STORE, X509_STORE_free>>;
-using StoreCtxPtr =
-    std::unique_ptr<X509_STORE_CTX, Deleter<X509_STORE_CTX, X509_STORE_CTX_free>>;
+using StoreCtxPtr = std::unique_ptr<X509_STORE_CTX, Deleter<X509_STORE_CTX, X509_STORE_CTX_free>>;
 
 // The OpenSSL error queue as text (and cleared), for messages.
 std::string OpenSslErrors() {
@@ -44,9 +43,9 @@ std::string OpenSslErrors() {
   return text.empty() ? "unknown OpenSSL error" : text;
 }
 
-#define CLEAVE_OPENSSL_CHECK(call)                                                  \
-  do {                                                                              \
-    if (!(call)) throw Error(std::string(#call " failed: ") + OpenSslErrors());     \
+#define CLEAVE_OPENSSL_CHECK(call)                                              \
+  do {                                                                          \
+    if (!(call)) throw Error(std::string(#call " failed: ") + OpenSslErrors()); \
   } while (0)
 
 PkeyPtr NewEcKey() {
@@ -70,8 +69,8 @@ std::string ContentsOf(BIO* bio) {
 
 std::string PemOfKey(EVP_PKEY* key) {
   BioPtr bio = NewMemoryBio();
-  CLEAVE_OPENSSL_CHECK(PEM_write_bio_PrivateKey(bio.get(), key, nullptr, nullptr, 0, nullptr,
-                                                nullptr) == 1);
+  CLEAVE_OPENSSL_CHECK(
+      PEM_write_bio_PrivateKey(bio.get(), key, nullptr, nullptr, 0, nullptr, nullptr) == 1);
   return ContentsOf(bio.get());
 }
 
@@ -138,17 +137,16 @@ X509Ptr NewCertificate(EVP_PKEY* key, const std::string& common_name, X509* issu
   CLEAVE_OPENSSL_CHECK(serial != nullptr);
   CLEAVE_OPENSSL_CHECK(BN_to_ASN1_INTEGER(serial.get(), X509_get_serialNumber(certificate.get())));
   CLEAVE_OPENSSL_CHECK(X509_gmtime_adj(X509_getm_notBefore(certificate.get()), -3600));
-  CLEAVE_OPENSSL_CHECK(
-      X509_gmtime_adj(X509_getm_notAfter(certificate.get()), 86400L * valid_days));
+  CLEAVE_OPENSSL_CHECK(X509_gmtime_adj(X509_getm_notAfter(certificate.get()), 86400L * valid_days));
   CLEAVE_OPENSSL_CHECK(X509_set_pubkey(certificate.get(), key) == 1);
   X509_NAME* name = X509_get_subject_name(certificate.get());
-  CLEAVE_OPENSSL_CHECK(X509_NAME_add_entry_by_txt(
-                           name, "O", MBSTRING_UTF8,
-                           reinterpret_cast<const unsigned char*>("cleave"), -1, -1, 0) == 1);
-  CLEAVE_OPENSSL_CHECK(X509_NAME_add_entry_by_txt(
-                           name, "CN", MBSTRING_UTF8,
-                           reinterpret_cast<const unsigned char*>(common_name.c_str()), -1, -1,
-                           0) == 1);
+  CLEAVE_OPENSSL_CHECK(X509_NAME_add_entry_by_txt(name, "O", MBSTRING_UTF8,
+                                                  reinterpret_cast<const unsigned char*>("cleave"),
+                                                  -1, -1, 0) == 1);
+  CLEAVE_OPENSSL_CHECK(
+      X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8,
+                                 reinterpret_cast<const unsigned char*>(common_name.c_str()), -1,
+                                 -1, 0) == 1);
   X509* effective_issuer = issuer != nullptr ? issuer : certificate.get();
   CLEAVE_OPENSSL_CHECK(
       X509_set_issuer_name(certificate.get(), X509_get_subject_name(effective_issuer)) == 1);
@@ -221,8 +219,8 @@ PemPair IssueServerCertificate(const PemPair& ca, const std::string& common_name
   CheckName(common_name, "server");
   const LoadedCa issuer = LoadCa(ca);
   PkeyPtr key = NewEcKey();
-  X509Ptr certificate = NewCertificate(key.get(), common_name, issuer.certificate.get(),
-                                       valid_days);
+  X509Ptr certificate =
+      NewCertificate(key.get(), common_name, issuer.certificate.get(), valid_days);
   std::string sans = "DNS:localhost,IP:127.0.0.1,IP:::1";
   for (const std::string& name : extra_names) {
     if (LooksLikeIp(name)) {
@@ -241,13 +239,12 @@ PemPair IssueServerCertificate(const PemPair& ca, const std::string& common_name
   return Sign(certificate.get(), key.get(), issuer.key.get());
 }
 
-PemPair IssueClientCertificate(const PemPair& ca, const std::string& client_name,
-                               int valid_days) {
+PemPair IssueClientCertificate(const PemPair& ca, const std::string& client_name, int valid_days) {
   CheckName(client_name, "client");
   const LoadedCa issuer = LoadCa(ca);
   PkeyPtr key = NewEcKey();
-  X509Ptr certificate = NewCertificate(key.get(), client_name, issuer.certificate.get(),
-                                       valid_days);
+  X509Ptr certificate =
+      NewCertificate(key.get(), client_name, issuer.certificate.get(), valid_days);
   AddExtension(certificate.get(), issuer.certificate.get(), NID_basic_constraints,
                "critical,CA:FALSE");
   AddExtension(certificate.get(), issuer.certificate.get(), NID_key_usage,

@@ -1,3 +1,5 @@
+#include "cleave/core/certificates.h"
+
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <openssl/bn.h>
@@ -10,7 +12,6 @@
 #include <string>
 #include <vector>
 
-#include "cleave/core/certificates.h"
 #include "cleave/core/error.h"
 #include "cleave/core/file_io.h"
 #include "test_temp_dir.h"
@@ -74,8 +75,8 @@ std::string KeyGroup(const std::string& pem) {
   const X509Ptr certificate = Parse(pem);
   char group[64] = {0};
   size_t length = 0;
-  if (EVP_PKEY_get_group_name(X509_get0_pubkey(certificate.get()), group, sizeof(group),
-                              &length) != 1) {
+  if (EVP_PKEY_get_group_name(X509_get0_pubkey(certificate.get()), group, sizeof(group), &length) !=
+      1) {
     return "<not EC>";
   }
   return std::string(group, length);
@@ -181,8 +182,8 @@ TEST_F(CertificatesTest, LeavesNameTheirIssuerAndItsKey) {
 TEST_F(CertificatesTest, KeysSignaturesAndSerials) {
   const PemPair first = IssueClientCertificate(*ca_, "a");
   const PemPair second = IssueClientCertificate(*ca_, "a");
-  for (const std::string& pem : {ca_->certificate_pem, first.certificate_pem,
-                                  second.certificate_pem}) {
+  for (const std::string& pem :
+       {ca_->certificate_pem, first.certificate_pem, second.certificate_pem}) {
     EXPECT_EQ(KeyGroup(pem), "prime256v1");
     EXPECT_EQ(X509_get_signature_nid(Parse(pem).get()), NID_ecdsa_with_SHA256);
     EXPECT_EQ(X509_get_version(Parse(pem).get()), 2);  // v3
@@ -219,8 +220,7 @@ TEST_F(CertificatesTest, OnlyAMatchingCaPairCanIssue) {
   EXPECT_THROW(IssueClientCertificate({ca_->certificate_pem, other_ca_->private_key_pem}, "b"),
                UserError);
   EXPECT_THROW(IssueClientCertificate({ca_->certificate_pem, "not a key"}, "b"), UserError);
-  EXPECT_THROW(IssueClientCertificate({"not a certificate", ca_->private_key_pem}, "b"),
-               UserError);
+  EXPECT_THROW(IssueClientCertificate({"not a certificate", ca_->private_key_pem}, "b"), UserError);
   EXPECT_THROW(CreateCertificateAuthority(""), UserError);
   EXPECT_THROW(CreateCertificateAuthority(std::string(65, 'c')), UserError);
 }
@@ -300,12 +300,12 @@ TEST_F(CertificatesTest, LoadTlsFilesChecksEveryFile) {
                "private key '" + crt + "' is not a PEM private key");
   expect_error([&] { LoadTlsFiles(ca, crt, dir.File("encrypted.key")); },
                "private key '" + dir.File("encrypted.key") + "' is encrypted");
-  expect_error([&] { LoadTlsFiles(ca, crt, dir.File("other.key")); },
-               "private key '" + dir.File("other.key") + "' does not belong to certificate '" +
-                   crt + "'");
-  expect_error([&] { LoadTlsFiles(ca, dir.File("foreign.crt"), dir.File("foreign.key")); },
-               "certificate '" + dir.File("foreign.crt") + "' is not signed by the CA in '" + ca +
-                   "'");
+  expect_error(
+      [&] { LoadTlsFiles(ca, crt, dir.File("other.key")); },
+      "private key '" + dir.File("other.key") + "' does not belong to certificate '" + crt + "'");
+  expect_error(
+      [&] { LoadTlsFiles(ca, dir.File("foreign.crt"), dir.File("foreign.key")); },
+      "certificate '" + dir.File("foreign.crt") + "' is not signed by the CA in '" + ca + "'");
 }
 
 }  // namespace

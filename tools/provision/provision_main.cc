@@ -1,8 +1,7 @@
 // cleave-provision: creates the certificates of a cleave deployment with the OpenSSL 3 C API.
-#include <CLI/CLI.hpp>
-
 #include <sys/stat.h>
 
+#include <CLI/CLI.hpp>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -16,7 +15,8 @@
 
 namespace {
 
-constexpr const char* kDescription = R"(cleave-provision: certificates for a cleave deployment (no openssl tool needed).
+constexpr const char* kDescription =
+    R"(cleave-provision: certificates for a cleave deployment (no openssl tool needed).
 
 The certificate model (mutual TLS):
   - One CA per deployment signs every certificate (EC P-256 keys, ECDSA-SHA256).
@@ -78,11 +78,10 @@ int Run(int argc, char** argv) {
   int days = 825;
   app.add_option("--out", out_dir, "Directory for the certificates (created if missing)")
       ->required();
-  CLI::Option* client_option = app.add_option(
-      "--client", clients, "A hospital to issue a certificate for (repeatable)");
-  CLI::Option* server_name_option =
-      app.add_option("--server-name", server_names,
-                     "Extra server SAN: DNS name or IP (repeatable)");
+  CLI::Option* client_option =
+      app.add_option("--client", clients, "A hospital to issue a certificate for (repeatable)");
+  CLI::Option* server_name_option = app.add_option("--server-name", server_names,
+                                                   "Extra server SAN: DNS name or IP (repeatable)");
   CLI::Option* ca_name_option =
       app.add_option("--ca-name", ca_name, "Common name of a new CA")->capture_default_str();
   CLI::Option* server_cn_option =
@@ -98,7 +97,8 @@ int Run(int argc, char** argv) {
       ->check(CLI::Range(1, 36500))
       ->capture_default_str();
   // A new CA invalidates every certificate the old one issued: say so where --force is explained.
-  app.add_flag("--force", force, "Overwrite existing files (a new CA orphans all old certificates)");
+  app.add_flag("--force", force,
+               "Overwrite existing files (a new CA orphans all old certificates)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -124,7 +124,8 @@ int Run(int argc, char** argv) {
     ca = {existing.certificate_pem, existing.private_key_pem};
   } else {
     ca = cleave::CreateCertificateAuthority(ca_name, days);
-    const cleave::PemPair server = cleave::IssueServerCertificate(ca, server_cn, server_names, days);
+    const cleave::PemPair server =
+        cleave::IssueServerCertificate(ca, server_cn, server_names, days);
     outputs.push_back({out_dir + "/ca.crt", ca.certificate_pem, 0644});
     outputs.push_back({out_dir + "/ca.key", ca.private_key_pem, 0600});
     outputs.push_back({out_dir + "/server.crt", server.certificate_pem, 0644});

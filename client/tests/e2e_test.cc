@@ -376,6 +376,9 @@ TEST_F(CompressedEndToEndTest, TrainsWithFarFewerBytes) {
   EXPECT_GT(static_cast<double>(counters.dense_fp32_bytes) / counters.bytes_sent, 10.0);
   EXPECT_NEAR(static_cast<double>(counters.elements_sent) / counters.elements_total, 0.05, 0.005);
   EXPECT_LT(counters.bytes_received, counters.bytes_sent);
+  // Both ends count the same protobuf bytes.
+  EXPECT_EQ(split_server_->bytes_received(), counters.bytes_sent);
+  EXPECT_EQ(split_server_->bytes_sent(), counters.bytes_received);
   const client::EvalStats eval = trainer.Evaluate(SmallTrainSet(), 500);
   EXPECT_GT(eval.accuracy, 0.6);
 }

@@ -142,7 +142,8 @@ int Run(int argc, char** argv) {
   spdlog::info("received {}, shutting down", signal_number == SIGINT ? "SIGINT" : "SIGTERM");
   grpc_server.Shutdown();
   server.SaveCheckpoint();
-  spdlog::info("stopped after {} steps", server.step());
+  spdlog::info("stopped after {} steps; received {} bytes, sent {} bytes", server.step(),
+               server.bytes_received(), server.bytes_sent());
   return 0;
 }
 

@@ -226,6 +226,12 @@ v1::TrainReply SplitServer::Train(const std::string& identity, const v1::TrainRe
   } else {
     protocol::EncodeDense(grad, reply.mutable_gradients());
   }
+  const int64_t in = static_cast<int64_t>(request.ByteSizeLong());
+  const int64_t out = static_cast<int64_t>(reply.ByteSizeLong());
+  session_it->second.bytes_received += in;
+  session_it->second.bytes_sent += out;
+  bytes_received_ += in;
+  bytes_sent_ += out;
   if (options_.checkpoint_every > 0 && step_ % options_.checkpoint_every == 0) {
     SaveCheckpointLocked();
   }
@@ -262,14 +268,24 @@ v1::EvaluateReply SplitServer::Evaluate(const std::string& identity,
   reply.set_loss_sum(loss.item<double>());
   reply.set_correct(logits.argmax(1).eq(labels).sum().item<int64_t>());
   reply.set_count(labels.size(0));
+  const auto session_it = sessions_.find(request.session_id());
+  const int64_t in = static_cast<int64_t>(request.ByteSizeLong());
+  const int64_t out = static_cast<int64_t>(reply.ByteSizeLong());
+  if (session_it != sessions_.end()) {
+    session_it->second.bytes_received += in;
+    session_it->second.bytes_sent += out;
+  }
+  bytes_received_ += in;
+  bytes_sent_ += out;
   return reply;
 }
 
 void SplitServer::Leave(const std::string& identity, const std::string& session_id) {
   std::lock_guard<std::mutex> lock(mutex_);
   const Session& session = CheckSession(identity, session_id, protocol::kProtocolVersion);
-  spdlog::info("client '{}' left after {} steps, {} samples", identity, session.steps,
-               session.samples);
+  spdlog::info("client '{}' left after {} steps, {} samples; received {} bytes, sent {} bytes",
+               identity, session.steps, session.samples, session.bytes_received,
+               session.bytes_sent);
   sessions_.erase(session_id);
   sessions_changed_.notify_all();
 }
@@ -300,6 +316,16 @@ void SplitServer::SaveCheckpointLocked() {
 int64_t SplitServer::step() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return step_;
+}
+
+int64_t SplitServer::bytes_received() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return bytes_received_;
+}
+
+int64_t SplitServer::bytes_sent() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return bytes_sent_;
 }
 
 size_t SplitServer::active_sessions() const {

@@ -65,6 +65,9 @@ class SplitServer {
   void SaveCheckpoint();
 
   int64_t step() const;
+  // Protobuf bytes of all Train/Evaluate requests received and replies sent since start.
+  int64_t bytes_received() const;
+  int64_t bytes_sent() const;
   size_t active_sessions() const;
   // Waits until exactly `count` sessions are active; false on timeout.
   bool WaitForActiveSessions(size_t count, std::chrono::milliseconds timeout) const;
@@ -76,6 +79,8 @@ class SplitServer {
     std::string identity;
     int64_t steps = 0;
     int64_t samples = 0;
+    int64_t bytes_received = 0;  // protobuf bytes of this client's requests
+    int64_t bytes_sent = 0;      // protobuf bytes of the replies to it
   };
   const Session& CheckSession(const std::string& identity, const std::string& session_id,
                               uint32_t protocol_version) const;
@@ -91,7 +96,8 @@ class SplitServer {
   mutable std::condition_variable sessions_changed_;
   std::map<std::string, Session> sessions_;
   int64_t step_ = 0;
-  uint64_t next_session_ = 1;
+  int64_t bytes_received_ = 0;
+  int64_t bytes_sent_ = 0;
 };
 
 }  // namespace cleave::server

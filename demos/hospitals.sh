@@ -49,7 +49,7 @@ for ((i = 0; i < HOSPITALS; i++)); do
     --model cnn --cut 1 --epochs "$EPOCHS" --train-limit "$TRAIN_LIMIT" \
     --shard "$i" --shards "$HOSPITALS" --seed $((i + 1)) --progress "$progress" \
     --metrics-out "$RUN_DIR/$name.json" --checkpoint "$RUN_DIR/$name.ckpt" \
-    2> >(sed "s/^/[$name] /" >&2) | sed "s/^/[$name] /" &
+    2> >(sed -u "s/^/[$name] /" >&2) | sed -u "s/^/[$name] /" &
   client_pids+=($!)
 done
 status=0
@@ -66,7 +66,11 @@ for ((i = 0; i < HOSPITALS; i++)); do
   name="${NAMES[$i]}"
   # The metrics JSON has one key per line; pick the figures without needing jq or Python.
   field() { sed -n "s/^ *\"$1\": *\(.*\),\{0,1\}$/\1/p" "$RUN_DIR/$name.json" | tr -d ','; }
-  printf '%14s: test accuracy %s  test loss %s  samples %s  seconds %s  bytes sent %s  received %s  compression %sx\n' \
-    "$name" "$(field test_accuracy)" "$(field test_loss)" "$(field samples)" "$(field seconds)" \
-    "$(field bytes_sent)" "$(field bytes_received)" "$(field compression_ratio)"
+  awk -v name="$name" -v acc="$(field test_accuracy)" -v loss="$(field test_loss)" \
+      -v samples="$(field samples)" -v secs="$(field seconds)" -v sent="$(field bytes_sent)" \
+      -v recv="$(field bytes_received)" -v ratio="$(field compression_ratio)" \
+      -v density="$(field activation_density)" 'BEGIN {
+    printf "%14s: test accuracy %.2f%%  test loss %.4f  %d samples in %.0f s\n", name, 100 * acc, loss, samples, secs
+    printf "%14s  sent %.1f MB, received %.1f MB, activation density %.3f, %.1fx fewer bytes up than dense fp32\n", "", sent / 1e6, recv / 1e6, density, ratio
+  }'
 done

@@ -7,6 +7,10 @@
 
 #include "cleave/core/error.h"
 #include "cleave/kernels/sparsify.h"
+#include "gaussiank_rule.h"
+#ifdef CLEAVE_COMPRESS_CUDA
+#include "compressor_cuda.h"
+#endif
 
 namespace cleave {
 
@@ -49,8 +53,8 @@ class RandomKCompressor final : public Compressor {
  protected:
   void SelectFrom(const float* data, size_t n, size_t k, Selection* out) override {
     Resize(out, k);
-    const uint64_t seed = config().seed * 0x9E3779B97F4A7C15ULL + calls_;
-    Resize(out, kernels::RandomK(data, n, k, seed, out->indices.data(), out->values.data()));
+    Resize(out,
+           kernels::RandomK(data, n, k, CallSeed(), out->indices.data(), out->values.data()));
   }
 };
 
@@ -74,8 +78,7 @@ class GaussianKPlusCompressor final : public Compressor {
  protected:
   void SelectFrom(const float* data, size_t n, size_t k, Selection* out) override {
     Resize(out, k);
-    const uint64_t seed = config().seed + calls_;
-    Resize(out, kernels::SelectTopKBySampling(data, n, k, seed, out->indices.data(),
+    Resize(out, kernels::SelectTopKBySampling(data, n, k, CallSeed(), out->indices.data(),
                                               out->values.data()));
   }
 };
@@ -87,6 +90,8 @@ Compressor::Compressor(CompressorConfig config) : config_(std::move(config)) {
                     config_.density, " is outside (0, 1]");
 }
 
+uint64_t Compressor::CallSeed() const { return config_.seed * 0x9E3779B97F4A7C15ULL + calls_; }
+
 int64_t Compressor::TargetCount(int64_t numel) const {
   if (numel <= 0) return 0;
   const auto k = static_cast<int64_t>(std::llround(config_.density * static_cast<double>(numel)));
@@ -97,13 +102,21 @@ Selection Compressor::Compress(const at::Tensor& dense) {
   CLEAVE_ENFORCE(dense.scalar_type() == at::kFloat, "compressors take float32 tensors");
   CLEAVE_ENFORCE(dense.numel() <= std::numeric_limits<uint32_t>::max(),
                  "tensor too large for 32-bit indices");
-  // The kernels' CUDA backend is used by builds against a CUDA LibTorch; this build copies.
-  const at::Tensor flat = dense.detach().to(at::kCPU).contiguous().view(-1);
   Selection out;
   out.shape.assign(dense.sizes().begin(), dense.sizes().end());
-  out.numel = flat.numel();
-  SelectFrom(flat.data_ptr<float>(), static_cast<size_t>(out.numel),
-             static_cast<size_t>(TargetCount(out.numel)), &out);
+  out.numel = dense.numel();
+  const auto k = static_cast<size_t>(TargetCount(out.numel));
+#ifdef CLEAVE_COMPRESS_CUDA
+  // CUDA tensors stay on their device (kernels' CUDA backend, current stream).
+  if (dense.is_cuda() && out.numel > 0 &&
+      detail::SelectOnCuda(config_.method, dense.detach().contiguous().view(-1), k, CallSeed(),
+                           &out)) {
+    ++calls_;
+    return out;
+  }
+#endif
+  const at::Tensor flat = dense.detach().to(at::kCPU).contiguous().view(-1);
+  SelectFrom(flat.data_ptr<float>(), static_cast<size_t>(out.numel), k, &out);
   ++calls_;
   return out;
 }
@@ -164,30 +177,9 @@ double NormalQuantile(double p) {
 }
 
 float GaussianKThreshold(const float* data, size_t n, size_t k, size_t* count_at_threshold) {
-  if (n == 0 || k == 0) {
-    *count_at_threshold = 0;
-    return std::numeric_limits<float>::infinity();
-  }
-  const kernels::Moments moments = kernels::ComputeMoments(data, n);
-  const double density = static_cast<double>(k) / static_cast<double>(n);
-  float threshold = k >= n ? -1.0f
-                           : static_cast<float>(moments.mean + moments.stddev *
-                                                                   NormalQuantile(1 - density / 2));
-  size_t count = kernels::CountAbove(data, n, threshold);
-  // Shi et al.'s refinement: at most three corrections, the selection uses the last threshold
-  // whose count is known.
-  for (int loop = 0; loop < 3; ++loop) {
-    if (3 * count < 2 * k) {
-      threshold *= 0.5f;
-    } else if (3 * count > 4 * k) {
-      threshold *= 1.5f;
-    } else {
-      break;
-    }
-    count = kernels::CountAbove(data, n, threshold);
-  }
-  *count_at_threshold = count;
-  return threshold;
+  return detail::GaussianKRule(
+      n, k, [&] { return kernels::ComputeMoments(data, n); },
+      [&](float t) { return kernels::CountAbove(data, n, t); }, count_at_threshold);
 }
 
 ErrorFeedback::ErrorFeedback(const CompressorConfig& config)
@@ -195,16 +187,23 @@ ErrorFeedback::ErrorFeedback(const CompressorConfig& config)
 
 Selection ErrorFeedback::Compress(const std::string& key, const at::Tensor& update) {
   at::Tensor& residual = residuals_[key];
-  const at::Tensor flat_update = update.detach().to(at::kCPU).contiguous();
-  if (!residual.defined()) residual = at::zeros_like(flat_update);
-  CLEAVE_ENFORCE(residual.sizes() == flat_update.sizes(), "update for '", key,
-                 "' changed shape");
+  const at::Tensor current = update.detach().contiguous();
+  if (!residual.defined()) residual = at::zeros_like(current);
+  CLEAVE_ENFORCE(residual.sizes() == current.sizes() && residual.device() == current.device(),
+                 "update for '", key, "' changed shape or device");
   // acc = update + residual, computed once: the values sent are exactly acc's entries.
-  const at::Tensor accumulated = flat_update + residual;
+  const at::Tensor accumulated = current + residual;
   Selection selection = compressor_->Compress(accumulated);
-  residual = accumulated.clone();
-  float* data = residual.view(-1).data_ptr<float>();
-  for (uint32_t index : selection.indices) data[index] = 0.0f;
+  residual = accumulated;  // a fresh tensor: zero the sent entries in place
+  if (residual.is_cpu()) {
+    float* data = residual.view(-1).data_ptr<float>();
+    for (uint32_t index : selection.indices) data[index] = 0.0f;
+  } else if (!selection.indices.empty()) {
+    const at::Tensor sent = at::tensor(std::vector<int64_t>(selection.indices.begin(),
+                                                            selection.indices.end()))
+                                .to(residual.device());
+    residual.view(-1).index_fill_(0, sent, 0.0f);
+  }
   return selection;
 }
 

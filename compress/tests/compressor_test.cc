@@ -109,6 +109,37 @@ INSTANTIATE_TEST_SUITE_P(
              std::to_string(static_cast<int>(std::get<1>(info.param) * 1000));
     });
 
+// On a CUDA tensor (device path in CUDA builds, a copy otherwise) every method chooses what it
+// chooses on the CPU: exactly for topk and randomk, closely for the threshold methods.
+TEST(CompressorTest, CudaTensorsSelectLikeTheCpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "LibTorch without CUDA or no device";
+  for (const int64_t n : {int64_t{1}, int64_t{1000}, int64_t{1} << 20}) {
+    const at::Tensor x = Sample("laplace", n, 4);
+    const at::Tensor on_device = x.to(at::kCUDA);
+    for (const char* method : {"topk", "randomk", "gaussiank", "gaussiank+"}) {
+      const Selection cpu = MakeCompressor({method, 0.01, 3})->Compress(x);
+      const Selection gpu = MakeCompressor({method, 0.01, 3})->Compress(on_device);
+      EXPECT_EQ(gpu.shape, cpu.shape);
+      const double k = static_cast<double>(std::max<int64_t>(1, std::llround(0.01 * n)));
+      if (std::string(method) == "gaussiank+") {
+        EXPECT_NEAR(static_cast<double>(gpu.indices.size()), k, 0.1 * k + 1) << method << n;
+      } else if (std::string(method) == "gaussiank") {
+        EXPECT_NEAR(static_cast<double>(gpu.indices.size()),
+                    static_cast<double>(cpu.indices.size()), 0.001 * k + 1) << method << n;
+      } else {
+        EXPECT_EQ(gpu.indices, cpu.indices) << method << n;
+        EXPECT_EQ(gpu.values, cpu.values) << method << n;
+      }
+      for (size_t i = 0; i < gpu.indices.size(); ++i) {
+        ASSERT_EQ(gpu.values[i], x[gpu.indices[i]].item<float>());
+        if (i > 0) {
+          ASSERT_GT(gpu.indices[i], gpu.indices[i - 1]);
+        }
+      }
+    }
+  }
+}
+
 TEST(ErrorFeedbackTest, SentPlusResidualIsUpdatePlusOldResidualExactly) {
   for (const char* method : {"topk", "gaussiank", "gaussiank+", "randomk"}) {
     ErrorFeedback feedback({method, 0.05, 1});

@@ -2,11 +2,13 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <numeric>
 #include <random>
 #include <unordered_set>
 #include <vector>
 
+#include "cleave/core/error.h"
 #include "cleave/kernels/sparsify.h"
 #include "parallel.h"
 #include "simd.h"
@@ -139,6 +141,16 @@ Moments ComputeMomentsOfSum(const float* a, const float* b, size_t n) {
       [a, b](size_t i) { return a[i] + b[i]; });
 }
 
+Moments ComputeAbsMoments(const float* x, size_t n) {
+  return MomentsOf(
+      n,
+      [x](size_t i) {
+        const detail::Float4 v = detail::LoadFloat4(x + i);
+        return v < 0 ? -v : v;
+      },
+      [x](size_t i) { return std::fabs(x[i]); });
+}
+
 size_t CountAbove(const float* x, size_t n, float threshold) {
   const int threads = detail::ThreadsFor(n);
   std::vector<size_t> partial(static_cast<size_t>(threads), 0);
@@ -190,6 +202,89 @@ size_t SelectAbove(const float* x, size_t n, float threshold, uint32_t* indices,
     }
   });
   return Concatenate(chunks, indices, values, capacity);
+}
+
+void AbsHistogram(const float* x, size_t n, float lo, float hi, size_t bins, uint64_t* counts) {
+  CLEAVE_ENFORCE(bins > 0 && lo < hi, "histogram of ", bins, " bins over [", lo, ", ", hi, ")");
+  const float scale = static_cast<float>(bins) / (hi - lo);  // the CUDA kernel uses this too
+  const float last = static_cast<float>(bins - 1);
+  const int threads = detail::ThreadsFor(n);
+  std::vector<std::vector<uint64_t>> partial(static_cast<size_t>(threads));
+  detail::ParallelChunks(n, threads, [&](int c, size_t begin, size_t end) {
+    std::vector<uint64_t>& local = partial[static_cast<size_t>(c)];
+    local.assign(bins, 0);
+    for (size_t i = begin; i < end; ++i) {
+      const float magnitude = std::fabs(x[i]);
+      if (!(magnitude >= lo && magnitude < hi)) continue;  // also skips NaN
+      const float position = (magnitude - lo) * scale;
+      ++local[position < last ? static_cast<size_t>(position) : bins - 1];
+    }
+  });
+  std::fill(counts, counts + bins, uint64_t{0});
+  for (const auto& local : partial) {
+    for (size_t b = 0; b < bins; ++b) counts[b] += local[b];
+  }
+}
+
+float ThresholdByHistogram(HistogramFn histogram, const void* context, size_t n, float max_abs,
+                           size_t k, size_t* expected_count) {
+  if (n == 0 || k == 0) {
+    *expected_count = 0;
+    return std::numeric_limits<float>::infinity();
+  }
+  // Zeros are never selected (t >= 0): a sparse tensor need not carry them.
+  if (!(max_abs > 0)) {
+    *expected_count = 0;
+    return 0.0f;
+  }
+  float lo = 0.0f;
+  float hi = std::isfinite(max_abs) ? std::nextafter(max_abs, std::numeric_limits<float>::max())
+                                    : std::numeric_limits<float>::max();
+  size_t above = 0;  // elements with |x| >= hi, counted by earlier passes
+  std::vector<uint64_t> counts(kHistogramBins);
+  // Selecting |x| >= edge is selecting |x| > the float just below edge (or > 0 at the bottom).
+  auto below = [](float edge) {
+    return edge > 0 ? std::nextafter(edge, 0.0f) : 0.0f;
+  };
+  for (int pass = 0;; ++pass) {
+    histogram(context, lo, hi, kHistogramBins, counts.data());
+    // The bin holding the k-th largest magnitude, from the top.
+    size_t bin = kHistogramBins, cumulative = above;
+    while (bin > 0 && cumulative + counts[bin - 1] < k) cumulative += counts[--bin];
+    if (bin == 0) {  // fewer than k nonzero magnitudes: take them all
+      *expected_count = cumulative;
+      return below(lo);
+    }
+    --bin;
+    const float width = (hi - lo) / static_cast<float>(kHistogramBins);
+    const float bin_lo = lo + static_cast<float>(bin) * width;
+    const float bin_hi = bin + 1 == kHistogramBins ? hi : lo + static_cast<float>(bin + 1) * width;
+    const size_t with_bin = cumulative + counts[bin];
+    const bool resolved = counts[bin] * 10 <= k;  // either edge lands within 10% of k
+    if (resolved || pass + 1 == kMaxHistogramPasses || !(bin_lo < bin_hi) ||
+        std::nextafter(bin_lo, bin_hi) == bin_hi) {
+      const bool take_bin = with_bin - k <= k - cumulative;  // the closer of the two edges
+      *expected_count = take_bin ? with_bin : cumulative;
+      return take_bin ? below(bin_lo) : below(bin_hi);
+    }
+    lo = bin_lo;
+    hi = bin_hi;
+    above = cumulative;
+  }
+}
+
+float ThresholdByHistogram(const float* x, size_t n, size_t k, size_t* expected_count) {
+  struct Buffer {
+    const float* x;
+    size_t n;
+  } buffer{x, n};
+  const Moments moments = ComputeMoments(x, n);
+  return ThresholdByHistogram(
+      [](const void* context, float lo, float hi, size_t bins, uint64_t* counts) {
+        const auto* data = static_cast<const Buffer*>(context);
+        AbsHistogram(data->x, data->n, lo, hi, bins, counts);
+      },
+      &buffer, n, static_cast<float>(moments.max_abs), k, expected_count);
 }
 
 size_t TopK(const float* x, size_t n, size_t k, uint32_t* indices, float* values) {

@@ -3,6 +3,7 @@
 #include <thrust/iterator/counting_iterator.h>
 
 #include <algorithm>
+#include <cmath>
 #include <random>
 #include <unordered_set>
 #include <vector>
@@ -56,14 +57,17 @@ struct MomentSums {
   float max_abs;
 };
 
-__global__ void MomentsKernel(const float* x, size_t n, MomentSums* out) {
+// Sums of (v - shift) and its square in double, v = x or |x|, shift = the first v: the variance
+// then comes from sums of size ~n * std rather than n * mean, so no catastrophic cancellation.
+__global__ void MomentsKernel(const float* x, size_t n, bool magnitudes, MomentSums* out) {
   using BlockReduce = cub::BlockReduce<double, kThreads>;
   __shared__ typename BlockReduce::TempStorage storage;
+  const double shift = magnitudes ? fabsf(x[0]) : x[0];
   double sum = 0, squares = 0;
   float max_abs = 0;
   for (size_t i = blockIdx.x * size_t{kThreads} + threadIdx.x; i < n;
        i += size_t{gridDim.x} * kThreads) {
-    const double v = x[i];
+    const double v = (magnitudes ? fabsf(x[i]) : x[i]) - shift;
     sum += v;
     squares += v * v;
     max_abs = fmaxf(max_abs, fabsf(x[i]));
@@ -79,6 +83,26 @@ __global__ void MomentsKernel(const float* x, size_t n, MomentSums* out) {
     // max of non-negative floats: their bit patterns order like unsigned ints.
     atomicMax(reinterpret_cast<unsigned int*>(&out->max_abs),
               __float_as_uint(static_cast<float>(block_max)));
+  }
+}
+
+// Block-local histogram in shared memory, added to the global counts once per block.
+__global__ void HistogramKernel(const float* x, size_t n, float lo, float hi, float scale,
+                                unsigned bins, unsigned long long* counts) {
+  extern __shared__ unsigned int local[];
+  for (unsigned b = threadIdx.x; b < bins; b += kThreads) local[b] = 0;
+  __syncthreads();
+  const float last = static_cast<float>(bins - 1);
+  for (size_t i = blockIdx.x * size_t{kThreads} + threadIdx.x; i < n;
+       i += size_t{gridDim.x} * kThreads) {
+    const float magnitude = fabsf(x[i]);
+    if (!(magnitude >= lo && magnitude < hi)) continue;
+    const float position = __fmul_rn(__fsub_rn(magnitude, lo), scale);  // as on the CPU
+    atomicAdd(&local[position < last ? static_cast<unsigned>(position) : bins - 1], 1u);
+  }
+  __syncthreads();
+  for (unsigned b = threadIdx.x; b < bins; b += kThreads) {
+    if (local[b] != 0) atomicAdd(&counts[b], static_cast<unsigned long long>(local[b]));
   }
 }
 
@@ -171,23 +195,73 @@ bool DeviceAvailable() {
   return ok;
 }
 
-Moments ComputeMoments(const float* x, size_t n, Stream stream) {
-  const cudaStream_t s = AsStream(stream);
+namespace {
+
+Moments MomentsOf(const float* x, size_t n, bool magnitudes, cudaStream_t s) {
   Moments out;
   out.n = n;
   if (n == 0) return out;
   DeviceBuffer<MomentSums> sums(1);
   CLEAVE_CUDA_CHECK(cudaMemsetAsync(sums.ptr, 0, sizeof(MomentSums), s));
-  MomentsKernel<<<BlocksFor(n), kThreads, 0, s>>>(x, n, sums.ptr);
+  MomentsKernel<<<BlocksFor(n), kThreads, 0, s>>>(x, n, magnitudes, sums.ptr);
   CLEAVE_CUDA_CHECK(cudaGetLastError());
   MomentSums host{};
+  float first = 0;
   CLEAVE_CUDA_CHECK(cudaMemcpyAsync(&host, sums.ptr, sizeof(host), cudaMemcpyDeviceToHost, s));
+  CLEAVE_CUDA_CHECK(cudaMemcpyAsync(&first, x, sizeof(float), cudaMemcpyDeviceToHost, s));
   CLEAVE_CUDA_CHECK(cudaStreamSynchronize(s));
-  out.mean = host.sum / static_cast<double>(n);
-  const double variance = host.sum_squares / static_cast<double>(n) - out.mean * out.mean;
+  const double shift = magnitudes ? std::fabs(first) : first;
+  const double shifted_mean = host.sum / static_cast<double>(n);
+  out.mean = shift + shifted_mean;
+  const double variance = host.sum_squares / static_cast<double>(n) - shifted_mean * shifted_mean;
   out.stddev = variance > 0 ? std::sqrt(variance) : 0.0;
   out.max_abs = host.max_abs;
   return out;
+}
+
+}  // namespace
+
+Moments ComputeMoments(const float* x, size_t n, Stream stream) {
+  return MomentsOf(x, n, false, AsStream(stream));
+}
+
+Moments ComputeAbsMoments(const float* x, size_t n, Stream stream) {
+  return MomentsOf(x, n, true, AsStream(stream));
+}
+
+void AbsHistogram(const float* x, size_t n, float lo, float hi, size_t bins, uint64_t* counts,
+                  Stream stream) {
+  CLEAVE_ENFORCE(bins > 0 && bins <= 8192 && lo < hi, "histogram of ", bins, " bins over [", lo,
+                 ", ", hi, ")");
+  const cudaStream_t s = AsStream(stream);
+  DeviceBuffer<unsigned long long> device_counts(bins);
+  CLEAVE_CUDA_CHECK(cudaMemsetAsync(device_counts.ptr, 0, bins * sizeof(unsigned long long), s));
+  if (n > 0) {
+    const float scale = static_cast<float>(bins) / (hi - lo);  // as on the CPU
+    HistogramKernel<<<BlocksFor(n), kThreads, bins * sizeof(unsigned int), s>>>(
+        x, n, lo, hi, scale, static_cast<unsigned>(bins), device_counts.ptr);
+    CLEAVE_CUDA_CHECK(cudaGetLastError());
+  }
+  static_assert(sizeof(unsigned long long) == sizeof(uint64_t), "64-bit counts");
+  CLEAVE_CUDA_CHECK(cudaMemcpyAsync(counts, device_counts.ptr, bins * sizeof(uint64_t),
+                                    cudaMemcpyDeviceToHost, s));
+  CLEAVE_CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
+float ThresholdByHistogram(const float* x, size_t n, size_t k, size_t* expected_count,
+                           Stream stream) {
+  struct Buffer {
+    const float* x;
+    size_t n;
+    Stream stream;
+  } buffer{x, n, stream};
+  const Moments moments = ComputeMoments(x, n, stream);
+  return kernels::ThresholdByHistogram(
+      [](const void* context, float lo, float hi, size_t bins, uint64_t* counts) {
+        const auto* data = static_cast<const Buffer*>(context);
+        AbsHistogram(data->x, data->n, lo, hi, bins, counts, data->stream);
+      },
+      &buffer, n, static_cast<float>(moments.max_abs), k, expected_count);
 }
 
 size_t CountAbove(const float* x, size_t n, float threshold, Stream stream) {

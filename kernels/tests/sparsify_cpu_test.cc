@@ -4,7 +4,9 @@
 #include <cmath>
 #include <numeric>
 #include <set>
+#include <tuple>
 
+#include "cleave/core/error.h"
 #include "cleave/kernels/sparsify.h"
 #include "random_data.h"
 
@@ -32,6 +34,53 @@ TEST_P(KernelSizes, MomentsMatchADoubleReference) {
   EXPECT_NEAR(m.mean, mean, 1e-6 * (1 + std::fabs(mean)));  // float lanes, double merge
   EXPECT_NEAR(m.stddev, n ? std::sqrt(m2 / n) : 0, 1e-6);
   EXPECT_EQ(m.max_abs, max_abs);
+}
+
+TEST_P(KernelSizes, AbsMomentsMatchADoubleReference) {
+  const size_t n = GetParam();
+  const auto x = RandomData(n, Distribution::kStudentT2, n + 7);
+  double sum = 0;
+  for (float v : x) sum += std::fabs(v);
+  const double mean = n ? sum / n : 0;
+  double m2 = 0;
+  for (float v : x) m2 += (std::fabs(v) - mean) * (std::fabs(v) - mean);
+  const Moments m = ComputeAbsMoments(x.data(), n);
+  EXPECT_NEAR(m.mean, mean, 1e-6 * (1 + mean));
+  EXPECT_NEAR(m.stddev, n ? std::sqrt(m2 / n) : 0, 1e-6 * (1 + mean));
+}
+
+TEST(MomentsTest, StableForALargeMeanAndSmallSpread) {
+  // 1e4 + N(0, 1e-2): a naive E[x^2] - E[x]^2 in float loses every digit of the variance.
+  auto x = RandomData(1 << 20, Distribution::kNormal, 3);
+  for (float& v : x) v = 1e4f + 1e-2f * v;
+  double sum = 0;
+  for (float v : x) sum += v;
+  const double mean = sum / x.size();
+  double m2 = 0;
+  for (float v : x) m2 += (v - mean) * (v - mean);
+  const Moments m = ComputeMoments(x.data(), x.size());
+  EXPECT_NEAR(m.mean, mean, 1e-6);
+  EXPECT_NEAR(m.stddev, std::sqrt(m2 / x.size()), 1e-4 * std::sqrt(m2 / x.size()));
+}
+
+TEST_P(KernelSizes, AbsHistogramMatchesBruteForce) {
+  const size_t n = GetParam();
+  const auto x = RandomData(n, Distribution::kLaplace, n + 9);
+  for (const auto& [lo, hi, bins] : {std::tuple<float, float, size_t>{0.0f, 4.0f, 2048},
+                                     {0.5f, 0.75f, 7}, {1.0f, 1e6f, 1}}) {
+    std::vector<uint64_t> counts(bins, 12345), expected(bins, 0);
+    const float scale = static_cast<float>(bins) / (hi - lo);
+    for (float v : x) {
+      const float m = std::fabs(v);
+      if (m < lo || m >= hi) continue;
+      const float position = (m - lo) * scale;
+      expected[std::min(bins - 1, static_cast<size_t>(position))]++;
+    }
+    AbsHistogram(x.data(), n, lo, hi, bins, counts.data());
+    EXPECT_EQ(counts, expected) << lo << " " << hi << " " << bins;
+  }
+  std::vector<uint64_t> one(1);
+  EXPECT_THROW(AbsHistogram(x.data(), n, 1.0f, 1.0f, 1, one.data()), Error);
 }
 
 TEST_P(KernelSizes, SelectAboveMatchesBruteForceInIndexOrder) {
@@ -165,6 +214,47 @@ INSTANTIATE_TEST_SUITE_P(
       return std::string(testing::Name(std::get<0>(info.param))) + "_" +
              std::to_string(static_cast<int>(std::get<1>(info.param) * 1000));
     });
+
+class HistogramThresholdLanding : public ::testing::TestWithParam<LandingParam> {};
+
+TEST_P(HistogramThresholdLanding, LandsWithinTenPercentOfK) {
+  const auto [distribution, density] = GetParam();
+  const size_t n = size_t{1} << 20;
+  const auto x = RandomData(n, distribution, 13);
+  const size_t k = static_cast<size_t>(density * n);
+  size_t expected = 0;
+  const float threshold = ThresholdByHistogram(x.data(), n, k, &expected);
+  const size_t count = CountAbove(x.data(), n, threshold);
+  EXPECT_GE(count, k * 9 / 10);
+  EXPECT_LE(count, k * 11 / 10);
+  // The histograms' count is what a selection finds, up to elements on float bin edges.
+  EXPECT_NEAR(static_cast<double>(expected), static_cast<double>(count), 2 + 0.001 * k);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    DistributionsDensities, HistogramThresholdLanding,
+    ::testing::Combine(::testing::Values(Distribution::kNormal, Distribution::kLaplace,
+                                         Distribution::kStudentT2, Distribution::kPostRelu),
+                       ::testing::Values(0.001, 0.01, 0.1)),
+    [](const auto& info) {
+      return std::string(testing::Name(std::get<0>(info.param))) + "_" +
+             std::to_string(static_cast<int>(std::get<1>(info.param) * 1000));
+    });
+
+TEST(HistogramThresholdTest, EdgeCases) {
+  size_t expected = 99;
+  const std::vector<float> zeros(1000, 0.0f);
+  EXPECT_EQ(ThresholdByHistogram(zeros.data(), zeros.size(), 10, &expected), 0.0f);
+  EXPECT_EQ(expected, 0u);
+  EXPECT_TRUE(std::isinf(ThresholdByHistogram(zeros.data(), 0, 10, &expected)));
+  EXPECT_EQ(expected, 0u);
+  const auto x = RandomData(5000, Distribution::kNormal, 4);
+  // k = n: everything nonzero; k = 1: the largest magnitude alone.
+  EXPECT_EQ(CountAbove(x.data(), x.size(), ThresholdByHistogram(x.data(), x.size(), 5000, &expected)),
+            5000u);
+  EXPECT_EQ(CountAbove(x.data(), x.size(), ThresholdByHistogram(x.data(), x.size(), 1, &expected)),
+            1u);
+}
 
 TEST(KernelThreadsTest, SingleAndMultiThreadedAgree) {
   const auto x = RandomData(1 << 20, Distribution::kNormal, 9);

@@ -1,6 +1,9 @@
 // The CUDA backend against the CPU reference on random inputs; skipped without a GPU.
 #include <gtest/gtest.h>
 
+#include <stdexcept>
+#include <vector>
+
 #include "cleave/kernels/sparsify.h"
 #include "random_data.h"
 
@@ -32,16 +35,20 @@ template <typename T>
 struct Device {
   T* ptr = nullptr;
   size_t n;
-  explicit Device(const std::vector<T>& host) : n(host.size()) {
-    cudaMalloc(&ptr, std::max<size_t>(1, n) * sizeof(T));
-    if (n) cudaMemcpy(ptr, host.data(), n * sizeof(T), cudaMemcpyHostToDevice);
+  explicit Device(const std::vector<T>& host) : Device(host.size()) {
+    if (n) Check(cudaMemcpy(ptr, host.data(), n * sizeof(T), cudaMemcpyHostToDevice));
   }
-  explicit Device(size_t count) : n(count) { cudaMalloc(&ptr, std::max<size_t>(1, n) * sizeof(T)); }
+  explicit Device(size_t count) : n(count) {
+    Check(cudaMalloc(&ptr, std::max<size_t>(1, n) * sizeof(T)));
+  }
   ~Device() { cudaFree(ptr); }
   std::vector<T> Host(size_t count) const {
     std::vector<T> out(count);
-    if (count) cudaMemcpy(out.data(), ptr, count * sizeof(T), cudaMemcpyDeviceToHost);
+    if (count) Check(cudaMemcpy(out.data(), ptr, count * sizeof(T), cudaMemcpyDeviceToHost));
     return out;
+  }
+  static void Check(cudaError_t status) {
+    if (status != cudaSuccess) throw std::runtime_error(cudaGetErrorString(status));
   }
 };
 #endif
@@ -56,6 +63,21 @@ TEST_P(CudaVsCpu, EveryOperationMatches) {
   EXPECT_NEAR(gpu.mean, cpu.mean, 1e-6 * (1 + std::fabs(cpu.mean)));
   EXPECT_NEAR(gpu.stddev, cpu.stddev, 1e-5 * (1 + cpu.stddev));
   EXPECT_EQ(gpu.max_abs, cpu.max_abs);
+  const Moments cpu_abs = ComputeAbsMoments(x.data(), n);
+  const Moments gpu_abs = cuda::ComputeAbsMoments(dx.ptr, n);
+  EXPECT_NEAR(gpu_abs.mean, cpu_abs.mean, 1e-6 * (1 + cpu_abs.mean));
+  EXPECT_NEAR(gpu_abs.stddev, cpu_abs.stddev, 1e-5 * (1 + cpu_abs.stddev));
+
+  std::vector<uint64_t> cpu_counts(kHistogramBins), gpu_counts(kHistogramBins);
+  AbsHistogram(x.data(), n, 0.25f, 3.0f, kHistogramBins, cpu_counts.data());
+  cuda::AbsHistogram(dx.ptr, n, 0.25f, 3.0f, kHistogramBins, gpu_counts.data());
+  EXPECT_EQ(gpu_counts, cpu_counts);
+  for (size_t k : {size_t{1}, n / 100 + 1, n / 3}) {
+    size_t cpu_expected = 0, gpu_expected = 0;
+    EXPECT_EQ(cuda::ThresholdByHistogram(dx.ptr, n, k, &gpu_expected),
+              ThresholdByHistogram(x.data(), n, k, &cpu_expected));
+    EXPECT_EQ(gpu_expected, cpu_expected);
+  }
   const float t = 1.3f;
   EXPECT_EQ(cuda::CountAbove(dx.ptr, n, t), CountAbove(x.data(), n, t));
 

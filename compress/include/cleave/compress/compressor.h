@@ -31,7 +31,9 @@ class Compressor {
  public:
   explicit Compressor(CompressorConfig config);
   virtual ~Compressor() = default;
-  // `dense` is float32 on the CPU (or CUDA in builds with a CUDA LibTorch); any shape.
+  // `dense` is float32, any shape. CUDA tensors are selected on their device when the build has
+  // CUDA kernels and a CUDA LibTorch (CLEAVE_COMPRESS_CUDA; gaussiank+ there refines by histogram
+  // and lands within 10% of k rather than on it), else copied to the CPU.
   Selection Compress(const at::Tensor& dense);
   const CompressorConfig& config() const { return config_; }
   // k for a tensor of n elements: round(density * n), at least 1 (for n > 0).
@@ -40,10 +42,13 @@ class Compressor {
  protected:
   // Selects from a contiguous float buffer of n elements into `out` (indices, values).
   virtual void SelectFrom(const float* data, size_t n, size_t k, Selection* out) = 0;
-  uint64_t calls_ = 0;  // advances random seeds between calls
+  // The seed of this call: from config().seed, different on every call.
+  uint64_t CallSeed() const;
+
 
  private:
   CompressorConfig config_;
+  uint64_t calls_ = 0;
 };
 
 // Throws UserError for an unknown method or a density outside (0, 1].

@@ -21,6 +21,8 @@ struct Moments {
 Moments ComputeMoments(const float* x, size_t n);
 // Moments of (a + b) without materialising the sum (error feedback: grad + residual).
 Moments ComputeMomentsOfSum(const float* a, const float* b, size_t n);
+// Moments of |x| (mean and standard deviation of the magnitudes), one pass.
+Moments ComputeAbsMoments(const float* x, size_t n);
 
 // Number of elements with |x| > threshold.
 size_t CountAbove(const float* x, size_t n, float threshold);
@@ -52,6 +54,26 @@ size_t ErrorFeedbackSelect(const float* grad, float* residual, size_t n, float t
 // Returns the number selected (k, or fewer only if fewer than k elements are nonzero).
 size_t SelectTopKBySampling(const float* x, size_t n, size_t k, uint64_t seed,
                             uint32_t* indices, float* values);
+
+// Equal-width histogram of the magnitudes in [lo, hi): counts[b] += number of |x| with
+// bin(|x|) == b, where bin(m) = min(bins - 1, floor((m - lo) * (bins / (hi - lo)))) in float
+// arithmetic (the CUDA backend computes the same bins). |x| outside [lo, hi) and NaN are not
+// counted. `counts` has `bins` entries and is overwritten. Requires lo < hi, bins > 0.
+void AbsHistogram(const float* x, size_t n, float lo, float hi, size_t bins, uint64_t* counts);
+
+// A threshold t with CountAbove(x, n, t) close to k for any distribution, found by zooming a
+// histogram of |x| onto the k-th largest magnitude (at most kMaxHistogramPasses passes of
+// kHistogramBins bins, each after the first only over the bin that holds it). `histogram`
+// computes AbsHistogram on whichever backend holds the data; max_abs comes from the moments.
+// *expected_count gets the number of |x| > t the histograms counted (what a selection finds).
+constexpr size_t kHistogramBins = 2048;
+constexpr int kMaxHistogramPasses = 3;
+using HistogramFn = void (*)(const void* context, float lo, float hi, size_t bins,
+                             uint64_t* counts);
+float ThresholdByHistogram(HistogramFn histogram, const void* context, size_t n, float max_abs,
+                           size_t k, size_t* expected_count);
+// The CPU instance: ThresholdByHistogram over AbsHistogram of x.
+float ThresholdByHistogram(const float* x, size_t n, size_t k, size_t* expected_count);
 
 // Threads the CPU kernels use (default: hardware concurrency). 1 disables threading.
 void SetCpuThreads(int threads);

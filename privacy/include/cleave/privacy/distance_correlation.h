@@ -15,8 +15,9 @@ namespace cleave::privacy {
 // estimator is biased upward for small n: state the batch size with any figure.
 at::Tensor DistanceCorrelation(const at::Tensor& x, const at::Tensor& z);
 
-// The bias-corrected estimator (U-centred, Szekely & Rizzo 2014), for measurement: near 0 for
-// independent samples at any n, and may be slightly negative. Needs n >= 4.
+// The bias-corrected estimate of dCor^2 (U-centred, Szekely & Rizzo 2014), for measurement: near
+// 0 for independent samples at any n, may be slightly negative, and is a squared correlation
+// (compare it with dCor(x, z)^2, not dCor). Needs n >= 4.
 at::Tensor BiasCorrectedDistanceCorrelation(const at::Tensor& x, const at::Tensor& z);
 
 // The independence baseline: the same estimator with Z's rows shuffled (seeded).

@@ -1,0 +1,79 @@
+// NoPeek in the client: training with alpha > 0 lowers dCor(inputs, sent activations) compared
+// with vanilla split learning, on the same data, seed and number of steps. The task needs only
+// one of 20 features, so a client that hides the rest loses no accuracy.
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+
+#include "cleave/client/split_trainer.h"
+#include "cleave/core/dataset.h"
+#include "cleave/privacy/distance_correlation.h"
+#include "cleave/server/in_process_link.h"
+#include "cleave/server/split_server.h"
+
+namespace cleave {
+namespace {
+
+Dataset Synthetic(int64_t rows, uint64_t seed) {
+  at::manual_seed(seed);
+  Dataset data;
+  data.inputs = at::randn({rows, 20});
+  data.labels = (data.inputs.select(1, 0) > 0).to(at::kLong);
+  data.num_classes = 2;
+  return data;
+}
+
+struct Outcome {
+  double dcor = 0;
+  double accuracy = 0;
+};
+
+Outcome TrainAndMeasure(double alpha) {
+  server::SplitServerOptions server_options;
+  server_options.model.architecture = "mlp";
+  server_options.model.input_shape = {20};
+  server_options.model.hidden = {32, 16};
+  server_options.model.num_classes = 2;
+  server_options.model.cut = 1;
+  server::SplitServer split_server(server_options);
+  server::InProcessLink link(split_server, "local");
+  client::TrainerOptions options;
+  options.model = server_options.model;
+  options.batch_size = 128;
+  options.learning_rate = 1e-2;
+  options.nopeek_alpha = alpha;
+  client::SplitTrainer trainer(options, link);
+  const Dataset train = Synthetic(6400, 1), test = Synthetic(1024, 2);
+  trainer.Join(train.size());
+  for (int epoch = 0; epoch < 6; ++epoch) {
+    const client::EpochStats stats = trainer.TrainEpoch(train, epoch, 6, nullptr);
+    if (alpha > 0) {
+      EXPECT_GT(stats.dcor, 0.0);  // logged per epoch by the trainer
+    }
+  }
+  Outcome outcome;
+  outcome.accuracy = trainer.Evaluate(test).accuracy;
+  at::NoGradGuard no_grad;
+  trainer.model().bottom->eval();
+  // The bias-corrected estimator of dCor^2 at n = 1024 (the plain one is biased upward).
+  outcome.dcor = privacy::BiasCorrectedDistanceCorrelation(
+                     test.inputs, trainer.model().bottom->forward(test.inputs))
+                     .item<double>();
+  return outcome;
+}
+
+TEST(NoPeekTest, LowersDistanceCorrelationAndKeepsAccuracy) {
+  const Outcome vanilla = TrainAndMeasure(0.0);
+  const Outcome nopeek = TrainAndMeasure(3.0);
+  // Measured: alpha 0 -> 0.278 / 0.990, alpha 1 -> 0.221 / 0.990, alpha 3 -> 0.187 / 0.977,
+  // alpha 10 -> 0.090 / 0.486 (the knob, and what turning it too far costs).
+  std::printf("[ nopeek   ] bias-corrected dCor^2 at n = 1024 and test accuracy: alpha 0: %.3f "
+              "%.3f; alpha 3: %.3f %.3f\n",
+              vanilla.dcor, vanilla.accuracy, nopeek.dcor, nopeek.accuracy);
+  EXPECT_GT(vanilla.dcor, 0.2);
+  EXPECT_LT(nopeek.dcor, 0.8 * vanilla.dcor);
+  EXPECT_GT(nopeek.accuracy, 0.95);
+}
+
+}  // namespace
+}  // namespace cleave

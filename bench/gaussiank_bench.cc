@@ -60,6 +60,22 @@ void RunCompressor(benchmark::State& state, const char* method) {
 void BM_GaussianK(benchmark::State& state) { RunCompressor(state, "gaussiank"); }
 void BM_GaussianKPlus(benchmark::State& state) { RunCompressor(state, "gaussiank+"); }
 
+// The GPU's gaussiank+ method (histogram zoom + one selection) run on the CPU kernels.
+void BM_HistogramThreshold(benchmark::State& state) {
+  const auto& x = Data(N(state));
+  const size_t k = static_cast<size_t>(std::round(Density(state) * N(state)));
+  std::vector<uint32_t> indices(x.size());
+  std::vector<float> values(x.size());
+  size_t selected = 0;
+  for (auto _ : state) {
+    size_t expected = 0;
+    const float t = cleave::kernels::ThresholdByHistogram(x.data(), x.size(), k, &expected);
+    selected = cleave::kernels::SelectAbove(x.data(), x.size(), t, indices.data(), values.data(),
+                                            x.size());
+  }
+  Report(state, selected);
+}
+
 void BM_TorchTopK(benchmark::State& state) {
   const auto& x = Data(N(state));
   const at::Tensor tensor = at::from_blob(const_cast<float*>(x.data()),
@@ -97,6 +113,7 @@ void Args(benchmark::internal::Benchmark* b) {
 BENCHMARK(BM_MemoryFloorTwoReads)->Apply(Args);
 BENCHMARK(BM_GaussianK)->Apply(Args);
 BENCHMARK(BM_GaussianKPlus)->Apply(Args);
+BENCHMARK(BM_HistogramThreshold)->Apply(Args);
 BENCHMARK(BM_NthElement)->Apply(Args);
 BENCHMARK(BM_TorchTopK)->Apply(Args);
 

@@ -7,6 +7,7 @@
 
 #include "cleave/compress/compressor.h"
 #include "cleave/core/error.h"
+#include "cleave/kernels/sparsify.h"
 
 namespace cleave {
 namespace {
@@ -96,8 +97,17 @@ TEST_P(GaussianKPlusLanding, WithinTenPercentOfK) {
   EXPECT_LE(landed, 1.1) << distribution;
   size_t paper_count = 0;
   GaussianKThreshold(x.data_ptr<float>(), n, k, &paper_count);
-  std::printf("[ landing  ] %-10s density %.3f: gaussiank+ %.3f k, gaussiank %.3f k\n",
-              distribution.c_str(), density, landed, static_cast<double>(paper_count) / k);
+  // gaussiank+'s method on CUDA tensors: the histogram zoom (its CPU reference).
+  size_t expected = 0;
+  const float* data = x.data_ptr<float>();
+  const float t = kernels::ThresholdByHistogram(data, n, k, &expected);
+  const double histogram_landed = static_cast<double>(kernels::CountAbove(data, n, t)) / k;
+  EXPECT_GE(histogram_landed, 0.9) << distribution;
+  EXPECT_LE(histogram_landed, 1.1) << distribution;
+  std::printf("[ landing  ] %-10s density %.3f: gaussiank+ %.3f k (histogram path %.3f k), "
+              "gaussiank %.3f k\n",
+              distribution.c_str(), density, landed, histogram_landed,
+              static_cast<double>(paper_count) / k);
 }
 
 INSTANTIATE_TEST_SUITE_P(

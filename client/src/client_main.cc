@@ -10,6 +10,7 @@
 #include "cleave/client/training_data.h"
 #include "cleave/core/certificates.h"
 #include "cleave/core/checkpoint.h"
+#include "cleave/core/command_line.h"
 #include "cleave/core/error.h"
 #include "cleave/core/file_io.h"
 #include "cleave/core/logging.h"
@@ -84,14 +85,7 @@ int Run(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--log-level", log_level, "trace, debug, info, warn or error")
       ->capture_default_str();
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "cleave-client: error: %s (see --help)\n", e.what());
-    return 2;
-  }
+  if (const auto code = cleave::ParseCommandLine(app, argc, argv)) return *code;
   cleave::SetupLogging(log_level);
   const auto progress = cleave::client::ParseProgressMode(progress_mode);
   options.model = model_flags.Spec();
@@ -187,16 +181,13 @@ int Run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return Run(argc, argv);
-  } catch (const cleave::UserError& e) {
-    std::fprintf(stderr, "cleave-client: error: %s\n", e.what());
-    return 2;
-  } catch (const cleave::protocol::StatusError& e) {
-    std::fprintf(stderr, "cleave-client: error: %s\n", e.what());
-    return 3;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "cleave-client: internal error: %s\n", e.what());
-    return 1;
-  }
+  return cleave::RunCommand("cleave-client", [&] {
+    try {
+      return Run(argc, argv);
+    } catch (const cleave::protocol::StatusError& e) {
+      // Refused or failed by the server (or unreachable): its own exit code.
+      std::fprintf(stderr, "cleave-client: error: %s\n", e.what());
+      return 3;
+    }
+  });
 }

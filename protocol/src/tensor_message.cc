@@ -85,30 +85,39 @@ void EncodeDense(const at::Tensor& tensor, v1::Tensor* message) {
                      contiguous.numel() * contiguous.element_size());
 }
 
-void EncodeSparse(const at::Tensor& tensor, const std::vector<uint32_t>& indices,
-                  ValuePrecision precision, v1::Tensor* message) {
+namespace {
+
+// The float32 values of `tensor` at flat `indices`; starts `message` as a float32 tensor of the
+// same shape.
+std::vector<float> GatherInto(const at::Tensor& tensor, const std::vector<uint32_t>& indices,
+                              v1::Tensor* message) {
   const at::Tensor flat = tensor.detach().to(at::kCPU).contiguous().view(-1);
-  CLEAVE_ENFORCE(flat.scalar_type() == at::kFloat, "sparse payloads are float32 only");
+  CLEAVE_ENFORCE(flat.scalar_type() == at::kFloat, "sparse and value payloads are float32 only");
   const float* data = flat.data_ptr<float>();
   std::vector<float> values(indices.size());
-  for (size_t i = 0; i < indices.size(); ++i) values[i] = data[indices[i]];
+  for (size_t i = 0; i < indices.size(); ++i) {
+    CLEAVE_ENFORCE(static_cast<int64_t>(indices[i]) < flat.numel(), "index out of range");
+    values[i] = data[indices[i]];
+  }
   message->Clear();
   message->set_dtype(v1::Tensor::FLOAT32);
   for (int64_t d : tensor.sizes()) message->add_shape(d);
-  message->set_sparse(::cleave::EncodeSparse(static_cast<uint64_t>(flat.numel()), indices.data(),
-                                             values.data(), values.size(), precision));
+  return values;
+}
+
+}  // namespace
+
+void EncodeSparse(const at::Tensor& tensor, const std::vector<uint32_t>& indices,
+                  ValuePrecision precision, v1::Tensor* message) {
+  const std::vector<float> values = GatherInto(tensor, indices, message);
+  message->set_sparse(::cleave::EncodeSparse(static_cast<uint64_t>(tensor.numel()),
+                                             indices.data(), values.data(), values.size(),
+                                             precision));
 }
 
 void EncodeValuesAt(const at::Tensor& tensor, const std::vector<uint32_t>& indices,
                     ValuePrecision precision, v1::Tensor* message) {
-  const at::Tensor flat = tensor.detach().to(at::kCPU).contiguous().view(-1);
-  CLEAVE_ENFORCE(flat.scalar_type() == at::kFloat, "value payloads are float32 only");
-  const float* data = flat.data_ptr<float>();
-  std::vector<float> values(indices.size());
-  for (size_t i = 0; i < indices.size(); ++i) values[i] = data[indices[i]];
-  message->Clear();
-  message->set_dtype(v1::Tensor::FLOAT32);
-  for (int64_t d : tensor.sizes()) message->add_shape(d);
+  const std::vector<float> values = GatherInto(tensor, indices, message);
   message->set_values(::cleave::EncodeValues(values.data(), values.size(), precision));
 }
 

@@ -7,6 +7,7 @@
 #include <pthread.h>
 
 #include "cleave/core/certificates.h"
+#include "cleave/core/command_line.h"
 #include "cleave/core/error.h"
 #include "cleave/core/logging.h"
 #include "cleave/core/model_flags.h"
@@ -98,14 +99,7 @@ int Run(int argc, char** argv) {
   AddCompressionFlags(app, "grad", "gradients (server to client)", &grad);
   app.add_option("--log-level", log_level, "trace, debug, info, warn or error")
       ->capture_default_str();
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "cleave-server: error: %s (see --help)\n", e.what());
-    return 2;
-  }
+  if (const auto code = cleave::ParseCommandLine(app, argc, argv)) return *code;
 
   cleave::SetupLogging(log_level);
   cleave::server::RouteGrpcLogsToSpdlog();
@@ -150,13 +144,5 @@ int Run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return Run(argc, argv);
-  } catch (const cleave::UserError& e) {
-    std::fprintf(stderr, "cleave-server: error: %s\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "cleave-server: internal error: %s\n", e.what());
-    return 1;
-  }
+  return cleave::RunCommand("cleave-server", [&] { return Run(argc, argv); });
 }

@@ -159,14 +159,8 @@ const SplitServer::Session& SplitServer::CheckSession(const std::string& identit
 }
 
 v1::TrainReply SplitServer::Train(const std::string& identity, const v1::TrainRequest& request) {
-  protocol::TensorSpec activation_spec;
-  activation_spec.sample_shape = model_.cut_shape;
-  activation_spec.max_batch = options_.max_batch;
-  activation_spec.allow_sparse = options_.compression.activations().method() != "none";
-  protocol::TensorSpec label_spec;
-  label_spec.dtype = v1::Tensor::INT64;
-  label_spec.max_batch = options_.max_batch;
-  label_spec.int_upper_bound = options_.model.num_classes;
+  const protocol::TensorSpec activation_spec = ActivationSpec();
+  const protocol::TensorSpec label_spec = LabelSpec();
 
   // Validate outside the lock: decoding is the expensive, untrusted part.
   {
@@ -226,12 +220,7 @@ v1::TrainReply SplitServer::Train(const std::string& identity, const v1::TrainRe
   } else {
     protocol::EncodeDense(grad, reply.mutable_gradients());
   }
-  const int64_t in = static_cast<int64_t>(request.ByteSizeLong());
-  const int64_t out = static_cast<int64_t>(reply.ByteSizeLong());
-  session_it->second.bytes_received += in;
-  session_it->second.bytes_sent += out;
-  bytes_received_ += in;
-  bytes_sent_ += out;
+  CountBytesLocked(&session_it->second, request.ByteSizeLong(), reply.ByteSizeLong());
   if (options_.checkpoint_every > 0 && step_ % options_.checkpoint_every == 0) {
     SaveCheckpointLocked();
   }
@@ -240,14 +229,8 @@ v1::TrainReply SplitServer::Train(const std::string& identity, const v1::TrainRe
 
 v1::EvaluateReply SplitServer::Evaluate(const std::string& identity,
                                         const v1::EvaluateRequest& request) {
-  protocol::TensorSpec activation_spec;
-  activation_spec.sample_shape = model_.cut_shape;
-  activation_spec.max_batch = options_.max_batch;
-  activation_spec.allow_sparse = options_.compression.activations().method() != "none";
-  protocol::TensorSpec label_spec;
-  label_spec.dtype = v1::Tensor::INT64;
-  label_spec.max_batch = options_.max_batch;
-  label_spec.int_upper_bound = options_.model.num_classes;
+  const protocol::TensorSpec activation_spec = ActivationSpec();
+  const protocol::TensorSpec label_spec = LabelSpec();
   {
     std::lock_guard<std::mutex> lock(mutex_);
     CheckSession(identity, request.session_id(), request.protocol_version());
@@ -269,15 +252,34 @@ v1::EvaluateReply SplitServer::Evaluate(const std::string& identity,
   reply.set_correct(logits.argmax(1).eq(labels).sum().item<int64_t>());
   reply.set_count(labels.size(0));
   const auto session_it = sessions_.find(request.session_id());
-  const int64_t in = static_cast<int64_t>(request.ByteSizeLong());
-  const int64_t out = static_cast<int64_t>(reply.ByteSizeLong());
-  if (session_it != sessions_.end()) {
-    session_it->second.bytes_received += in;
-    session_it->second.bytes_sent += out;
-  }
-  bytes_received_ += in;
-  bytes_sent_ += out;
+  CountBytesLocked(session_it == sessions_.end() ? nullptr : &session_it->second,
+                   request.ByteSizeLong(), reply.ByteSizeLong());
   return reply;
+}
+
+protocol::TensorSpec SplitServer::ActivationSpec() const {
+  protocol::TensorSpec spec;
+  spec.sample_shape = model_.cut_shape;
+  spec.max_batch = options_.max_batch;
+  spec.allow_sparse = options_.compression.activations().method() != "none";
+  return spec;
+}
+
+protocol::TensorSpec SplitServer::LabelSpec() const {
+  protocol::TensorSpec spec;
+  spec.dtype = v1::Tensor::INT64;
+  spec.max_batch = options_.max_batch;
+  spec.int_upper_bound = options_.model.num_classes;
+  return spec;
+}
+
+void SplitServer::CountBytesLocked(Session* session, size_t received, size_t sent) {
+  if (session != nullptr) {
+    session->bytes_received += static_cast<int64_t>(received);
+    session->bytes_sent += static_cast<int64_t>(sent);
+  }
+  bytes_received_ += static_cast<int64_t>(received);
+  bytes_sent_ += static_cast<int64_t>(sent);
 }
 
 void SplitServer::Leave(const std::string& identity, const std::string& session_id) {

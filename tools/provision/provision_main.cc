@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cleave/core/certificates.h"
+#include "cleave/core/command_line.h"
 #include "cleave/core/error.h"
 #include "cleave/core/file_io.h"
 
@@ -99,14 +100,7 @@ int Run(int argc, char** argv) {
   // A new CA invalidates every certificate the old one issued: say so where --force is explained.
   app.add_flag("--force", force,
                "Overwrite existing files (a new CA orphans all old certificates)");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "cleave-provision: error: %s (see --help)\n", e.what());
-    return 2;
-  }
+  if (const auto code = cleave::ParseCommandLine(app, argc, argv)) return *code;
   out_dir = WithoutTrailingSlashes(out_dir);
   if (!add_clients.empty()) clients = add_clients;
   std::set<std::string> unique_clients;
@@ -159,13 +153,5 @@ int Run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return Run(argc, argv);
-  } catch (const cleave::UserError& e) {
-    std::fprintf(stderr, "cleave-provision: error: %s\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "cleave-provision: internal error: %s\n", e.what());
-    return 1;
-  }
+  return cleave::RunCommand("cleave-provision", [&] { return Run(argc, argv); });
 }

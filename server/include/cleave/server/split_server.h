@@ -13,6 +13,7 @@
 
 #include "cleave/core/split_model.h"
 #include "cleave/protocol/cleave.pb.h"
+#include "cleave/protocol/tensor_message.h"
 
 namespace torch::optim {
 class Optimizer;
@@ -85,6 +86,10 @@ class SplitServer {
   const Session& CheckSession(const std::string& identity, const std::string& session_id,
                               uint32_t protocol_version) const;
   void SaveCheckpointLocked();
+  // What a client's activations and labels must look like.
+  protocol::TensorSpec ActivationSpec() const;
+  protocol::TensorSpec LabelSpec() const;
+  void CountBytesLocked(Session* session, size_t received, size_t sent);
 
   SplitServerOptions options_;
   std::string fingerprint_;

@@ -199,6 +199,32 @@ TEST_F(EndToEndTest, ClientSignedByAnotherCaIsRefused) {
   EXPECT_EQ(split_server_->active_sessions(), 0u);
 }
 
+// A valid certificate is not enough when the server has an allowlist.
+class AllowlistEndToEndTest : public EndToEndTest {
+ protected:
+  server::SplitServerOptions ServerOptions() const override {
+    server::SplitServerOptions options = EndToEndTest::ServerOptions();
+    options.allowed_clients = {"st-mary"};
+    return options;
+  }
+};
+
+TEST_F(AllowlistEndToEndTest, UnlistedClientIsPermissionDenied) {
+  GrpcLink link(Connect(Pki().ClientFiles("mallory")));
+  TrainerOptions options;
+  options.model = CnnSpec();
+  SplitTrainer trainer(options, link);
+  try {
+    trainer.Join(1);
+    FAIL() << "an unlisted client joined";
+  } catch (const StatusError& error) {
+    EXPECT_EQ(error.code(), grpc::StatusCode::PERMISSION_DENIED) << error.what();
+  }
+  GrpcLink listed(Connect(Pki().ClientFiles("st-mary")));
+  SplitTrainer allowed(options, listed);
+  EXPECT_EQ(allowed.Join(1).client_name(), "st-mary");
+}
+
 TEST_F(EndToEndTest, WrongFingerprintIsFailedPreconditionNamingBoth) {
   GrpcLink link(Connect(Pki().ClientFiles("st-mary")));
   TrainerOptions options;

@@ -76,6 +76,10 @@ int Run(int argc, char** argv) {
   app.add_flag("--insecure", insecure,
                "Plaintext without client authentication. For debugging only: anyone can connect");
   model_flags.Register(app);
+  std::string allowlist_path;
+  app.add_option("--clients", allowlist_path,
+                 "Allowlist: one client name (certificate CN) per line; others are refused with "
+                 "PERMISSION_DENIED even with a valid certificate");
   app.add_option("--optimizer", options.optimizer, "Server-side optimizer: adam or sgd")
       ->check(CLI::IsMember({"adam", "sgd"}))
       ->capture_default_str();
@@ -104,6 +108,10 @@ int Run(int argc, char** argv) {
   cleave::SetupLogging(log_level);
   cleave::server::RouteGrpcLogsToSpdlog();
   options.model = model_flags.Spec();
+  if (!allowlist_path.empty()) {
+    options.allowed_clients = cleave::server::LoadClientAllowlist(allowlist_path);
+    spdlog::info("{} client(s) on the allowlist", options.allowed_clients.size());
+  }
   options.max_message_bytes = static_cast<int64_t>(max_message_mb * 1024 * 1024);
   Fill(act, options.compression.mutable_activations());
   Fill(grad, options.compression.mutable_gradients());

@@ -8,7 +8,9 @@
 
 #include <cstdio>
 #include <random>
+#include <cctype>
 #include <set>
+#include <sstream>
 
 #include "cleave/compress/compressor.h"
 #include "cleave/core/checkpoint.h"
@@ -50,6 +52,31 @@ std::string NewSessionId() {
 }
 
 }  // namespace
+
+std::set<std::string> LoadClientAllowlist(const std::string& path) {
+  std::istringstream lines(ReadFile(path, "client allowlist"));
+  std::set<std::string> names;
+  std::string line;
+  int number = 0;
+  while (std::getline(lines, line)) {
+    ++number;
+    const auto hash = line.find('#');
+    if (hash != std::string::npos) line.resize(hash);
+    const auto begin = line.find_first_not_of(" \t\r");
+    if (begin == std::string::npos) continue;
+    const auto end = line.find_last_not_of(" \t\r");
+    const std::string name = line.substr(begin, end - begin + 1);
+    for (char c : name) {
+      CLEAVE_CHECK_USER(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' ||
+                            c == '-',
+                        "client allowlist '", path, "' line ", number, ": '", name,
+                        "' is not a client name");
+    }
+    names.insert(name);
+  }
+  CLEAVE_CHECK_USER(!names.empty(), "client allowlist '", path, "' names no client");
+  return names;
+}
 
 v1::CompressionConfig NormalizeCompression(const v1::CompressionConfig& config) {
   v1::CompressionConfig out = config;
@@ -106,6 +133,11 @@ v1::JoinReply SplitServer::Join(const std::string& identity, const v1::JoinReque
     throw StatusError(grpc::StatusCode::FAILED_PRECONDITION,
                       detail::Concat("client speaks protocol version ", request.protocol_version(),
                                      ", server speaks ", protocol::kProtocolVersion));
+  }
+  if (!options_.allowed_clients.empty() && options_.allowed_clients.count(identity) == 0) {
+    spdlog::warn("refused Join from '{}': not on the client allowlist", identity);
+    throw StatusError(grpc::StatusCode::PERMISSION_DENIED,
+                      "client '" + identity + "' is not allowed to join this server");
   }
   if (request.model_fingerprint() != fingerprint_) {
     spdlog::warn("refused Join from '{}': model fingerprint {} ({}) != server's {} ({})", identity,

@@ -75,6 +75,26 @@ TEST(SplitServerTest, JoinRefusesOtherProtocolVersion) {
   EXPECT_THROW(server.Join("a", request), StatusError);
 }
 
+TEST(SplitServerTest, AllowlistRefusesOthersWithPermissionDenied) {
+  SplitServerOptions options = MlpOptions();
+  const std::string path = TempPath("clients.txt");
+  WriteFileAtomic(path, "# hospitals\nst-mary\n  riverside  # east wing\n\n");
+  options.allowed_clients = LoadClientAllowlist(path);
+  EXPECT_EQ(options.allowed_clients, (std::set<std::string>{"st-mary", "riverside"}));
+  SplitServer server(options);
+  EXPECT_NO_THROW(server.Join("riverside", JoinFor(server)));
+  try {
+    server.Join("mallory", JoinFor(server));
+    FAIL() << "an unlisted client joined";
+  } catch (const StatusError& error) {
+    EXPECT_EQ(error.code(), grpc::StatusCode::PERMISSION_DENIED);
+  }
+  EXPECT_EQ(server.active_sessions(), 1u);
+  WriteFileAtomic(path, "st mary\n");
+  EXPECT_THROW(LoadClientAllowlist(path), UserError);
+  EXPECT_THROW(LoadClientAllowlist(TempPath("missing.txt")), UserError);
+}
+
 TEST(SplitServerTest, TrainReturnsGradientOfTheCutShape) {
   SplitServer server(MlpOptions());
   const auto joined = server.Join("a", JoinFor(server));

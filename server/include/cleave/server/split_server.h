@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <map>
+#include <set>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -37,7 +38,13 @@ struct SplitServerOptions {
   int64_t checkpoint_every = 0;       // steps between checkpoints (0: only on request)
   bool resume = false;                // load checkpoint_path at start if it exists
   bool require_checkpoint = false;    // with resume: a missing checkpoint is an error
+  // Client identities (certificate CNs) allowed to join; empty: any client the CA signed.
+  std::set<std::string> allowed_clients;
 };
+
+// Reads an allowlist file: one client name per line; blank lines and '#' comments ignored.
+// Throws UserError naming the file (missing, or a name cleave-provision would not issue).
+std::set<std::string> LoadClientAllowlist(const std::string& path);
 
 // Fills an unset compression config with "none" in both directions and checks it.
 v1::CompressionConfig NormalizeCompression(const v1::CompressionConfig& config);

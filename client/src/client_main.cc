@@ -135,6 +135,7 @@ int Run(int argc, char** argv) {
       cleave::SaveCheckpoint(checkpoint_path, *trainer.model().bottom, &trainer.optimizer(), meta);
     }
   }
+  const cleave::client::LinkCounters training = trainer.counters();  // before evaluation
   const cleave::client::EvalStats test = trainer.Evaluate(data.test);
   trainer.Leave();
 
@@ -164,6 +165,11 @@ int Run(int argc, char** argv) {
         {"samples_per_second", seconds > 0 ? samples / seconds : 0},
         {"bytes_sent", counters.bytes_sent},
         {"bytes_received", counters.bytes_received},
+        {"train_bytes_sent", training.bytes_sent},
+        {"train_bytes_received", training.bytes_received},
+        {"train_bytes_per_sample",
+         samples > 0 ? static_cast<double>(training.bytes_sent + training.bytes_received) / samples
+                     : 0.0},
         {"activation_density", density},
         {"compression_ratio", counters.bytes_sent > 0
                                   ? static_cast<double>(counters.dense_fp32_bytes) /

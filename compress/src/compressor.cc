@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -63,11 +64,27 @@ class GaussianKCompressor final : public Compressor {
   using Compressor::Compressor;
 
  protected:
+  // The paper's rule, with the first count taken by a selection: when the first threshold is
+  // accepted (count within [2k/3, 4k/3], the usual case) the data is read twice, not three times.
   void SelectFrom(const float* data, size_t n, size_t k, Selection* out) override {
+    const size_t capacity = std::min(n, 4 * k / 3 + 1);  // holds any accepted first count
+    Resize(out, capacity);
+    int counts_taken = 0;
     size_t count = 0;
-    const float threshold = GaussianKThreshold(data, n, k, &count);
+    const float threshold = detail::GaussianKRule(
+        n, k, [&] { return kernels::ComputeMoments(data, n); },
+        [&](float t) {
+          return counts_taken++ == 0 ? kernels::SelectAbove(data, n, t, out->indices.data(),
+                                                            out->values.data(), capacity)
+                                     : kernels::CountAbove(data, n, t);
+        },
+        &count);
+    const bool selected_already = counts_taken == 1 && count <= capacity;
+    if (!selected_already) {
+      Resize(out, count);
+      kernels::SelectAbove(data, n, threshold, out->indices.data(), out->values.data(), count);
+    }
     Resize(out, count);
-    kernels::SelectAbove(data, n, threshold, out->indices.data(), out->values.data(), count);
   }
 };
 

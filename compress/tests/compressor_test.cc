@@ -65,16 +65,30 @@ TEST(CompressorTest, RandomKIsSeededAndChangesBetweenCalls) {
   }
 }
 
-TEST(CompressorTest, GaussianKSelectsAboveItsThreshold) {
-  const at::Tensor x = Sample("normal", 1 << 16, 2);
-  auto gaussiank = MakeCompressor({"gaussiank", 0.01, 1});
-  const Selection s = gaussiank->Compress(x);
-  size_t count = 0;
-  const float threshold = GaussianKThreshold(x.data_ptr<float>(), 1 << 16, 655, &count);
-  EXPECT_EQ(s.indices.size(), count);
-  EXPECT_EQ(count, static_cast<size_t>((x.abs() > threshold).sum().item<int64_t>()));
-  // On normal data the paper's rule lands close to k.
-  EXPECT_NEAR(static_cast<double>(count), 655.0, 655.0 / 3);
+// Brute force: the compressor sends exactly the |x| > t of the paper's threshold, in index order,
+// both when the first threshold is accepted and when it is refined (post-ReLU, Laplace).
+TEST(CompressorTest, GaussianKSelectsExactlyAboveItsThreshold) {
+  const int64_t n = 1 << 16;
+  for (const char* distribution : {"normal", "laplace", "student_t2", "post_relu"}) {
+    for (const double density : {0.001, 0.01, 0.1, 1.0}) {
+      const at::Tensor x = Sample(distribution, n, 2);
+      auto gaussiank = MakeCompressor({"gaussiank", density, 1});
+      const auto k = static_cast<size_t>(gaussiank->TargetCount(n));
+      const Selection s = gaussiank->Compress(x);
+      size_t count = 0;
+      const float threshold = GaussianKThreshold(x.data_ptr<float>(), n, k, &count);
+      const at::Tensor expected = at::nonzero(x.abs() > threshold).view(-1);
+      ASSERT_EQ(s.indices.size(), count) << distribution << " " << density;
+      ASSERT_EQ(static_cast<int64_t>(count), expected.numel()) << distribution << " " << density;
+      for (size_t i = 0; i < count; ++i) {
+        ASSERT_EQ(s.indices[i], expected[static_cast<int64_t>(i)].item<int64_t>());
+        ASSERT_EQ(s.values[i], x[s.indices[i]].item<float>());
+      }
+      if (std::string(distribution) == "normal" && density < 1.0) {
+        EXPECT_NEAR(static_cast<double>(count), k, k / 3.0);  // the rule fits normal data
+      }
+    }
+  }
 }
 
 TEST(CompressorTest, BadConfigsAreUserErrors) {

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Accuracy against bytes on the wire for activation compression settings on Fashion-MNIST (the
+# spine's CNN cut after block 1): one server + one client over mutual TLS per setting. Writes
+# OUT/compression.csv and OUT/compression.md. Assumes a build (scripts/build.sh).
+#
+# Knobs: EPOCHS (1), DENSITIES ("0.01 0.05 0.1 0.5"), PRECISIONS ("fp32 fp16 bf16"),
+# METHOD (gaussiank+), OUT (runs/compression-<time>), PORT (50151), TRAIN_LIMIT (0 = all).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EPOCHS="${EPOCHS:-1}"
+DENSITIES="${DENSITIES:-0.01 0.05 0.1 0.5}"
+PRECISIONS="${PRECISIONS:-fp32 fp16 bf16}"
+METHOD="${METHOD:-gaussiank+}"
+OUT="${OUT:-runs/compression-$(date +%Y%m%d-%H%M%S)}"
+PORT="${PORT:-50151}"
+TRAIN_LIMIT="${TRAIN_LIMIT:-0}"
+BIN=build/bin
+mkdir -p "$OUT"
+"$BIN/cleave-provision" --out "$OUT/pki" --client sweep >/dev/null
+
+field() { sed -n "s/^ *\"$2\": *\(.*\),\{0,1\}$/\1/p" "$1" | tr -d ','; }
+
+run() {  # run NAME METHOD DENSITY PRECISION
+  local name="$1" method="$2" density="$3" precision="$4"
+  "$BIN/cleave-server" --listen "127.0.0.1:$PORT" --ca "$OUT/pki/ca.crt" \
+    --cert "$OUT/pki/server.crt" --key "$OUT/pki/server.key" --act-compression "$method" \
+    --act-density "$density" --act-precision "$precision" --grad-precision "$precision" \
+    >"$OUT/$name.server.out" 2>"$OUT/$name.server.log" &
+  local server=$!
+  "$BIN/cleave-client" --server "localhost:$PORT" --ca "$OUT/pki/ca.crt" \
+    --cert "$OUT/pki/clients/sweep.crt" --key "$OUT/pki/clients/sweep.key" --epochs "$EPOCHS" \
+    --train-limit "$TRAIN_LIMIT" --progress none --metrics-out "$OUT/$name.json" \
+    >"$OUT/$name.client.out" 2>"$OUT/$name.client.log"
+  kill -TERM "$server"
+  wait "$server" || true
+  local m="$OUT/$name.json"
+  echo "$method,$density,$precision,$(field "$m" test_accuracy),$(field "$m" train_bytes_sent),$(field "$m" train_bytes_received),$(field "$m" samples),$(field "$m" compression_ratio)" >>"$OUT/compression.csv"
+  echo "sweep: $name done: accuracy $(field "$m" test_accuracy)"
+}
+
+echo "method,density,precision,test_accuracy,train_bytes_sent,train_bytes_received,samples,compression_ratio_up" >"$OUT/compression.csv"
+run dense none 1.0 fp32
+for density in $DENSITIES; do
+  for precision in $PRECISIONS; do
+    run "$METHOD-$density-$precision" "$METHOD" "$density" "$precision"
+  done
+done
+
+# Markdown table: bytes per training sample (both directions, evaluation excluded) relative to
+# dense fp32.
+awk -F, -v epochs="$EPOCHS" 'NR == 1 { next }
+  NR == 2 { dense = ($5 + $6) / $7; base = $4 }
+  { per = ($5 + $6) / $7
+    rows[NR] = sprintf("| %s | %s | %s | %.2f%% | %+.2f pp | %.0f | %.1fx |", $1, $2, $3, 100 * $4,
+                       100 * ($4 - base), per, dense / per) }
+  END {
+    print "Fashion-MNIST, CNN cut after block 1, " epochs " epoch(s), one client over mutual TLS."
+    print ""
+    print "| method | density | precision | test accuracy | vs dense | training bytes/sample (both ways) | fewer bytes |"
+    print "|---|---|---|---|---|---|---|"
+    for (i = 2; i <= NR; ++i) print rows[i]
+  }' "$OUT/compression.csv" >"$OUT/compression.md"
+cat "$OUT/compression.md"

@@ -27,15 +27,17 @@ inline Uint4 LoadBits4(const float* p) {
 inline Float4 Splat(float v) { return Float4{v, v, v, v}; }
 
 // The bit pattern of |x| orders like |x| itself (for non-NaN x): comparing magnitudes becomes an
-// integer compare of the bits with the sign cleared.
-inline uint32_t MagnitudeBits(float threshold) {
+// integer compare of the bits with the sign cleared. A negative threshold is below every
+// magnitude: -1.
+inline int32_t ThresholdBits(float threshold) {
+  if (threshold < 0) return -1;
   uint32_t bits;
   std::memcpy(&bits, &threshold, sizeof(bits));
-  return bits & 0x7fffffffu;
+  return static_cast<int32_t>(bits & 0x7fffffffu);
 }
 
-// -1 in each lane whose |x| > threshold (threshold >= 0), else 0. Lanes hold values < 2^31 after
-// clearing the sign, so the signed compare is the unsigned one.
+// -1 in each lane whose |x| > threshold (threshold_bits from ThresholdBits), else 0. Lanes hold
+// values < 2^31 after clearing the sign, so the signed compare orders them as magnitudes.
 inline Int4 AboveMask(const float* p, int32_t threshold_bits) {
   const Int4 magnitudes = reinterpret_cast<Int4>(LoadBits4(p) & 0x7fffffffu);
   return magnitudes > threshold_bits;

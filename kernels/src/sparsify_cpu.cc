@@ -155,7 +155,7 @@ size_t CountAbove(const float* x, size_t n, float threshold) {
   const int threads = detail::ThreadsFor(n);
   std::vector<size_t> partial(static_cast<size_t>(threads), 0);
   detail::ParallelChunks(n, threads, [&](int c, size_t begin, size_t end) {
-    const auto bits = static_cast<int32_t>(detail::MagnitudeBits(threshold));
+    const int32_t bits = detail::ThresholdBits(threshold);
     detail::Int4 lanes = {};
     size_t i = begin;
     for (; i + 4 <= end; i += 4) lanes -= detail::AboveMask(x + i, bits);  // mask lanes are -1
@@ -177,7 +177,7 @@ size_t SelectAbove(const float* x, size_t n, float threshold, uint32_t* indices,
     // Groups of 16: a vector compare gives a 16-bit mask; most masks are 0 at low density and
     // the set bits of the others are visited directly, without a branch per element.
     constexpr size_t kGroup = 16;
-    const auto bits = static_cast<int32_t>(detail::MagnitudeBits(threshold));
+    const int32_t bits = detail::ThresholdBits(threshold);
     size_t i = begin;
     for (; i + kGroup <= end; i += kGroup) {
       const detail::Int4 m0 = detail::AboveMask(x + i, bits);

@@ -83,10 +83,12 @@ TEST_P(KernelSizes, AbsHistogramMatchesBruteForce) {
   EXPECT_THROW(AbsHistogram(x.data(), n, 1.0f, 1.0f, 1, one.data()), Error);
 }
 
-TEST_P(KernelSizes, SelectAboveMatchesBruteForceInIndexOrder) {
-  const size_t n = GetParam();
-  const auto x = RandomData(n, Distribution::kNormal, n + 1);
-  const float threshold = 1.7f;
+class ThresholdsAndSizes : public ::testing::TestWithParam<std::tuple<float, size_t>> {};
+
+TEST_P(ThresholdsAndSizes, SelectAboveMatchesBruteForceInIndexOrder) {
+  const auto [threshold, n] = GetParam();
+  auto x = RandomData(n, Distribution::kNormal, n + 1);
+  if (n > 10) x[n / 2] = 0.0f;  // a zero: above a negative threshold, not above 0
   std::vector<uint32_t> expected;
   for (size_t i = 0; i < n; ++i) {
     if (std::fabs(x[i]) > threshold) expected.push_back(static_cast<uint32_t>(i));
@@ -175,6 +177,10 @@ TEST_P(KernelSizes, ErrorFeedbackKeepsTheInvariantExactly) {
     ASSERT_EQ(std::fabs(acc) > threshold, sent[i] != 0.0f || acc == 0.0f) << i;
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Sizes, ThresholdsAndSizes,
+                         ::testing::Combine(::testing::Values(-1.0f, 0.0f, 1.7f, 1e30f),
+                                            ::testing::Values(0u, 1u, 17u, 4097u, 200003u)));
 
 INSTANTIATE_TEST_SUITE_P(Sizes, KernelSizes,
                          ::testing::Values(0u, 1u, 2u, 255u, 257u, 4097u, 65537u, 200003u,

@@ -1,9 +1,8 @@
 // CPU selection of ~k of n elements by magnitude: Gaussian-k (paper), gaussiank+ (ours), exact
 // top-k by torch::topk and by std::nth_element, and the memory floor (two plain reads of the
 // same buffer: statistics, then selection), all in one run.
-#include <benchmark/benchmark.h>
-
 #include <ATen/ATen.h>
+#include <benchmark/benchmark.h>
 
 #include <algorithm>
 #include <cmath>
@@ -33,8 +32,8 @@ double Density(const benchmark::State& state) { return state.range(1) / 1000.0; 
 void Report(benchmark::State& state, size_t selected) {
   const size_t n = N(state);
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * n * sizeof(float)));
-  state.counters["selected/k"] = static_cast<double>(selected) /
-                                 std::max(1.0, std::round(Density(state) * n));
+  state.counters["selected/k"] =
+      static_cast<double>(selected) / std::max(1.0, std::round(Density(state) * n));
 }
 
 void BM_MemoryFloorTwoReads(benchmark::State& state) {
@@ -49,8 +48,8 @@ void BM_MemoryFloorTwoReads(benchmark::State& state) {
 
 void RunCompressor(benchmark::State& state, const char* method) {
   const auto& x = Data(N(state));
-  const at::Tensor tensor = at::from_blob(const_cast<float*>(x.data()),
-                                          {static_cast<int64_t>(x.size())}, at::kFloat);
+  const at::Tensor tensor =
+      at::from_blob(const_cast<float*>(x.data()), {static_cast<int64_t>(x.size())}, at::kFloat);
   auto compressor = cleave::MakeCompressor({method, Density(state), 1});
   size_t selected = 0;
   for (auto _ : state) selected = compressor->Compress(tensor).indices.size();
@@ -78,8 +77,8 @@ void BM_HistogramThreshold(benchmark::State& state) {
 
 void BM_TorchTopK(benchmark::State& state) {
   const auto& x = Data(N(state));
-  const at::Tensor tensor = at::from_blob(const_cast<float*>(x.data()),
-                                          {static_cast<int64_t>(x.size())}, at::kFloat);
+  const at::Tensor tensor =
+      at::from_blob(const_cast<float*>(x.data()), {static_cast<int64_t>(x.size())}, at::kFloat);
   const int64_t k = static_cast<int64_t>(std::round(Density(state) * N(state)));
   int64_t selected = 0;
   for (auto _ : state) {

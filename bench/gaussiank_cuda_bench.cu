@@ -15,13 +15,13 @@
 
 namespace {
 
-#define CHECK(call)                                                                    \
-  do {                                                                                 \
-    cudaError_t e = (call);                                                            \
-    if (e != cudaSuccess) {                                                            \
+#define CHECK(call)                                                                   \
+  do {                                                                                \
+    cudaError_t e = (call);                                                           \
+    if (e != cudaSuccess) {                                                           \
       std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(e)); \
-      std::exit(1);                                                                    \
-    }                                                                                  \
+      std::exit(1);                                                                   \
+    }                                                                                 \
   } while (0)
 
 double NormalQuantile(double p) {  // bisection on erfc: enough for a benchmark
@@ -59,8 +59,8 @@ int main() {
   CHECK(cudaGetDeviceProperties(&properties, 0));
   std::printf("device: %s\n", properties.name);
   const double density = 0.01;
-  std::printf("%-11s %10s %10s %12s %10s %12s %12s\n", "method", "n", "selected", "ms/call",
-              "GB/s", "copy GB/s", "x floor");
+  std::printf("%-11s %10s %10s %12s %10s %12s %12s\n", "method", "n", "selected", "ms/call", "GB/s",
+              "copy GB/s", "x floor");
   for (int log_n : {24, 26}) {
     const size_t n = size_t{1} << log_n;
     const size_t k = static_cast<size_t>(density * n);
@@ -75,8 +75,8 @@ int main() {
     CHECK(cudaMalloc(&values, n * sizeof(float)));
     CHECK(cudaMalloc(&indices, n * sizeof(uint32_t)));
     CHECK(cudaMemcpy(x, host.data(), n * sizeof(float), cudaMemcpyHostToDevice));
-    const float copy_ms =
-        TimeMs([&] { CHECK(cudaMemcpy(copy, x, n * sizeof(float), cudaMemcpyDeviceToDevice)); }, 20);
+    const float copy_ms = TimeMs(
+        [&] { CHECK(cudaMemcpy(copy, x, n * sizeof(float), cudaMemcpyDeviceToDevice)); }, 20);
     const double copy_bandwidth = 2.0 * n * sizeof(float) / (copy_ms * 1e-3);  // read + write
     namespace kc = cleave::kernels::cuda;
     // The paper's rule (moments, counts, up to three refinements, one selection).

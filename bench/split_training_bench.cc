@@ -1,8 +1,7 @@
 // Split training over mutual-TLS loopback gRPC vs the same model trained locally, unsplit, in the
 // same run: samples/s and bytes on the wire per sample. Google Benchmark; not a test.
-#include <benchmark/benchmark.h>
-
 #include <ATen/ATen.h>
+#include <benchmark/benchmark.h>
 #include <torch/nn/functional/loss.h>
 #include <torch/optim/adam.h>
 
@@ -22,8 +21,8 @@ constexpr int64_t kSteps = 50;
 
 const cleave::Dataset& Data() {
   static const cleave::Dataset data = [] {
-    cleave::Dataset all =
-        cleave::LoadFashionMnist(cleave::kDefaultFashionMnistDir, cleave::FashionMnistSplit::kTrain);
+    cleave::Dataset all = cleave::LoadFashionMnist(cleave::kDefaultFashionMnistDir,
+                                                   cleave::FashionMnistSplit::kTrain);
     std::vector<int64_t> rows(8192);
     std::iota(rows.begin(), rows.end(), 0);
     return all.Subset(rows);
@@ -59,8 +58,8 @@ void BM_LocalUnsplit(benchmark::State& state) {
       samples += labels.size(0);
     }
   }
-  state.counters["samples/s"] = benchmark::Counter(static_cast<double>(samples),
-                                                   benchmark::Counter::kIsRate);
+  state.counters["samples/s"] =
+      benchmark::Counter(static_cast<double>(samples), benchmark::Counter::kIsRate);
   state.counters["bytes/sample"] = 0;
 }
 
@@ -78,8 +77,8 @@ void RunSplit(benchmark::State& state, cleave::protocol::SplitLink& link,
     samples += trainer.TrainEpoch(Data(), 0, 1, nullptr).samples;
   }
   const auto& counters = trainer.counters();
-  state.counters["samples/s"] = benchmark::Counter(static_cast<double>(samples),
-                                                   benchmark::Counter::kIsRate);
+  state.counters["samples/s"] =
+      benchmark::Counter(static_cast<double>(samples), benchmark::Counter::kIsRate);
   state.counters["bytes/sample"] =
       static_cast<double>(counters.bytes_sent + counters.bytes_received) / samples;
   state.counters["up_bytes/sample"] = static_cast<double>(counters.bytes_sent) / samples;
@@ -114,9 +113,7 @@ void SplitOverMutualTls(benchmark::State& state, const cleave::v1::CompressionCo
   RunSplit(state, link, server);
 }
 
-void BM_SplitOverMutualTlsLoopback(benchmark::State& state) {
-  SplitOverMutualTls(state, {});
-}
+void BM_SplitOverMutualTlsLoopback(benchmark::State& state) { SplitOverMutualTls(state, {}); }
 
 // Activations up: gaussiank+ at 5% in fp16; gradients back at those positions in bf16.
 void BM_SplitOverMutualTlsLoopbackGaussianK(benchmark::State& state) {

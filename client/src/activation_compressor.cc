@@ -13,8 +13,7 @@ at::Tensor SelectedActivations::Apply(const at::Tensor& activations) const {
   return all ? activations : activations * mask;
 }
 
-ActivationCompressor::ActivationCompressor(const v1::CompressionSettings& settings,
-                                           uint64_t seed)
+ActivationCompressor::ActivationCompressor(const v1::CompressionSettings& settings, uint64_t seed)
     : settings_(settings),
       compressor_(MakeCompressor({settings.method(), settings.density(), seed})) {}
 
@@ -34,8 +33,7 @@ SelectedActivations ActivationCompressor::Select(const at::Tensor& activations) 
 }
 
 void ActivationCompressor::Encode(const at::Tensor& activations,
-                                  const SelectedActivations& selected,
-                                  v1::Tensor* message) const {
+                                  const SelectedActivations& selected, v1::Tensor* message) const {
   if (selected.all) {
     protocol::EncodeDense(activations, message);
   } else {

@@ -1,9 +1,9 @@
 // cleave-client: a hospital's side of split learning over mutual-TLS gRPC.
-#include <CLI/CLI.hpp>
-#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include <CLI/CLI.hpp>
 #include <cstdio>
+#include <nlohmann/json.hpp>
 
 #include "cleave/client/grpc_link.h"
 #include "cleave/client/split_trainer.h"
@@ -19,7 +19,8 @@
 
 namespace {
 
-constexpr const char* kDescription = R"(cleave-client: trains the bottom of a split model on local data with a cleave-server.
+constexpr const char* kDescription =
+    R"(cleave-client: trains the bottom of a split model on local data with a cleave-server.
 
 Raw data never leaves this process: only cut-layer activations (optionally sparsified, as the
 server asks) and labels are sent; the server returns the gradient at the cut. The client proves
@@ -51,8 +52,9 @@ int Run(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--cert", cert_path, "This hospital's client certificate (PEM)");
   app.add_option("--key", key_path, "This hospital's private key (PEM)");
-  app.add_option("--server-name", server_name,
-                 "Name to check in the server certificate when it differs from the host in --server");
+  app.add_option(
+      "--server-name", server_name,
+      "Name to check in the server certificate when it differs from the host in --server");
   app.add_flag("--insecure", insecure,
                "Plaintext without certificates. For debugging only: anyone on the path reads "
                "activations and labels");
@@ -97,8 +99,9 @@ int Run(int argc, char** argv) {
   connect.max_message_bytes = static_cast<int64_t>(max_message_mb * 1024 * 1024);
   connect.connect_timeout_seconds = connect_timeout;
   if (insecure) {
-    spdlog::warn("--insecure: plaintext, the server is not authenticated and anyone on the path "
-                 "can read what is sent. Use only for local debugging.");
+    spdlog::warn(
+        "--insecure: plaintext, the server is not authenticated and anyone on the path "
+        "can read what is sent. Use only for local debugging.");
   } else {
     CLEAVE_CHECK_USER(!cert_path.empty() && !key_path.empty(),
                       "--cert and --key are required (or --insecure for debugging)");
@@ -171,10 +174,10 @@ int Run(int argc, char** argv) {
          samples > 0 ? static_cast<double>(training.bytes_sent + training.bytes_received) / samples
                      : 0.0},
         {"activation_density", density},
-        {"compression_ratio", counters.bytes_sent > 0
-                                  ? static_cast<double>(counters.dense_fp32_bytes) /
-                                        counters.bytes_sent
-                                  : 0.0},
+        {"compression_ratio",
+         counters.bytes_sent > 0
+             ? static_cast<double>(counters.dense_fp32_bytes) / counters.bytes_sent
+             : 0.0},
         {"nopeek_alpha", options.nopeek_alpha},
         {"train_dcor_last_epoch", last.dcor},
     };

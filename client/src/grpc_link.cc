@@ -75,11 +75,11 @@ v1::JoinReply GrpcLink::Join(const v1::JoinRequest& request) {
   const grpc::Status status = impl_->stub->Join(&context, request, &reply);
   if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ||
       status.error_code() == grpc::StatusCode::UNAVAILABLE) {
-    throw StatusError(grpc::StatusCode::UNAVAILABLE,
-                      "cannot reach cleave-server at " + impl_->target + " within " +
-                          std::to_string(impl_->connect_timeout_seconds) +
-                          " s (is it running? do the certificates match?): " +
-                          status.error_message());
+    throw StatusError(
+        grpc::StatusCode::UNAVAILABLE,
+        "cannot reach cleave-server at " + impl_->target + " within " +
+            std::to_string(impl_->connect_timeout_seconds) +
+            " s (is it running? do the certificates match?): " + status.error_message());
   }
   ThrowIfError(status, "Join");
   return reply;

@@ -63,8 +63,7 @@ void ProgressReporter::Update(int64_t step, const ProgressStats& stats) {
   if (mode_ == ProgressMode::kBar) {
     if (since < 0.1 && step != total_steps_) return;  // redraw at most 10 times a second
     const int width = 24;
-    const int filled =
-        total_steps_ > 0 ? static_cast<int>(width * step / total_steps_) : 0;
+    const int filled = total_steps_ > 0 ? static_cast<int>(width * step / total_steps_) : 0;
     std::string bar(filled, '#');
     bar.resize(width, '.');
     std::fprintf(out_, "\r[%s] %s\033[K", bar.c_str(), Format(step, stats).c_str());

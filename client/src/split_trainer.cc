@@ -43,9 +43,9 @@ v1::JoinReply SplitTrainer::Join(int64_t num_train_samples) {
   request.set_num_train_samples(num_train_samples);
   v1::JoinReply reply = link_.Join(request);
   if (reply.protocol_version() != protocol::kProtocolVersion) {
-    throw protocol::StatusError(grpc::StatusCode::FAILED_PRECONDITION,
-                                "server speaks protocol version " +
-                                    std::to_string(reply.protocol_version()));
+    throw protocol::StatusError(
+        grpc::StatusCode::FAILED_PRECONDITION,
+        "server speaks protocol version " + std::to_string(reply.protocol_version()));
   }
   CLEAVE_CHECK_USER(options_.batch_size <= reply.server().max_batch(), "batch size ",
                     options_.batch_size, " exceeds the server's maximum of ",
@@ -63,7 +63,8 @@ EpochStats SplitTrainer::TrainEpoch(const Dataset& train, int64_t epoch, int64_t
   BatchIterator batches(train, options_.batch_size, options_.seed);
   batches.StartEpoch(epoch);
   int64_t total_steps = batches.batches_per_epoch();
-  if (options_.max_steps_per_epoch > 0) total_steps = std::min(total_steps, options_.max_steps_per_epoch);
+  if (options_.max_steps_per_epoch > 0)
+    total_steps = std::min(total_steps, options_.max_steps_per_epoch);
   if (progress) progress->StartEpoch(epoch + 1, epochs, total_steps);
 
   EpochStats stats;
@@ -92,12 +93,11 @@ EpochStats SplitTrainer::TrainEpoch(const Dataset& train, int64_t epoch, int64_t
     counters_.dense_fp32_bytes += activations.numel() * 4;
     counters_.elements_total += activations.numel();
     counters_.elements_sent += selected.count(activations.numel());
-    CLEAVE_CHECK_INPUT(reply.step() == step_, "server answered step ", reply.step(),
-                       ", expected ", step_);
+    CLEAVE_CHECK_INPUT(reply.step() == step_, "server answered step ", reply.step(), ", expected ",
+                       step_);
 
     const at::Tensor gradient = compressor_->DecodeGradient(reply.gradients(), activations,
-                                                            selected,
-                                                            compression_.gradients());
+                                                            selected, compression_.gradients());
     optimizer_->zero_grad();
     if (options_.nopeek_alpha > 0) {
       // One backward pass through both terms: the server's gradient at the cut and the local
@@ -149,8 +149,8 @@ EvalStats SplitTrainer::Evaluate(const Dataset& test, int64_t batch_size) {
   int64_t sample_bytes = 4;  // fp32 activations of one sample ...
   for (int64_t d : model_.cut_shape) sample_bytes *= d;
   sample_bytes += 8;  // ... and its int64 label
-  const int64_t fits = std::max<int64_t>(1, server_config_.max_message_bytes() * 9 / 10 /
-                                                (sample_bytes + 16));
+  const int64_t fits =
+      std::max<int64_t>(1, server_config_.max_message_bytes() * 9 / 10 / (sample_bytes + 16));
   batch_size = std::min({batch_size, server_config_.max_batch(), fits});
   BatchIterator batches(test, batch_size, options_.seed, /*shuffle=*/false);
   batches.StartEpoch(0);

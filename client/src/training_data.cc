@@ -54,8 +54,8 @@ Dataset Head(const Dataset& data, int64_t limit) {
 }  // namespace
 
 TrainingData LoadTrainingData(const DataFlags& flags) {
-  CLEAVE_CHECK_USER(flags.shards >= 1 && flags.shard >= 0 && flags.shard < flags.shards,
-                    "--shard ", flags.shard, " is outside 0..", flags.shards - 1);
+  CLEAVE_CHECK_USER(flags.shards >= 1 && flags.shard >= 0 && flags.shard < flags.shards, "--shard ",
+                    flags.shard, " is outside 0..", flags.shards - 1);
   TrainingData data;
   if (flags.dataset == "fashion-mnist") {
     data.train = LoadFashionMnist(flags.data_dir, FashionMnistSplit::kTrain);
@@ -84,10 +84,9 @@ TrainingData LoadTrainingData(const DataFlags& flags) {
   data.test = Head(data.test, flags.test_limit);
   if (flags.shards > 1) {
     std::vector<Dataset> shards =
-        flags.partition == "iid"
-            ? PartitionIid(data.train, flags.shards, flags.partition_seed)
-            : PartitionDirichlet(data.train, flags.shards, flags.dirichlet_beta,
-                                 flags.partition_seed);
+        flags.partition == "iid" ? PartitionIid(data.train, flags.shards, flags.partition_seed)
+                                 : PartitionDirichlet(data.train, flags.shards,
+                                                      flags.dirichlet_beta, flags.partition_seed);
     data.train = std::move(shards[static_cast<size_t>(flags.shard)]);
   }
   CLEAVE_CHECK_USER(data.train.size() > 0, "no training samples in this shard");

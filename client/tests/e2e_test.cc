@@ -1,9 +1,8 @@
 // End-to-end split learning over loopback gRPC with mutual TLS and throwaway certificates (port 0),
 // and the bad inputs a server must survive.
-#include <gtest/gtest.h>
-
 #include <ATen/ATen.h>
 #include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
 
 #include <limits>
 #include <numeric>
@@ -32,7 +31,9 @@ struct TestPki {
   PemPair ca = CreateCertificateAuthority("cleave test CA");
   PemPair server = IssueServerCertificate(ca, "cleave-server", {});
   PemPair ServerTlsPair() const { return server; }
-  TlsFiles ServerFiles() const { return {ca.certificate_pem, server.certificate_pem, server.private_key_pem}; }
+  TlsFiles ServerFiles() const {
+    return {ca.certificate_pem, server.certificate_pem, server.private_key_pem};
+  }
   TlsFiles ClientFiles(const std::string& name) const {
     const PemPair client = IssueClientCertificate(ca, name);
     return {ca.certificate_pem, client.certificate_pem, client.private_key_pem};
@@ -189,8 +190,8 @@ TEST_F(EndToEndTest, ClientSignedByAnotherCaIsRefused) {
   const int64_t refused_before = server::RefusedHandshakes();
   const PemPair other_ca = CreateCertificateAuthority("someone else's CA");
   const PemPair impostor = IssueClientCertificate(other_ca, "st-mary");
-  GrpcLink link(Connect({Pki().ca.certificate_pem, impostor.certificate_pem,
-                         impostor.private_key_pem}));
+  GrpcLink link(
+      Connect({Pki().ca.certificate_pem, impostor.certificate_pem, impostor.private_key_pem}));
   TrainerOptions options;
   options.model = CnnSpec();
   SplitTrainer trainer(options, link);
@@ -247,8 +248,7 @@ struct BadTensorCase {
   void (*breaker)(v1::TrainRequest*);
 };
 
-class BadTensorTest : public EndToEndTest,
-                      public ::testing::WithParamInterface<BadTensorCase> {};
+class BadTensorTest : public EndToEndTest, public ::testing::WithParamInterface<BadTensorCase> {};
 
 TEST_P(BadTensorTest, IsInvalidArgumentAndOthersKeepTraining) {
   auto stub = RawStub("mallory");
@@ -281,14 +281,12 @@ INSTANTIATE_TEST_SUITE_P(
                       [](v1::TrainRequest* r) {
                         protocol::EncodeDense(at::rand({4, 6272}), r->mutable_activations());
                       }},
-        BadTensorCase{"WrongDtype",
-                      [](v1::TrainRequest* r) {
-                        r->mutable_activations()->set_dtype(v1::Tensor::INT64);
-                      }},
-        BadTensorCase{"TooFewBytes",
-                      [](v1::TrainRequest* r) {
-                        r->mutable_activations()->mutable_dense()->resize(100);
-                      }},
+        BadTensorCase{
+            "WrongDtype",
+            [](v1::TrainRequest* r) { r->mutable_activations()->set_dtype(v1::Tensor::INT64); }},
+        BadTensorCase{
+            "TooFewBytes",
+            [](v1::TrainRequest* r) { r->mutable_activations()->mutable_dense()->resize(100); }},
         BadTensorCase{"LabelCountMismatch",
                       [](v1::TrainRequest* r) {
                         protocol::EncodeDense(at::zeros({3}, at::kLong), r->mutable_labels());
@@ -318,10 +316,9 @@ INSTANTIATE_TEST_SUITE_P(
                       [](v1::TrainRequest* r) { r->mutable_activations()->set_shape(0, -4); }},
         BadTensorCase{"NoPayload",
                       [](v1::TrainRequest* r) { r->mutable_activations()->clear_dense(); }},
-        BadTensorCase{"UnexpectedSparsePayload",
-                      [](v1::TrainRequest* r) {
-                        r->mutable_activations()->set_sparse("\x01\x02\x03");
-                      }}),
+        BadTensorCase{
+            "UnexpectedSparsePayload",
+            [](v1::TrainRequest* r) { r->mutable_activations()->set_sparse("\x01\x02\x03"); }}),
     [](const auto& info) { return std::string(info.param.name); });
 
 TEST_F(EndToEndTest, MessageOverTheSizeLimitIsAClearError) {

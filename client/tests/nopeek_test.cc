@@ -1,9 +1,8 @@
 // NoPeek in the client: training with alpha > 0 lowers dCor(inputs, sent activations) compared
 // with vanilla split learning, on the same data, seed and number of steps. The task needs only
 // one of 20 features, so a client that hides the rest loses no accuracy.
-#include <gtest/gtest.h>
-
 #include <ATen/ATen.h>
+#include <gtest/gtest.h>
 
 #include "cleave/client/split_trainer.h"
 #include "cleave/core/dataset.h"
@@ -67,9 +66,10 @@ TEST(NoPeekTest, LowersDistanceCorrelationAndKeepsAccuracy) {
   const Outcome nopeek = TrainAndMeasure(3.0);
   // Measured: alpha 0 -> 0.278 / 0.990, alpha 1 -> 0.221 / 0.990, alpha 3 -> 0.187 / 0.977,
   // alpha 10 -> 0.090 / 0.486 (the knob, and what turning it too far costs).
-  std::printf("[ nopeek   ] bias-corrected dCor^2 at n = 1024 and test accuracy: alpha 0: %.3f "
-              "%.3f; alpha 3: %.3f %.3f\n",
-              vanilla.dcor, vanilla.accuracy, nopeek.dcor, nopeek.accuracy);
+  std::printf(
+      "[ nopeek   ] bias-corrected dCor^2 at n = 1024 and test accuracy: alpha 0: %.3f "
+      "%.3f; alpha 3: %.3f %.3f\n",
+      vanilla.dcor, vanilla.accuracy, nopeek.dcor, nopeek.accuracy);
   EXPECT_GT(vanilla.dcor, 0.2);
   EXPECT_LT(nopeek.dcor, 0.8 * vanilla.dcor);
   EXPECT_GT(nopeek.accuracy, 0.95);

@@ -1,9 +1,10 @@
+#include "cleave/client/progress.h"
+
 #include <gtest/gtest.h>
 
 #include <cstdio>
 #include <string>
 
-#include "cleave/client/progress.h"
 #include "cleave/core/error.h"
 
 namespace cleave::client {

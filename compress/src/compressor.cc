@@ -54,8 +54,7 @@ class RandomKCompressor final : public Compressor {
  protected:
   void SelectFrom(const float* data, size_t n, size_t k, Selection* out) override {
     Resize(out, k);
-    Resize(out,
-           kernels::RandomK(data, n, k, CallSeed(), out->indices.data(), out->values.data()));
+    Resize(out, kernels::RandomK(data, n, k, CallSeed(), out->indices.data(), out->values.data()));
   }
 };
 
@@ -103,8 +102,8 @@ class GaussianKPlusCompressor final : public Compressor {
 }  // namespace
 
 Compressor::Compressor(CompressorConfig config) : config_(std::move(config)) {
-  CLEAVE_CHECK_USER(config_.density > 0.0 && config_.density <= 1.0, "density ",
-                    config_.density, " is outside (0, 1]");
+  CLEAVE_CHECK_USER(config_.density > 0.0 && config_.density <= 1.0, "density ", config_.density,
+                    " is outside (0, 1]");
 }
 
 uint64_t Compressor::CallSeed() const { return config_.seed * 0x9E3779B97F4A7C15ULL + calls_; }
@@ -162,17 +161,14 @@ at::Tensor Decompress(const Selection& selection) {
 double NormalQuantile(double p) {
   CLEAVE_ENFORCE(p > 0.0 && p < 1.0, "quantile of ", p);
   // Acklam's coefficients.
-  static const double a[] = {-3.969683028665376e+01, 2.209460984245205e+02,
-                             -2.759285104469687e+02, 1.383577518672690e+02,
-                             -3.066479806614716e+01, 2.506628277459239e+00};
-  static const double b[] = {-5.447609879822406e+01, 1.615858368580409e+02,
-                             -1.556989798598866e+02, 6.680131188771972e+01,
-                             -1.328068155288572e+01};
-  static const double c[] = {-7.784894002430293e-03, -3.223964580411365e-01,
-                             -2.400758277161838e+00, -2.549732539343734e+00,
-                             4.374664141464968e+00,  2.938163982698783e+00};
-  static const double d[] = {7.784695709041462e-03, 3.224671290700398e-01,
-                             2.445134137142996e+00, 3.754408661907416e+00};
+  static const double a[] = {-3.969683028665376e+01, 2.209460984245205e+02,  -2.759285104469687e+02,
+                             1.383577518672690e+02,  -3.066479806614716e+01, 2.506628277459239e+00};
+  static const double b[] = {-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02,
+                             6.680131188771972e+01, -1.328068155288572e+01};
+  static const double c[] = {-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00,
+                             -2.549732539343734e+00, 4.374664141464968e+00,  2.938163982698783e+00};
+  static const double d[] = {7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00,
+                             3.754408661907416e+00};
   double x;
   if (p < 0.02425) {
     const double q = std::sqrt(-2 * std::log(p));
@@ -216,9 +212,9 @@ Selection ErrorFeedback::Compress(const std::string& key, const at::Tensor& upda
     float* data = residual.view(-1).data_ptr<float>();
     for (uint32_t index : selection.indices) data[index] = 0.0f;
   } else if (!selection.indices.empty()) {
-    const at::Tensor sent = at::tensor(std::vector<int64_t>(selection.indices.begin(),
-                                                            selection.indices.end()))
-                                .to(residual.device());
+    const at::Tensor sent =
+        at::tensor(std::vector<int64_t>(selection.indices.begin(), selection.indices.end()))
+            .to(residual.device());
     residual.view(-1).index_fill_(0, sent, 0.0f);
   }
   return selection;

@@ -48,8 +48,8 @@ bool SelectOnCuda(const std::string& method, const at::Tensor& flat, size_t k, u
                         [&](float t) { return kc::CountAbove(x, n, t, stream); }, &expected)
                   : kc::ThresholdByHistogram(x, n, k, &expected, stream);
     allocate(expected + expected / 64 + 16);  // bin-edge slack
-    count = kc::SelectAbove(x, n, threshold, index_ptr(), values.data_ptr<float>(), capacity,
-                            stream);
+    count =
+        kc::SelectAbove(x, n, threshold, index_ptr(), values.data_ptr<float>(), capacity, stream);
     if (count > capacity) {
       allocate(count);
       kc::SelectAbove(x, n, threshold, index_ptr(), values.data_ptr<float>(), capacity, stream);

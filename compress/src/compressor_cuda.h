@@ -3,11 +3,11 @@
 // on the current stream, and only the selection comes back to the host.
 #pragma once
 
+#include <ATen/Tensor.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <string>
-
-#include <ATen/Tensor.h>
 
 #include "cleave/compress/compressor.h"
 

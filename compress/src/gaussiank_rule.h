@@ -21,8 +21,7 @@ float GaussianKRule(size_t n, size_t k, MomentsFn moments, CountFn count_above,
   const kernels::Moments m = moments();
   const double density = static_cast<double>(k) / static_cast<double>(n);
   float threshold =
-      k >= n ? -1.0f
-             : static_cast<float>(m.mean + m.stddev * NormalQuantile(1 - density / 2));
+      k >= n ? -1.0f : static_cast<float>(m.mean + m.stddev * NormalQuantile(1 - density / 2));
   size_t count = count_above(threshold);
   // Shi et al.'s refinement: at most three corrections; the selection uses the last threshold
   // whose count is known.

@@ -1,11 +1,11 @@
-#include <gtest/gtest.h>
+#include "cleave/compress/compressor.h"
 
 #include <ATen/ATen.h>
+#include <gtest/gtest.h>
 
 #include <cmath>
 #include <numeric>
 
-#include "cleave/compress/compressor.h"
 #include "cleave/core/error.h"
 #include "cleave/kernels/sparsify.h"
 
@@ -44,7 +44,8 @@ TEST(CompressorTest, TopKMatchesABruteForceSort) {
     EXPECT_EQ(s.indices[i], expected[static_cast<int64_t>(i)].item<int64_t>());
     EXPECT_EQ(s.values[i], x.view(-1)[s.indices[i]].item<float>());
   }
-  EXPECT_TRUE(Decompress(s).view(-1).index_select(0, expected).equal(x.view(-1).index_select(0, expected)));
+  EXPECT_TRUE(
+      Decompress(s).view(-1).index_select(0, expected).equal(x.view(-1).index_select(0, expected)));
 }
 
 TEST(CompressorTest, NoneKeepsEverything) {
@@ -118,20 +119,21 @@ TEST_P(GaussianKPlusLanding, WithinTenPercentOfK) {
   const double histogram_landed = static_cast<double>(kernels::CountAbove(data, n, t)) / k;
   EXPECT_GE(histogram_landed, 0.9) << distribution;
   EXPECT_LE(histogram_landed, 1.1) << distribution;
-  std::printf("[ landing  ] %-10s density %.3f: gaussiank+ %.3f k (histogram path %.3f k), "
-              "gaussiank %.3f k\n",
-              distribution.c_str(), density, landed, histogram_landed,
-              static_cast<double>(paper_count) / k);
+  std::printf(
+      "[ landing  ] %-10s density %.3f: gaussiank+ %.3f k (histogram path %.3f k), "
+      "gaussiank %.3f k\n",
+      distribution.c_str(), density, landed, histogram_landed,
+      static_cast<double>(paper_count) / k);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Distributions, GaussianKPlusLanding,
-    ::testing::Combine(::testing::Values("normal", "laplace", "student_t2", "post_relu"),
-                       ::testing::Values(0.001, 0.01, 0.1)),
-    [](const auto& info) {
-      return std::get<0>(info.param) + "_" +
-             std::to_string(static_cast<int>(std::get<1>(info.param) * 1000));
-    });
+INSTANTIATE_TEST_SUITE_P(Distributions, GaussianKPlusLanding,
+                         ::testing::Combine(::testing::Values("normal", "laplace", "student_t2",
+                                                              "post_relu"),
+                                            ::testing::Values(0.001, 0.01, 0.1)),
+                         [](const auto& info) {
+                           return std::get<0>(info.param) + "_" +
+                                  std::to_string(static_cast<int>(std::get<1>(info.param) * 1000));
+                         });
 
 // On a CUDA tensor (device path in CUDA builds, a copy otherwise) every method chooses what it
 // chooses on the CPU: exactly for topk and randomk, closely for the threshold methods.
@@ -149,7 +151,8 @@ TEST(CompressorTest, CudaTensorsSelectLikeTheCpu) {
         EXPECT_NEAR(static_cast<double>(gpu.indices.size()), k, 0.1 * k + 1) << method << n;
       } else if (std::string(method) == "gaussiank") {
         EXPECT_NEAR(static_cast<double>(gpu.indices.size()),
-                    static_cast<double>(cpu.indices.size()), 0.001 * k + 1) << method << n;
+                    static_cast<double>(cpu.indices.size()), 0.001 * k + 1)
+            << method << n;
       } else {
         EXPECT_EQ(gpu.indices, cpu.indices) << method << n;
         EXPECT_EQ(gpu.values, cpu.values) << method << n;

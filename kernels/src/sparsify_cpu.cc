@@ -243,9 +243,7 @@ float ThresholdByHistogram(HistogramFn histogram, const void* context, size_t n,
   size_t above = 0;  // elements with |x| >= hi, counted by earlier passes
   std::vector<uint64_t> counts(kHistogramBins);
   // Selecting |x| >= edge is selecting |x| > the float just below edge (or > 0 at the bottom).
-  auto below = [](float edge) {
-    return edge > 0 ? std::nextafter(edge, 0.0f) : 0.0f;
-  };
+  auto below = [](float edge) { return edge > 0 ? std::nextafter(edge, 0.0f) : 0.0f; };
   for (int pass = 0;; ++pass) {
     histogram(context, lo, hi, kHistogramBins, counts.data());
     // The bin holding the k-th largest magnitude, from the top.
@@ -359,8 +357,8 @@ size_t ErrorFeedbackSelect(const float* grad, float* residual, size_t n, float t
   return Concatenate(chunks, indices, values, capacity);
 }
 
-size_t SelectTopKBySampling(const float* x, size_t n, size_t k, uint64_t seed,
-                            uint32_t* indices, float* values) {
+size_t SelectTopKBySampling(const float* x, size_t n, size_t k, uint64_t seed, uint32_t* indices,
+                            float* values) {
   k = std::min(k, n);
   if (k == 0) return 0;
   constexpr size_t kGroups = 4096, kGroupSize = 16;  // one cache line per group
@@ -388,8 +386,8 @@ size_t SelectTopKBySampling(const float* x, size_t n, size_t k, uint64_t seed,
   std::vector<float> candidate_values(capacity);
   size_t found = 0;
   for (int attempt = 0;; ++attempt) {
-    found = SelectAbove(x, n, threshold, candidate_indices.data(), candidate_values.data(),
-                        capacity);
+    found =
+        SelectAbove(x, n, threshold, candidate_indices.data(), candidate_values.data(), capacity);
     if (found > capacity || attempt == 3) return TopK(x, n, k, indices, values);  // rare
     if (found >= k || threshold == 0.0f) break;
     threshold *= 0.5f;  // the sample overestimated the threshold: widen and collect again

@@ -1,9 +1,9 @@
-#include <cub/cub.cuh>
 #include <cuda_runtime.h>
 #include <thrust/iterator/counting_iterator.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cub/cub.cuh>
 #include <random>
 #include <unordered_set>
 #include <vector>
@@ -11,14 +11,13 @@
 #include "cleave/core/error.h"
 #include "cleave/kernels/sparsify_cuda.h"
 
-#define CLEAVE_CUDA_CHECK(call)                                                           \
-  do {                                                                                    \
-    const cudaError_t status_ = (call);                                                   \
-    if (status_ != cudaSuccess) {                                                         \
-      throw ::cleave::Error(::cleave::detail::Concat(__FILE__, ":", __LINE__, ": ", #call, \
-                                                     " failed: ",                         \
-                                                     cudaGetErrorString(status_)));       \
-    }                                                                                     \
+#define CLEAVE_CUDA_CHECK(call)                                                                  \
+  do {                                                                                           \
+    const cudaError_t status_ = (call);                                                          \
+    if (status_ != cudaSuccess) {                                                                \
+      throw ::cleave::Error(::cleave::detail::Concat(__FILE__, ":", __LINE__, ": ", #call,       \
+                                                     " failed: ", cudaGetErrorString(status_))); \
+    }                                                                                            \
   } while (0)
 
 namespace cleave::kernels::cuda {
@@ -106,8 +105,7 @@ __global__ void HistogramKernel(const float* x, size_t n, float lo, float hi, fl
   }
 }
 
-__global__ void CountKernel(const float* x, size_t n, float threshold,
-                            unsigned long long* out) {
+__global__ void CountKernel(const float* x, size_t n, float threshold, unsigned long long* out) {
   using BlockReduce = cub::BlockReduce<unsigned long long, kThreads>;
   __shared__ typename BlockReduce::TempStorage storage;
   unsigned long long count = 0;
@@ -125,8 +123,7 @@ struct AbsAbove {
   __device__ bool operator()(uint32_t i) const { return fabsf(x[i]) > threshold; }
 };
 
-__global__ void GatherKernel(const float* x, const uint32_t* indices, size_t count,
-                             float* values) {
+__global__ void GatherKernel(const float* x, const uint32_t* indices, size_t count, float* values) {
   for (size_t i = blockIdx.x * size_t{kThreads} + threadIdx.x; i < count;
        i += size_t{gridDim.x} * kThreads) {
     values[i] = x[indices[i]];
@@ -177,8 +174,8 @@ size_t Emit(const float* x, const uint32_t* selected, size_t count, uint32_t* in
             float* values, size_t capacity, cudaStream_t s) {
   const size_t take = std::min(count, capacity);
   if (take > 0) {
-    CLEAVE_CUDA_CHECK(cudaMemcpyAsync(indices, selected, take * sizeof(uint32_t),
-                                      cudaMemcpyDeviceToDevice, s));
+    CLEAVE_CUDA_CHECK(
+        cudaMemcpyAsync(indices, selected, take * sizeof(uint32_t), cudaMemcpyDeviceToDevice, s));
     GatherKernel<<<BlocksFor(take), kThreads, 0, s>>>(x, indices, take, values);
     CLEAVE_CUDA_CHECK(cudaGetLastError());
   }
@@ -286,8 +283,7 @@ size_t SelectAbove(const float* x, size_t n, float threshold, uint32_t* indices,
   return Emit(x, selected.ptr, count, indices, values, capacity, s);
 }
 
-size_t TopK(const float* x, size_t n, size_t k, uint32_t* indices, float* values,
-            Stream stream) {
+size_t TopK(const float* x, size_t n, size_t k, uint32_t* indices, float* values, Stream stream) {
   const cudaStream_t s = AsStream(stream);
   k = std::min(k, n);
   if (k == 0) return 0;
@@ -305,16 +301,16 @@ size_t TopK(const float* x, size_t n, size_t k, uint32_t* indices, float* values
       temp.ptr, temp_bytes, keys.ptr, sorted_keys.ptr, order.ptr, sorted_order.ptr,
       static_cast<int64_t>(n), 0, 32, s));
   size_t sort_bytes = 0;
-  CLEAVE_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(nullptr, sort_bytes, sorted_order.ptr,
-                                                   order.ptr, static_cast<int64_t>(k), 0, 32, s));
+  CLEAVE_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(nullptr, sort_bytes, sorted_order.ptr, order.ptr,
+                                                   static_cast<int64_t>(k), 0, 32, s));
   DeviceBuffer<char> sort_temp(sort_bytes);
   CLEAVE_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(sort_temp.ptr, sort_bytes, sorted_order.ptr,
                                                    order.ptr, static_cast<int64_t>(k), 0, 32, s));
   return Emit(x, order.ptr, k, indices, values, k, s);
 }
 
-size_t RandomK(const float* x, size_t n, size_t k, uint64_t seed, uint32_t* indices,
-               float* values, Stream stream) {
+size_t RandomK(const float* x, size_t n, size_t k, uint64_t seed, uint32_t* indices, float* values,
+               Stream stream) {
   const cudaStream_t s = AsStream(stream);
   k = std::min(k, n);
   if (k == 0) return 0;

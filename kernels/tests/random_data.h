@@ -13,10 +13,14 @@ enum class Distribution { kNormal, kLaplace, kStudentT2, kPostRelu };
 
 inline const char* Name(Distribution d) {
   switch (d) {
-    case Distribution::kNormal: return "Normal";
-    case Distribution::kLaplace: return "Laplace";
-    case Distribution::kStudentT2: return "StudentT2";
-    case Distribution::kPostRelu: return "PostRelu";
+    case Distribution::kNormal:
+      return "Normal";
+    case Distribution::kLaplace:
+      return "Laplace";
+    case Distribution::kStudentT2:
+      return "StudentT2";
+    case Distribution::kPostRelu:
+      return "PostRelu";
   }
   return "?";
 }
@@ -30,10 +34,18 @@ inline std::vector<float> RandomData(size_t n, Distribution d, uint64_t seed) {
   std::vector<float> x(n);
   for (float& v : x) {
     switch (d) {
-      case Distribution::kNormal: v = normal(rng); break;
-      case Distribution::kLaplace: v = (coin(rng) ? 1.0f : -1.0f) * exponential(rng); break;
-      case Distribution::kStudentT2: v = student(rng); break;
-      case Distribution::kPostRelu: v = std::max(0.0f, normal(rng)); break;
+      case Distribution::kNormal:
+        v = normal(rng);
+        break;
+      case Distribution::kLaplace:
+        v = (coin(rng) ? 1.0f : -1.0f) * exponential(rng);
+        break;
+      case Distribution::kStudentT2:
+        v = student(rng);
+        break;
+      case Distribution::kPostRelu:
+        v = std::max(0.0f, normal(rng));
+        break;
     }
   }
   return x;

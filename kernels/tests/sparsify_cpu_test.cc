@@ -66,8 +66,8 @@ TEST(MomentsTest, StableForALargeMeanAndSmallSpread) {
 TEST_P(KernelSizes, AbsHistogramMatchesBruteForce) {
   const size_t n = GetParam();
   const auto x = RandomData(n, Distribution::kLaplace, n + 9);
-  for (const auto& [lo, hi, bins] : {std::tuple<float, float, size_t>{0.0f, 4.0f, 2048},
-                                     {0.5f, 0.75f, 7}, {1.0f, 1e6f, 1}}) {
+  for (const auto& [lo, hi, bins] :
+       {std::tuple<float, float, size_t>{0.0f, 4.0f, 2048}, {0.5f, 0.75f, 7}, {1.0f, 1e6f, 1}}) {
     std::vector<uint64_t> counts(bins, 12345), expected(bins, 0);
     const float scale = static_cast<float>(bins) / (hi - lo);
     for (float v : x) {
@@ -161,9 +161,8 @@ TEST_P(KernelSizes, ErrorFeedbackKeepsTheInvariantExactly) {
   std::vector<uint32_t> indices(n + 1);
   std::vector<float> values(n + 1);
   const float threshold = 1.5f;
-  const size_t count =
-      ErrorFeedbackSelect(grad.data(), residual.data(), n, threshold, indices.data(),
-                          values.data(), n);
+  const size_t count = ErrorFeedbackSelect(grad.data(), residual.data(), n, threshold,
+                                           indices.data(), values.data(), n);
   std::vector<float> sent(n, 0.0f);
   for (size_t i = 0; i < count; ++i) {
     if (i > 0) {
@@ -256,8 +255,9 @@ TEST(HistogramThresholdTest, EdgeCases) {
   EXPECT_EQ(expected, 0u);
   const auto x = RandomData(5000, Distribution::kNormal, 4);
   // k = n: everything nonzero; k = 1: the largest magnitude alone.
-  EXPECT_EQ(CountAbove(x.data(), x.size(), ThresholdByHistogram(x.data(), x.size(), 5000, &expected)),
-            5000u);
+  EXPECT_EQ(
+      CountAbove(x.data(), x.size(), ThresholdByHistogram(x.data(), x.size(), 5000, &expected)),
+      5000u);
   EXPECT_EQ(CountAbove(x.data(), x.size(), ThresholdByHistogram(x.data(), x.size(), 1, &expected)),
             1u);
 }

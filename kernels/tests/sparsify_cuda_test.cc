@@ -78,17 +78,18 @@ TEST_P(CudaVsCpu, EveryOperationMatches) {
               ThresholdByHistogram(x.data(), n, k, &cpu_expected));
     EXPECT_EQ(gpu_expected, cpu_expected);
   }
-  const float t = 1.3f;
-  EXPECT_EQ(cuda::CountAbove(dx.ptr, n, t), CountAbove(x.data(), n, t));
-
   std::vector<uint32_t> ci(n + 1);
   std::vector<float> cv(n + 1);
   Device<uint32_t> gi(n + 1);
   Device<float> gv(n + 1);
-  const size_t count = SelectAbove(x.data(), n, t, ci.data(), cv.data(), n);
-  ASSERT_EQ(cuda::SelectAbove(dx.ptr, n, t, gi.ptr, gv.ptr, n), count);
-  EXPECT_EQ(gi.Host(count), std::vector<uint32_t>(ci.begin(), ci.begin() + count));
-  EXPECT_EQ(gv.Host(count), std::vector<float>(cv.begin(), cv.begin() + count));
+  for (const float threshold : {-1.0f, 0.0f, 1.3f}) {
+    EXPECT_EQ(cuda::CountAbove(dx.ptr, n, threshold), CountAbove(x.data(), n, threshold));
+    const size_t count = SelectAbove(x.data(), n, threshold, ci.data(), cv.data(), n);
+    ASSERT_EQ(cuda::SelectAbove(dx.ptr, n, threshold, gi.ptr, gv.ptr, n), count);
+    EXPECT_EQ(gi.Host(count), std::vector<uint32_t>(ci.begin(), ci.begin() + count));
+    EXPECT_EQ(gv.Host(count), std::vector<float>(cv.begin(), cv.begin() + count));
+  }
+  const float t = 1.3f;
 
   for (size_t k : {size_t{1}, n / 7 + 1, n}) {
     const size_t kk = TopK(x.data(), n, k, ci.data(), cv.data());
@@ -102,7 +103,8 @@ TEST_P(CudaVsCpu, EveryOperationMatches) {
   const auto grad = RandomData(n, Distribution::kNormal, 1);
   auto residual = RandomData(n, Distribution::kNormal, 2);
   Device<float> dgrad(grad), dres(residual);
-  const size_t ef = ErrorFeedbackSelect(grad.data(), residual.data(), n, t, ci.data(), cv.data(), n);
+  const size_t ef =
+      ErrorFeedbackSelect(grad.data(), residual.data(), n, t, ci.data(), cv.data(), n);
   ASSERT_EQ(cuda::ErrorFeedbackSelect(dgrad.ptr, dres.ptr, n, t, gi.ptr, gv.ptr, n), ef);
   EXPECT_EQ(dres.Host(n), residual);
   EXPECT_EQ(gv.Host(ef), std::vector<float>(cv.begin(), cv.begin() + ef));

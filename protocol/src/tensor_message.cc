@@ -14,17 +14,23 @@ namespace {
 
 size_t ElementSize(v1::Tensor::DType dtype) {
   switch (dtype) {
-    case v1::Tensor::FLOAT32: return sizeof(float);
-    case v1::Tensor::INT64: return sizeof(int64_t);
-    default: return 0;
+    case v1::Tensor::FLOAT32:
+      return sizeof(float);
+    case v1::Tensor::INT64:
+      return sizeof(int64_t);
+    default:
+      return 0;
   }
 }
 
 const char* DTypeName(int dtype) {
   switch (dtype) {
-    case v1::Tensor::FLOAT32: return "float32";
-    case v1::Tensor::INT64: return "int64";
-    default: return "unspecified";
+    case v1::Tensor::FLOAT32:
+      return "float32";
+    case v1::Tensor::INT64:
+      return "int64";
+    default:
+      return "unspecified";
   }
 }
 
@@ -60,8 +66,8 @@ int64_t CheckShape(const v1::Tensor& message, const TensorSpec& spec) {
 
 void CheckFinite(const float* data, int64_t count) {
   for (int64_t i = 0; i < count; ++i) {
-    CLEAVE_CHECK_INPUT(std::isfinite(data[i]), "tensor element ", i, " is not finite (",
-                       data[i], ")");
+    CLEAVE_CHECK_INPUT(std::isfinite(data[i]), "tensor element ", i, " is not finite (", data[i],
+                       ")");
   }
 }
 
@@ -110,9 +116,8 @@ std::vector<float> GatherInto(const at::Tensor& tensor, const std::vector<uint32
 void EncodeSparse(const at::Tensor& tensor, const std::vector<uint32_t>& indices,
                   ValuePrecision precision, v1::Tensor* message) {
   const std::vector<float> values = GatherInto(tensor, indices, message);
-  message->set_sparse(::cleave::EncodeSparse(static_cast<uint64_t>(tensor.numel()),
-                                             indices.data(), values.data(), values.size(),
-                                             precision));
+  message->set_sparse(::cleave::EncodeSparse(static_cast<uint64_t>(tensor.numel()), indices.data(),
+                                             values.data(), values.size(), precision));
 }
 
 void EncodeValuesAt(const at::Tensor& tensor, const std::vector<uint32_t>& indices,
@@ -141,8 +146,8 @@ DecodedTensor DecodeTensor(const v1::Tensor& message, const TensorSpec& spec) {
       if (spec.dtype == v1::Tensor::INT64 && spec.int_upper_bound > 0) {
         const int64_t* data = out.dense.data_ptr<int64_t>();
         for (int64_t i = 0; i < numel; ++i) {
-          CLEAVE_CHECK_INPUT(data[i] >= 0 && data[i] < spec.int_upper_bound, "element ", i,
-                             " is ", data[i], ", outside 0..", spec.int_upper_bound - 1);
+          CLEAVE_CHECK_INPUT(data[i] >= 0 && data[i] < spec.int_upper_bound, "element ", i, " is ",
+                             data[i], ", outside 0..", spec.int_upper_bound - 1);
         }
       }
       return out;
@@ -192,9 +197,9 @@ at::Tensor DecodeValuesAt(const v1::Tensor& message, const std::vector<int64_t>&
 
 at::Tensor DecodeSparseAt(const v1::Tensor& message, const std::vector<int64_t>& shape,
                           const std::vector<uint32_t>& positions) {
-  CLEAVE_CHECK_INPUT(message.dtype() == v1::Tensor::FLOAT32 &&
-                         message.payload_case() == v1::Tensor::kSparse,
-                     "expected a float32 sparse payload");
+  CLEAVE_CHECK_INPUT(
+      message.dtype() == v1::Tensor::FLOAT32 && message.payload_case() == v1::Tensor::kSparse,
+      "expected a float32 sparse payload");
   std::vector<int64_t> got(message.shape().begin(), message.shape().end());
   CLEAVE_CHECK_INPUT(got == shape, "sparse payload has shape ", ShapeToString(got), ", expected ",
                      ShapeToString(shape));

@@ -1,11 +1,11 @@
-#include <gtest/gtest.h>
+#include "cleave/protocol/tensor_message.h"
 
 #include <ATen/ATen.h>
+#include <gtest/gtest.h>
 
 #include <limits>
 
 #include "cleave/core/error.h"
-#include "cleave/protocol/tensor_message.h"
 
 namespace cleave::protocol {
 namespace {
@@ -62,8 +62,7 @@ TEST(TensorMessageTest, ValuesAtKnownPositions) {
     EXPECT_EQ(back.view(-1)[p].item<float>(), gradient.view(-1)[p].item<float>());
   }
   EXPECT_EQ(back.view(-1)[1].item<float>(), 0.0f);
-  EXPECT_THROW(DecodeValuesAt(message, {2, 2, 4}, positions, ValuePrecision::kFp32),
-               InvalidInput);
+  EXPECT_THROW(DecodeValuesAt(message, {2, 2, 4}, positions, ValuePrecision::kFp32), InvalidInput);
   EXPECT_THROW(DecodeValuesAt(message, {2, 2, 3}, {0, 5}, ValuePrecision::kFp32), InvalidInput);
 }
 

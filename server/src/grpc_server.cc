@@ -30,9 +30,15 @@ void LogFromGrpc(gpr_log_func_args* args) {
     return;
   }
   switch (args->severity) {
-    case GPR_LOG_SEVERITY_ERROR: spdlog::error("grpc: {}", message); break;
-    case GPR_LOG_SEVERITY_INFO: spdlog::info("grpc: {}", message); break;
-    default: spdlog::debug("grpc: {}", message); break;
+    case GPR_LOG_SEVERITY_ERROR:
+      spdlog::error("grpc: {}", message);
+      break;
+    case GPR_LOG_SEVERITY_INFO:
+      spdlog::info("grpc: {}", message);
+      break;
+    default:
+      spdlog::debug("grpc: {}", message);
+      break;
   }
 }
 
@@ -99,8 +105,7 @@ class SplitLearningService final : public v1::SplitLearning::Service {
   grpc::Status Evaluate(grpc::ServerContext* context, const v1::EvaluateRequest* request,
                         v1::EvaluateReply* reply) override {
     const std::string identity = IdentityOf(*context);
-    return Guarded("Evaluate", identity,
-                   [&] { *reply = server_.Evaluate(identity, *request); });
+    return Guarded("Evaluate", identity, [&] { *reply = server_.Evaluate(identity, *request); });
   }
 
   grpc::Status Leave(grpc::ServerContext* context, const v1::LeaveRequest* request,

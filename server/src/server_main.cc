@@ -1,10 +1,10 @@
 // cleave-server: the server side of split learning over mutual-TLS gRPC.
-#include <CLI/CLI.hpp>
+#include <pthread.h>
 #include <spdlog/spdlog.h>
 
+#include <CLI/CLI.hpp>
 #include <csignal>
 #include <cstdio>
-#include <pthread.h>
 
 #include "cleave/core/certificates.h"
 #include "cleave/core/command_line.h"
@@ -16,7 +16,8 @@
 
 namespace {
 
-constexpr const char* kDescription = R"(cleave-server: holds the top of a split model and trains it with hospitals (clients).
+constexpr const char* kDescription =
+    R"(cleave-server: holds the top of a split model and trains it with hospitals (clients).
 
 Clients send cut-layer activations and labels; the server computes the loss, updates its layers
 and returns the gradient at the cut. Connections use mutual TLS: the server presents --cert/--key
@@ -121,8 +122,10 @@ int Run(int argc, char** argv) {
   listen_options.insecure = insecure;
   listen_options.max_message_bytes = options.max_message_bytes;
   if (insecure) {
-    spdlog::warn("--insecure: plaintext, no client authentication; anyone who can reach {} can "
-                 "train on this model. Use only for local debugging.", listen);
+    spdlog::warn(
+        "--insecure: plaintext, no client authentication; anyone who can reach {} can "
+        "train on this model. Use only for local debugging.",
+        listen);
   } else {
     listen_options.tls = cleave::LoadTlsFiles(ca_path, cert_path, key_path);
   }

@@ -6,9 +6,9 @@
 #include <torch/optim/adam.h>
 #include <torch/optim/sgd.h>
 
+#include <cctype>
 #include <cstdio>
 #include <random>
-#include <cctype>
 #include <set>
 #include <sstream>
 
@@ -38,8 +38,8 @@ void NormalizeSettings(v1::CompressionSettings* settings, const char* direction)
   CLEAVE_CHECK_USER(KnownMethods().count(settings->method()) == 1, "unknown ", direction,
                     " compression method '", settings->method(),
                     "' (use none, topk, gaussiank, gaussiank+, randomk)");
-  CLEAVE_CHECK_USER(settings->density() > 0.0 && settings->density() <= 1.0, direction,
-                    " density ", settings->density(), " is outside (0, 1]");
+  CLEAVE_CHECK_USER(settings->density() > 0.0 && settings->density() <= 1.0, direction, " density ",
+                    settings->density(), " is outside (0, 1]");
   ParseValuePrecision(settings->value_precision());  // throws UserError when unknown
 }
 
@@ -67,10 +67,9 @@ std::set<std::string> LoadClientAllowlist(const std::string& path) {
     const auto end = line.find_last_not_of(" \t\r");
     const std::string name = line.substr(begin, end - begin + 1);
     for (char c : name) {
-      CLEAVE_CHECK_USER(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' ||
-                            c == '-',
-                        "client allowlist '", path, "' line ", number, ": '", name,
-                        "' is not a client name");
+      CLEAVE_CHECK_USER(
+          std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-',
+          "client allowlist '", path, "' line ", number, ": '", name, "' is not a client name");
     }
     names.insert(name);
   }
@@ -96,9 +95,9 @@ SplitServer::SplitServer(SplitServerOptions options) : options_(std::move(option
   options_.compression = NormalizeCompression(options_.compression);
   fingerprint_ = ModelFingerprint(options_.model);
   if (options_.compression.gradients().method() != "none") {
-    gradient_compressor_ = MakeCompressor({options_.compression.gradients().method(),
-                                           options_.compression.gradients().density(),
-                                           options_.seed});
+    gradient_compressor_ =
+        MakeCompressor({options_.compression.gradients().method(),
+                        options_.compression.gradients().density(), options_.seed});
   }
   model_ = BuildSplitModel(options_.model, options_.seed);
   if (options_.optimizer == "adam") {
@@ -143,11 +142,11 @@ v1::JoinReply SplitServer::Join(const std::string& identity, const v1::JoinReque
     spdlog::warn("refused Join from '{}': model fingerprint {} ({}) != server's {} ({})", identity,
                  request.model_fingerprint(), request.model_description(), fingerprint_,
                  DescribeSpec(options_.model));
-    throw StatusError(grpc::StatusCode::FAILED_PRECONDITION,
-                      detail::Concat("model fingerprint mismatch: client ",
-                                     request.model_fingerprint(), " (",
-                                     request.model_description(), "), server ", fingerprint_, " (",
-                                     DescribeSpec(options_.model), ")"));
+    throw StatusError(
+        grpc::StatusCode::FAILED_PRECONDITION,
+        detail::Concat("model fingerprint mismatch: client ", request.model_fingerprint(), " (",
+                       request.model_description(), "), server ", fingerprint_, " (",
+                       DescribeSpec(options_.model), ")"));
   }
   std::lock_guard<std::mutex> lock(mutex_);
   const std::string session_id = NewSessionId();
@@ -199,8 +198,8 @@ v1::TrainReply SplitServer::Train(const std::string& identity, const v1::TrainRe
     std::lock_guard<std::mutex> lock(mutex_);
     CheckSession(identity, request.session_id(), request.protocol_version());
   }
-  protocol::DecodedTensor activations = protocol::DecodeTensor(request.activations(),
-                                                               activation_spec);
+  protocol::DecodedTensor activations =
+      protocol::DecodeTensor(request.activations(), activation_spec);
   const at::Tensor labels = protocol::DecodeTensor(request.labels(), label_spec).dense;
   CLEAVE_CHECK_INPUT(labels.size(0) == activations.dense.size(0), "labels have batch ",
                      labels.size(0), ", activations ", activations.dense.size(0));
@@ -267,7 +266,8 @@ v1::EvaluateReply SplitServer::Evaluate(const std::string& identity,
     std::lock_guard<std::mutex> lock(mutex_);
     CheckSession(identity, request.session_id(), request.protocol_version());
   }
-  const at::Tensor activations = protocol::DecodeTensor(request.activations(), activation_spec).dense;
+  const at::Tensor activations =
+      protocol::DecodeTensor(request.activations(), activation_spec).dense;
   const at::Tensor labels = protocol::DecodeTensor(request.labels(), label_spec).dense;
   CLEAVE_CHECK_INPUT(labels.size(0) == activations.size(0), "labels have batch ", labels.size(0),
                      ", activations ", activations.size(0));
@@ -276,8 +276,7 @@ v1::EvaluateReply SplitServer::Evaluate(const std::string& identity,
   model_.top->eval();
   const at::Tensor logits = model_.top->forward(activations);
   const at::Tensor loss = torch::nn::functional::cross_entropy(
-      logits, labels,
-      torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
+      logits, labels, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
   v1::EvaluateReply reply;
   reply.set_protocol_version(protocol::kProtocolVersion);
   reply.set_loss_sum(loss.item<double>());

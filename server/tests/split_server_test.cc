@@ -1,8 +1,9 @@
 // SplitServer without a network: Join checks, validation of what clients send, sessions owned by
 // identities, checkpoints and resume.
-#include <gtest/gtest.h>
+#include "cleave/server/split_server.h"
 
 #include <ATen/ATen.h>
+#include <gtest/gtest.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -14,7 +15,6 @@
 #include "cleave/protocol/status_error.h"
 #include "cleave/protocol/tensor_message.h"
 #include "cleave/server/in_process_link.h"
-#include "cleave/server/split_server.h"
 
 namespace cleave::server {
 namespace {
@@ -48,8 +48,8 @@ v1::TrainRequest Batch(const std::string& session, int64_t width, int64_t batch 
 }
 
 std::string TempPath(const std::string& name) {
-  const auto dir = std::filesystem::temp_directory_path() /
-                   ("cleave_server_test_" + std::to_string(::getpid()));
+  const auto dir =
+      std::filesystem::temp_directory_path() / ("cleave_server_test_" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   return (dir / name).string();
 }

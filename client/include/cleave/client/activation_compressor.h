@@ -3,11 +3,11 @@
 // reply (gradient values at exactly those positions) back into a dense gradient.
 #pragma once
 
+#include <ATen/Tensor.h>
+
 #include <cstdint>
 #include <memory>
 #include <vector>
-
-#include <ATen/Tensor.h>
 
 #include "cleave/protocol/cleave.pb.h"
 
@@ -22,9 +22,7 @@ struct SelectedActivations {
   std::vector<uint32_t> indices;  // flat positions sent, ascending (when !all)
   at::Tensor mask;                // 0/1 of the activation's shape (when !all)
 
-  int64_t count(int64_t numel) const {
-    return all ? numel : static_cast<int64_t>(indices.size());
-  }
+  int64_t count(int64_t numel) const { return all ? numel : static_cast<int64_t>(indices.size()); }
   // The activations as the server sees them (differentiable).
   at::Tensor Apply(const at::Tensor& activations) const;
 };

@@ -16,7 +16,6 @@ template <class W, class R>
 class ClientReaderWriter;
 }  // namespace grpc
 
-
 namespace cleave::client {
 
 struct ConnectOptions {

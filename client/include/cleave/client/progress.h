@@ -9,12 +9,12 @@
 namespace cleave::client {
 
 struct ProgressStats {
-  double loss = 0;            // running mean over the epoch so far
-  double accuracy = 0;        // running mean over the epoch so far
+  double loss = 0;      // running mean over the epoch so far
+  double accuracy = 0;  // running mean over the epoch so far
   double samples_per_second = 0;
   int64_t bytes_sent = 0;
   int64_t bytes_received = 0;
-  double density = 1.0;       // fraction of activation elements sent
+  double density = 1.0;  // fraction of activation elements sent
 };
 
 enum class ProgressMode { kAuto, kBar, kLines, kNone };

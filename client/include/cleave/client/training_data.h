@@ -3,7 +3,6 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
-
 #include <cstdint>
 #include <string>
 
@@ -20,8 +19,8 @@ struct DataFlags {
   double test_fraction = 0.2;
   int64_t train_limit = 0;  // use only the first N training samples (0: all)
   int64_t test_limit = 0;
-  int shard = 0;            // this client's shard index ...
-  int shards = 1;           // ... of this many
+  int shard = 0;                  // this client's shard index ...
+  int shards = 1;                 // ... of this many
   std::string partition = "iid";  // "iid" or "dirichlet"
   double dirichlet_beta = 0.5;
   uint64_t partition_seed = 42;

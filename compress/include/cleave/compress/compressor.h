@@ -3,13 +3,13 @@
 // Selections come out in ascending index order, ready for the sparse codec.
 #pragma once
 
+#include <ATen/Tensor.h>
+
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <ATen/Tensor.h>
 
 namespace cleave {
 
@@ -23,7 +23,7 @@ struct CompressorConfig {
 struct Selection {
   std::vector<uint32_t> indices;  // flat positions, strictly increasing
   std::vector<float> values;
-  std::vector<int64_t> shape;     // of the dense tensor
+  std::vector<int64_t> shape;  // of the dense tensor
   int64_t numel = 0;
 };
 
@@ -44,7 +44,6 @@ class Compressor {
   virtual void SelectFrom(const float* data, size_t n, size_t k, Selection* out) = 0;
   // The seed of this call: from config().seed, different on every call.
   uint64_t CallSeed() const;
-
 
  private:
   CompressorConfig config_;

@@ -38,8 +38,7 @@ size_t SelectAbove(const float* x, size_t n, float threshold, uint32_t* indices,
 size_t TopK(const float* x, size_t n, size_t k, uint32_t* indices, float* values);
 
 // k distinct positions drawn uniformly with `seed`, ascending. k is clamped to n; returns k.
-size_t RandomK(const float* x, size_t n, size_t k, uint64_t seed, uint32_t* indices,
-               float* values);
+size_t RandomK(const float* x, size_t n, size_t k, uint64_t seed, uint32_t* indices, float* values);
 
 // Fused error feedback, one pass: acc = grad + residual; entries with |acc| > threshold are
 // written out (ascending) and zeroed in `residual`; all others are kept in `residual` = acc.
@@ -50,10 +49,10 @@ size_t ErrorFeedbackSelect(const float* grad, float* residual, size_t n, float t
 
 // The threshold t such that about k elements have |x| > t, found robustly for any
 // distribution: a sampled quantile brackets it, one selection pass collects the candidates
-// above the bracket, and the candidates are trimmed to exactly k (see SelectTopKApprox).
+// above the bracket, and the candidates are trimmed to exactly k.
 // Returns the number selected (k, or fewer only if fewer than k elements are nonzero).
-size_t SelectTopKBySampling(const float* x, size_t n, size_t k, uint64_t seed,
-                            uint32_t* indices, float* values);
+size_t SelectTopKBySampling(const float* x, size_t n, size_t k, uint64_t seed, uint32_t* indices,
+                            float* values);
 
 // Equal-width histogram of the magnitudes in [lo, hi): counts[b] += number of |x| with
 // bin(|x|) == b, where bin(m) = min(bins - 1, floor((m - lo) * (bins / (hi - lo)))) in float

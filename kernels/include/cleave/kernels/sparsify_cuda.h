@@ -24,8 +24,8 @@ size_t SelectAbove(const float* x, size_t n, float threshold, uint32_t* indices,
                    size_t capacity, Stream stream = nullptr);
 size_t TopK(const float* x, size_t n, size_t k, uint32_t* indices, float* values,
             Stream stream = nullptr);
-size_t RandomK(const float* x, size_t n, size_t k, uint64_t seed, uint32_t* indices,
-               float* values, Stream stream = nullptr);
+size_t RandomK(const float* x, size_t n, size_t k, uint64_t seed, uint32_t* indices, float* values,
+               Stream stream = nullptr);
 size_t ErrorFeedbackSelect(const float* grad, float* residual, size_t n, float threshold,
                            uint32_t* indices, float* values, size_t capacity,
                            Stream stream = nullptr);

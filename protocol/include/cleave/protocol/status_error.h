@@ -2,10 +2,10 @@
 // translated to grpc::Status at the service boundary (and back to an exception on the client).
 #pragma once
 
+#include <grpcpp/support/status.h>
+
 #include <exception>
 #include <string>
-
-#include <grpcpp/support/status.h>
 
 #include "cleave/core/error.h"
 

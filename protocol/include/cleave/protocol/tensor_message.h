@@ -1,12 +1,13 @@
 // Conversion between tensors and the wire `Tensor` message. Decoding never trusts the peer: dtype,
-// shape, element counts, byte lengths, index bounds and NaN/Inf are checked before anything is used.
+// shape, element counts, byte lengths, index bounds and NaN/Inf are checked before anything is
+// used.
 #pragma once
+
+#include <ATen/Tensor.h>
 
 #include <cstdint>
 #include <string>
 #include <vector>
-
-#include <ATen/Tensor.h>
 
 #include "cleave/compress/sparse_codec.h"
 #include "cleave/protocol/cleave.pb.h"

@@ -21,8 +21,8 @@ class SplitLearningService;
 
 struct ListenOptions {
   std::string address = "0.0.0.0:50051";  // port 0 picks a free port (see GrpcServer::port)
-  bool insecure = false;                    // plaintext, no client identity (never by default)
-  TlsFiles tls;                             // CA (signs clients), server certificate and key
+  bool insecure = false;                  // plaintext, no client identity (never by default)
+  TlsFiles tls;                           // CA (signs clients), server certificate and key
   int64_t max_message_bytes = 64LL << 20;
 };
 

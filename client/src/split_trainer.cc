@@ -2,13 +2,13 @@
 
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/autograd.h>
-#include <torch/optim/adam.h>
-#include <torch/optim/sgd.h>
+#include <torch/optim/optimizer.h>
 
 #include <chrono>
 
 #include "cleave/client/activation_compressor.h"
 #include "cleave/core/error.h"
+#include "cleave/core/optimizer_factory.h"
 #include "cleave/privacy/distance_correlation.h"
 #include "cleave/protocol/status_error.h"
 #include "cleave/protocol/tensor_message.h"
@@ -21,16 +21,8 @@ SplitTrainer::SplitTrainer(TrainerOptions options, protocol::SplitLink& link)
   CLEAVE_CHECK_USER(options_.nopeek_alpha >= 0, "--nopeek-alpha must be >= 0");
   model_ = BuildSplitModel(options_.model, options_.seed);
   fingerprint_ = ModelFingerprint(options_.model);
-  if (options_.optimizer == "adam") {
-    optimizer_ = std::make_unique<torch::optim::Adam>(
-        model_.bottom->parameters(), torch::optim::AdamOptions(options_.learning_rate));
-  } else if (options_.optimizer == "sgd") {
-    optimizer_ = std::make_unique<torch::optim::SGD>(
-        model_.bottom->parameters(),
-        torch::optim::SGDOptions(options_.learning_rate).momentum(0.9));
-  } else {
-    throw UserError("unknown optimizer '" + options_.optimizer + "' (use adam or sgd)");
-  }
+  optimizer_ =
+      MakeOptimizer(options_.optimizer, model_.bottom->parameters(), options_.learning_rate);
 }
 
 SplitTrainer::~SplitTrainer() = default;

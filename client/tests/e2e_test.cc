@@ -55,6 +55,13 @@ const Dataset& SmallTrainSet() {
   return data;
 }
 
+// Mean loss of the first and of the last 25 steps.
+std::pair<double, double> FirstAndLastLoss(const std::vector<double>& losses) {
+  const double first = std::accumulate(losses.begin(), losses.begin() + 25, 0.0) / 25;
+  const double last = std::accumulate(losses.end() - 25, losses.end(), 0.0) / 25;
+  return {first, last};
+}
+
 ModelSpec CnnSpec() {
   ModelSpec spec;
   spec.architecture = "cnn";
@@ -155,8 +162,7 @@ TEST_F(EndToEndTest, LossFallsOverAFewHundredStepsWithMutualTls) {
   trainer.TrainEpoch(SmallTrainSet(), 0, 1, nullptr);
   const auto& losses = trainer.step_losses();
   ASSERT_EQ(losses.size(), 250u);
-  const double first = std::accumulate(losses.begin(), losses.begin() + 25, 0.0) / 25;
-  const double last = std::accumulate(losses.end() - 25, losses.end(), 0.0) / 25;
+  const auto [first, last] = FirstAndLastLoss(losses);
   EXPECT_LT(last, 0.6 * first) << "first " << first << " last " << last;
   EXPECT_EQ(split_server_->step(), 250);
   EXPECT_GT(trainer.counters().bytes_sent, 250 * 32 * 32 * 14 * 14 * 4);
@@ -391,8 +397,7 @@ TEST_F(CompressedEndToEndTest, TrainsWithFarFewerBytes) {
   EXPECT_EQ(joined.compression().activations().method(), "gaussiank+");
   trainer.TrainEpoch(SmallTrainSet(), 0, 1, nullptr);
   const auto& losses = trainer.step_losses();
-  const double first = std::accumulate(losses.begin(), losses.begin() + 25, 0.0) / 25;
-  const double last = std::accumulate(losses.end() - 25, losses.end(), 0.0) / 25;
+  const auto [first, last] = FirstAndLastLoss(losses);
   EXPECT_LT(last, 0.7 * first) << "first " << first << " last " << last;
   const auto& counters = trainer.counters();
   // 5% of the elements, 2-byte values plus delta-varint indices: well over 10x less than dense.

@@ -3,8 +3,7 @@
 #include <ATen/ATen.h>
 #include <spdlog/spdlog.h>
 #include <torch/nn/functional/loss.h>
-#include <torch/optim/adam.h>
-#include <torch/optim/sgd.h>
+#include <torch/optim/optimizer.h>
 
 #include <cctype>
 #include <cstdio>
@@ -16,6 +15,7 @@
 #include "cleave/core/checkpoint.h"
 #include "cleave/core/error.h"
 #include "cleave/core/file_io.h"
+#include "cleave/core/optimizer_factory.h"
 #include "cleave/protocol/status_error.h"
 #include "cleave/protocol/tensor_message.h"
 
@@ -100,15 +100,7 @@ SplitServer::SplitServer(SplitServerOptions options) : options_(std::move(option
                         options_.compression.gradients().density(), options_.seed});
   }
   model_ = BuildSplitModel(options_.model, options_.seed);
-  if (options_.optimizer == "adam") {
-    optimizer_ = std::make_unique<torch::optim::Adam>(
-        model_.top->parameters(), torch::optim::AdamOptions(options_.learning_rate));
-  } else if (options_.optimizer == "sgd") {
-    optimizer_ = std::make_unique<torch::optim::SGD>(
-        model_.top->parameters(), torch::optim::SGDOptions(options_.learning_rate).momentum(0.9));
-  } else {
-    throw UserError("unknown optimizer '" + options_.optimizer + "' (use adam or sgd)");
-  }
+  optimizer_ = MakeOptimizer(options_.optimizer, model_.top->parameters(), options_.learning_rate);
   CLEAVE_CHECK_USER(!options_.resume || !options_.checkpoint_path.empty(),
                     "--resume needs --checkpoint FILE");
   if (options_.resume && options_.require_checkpoint) {

@@ -1,0 +1,22 @@
+// The optimizers both halves of a split model can use, by name, so that client and server (and
+// their flags) agree on what "adam" and "sgd" mean.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/Tensor.h>
+
+namespace torch::optim {
+class Optimizer;
+}
+
+namespace cleave {
+
+// "adam" (Adam with default betas) or "sgd" (momentum 0.9); throws UserError otherwise.
+std::unique_ptr<torch::optim::Optimizer> MakeOptimizer(const std::string& name,
+                                                       std::vector<at::Tensor> parameters,
+                                                       double learning_rate);
+
+}  // namespace cleave

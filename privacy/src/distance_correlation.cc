@@ -2,9 +2,9 @@
 
 #include <ATen/ATen.h>
 
-#include <numeric>
-#include <random>
+#include <vector>
 
+#include "cleave/core/dataset.h"
 #include "cleave/core/error.h"
 
 namespace cleave::privacy {
@@ -15,10 +15,16 @@ namespace {
 // passes no gradient below it).
 constexpr double kSquaredDistanceFloor = 1e-18;
 
-// Euclidean pairwise distances of the flattened rows, in double: |a|^2 + |b|^2 - 2ab cancels
-// badly in float for rows with large norms (images, wide activations).
+// A distance variance below this fraction of the squared mean distance is rounding noise (all
+// rows equal up to the floor): dCor is then defined as 0 instead of a ratio of two noises.
+constexpr double kRelativeVarianceFloor = 1e-12;
+
+// Euclidean pairwise distances of the flattened rows, in double and from column-centred rows:
+// |a|^2 + |b|^2 - 2ab cancels badly for rows with large norms (images, wide activations, a
+// common offset); centring removes the offset, which distances do not depend on.
 at::Tensor PairwiseDistances(const at::Tensor& batch) {
-  const at::Tensor flat = batch.reshape({batch.size(0), -1}).to(at::kDouble);
+  at::Tensor flat = batch.reshape({batch.size(0), -1}).to(at::kDouble);
+  flat = flat - flat.mean(0, /*keepdim=*/true);
   const at::Tensor norms = flat.pow(2).sum(1, /*keepdim=*/true);
   const at::Tensor squared = (norms + norms.t() - 2 * flat.matmul(flat.t()));
   // The floor keeps the gradient of sqrt finite on the diagonal and for duplicate rows.
@@ -46,44 +52,44 @@ void CheckBatches(const at::Tensor& x, const at::Tensor& z, int64_t min_rows) {
                     x.size(0));
 }
 
-at::Tensor Correlation(const at::Tensor& a, const at::Tensor& b, double normaliser) {
+// dCov^2 / sqrt(dVarX^2 dVarZ^2) from centred matrices a, b of the distances dx, dz. Stays on
+// the device (no host sync): the zero-variance test is a tensor condition.
+at::Tensor Correlation(const at::Tensor& dx, const at::Tensor& dz, const at::Tensor& a,
+                       const at::Tensor& b, double normaliser) {
   const at::Tensor dcov2 = (a * b).sum() / normaliser;
   const at::Tensor dvar_x = (a * a).sum() / normaliser;
   const at::Tensor dvar_z = (b * b).sum() / normaliser;
-  const at::Tensor denominator = (dvar_x * dvar_z).sqrt();
-  // Zero variance on either side: dCor is defined as 0.
-  const at::Tensor safe = at::where(denominator > 0, denominator, at::ones_like(denominator));
-  return at::where(denominator > 0, dcov2 / safe, at::zeros_like(dcov2));
+  const at::Tensor varies = (dvar_x > kRelativeVarianceFloor * dx.mean().detach().pow(2)) &
+                            (dvar_z > kRelativeVarianceFloor * dz.mean().detach().pow(2));
+  // Zero variance on either side: dCor is defined as 0 with a zero gradient. The where() sits
+  // inside the sqrt: sqrt'(0) = inf would turn the unselected branch's zero gradient into NaN.
+  const at::Tensor safe = at::where(varies, dvar_x * dvar_z, at::ones_like(dvar_x)).sqrt();
+  return at::where(varies, dcov2 / safe, at::zeros_like(dcov2));
 }
 
 }  // namespace
 
 at::Tensor DistanceCorrelation(const at::Tensor& x, const at::Tensor& z) {
   CheckBatches(x, z, 2);
-  const at::Tensor a = DoubleCentred(PairwiseDistances(x));
-  const at::Tensor b = DoubleCentred(PairwiseDistances(z));
+  const at::Tensor dx = PairwiseDistances(x), dz = PairwiseDistances(z);
   const double n = static_cast<double>(x.size(0));
-  const at::Tensor dcor2 = Correlation(a, b, n * n);
+  const at::Tensor dcor2 = Correlation(dx, dz, DoubleCentred(dx), DoubleCentred(dz), n * n);
   // sqrt with a floor: dCor^2 >= 0 in exact arithmetic, tiny negatives come from rounding.
   return dcor2.clamp_min(kSquaredDistanceFloor).sqrt().to(z.scalar_type());
 }
 
 at::Tensor BiasCorrectedDistanceCorrelation(const at::Tensor& x, const at::Tensor& z) {
   CheckBatches(x, z, 4);
-  const at::Tensor a = UCentred(PairwiseDistances(x));
-  const at::Tensor b = UCentred(PairwiseDistances(z));
+  const at::Tensor dx = PairwiseDistances(x), dz = PairwiseDistances(z);
   const double n = static_cast<double>(x.size(0));
-  return Correlation(a, b, n * (n - 3)).to(z.scalar_type());
+  return Correlation(dx, dz, UCentred(dx), UCentred(dz), n * (n - 3)).to(z.scalar_type());
 }
 
 double IndependenceBaseline(const at::Tensor& x, const at::Tensor& z, uint64_t seed,
                             bool bias_corrected) {
-  std::vector<int64_t> order(static_cast<size_t>(z.size(0)));
-  std::iota(order.begin(), order.end(), 0);
-  std::mt19937_64 rng(seed);
-  for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[rng() % i]);
-  const at::Tensor shuffled =
-      z.index_select(0, at::tensor(order, at::kLong).to(z.device()));
+  CheckBatches(x, z, bias_corrected ? 4 : 2);
+  const std::vector<int64_t> order = SeededPermutation(z.size(0), seed);
+  const at::Tensor shuffled = z.index_select(0, at::tensor(order, at::kLong).to(z.device()));
   const at::Tensor value = bias_corrected ? BiasCorrectedDistanceCorrelation(x, shuffled)
                                           : DistanceCorrelation(x, shuffled);
   return value.item<double>();

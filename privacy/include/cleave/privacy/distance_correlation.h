@@ -2,9 +2,9 @@
 // activations that leave the client; the NoPeek penalty (Vepakomma et al. 2020).
 #pragma once
 
-#include <cstdint>
-
 #include <ATen/Tensor.h>
+
+#include <cstdint>
 
 namespace cleave::privacy {
 
@@ -12,7 +12,8 @@ namespace cleave::privacy {
 // Euclidean (not squared) pairwise distances with a small floor under the squared distance
 // before the square root (finite gradients when two rows coincide), double centring, and
 // dCor = sqrt(dCov^2 / sqrt(dVarX^2 * dVarZ^2)). Returns 0 when either variance is 0. The plain
-// estimator is biased upward for small n: state the batch size with any figure.
+// estimator is biased upward for small n: state the batch size with any figure. Computed in
+// double on the tensors' device (CPU or CUDA, no host sync); the result has z's dtype.
 at::Tensor DistanceCorrelation(const at::Tensor& x, const at::Tensor& z);
 
 // The bias-corrected estimate of dCor^2 (U-centred, Szekely & Rizzo 2014), for measurement: near

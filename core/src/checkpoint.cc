@@ -2,12 +2,18 @@
 
 #include <ATen/ATen.h>
 #include <torch/nn/module.h>
+#include <torch/optim/adam.h>
+#include <torch/optim/adamw.h>
 #include <torch/optim/optimizer.h>
+#include <torch/optim/sgd.h>
 #include <torch/serialize/input-archive.h>
 #include <torch/serialize/output-archive.h>
 #include <zlib.h>
 
 #include <cstring>
+#include <sstream>
+#include <type_traits>
+#include <vector>
 
 #include "cleave/core/error.h"
 #include "cleave/core/file_io.h"
@@ -22,11 +28,13 @@ constexpr char kMagic[8] = {'C', 'L', 'V', 'C', 'K', 'P', 'T', '1'};
 constexpr size_t kHeaderSize = 8 + 8 + 4 + 4;
 constexpr const char* kCounterPrefix = "cleave_counter.";
 constexpr const char* kCounterNames = "cleave_counter_names";
+constexpr uint32_t kMaxFingerprintSize = 1024;
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the header is written little-endian");
 
 template <typename T>
 void Append(std::string* out, T value) {
   char bytes[sizeof(T)];
-  std::memcpy(bytes, &value, sizeof(T));  // little-endian hosts only (x86-64, aarch64)
+  std::memcpy(bytes, &value, sizeof(T));
   out->append(bytes, sizeof(T));
 }
 
@@ -48,6 +56,69 @@ uint32_t Crc32(const char* data, size_t size) {
   return static_cast<uint32_t>(crc);
 }
 
+// A parameter or buffer of the module being loaded, and its value read from the checkpoint.
+struct LoadedTensor {
+  std::string name;  // dotted path, e.g. "0.weight"
+  at::Tensor target;
+  at::Tensor value;
+};
+
+// Reads every parameter and buffer of `module` (recursively) from `archive` into fresh tensors,
+// following Module::save's layout, without touching the module (Module::load would replace the
+// module's tensors as it goes, and would take whatever shape the file has).
+void ReadModuleTensors(const torch::nn::Module& module, torch::serialize::InputArchive& archive,
+                       const std::string& prefix, std::vector<LoadedTensor>* out) {
+  for (const auto& item : module.named_parameters(/*recurse=*/false)) {
+    LoadedTensor loaded{prefix + item.key(), item.value(), at::Tensor()};
+    archive.read(item.key(), loaded.value);
+    out->push_back(std::move(loaded));
+  }
+  for (const auto& item : module.named_buffers(/*recurse=*/false)) {
+    LoadedTensor loaded{prefix + item.key(), item.value(), at::Tensor()};
+    archive.read(item.key(), loaded.value, /*is_buffer=*/true);
+    out->push_back(std::move(loaded));
+  }
+  for (const auto& child : module.named_children()) {
+    if (!child.value()->is_serializable()) continue;
+    torch::serialize::InputArchive child_archive;
+    archive.read(child.key(), child_archive);
+    ReadModuleTensors(*child.value(), child_archive, prefix + child.key() + ".", out);
+  }
+}
+
+std::string ShapeText(const at::Tensor& tensor) {
+  std::ostringstream out;
+  out << tensor.sizes() << " " << tensor.scalar_type();
+  return out.str();
+}
+
+// The state tensors the known optimizers keep per parameter must have the parameter's shape
+// (LibTorch's Optimizer::load does not check; a mismatch would only fail at the next step).
+void CheckOptimizerState(const torch::optim::Optimizer& optimizer, const std::string& fail_prefix) {
+  for (const auto& group : optimizer.param_groups()) {
+    for (const at::Tensor& param : group.params()) {
+      const auto it = optimizer.state().find(c10::guts::to_string(param.unsafeGetTensorImpl()));
+      if (it == optimizer.state().end()) continue;
+      std::vector<at::Tensor> tensors;
+      if (const auto* adam = dynamic_cast<const torch::optim::AdamParamState*>(it->second.get())) {
+        tensors = {adam->exp_avg(), adam->exp_avg_sq(), adam->max_exp_avg_sq()};
+      } else if (const auto* adamw =
+                     dynamic_cast<const torch::optim::AdamWParamState*>(it->second.get())) {
+        tensors = {adamw->exp_avg(), adamw->exp_avg_sq(), adamw->max_exp_avg_sq()};
+      } else if (const auto* sgd =
+                     dynamic_cast<const torch::optim::SGDParamState*>(it->second.get())) {
+        tensors = {sgd->momentum_buffer()};
+      }
+      for (const at::Tensor& state : tensors) {
+        if (state.defined() && state.sizes() != param.sizes()) {
+          throw UserError(fail_prefix + "optimizer state " + ShapeText(state) +
+                          " does not fit a parameter " + ShapeText(param));
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 
 void SaveCheckpoint(const std::string& path, const torch::nn::Module& module,
@@ -63,14 +134,17 @@ void SaveCheckpoint(const std::string& path, const torch::nn::Module& module,
     optimizer->save(optimizer_archive);
     archive.write("optimizer", optimizer_archive);
   }
+  CLEAVE_ENFORCE(meta.fingerprint.size() <= kMaxFingerprintSize, "fingerprint too long");
   std::string names;
   for (const auto& [name, value] : meta.counters) {
+    CLEAVE_ENFORCE(!name.empty() && name.find('\n') == std::string::npos, "bad counter name '",
+                   name, "'");
     archive.write(kCounterPrefix + name, at::tensor({value}, at::kLong));
     names += name + "\n";
   }
-  archive.write(kCounterNames, at::from_blob(names.data(), {static_cast<int64_t>(names.size())},
-                                             at::kChar)
-                                   .clone());
+  archive.write(
+      kCounterNames,
+      at::from_blob(names.data(), {static_cast<int64_t>(names.size())}, at::kChar).clone());
   std::string payload;
   archive.save_to([&payload](const void* data, size_t size) {
     payload.append(static_cast<const char*>(data), size);
@@ -89,6 +163,7 @@ void SaveCheckpoint(const std::string& path, const torch::nn::Module& module,
 CheckpointMeta LoadCheckpoint(const std::string& path, torch::nn::Module& module,
                               torch::optim::Optimizer* optimizer,
                               const std::string& expected_fingerprint) {
+  // 1. The file as a whole: header, length, CRC, fingerprint. Nothing is parsed before this.
   const std::string file = ReadFile(path, "checkpoint");
   auto corrupt = [&path](const std::string& why) {
     return UserError("checkpoint '" + path + "' is corrupt: " + why);
@@ -99,7 +174,7 @@ CheckpointMeta LoadCheckpoint(const std::string& path, torch::nn::Module& module
   const auto payload_size = Read<uint64_t>(file, 8);
   const auto crc = Read<uint32_t>(file, 16);
   const auto fingerprint_size = Read<uint32_t>(file, 20);
-  if (fingerprint_size > 1024 || kHeaderSize + fingerprint_size > file.size()) {
+  if (fingerprint_size > kMaxFingerprintSize || kHeaderSize + fingerprint_size > file.size()) {
     throw corrupt("bad fingerprint length");
   }
   const size_t payload_offset = kHeaderSize + fingerprint_size;
@@ -114,9 +189,16 @@ CheckpointMeta LoadCheckpoint(const std::string& path, torch::nn::Module& module
   meta.fingerprint = file.substr(kHeaderSize, fingerprint_size);
   if (!expected_fingerprint.empty() && meta.fingerprint != expected_fingerprint) {
     throw UserError("checkpoint '" + path + "' was written for model " + meta.fingerprint +
-                    ", this model is " + expected_fingerprint);
+                    ", expected " + expected_fingerprint);
   }
+
+  const std::string misfit = "checkpoint '" + path + "' does not fit this model: ";
+  using OptimizerState = std::decay_t<decltype(optimizer->state())>;
+  OptimizerState optimizer_before;
+  bool optimizer_loaded = false;
   try {
+    // 2. Everything into temporaries: counters, then parameters and buffers, checked against
+    // the module's names, shapes and types.
     torch::serialize::InputArchive archive;
     archive.load_from(file.data() + payload_offset, payload_size);
     at::Tensor names_tensor;
@@ -132,17 +214,40 @@ CheckpointMeta LoadCheckpoint(const std::string& path, torch::nn::Module& module
       meta.counters[name] = value.item<int64_t>();
       begin = end == std::string::npos ? names.size() : end + 1;
     }
-    // Header, CRC and fingerprint were checked above, so this only fails on a zoo change.
     torch::serialize::InputArchive model_archive;
     archive.read("model", model_archive);
-    module.load(model_archive);
-    if (optimizer != nullptr) {
-      torch::serialize::InputArchive optimizer_archive;
-      if (archive.try_read("optimizer", optimizer_archive)) optimizer->load(optimizer_archive);
+    std::vector<LoadedTensor> tensors;
+    ReadModuleTensors(module, model_archive, "", &tensors);
+    for (const LoadedTensor& loaded : tensors) {
+      if (loaded.value.sizes() != loaded.target.sizes() ||
+          loaded.value.scalar_type() != loaded.target.scalar_type()) {
+        throw UserError(misfit + "'" + loaded.name + "' is " + ShapeText(loaded.value) +
+                        " in the checkpoint, " + ShapeText(loaded.target) + " here");
+      }
     }
+
+    // 3. The optimizer, which LibTorch loads in place: keep its state to put back on failure.
+    torch::serialize::InputArchive optimizer_archive;
+    if (optimizer != nullptr && archive.try_read("optimizer", optimizer_archive)) {
+      for (const auto& [key, state] : optimizer->state()) optimizer_before[key] = state->clone();
+      optimizer_loaded = true;
+      optimizer->load(optimizer_archive);
+      CheckOptimizerState(*optimizer, misfit);
+    }
+
+    // 4. Commit: copy values into the module's own tensors (the optimizer keeps pointing at
+    // them).
+    at::NoGradGuard no_grad;
+    for (const LoadedTensor& loaded : tensors) loaded.target.copy_(loaded.value);
+  } catch (const UserError&) {
+    if (optimizer_loaded) optimizer->state() = std::move(optimizer_before);
+    throw;
   } catch (const c10::Error& error) {
-    throw UserError("checkpoint '" + path + "' does not fit this model: " +
-                    error.what_without_backtrace());
+    if (optimizer_loaded) optimizer->state() = std::move(optimizer_before);
+    throw UserError(misfit + error.what_without_backtrace());
+  } catch (const std::exception& error) {
+    if (optimizer_loaded) optimizer->state() = std::move(optimizer_before);
+    throw UserError(misfit + error.what());
   }
   return meta;
 }

@@ -1,13 +1,16 @@
 #include "cleave/core/dataset.h"
 
 #include <ATen/ATen.h>
+#include <sys/stat.h>
 #include <zlib.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
-#include <fstream>
+#include <cstring>
 #include <map>
 #include <random>
+#include <set>
 #include <sstream>
 
 #include "cleave/core/error.h"
@@ -28,25 +31,62 @@ Dataset Dataset::Subset(const std::vector<int64_t>& indices) const {
 
 namespace {
 
-// Reads a whole file, gunzipping it if it is gzip (zlib's gzread passes plain files through).
-std::string ReadMaybeGzip(const std::string& path) {
-  ReadFile(path, "data file");  // clear error for missing/unreadable files
-  gzFile file = gzopen(path.c_str(), "rb");
-  CLEAVE_CHECK_USER(file != nullptr, "cannot open data file '", path, "'");
-  std::string bytes;
-  char buffer[1 << 16];
-  int n;
-  while ((n = gzread(file, buffer, sizeof(buffer))) > 0) bytes.append(buffer, n);
-  int error = Z_OK;
-  const char* message = gzerror(file, &error);
-  gzclose(file);
-  CLEAVE_CHECK_USER(n == 0 && (error == Z_OK || error == Z_BUF_ERROR), "data file '", path,
-                    "' is corrupt: ", message);
-  return bytes;
-}
+// A gzip or plain file read through zlib (gzread passes non-gzip files through unchanged).
+class CompressedFile {
+ public:
+  explicit CompressedFile(const std::string& path) : path_(path) {
+    struct stat st {};
+    CLEAVE_CHECK_USER(::stat(path.c_str(), &st) == 0, "cannot read data file '", path,
+                      "': ", std::strerror(errno));
+    CLEAVE_CHECK_USER(S_ISREG(st.st_mode), "cannot read data file '", path,
+                      "': not a regular file");
+    file_ = gzopen(path.c_str(), "rb");
+    CLEAVE_CHECK_USER(file_ != nullptr, "cannot read data file '", path,
+                      "': ", std::strerror(errno));
+  }
+  ~CompressedFile() { gzclose(file_); }
+  CompressedFile(const CompressedFile&) = delete;
+  CompressedFile& operator=(const CompressedFile&) = delete;
 
-uint32_t BigEndian32(const std::string& bytes, size_t offset) {
-  const auto* p = reinterpret_cast<const unsigned char*>(bytes.data()) + offset;
+  // Reads up to `size` bytes; fewer only at the end of the data.
+  size_t Read(void* out, size_t size) {
+    size_t done = 0;
+    while (done < size) {
+      const auto chunk = static_cast<unsigned>(std::min<size_t>(size - done, 1u << 24));
+      const int n = gzread(file_, static_cast<char*>(out) + done, chunk);
+      if (n < 0 || (n == 0 && !gzeof(file_))) ThrowStreamError();
+      if (n == 0) break;
+      done += static_cast<size_t>(n);
+    }
+    // zlib reports a gzip stream cut short as Z_BUF_ERROR at the end of the input.
+    int error = Z_OK;
+    gzerror(file_, &error);
+    if (error != Z_OK) ThrowStreamError();
+    return done;
+  }
+
+  // True when no byte is left.
+  bool AtEnd() {
+    char byte;
+    return Read(&byte, 1) == 0;
+  }
+
+ private:
+  [[noreturn]] void ThrowStreamError() {
+    int error = Z_OK;
+    const char* message = gzerror(file_, &error);
+    if (error == Z_BUF_ERROR) {
+      throw UserError("data file '" + path_ + "' is truncated (the gzip stream ends early)");
+    }
+    throw UserError("data file '" + path_ +
+                    "' is corrupt: " + (error == Z_ERRNO ? std::strerror(errno) : message));
+  }
+
+  std::string path_;
+  gzFile file_ = nullptr;
+};
+
+uint32_t BigEndian32(const unsigned char* p) {
   return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | uint32_t{p[3]};
 }
 
@@ -59,38 +99,59 @@ std::string FindIdx(const std::string& dir, const std::string& name) {
   throw UserError("cannot read data file '" + gz + "': No such file or directory");
 }
 
+// Reads an IDX file of unsigned bytes: checks the magic number (type 0x08, `dims` dimensions),
+// returns the dimensions and the `uint8` payload, whose size must match the header exactly.
+// The payload is read in pieces, so a corrupt header cannot make us allocate gigabytes.
+std::vector<uint8_t> ReadIdx(const std::string& path, uint32_t dims, std::vector<uint32_t>* shape) {
+  CompressedFile file(path);
+  unsigned char header[4 * 4];
+  const size_t header_size = 4 * (1 + dims);
+  CLEAVE_CHECK_USER(file.Read(header, header_size) == header_size, "data file '", path,
+                    "' is truncated (no complete IDX header)");
+  CLEAVE_CHECK_USER(BigEndian32(header) == (0x0800u | dims), "data file '", path, "' is not an IDX",
+                    dims, " ", dims == 1 ? "label" : "image", " file (bad magic number 0x",
+                    std::hex, BigEndian32(header), ")");
+  uint64_t expected = 1;
+  shape->clear();
+  for (uint32_t d = 0; d < dims; ++d) {
+    shape->push_back(BigEndian32(header + 4 * (d + 1)));
+    expected *= shape->back();
+  }
+  CLEAVE_CHECK_USER(shape->front() > 0, "data file '", path, "' has no records");
+  std::vector<uint8_t> payload;
+  constexpr size_t kPiece = size_t{1} << 22;
+  while (payload.size() < expected) {
+    const size_t want = static_cast<size_t>(std::min<uint64_t>(kPiece, expected - payload.size()));
+    const size_t old_size = payload.size();
+    payload.resize(old_size + want);
+    const size_t got = file.Read(payload.data() + old_size, want);
+    payload.resize(old_size + got);
+    CLEAVE_CHECK_USER(got == want, "data file '", path, "' is truncated: its header promises ",
+                      expected, " data bytes, it has ", payload.size());
+  }
+  CLEAVE_CHECK_USER(file.AtEnd(), "data file '", path, "' has bytes after the ", expected,
+                    " its header promises (corrupt)");
+  return payload;
+}
+
 at::Tensor ReadIdxImages(const std::string& path) {
-  const std::string bytes = ReadMaybeGzip(path);
-  CLEAVE_CHECK_USER(bytes.size() >= 16, "data file '", path, "' is truncated (no IDX header)");
-  CLEAVE_CHECK_USER(BigEndian32(bytes, 0) == 0x00000803, "data file '", path,
-                    "' is not an IDX image file (bad magic number)");
-  const uint32_t count = BigEndian32(bytes, 4), rows = BigEndian32(bytes, 8),
-                 cols = BigEndian32(bytes, 12);
-  CLEAVE_CHECK_USER(rows == 28 && cols == 28, "data file '", path, "' has ", rows, "x", cols,
-                    " images, expected 28x28");
-  const uint64_t expected = 16 + uint64_t{count} * rows * cols;
-  CLEAVE_CHECK_USER(bytes.size() == expected, "data file '", path, "' has ", bytes.size(),
-                    " bytes, its header promises ", expected, " (truncated or corrupt)");
-  at::Tensor pixels = at::empty({count, 1, rows, cols}, at::kByte);
-  std::memcpy(pixels.data_ptr(), bytes.data() + 16, expected - 16);
-  return pixels.to(at::kFloat).div_(255.0);
+  std::vector<uint32_t> shape;
+  std::vector<uint8_t> pixels = ReadIdx(path, 3, &shape);
+  CLEAVE_CHECK_USER(shape[1] == 28 && shape[2] == 28, "data file '", path, "' has ", shape[1], "x",
+                    shape[2], " images, expected 28x28");
+  const int64_t count = shape[0];
+  return at::from_blob(pixels.data(), {count, 1, 28, 28}, at::kByte).to(at::kFloat).div_(255.0);
 }
 
 at::Tensor ReadIdxLabels(const std::string& path, int64_t num_classes) {
-  const std::string bytes = ReadMaybeGzip(path);
-  CLEAVE_CHECK_USER(bytes.size() >= 8, "data file '", path, "' is truncated (no IDX header)");
-  CLEAVE_CHECK_USER(BigEndian32(bytes, 0) == 0x00000801, "data file '", path,
-                    "' is not an IDX label file (bad magic number)");
-  const uint32_t count = BigEndian32(bytes, 4);
-  CLEAVE_CHECK_USER(bytes.size() == 8 + uint64_t{count}, "data file '", path, "' has ",
-                    bytes.size(), " bytes, its header promises ", 8 + uint64_t{count});
-  at::Tensor labels = at::empty({count}, at::kLong);
+  std::vector<uint32_t> shape;
+  const std::vector<uint8_t> bytes = ReadIdx(path, 1, &shape);
+  at::Tensor labels = at::empty({static_cast<int64_t>(bytes.size())}, at::kLong);
   int64_t* out = labels.data_ptr<int64_t>();
-  for (uint32_t i = 0; i < count; ++i) {
-    const auto label = static_cast<unsigned char>(bytes[8 + i]);
-    CLEAVE_CHECK_USER(label < num_classes, "data file '", path, "' has label ", int{label},
+  for (size_t i = 0; i < bytes.size(); ++i) {
+    CLEAVE_CHECK_USER(bytes[i] < num_classes, "data file '", path, "' has label ", int{bytes[i]},
                       " at record ", i, ", expected 0..", num_classes - 1);
-    out[i] = label;
+    out[i] = bytes[i];
   }
   return labels;
 }
@@ -122,6 +183,9 @@ Standardizer Standardizer::Fit(const at::Tensor& features) {
 }
 
 at::Tensor Standardizer::Apply(const at::Tensor& features) const {
+  CLEAVE_CHECK_USER(features.dim() == 2 && features.size(1) == mean.size(0), "features of shape ",
+                    features.sizes(), " do not fit a standardiser fitted on ", mean.size(0),
+                    " features");
   return (features - mean) / std;
 }
 
@@ -154,6 +218,12 @@ Dataset LoadCsv(const std::string& path, const CsvOptions& options) {
   CLEAVE_CHECK_USER(label_it != header.end(), "CSV file '", path, "' has no column '",
                     options.label_column, "' (use --label-column)");
   const size_t label_index = static_cast<size_t>(label_it - header.begin());
+  std::set<std::string> names;
+  for (const std::string& name : header) {
+    CLEAVE_CHECK_USER(!name.empty(), "CSV file '", path, "' line 1: empty column name");
+    CLEAVE_CHECK_USER(names.insert(name).second, "CSV file '", path, "' line 1: column '", name,
+                      "' appears twice");
+  }
   const size_t num_features = header.size() - 1;
   CLEAVE_CHECK_USER(num_features > 0, "CSV file '", path, "' has no feature columns");
 
@@ -169,13 +239,12 @@ Dataset LoadCsv(const std::string& path, const CsvOptions& options) {
     for (size_t c = 0; c < cells.size(); ++c) {
       char* end = nullptr;
       const double value = std::strtod(cells[c].c_str(), &end);
-      CLEAVE_CHECK_USER(!cells[c].empty() && end != nullptr && *end == '\0' &&
-                            std::isfinite(value),
+      CLEAVE_CHECK_USER(!cells[c].empty() && end != nullptr && *end == '\0' && std::isfinite(value),
                         "CSV file '", path, "' line ", line_number, ": column '", header[c],
                         "' is not a finite number ('", cells[c], "')");
       if (c == label_index) {
-        CLEAVE_CHECK_USER(value == std::floor(value), "CSV file '", path, "' line ",
-                          line_number, ": label '", cells[c], "' is not an integer");
+        CLEAVE_CHECK_USER(value == std::floor(value), "CSV file '", path, "' line ", line_number,
+                          ": label '", cells[c], "' is not an integer");
         raw_labels.push_back(value);
       } else {
         features.push_back(static_cast<float>(value));
@@ -191,11 +260,12 @@ Dataset LoadCsv(const std::string& path, const CsvOptions& options) {
   for (auto& entry : classes) entry.second = next++;
   Dataset data;
   data.num_classes = static_cast<int64_t>(classes.size());
-  data.inputs = at::from_blob(features.data(), {rows, static_cast<int64_t>(num_features)},
-                              at::kFloat)
-                    .clone();
+  data.inputs =
+      at::from_blob(features.data(), {rows, static_cast<int64_t>(num_features)}, at::kFloat)
+          .clone();
   data.labels = at::empty({rows}, at::kLong);
-  for (int64_t i = 0; i < rows; ++i) data.labels[i] = classes.at(raw_labels[i]);
+  int64_t* labels = data.labels.data_ptr<int64_t>();
+  for (int64_t i = 0; i < rows; ++i) labels[i] = classes.at(raw_labels[i]);
   return data;
 }
 
@@ -214,10 +284,12 @@ std::vector<int64_t> SeededPermutation(int64_t n, uint64_t seed) {
 
 TrainValidation SplitTrainValidation(const Dataset& data, double validation_fraction,
                                      uint64_t seed) {
-  CLEAVE_CHECK_USER(validation_fraction >= 0 && validation_fraction < 1,
-                    "validation fraction ", validation_fraction, " is outside [0, 1)");
+  CLEAVE_CHECK_USER(validation_fraction >= 0 && validation_fraction < 1, "validation fraction ",
+                    validation_fraction, " is outside [0, 1)");
   const std::vector<int64_t> order = SeededPermutation(data.size(), seed);
   const auto held_out = static_cast<size_t>(std::llround(validation_fraction * data.size()));
+  CLEAVE_CHECK_USER(held_out < order.size(), "holding out ", validation_fraction, " of ",
+                    data.size(), " rows leaves none to train on");
   TrainValidation out;
   out.validation = data.Subset({order.begin(), order.begin() + held_out});
   out.train = data.Subset({order.begin() + held_out, order.end()});
@@ -237,43 +309,91 @@ std::vector<Dataset> PartitionIid(const Dataset& data, int parts, uint64_t seed)
   return out;
 }
 
+namespace {
+
+// Distributions written out here rather than taken from <random>: the standard fixes
+// mt19937_64's output but not how std::gamma_distribution and friends consume it, and partitions
+// must be the same on every platform.
+double Uniform01(std::mt19937_64& rng) {  // in (0, 1)
+  return (static_cast<double>(rng() >> 11) + 0.5) * 0x1.0p-53;
+}
+
+double StandardNormal(std::mt19937_64& rng) {  // Box-Muller
+  const double radius = std::sqrt(-2.0 * std::log(Uniform01(rng)));
+  return radius * std::cos(2.0 * M_PI * Uniform01(rng));
+}
+
+// log of a Gamma(shape, 1) draw (Marsaglia-Tsang). Logs, because for shape << 1 the draws
+// themselves underflow to 0 (shape 0.01 gives values like 1e-300).
+double LogGamma(double shape, std::mt19937_64& rng) {
+  if (shape < 1) {
+    // Gamma(a) = Gamma(a + 1) * U^(1/a).
+    return LogGamma(shape + 1, rng) + std::log(Uniform01(rng)) / shape;
+  }
+  const double d = shape - 1.0 / 3.0, c = 1.0 / std::sqrt(9.0 * d);
+  while (true) {
+    double x, v;
+    do {
+      x = StandardNormal(rng);
+      v = 1.0 + c * x;
+    } while (v <= 0);
+    v = v * v * v;
+    const double u = Uniform01(rng);
+    if (std::log(u) < 0.5 * x * x + d - d * v + d * std::log(v)) return std::log(d * v);
+  }
+}
+
+// Dirichlet(beta, ..., beta) proportions over `parts`.
+std::vector<double> DirichletProportions(int parts, double beta, std::mt19937_64& rng) {
+  std::vector<double> logs(static_cast<size_t>(parts));
+  for (double& value : logs) value = LogGamma(beta, rng);
+  const double largest = *std::max_element(logs.begin(), logs.end());
+  double total = 0;
+  for (double& value : logs) total += (value = std::exp(value - largest));
+  for (double& value : logs) value /= total;
+  return logs;
+}
+
+}  // namespace
+
 std::vector<Dataset> PartitionDirichlet(const Dataset& data, int parts, double beta,
                                         uint64_t seed) {
   CLEAVE_CHECK_USER(parts >= 1 && parts <= data.size(), "cannot cut ", data.size(),
                     " samples into ", parts, " parts");
   CLEAVE_CHECK_USER(beta > 0, "Dirichlet beta must be > 0, got ", beta);
+  const at::Tensor label_tensor = data.labels.to(at::kLong).contiguous();
+  const int64_t* labels = label_tensor.data_ptr<int64_t>();
+  std::vector<std::vector<int64_t>> members(static_cast<size_t>(data.num_classes));
+  for (int64_t i = 0; i < data.size(); ++i) {
+    CLEAVE_CHECK_USER(labels[i] >= 0 && labels[i] < data.num_classes, "label ", labels[i],
+                      " of row ", i, " is outside 0..", data.num_classes - 1);
+    members[labels[i]].push_back(i);
+  }
   std::mt19937_64 rng(seed);
   std::vector<std::vector<int64_t>> rows(static_cast<size_t>(parts));
-  const int64_t* labels = data.labels.data_ptr<int64_t>();
-  for (int64_t c = 0; c < data.num_classes; ++c) {
-    std::vector<int64_t> members;
-    for (int64_t i = 0; i < data.size(); ++i) {
-      if (labels[i] == c) members.push_back(i);
-    }
-    // Shuffle this class's rows (seeded), then cut them by Dirichlet(beta) proportions drawn as
-    // normalised Gamma(beta, 1) variates.
-    std::vector<int64_t> order = SeededPermutation(static_cast<int64_t>(members.size()), rng());
-    std::gamma_distribution<double> gamma(beta, 1.0);
-    std::vector<double> weights(static_cast<size_t>(parts));
-    double total = 0;
-    for (double& w : weights) total += (w = gamma(rng));
-    if (total <= 0) std::fill(weights.begin(), weights.end(), 1.0), total = parts;
+  for (const std::vector<int64_t>& in_class : members) {
+    // Shuffle this class's rows (seeded), then cut them by Dirichlet(beta) proportions.
+    const std::vector<int64_t> order =
+        SeededPermutation(static_cast<int64_t>(in_class.size()), rng());
+    const std::vector<double> proportions = DirichletProportions(parts, beta, rng);
     double cumulative = 0;
     size_t begin = 0;
     for (int p = 0; p < parts; ++p) {
-      cumulative += weights[p] / total;
-      const size_t end = p == parts - 1 ? members.size()
-                                        : static_cast<size_t>(std::llround(cumulative *
-                                                                           members.size()));
-      for (size_t k = begin; k < std::max(begin, end); ++k) rows[p].push_back(members[order[k]]);
-      begin = std::max(begin, end);
+      cumulative += proportions[p];
+      const size_t end =
+          p == parts - 1
+              ? in_class.size()
+              : std::clamp(static_cast<size_t>(std::llround(cumulative * in_class.size())), begin,
+                           in_class.size());
+      for (size_t k = begin; k < end; ++k) rows[p].push_back(in_class[order[k]]);
+      begin = end;
     }
   }
   // Every part gets at least one sample: take from the largest part if one is empty.
   for (auto& part : rows) {
     if (!part.empty()) continue;
-    auto largest = std::max_element(rows.begin(), rows.end(),
-                                    [](const auto& a, const auto& b) { return a.size() < b.size(); });
+    auto largest = std::max_element(
+        rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.size() < b.size(); });
     part.push_back(largest->back());
     largest->pop_back();
   }
@@ -288,6 +408,7 @@ std::vector<Dataset> PartitionDirichlet(const Dataset& data, int parts, double b
 BatchIterator::BatchIterator(const Dataset& data, int64_t batch_size, uint64_t seed, bool shuffle)
     : data_(data), batch_size_(batch_size), seed_(seed), shuffle_(shuffle) {
   CLEAVE_CHECK_USER(batch_size >= 1, "batch size must be at least 1");
+  StartEpoch(0);
 }
 
 void BatchIterator::StartEpoch(int64_t epoch) {
@@ -304,8 +425,7 @@ bool BatchIterator::Next(at::Tensor* inputs, at::Tensor* labels) {
   const int64_t n = static_cast<int64_t>(order_.size());
   if (position_ >= n) return false;
   const int64_t end = std::min(n, position_ + batch_size_);
-  const at::Tensor rows =
-      at::from_blob(order_.data() + position_, {end - position_}, at::kLong);
+  const at::Tensor rows = at::from_blob(order_.data() + position_, {end - position_}, at::kLong);
   *inputs = data_.inputs.index_select(0, rows);
   *labels = data_.labels.index_select(0, rows);
   position_ = end;

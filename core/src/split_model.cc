@@ -1,6 +1,7 @@
 #include "cleave/core/split_model.h"
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/nn/modules/activation.h>
 #include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/dropout.h>
@@ -9,6 +10,7 @@
 #include <torch/utils.h>
 
 #include <cstdio>
+#include <mutex>
 #include <sstream>
 
 #include "cleave/core/error.h"
@@ -29,34 +31,51 @@ std::vector<int64_t> MlpHidden(const ModelSpec& spec) {
   return spec.hidden.empty() ? std::vector<int64_t>{128, 64} : spec.hidden;
 }
 
-// The blocks of the full model, in order.
+// Throws UserError for a spec no model can be built from; returns the number of blocks.
+int ValidateSpec(const ModelSpec& spec) {
+  CLEAVE_CHECK_USER(spec.num_classes >= 2, "a model needs at least 2 classes, got ",
+                    spec.num_classes);
+  for (int64_t d : spec.input_shape) {
+    CLEAVE_CHECK_USER(d > 0, "input shape ", JoinShape(spec.input_shape), " has a bad size");
+  }
+  if (spec.architecture == "cnn") {
+    CLEAVE_CHECK_USER(spec.input_shape.size() == 3 && spec.input_shape[1] % 4 == 0 &&
+                          spec.input_shape[2] % 4 == 0,
+                      "cnn needs an input shape CxHxW with H and W divisible by 4, got ",
+                      JoinShape(spec.input_shape));
+    return 4;
+  }
+  if (spec.architecture == "mlp") {
+    CLEAVE_CHECK_USER(spec.input_shape.size() == 1,
+                      "mlp needs a flat input shape (number of features), got ",
+                      JoinShape(spec.input_shape));
+    for (int64_t hidden : MlpHidden(spec)) {
+      CLEAVE_CHECK_USER(hidden > 0, "mlp hidden widths must be positive");
+    }
+    return static_cast<int>(MlpHidden(spec).size()) + 1;
+  }
+  throw UserError("unknown model architecture '" + spec.architecture + "' (use cnn or mlp)");
+}
+
+// The blocks of the full model, in order (the spec is validated).
 std::vector<Sequential> CnnBlocks(const ModelSpec& spec) {
-  CLEAVE_CHECK_USER(spec.input_shape.size() == 3 && spec.input_shape[1] % 4 == 0 &&
-                        spec.input_shape[2] % 4 == 0,
-                    "cnn needs an input shape CxHxW with H and W divisible by 4, got ",
-                    JoinShape(spec.input_shape));
   const int64_t channels = spec.input_shape[0];
   const int64_t flat = 64 * (spec.input_shape[1] / 4) * (spec.input_shape[2] / 4);
   namespace nn = torch::nn;
   return {
       Sequential(nn::Conv2d(nn::Conv2dOptions(channels, 32, 3).padding(1)), nn::ReLU(),
                  nn::MaxPool2d(2)),
-      Sequential(nn::Conv2d(nn::Conv2dOptions(32, 64, 3).padding(1)), nn::ReLU(),
-                 nn::MaxPool2d(2)),
+      Sequential(nn::Conv2d(nn::Conv2dOptions(32, 64, 3).padding(1)), nn::ReLU(), nn::MaxPool2d(2)),
       Sequential(nn::Flatten(), nn::Linear(flat, 128), nn::ReLU(), nn::Dropout(0.3)),
       Sequential(nn::Linear(128, spec.num_classes)),
   };
 }
 
 std::vector<Sequential> MlpBlocks(const ModelSpec& spec) {
-  CLEAVE_CHECK_USER(spec.input_shape.size() == 1,
-                    "mlp needs a flat input shape (number of features), got ",
-                    JoinShape(spec.input_shape));
   namespace nn = torch::nn;
   std::vector<Sequential> blocks;
   int64_t width = spec.input_shape[0];
   for (int64_t hidden : MlpHidden(spec)) {
-    CLEAVE_CHECK_USER(hidden > 0, "mlp hidden widths must be positive");
     blocks.push_back(Sequential(nn::Linear(width, hidden), nn::ReLU()));
     width = hidden;
   }
@@ -65,14 +84,8 @@ std::vector<Sequential> MlpBlocks(const ModelSpec& spec) {
 }
 
 std::vector<Sequential> Blocks(const ModelSpec& spec) {
-  CLEAVE_CHECK_USER(spec.num_classes >= 2, "a model needs at least 2 classes, got ",
-                    spec.num_classes);
-  for (int64_t d : spec.input_shape) {
-    CLEAVE_CHECK_USER(d > 0, "input shape ", JoinShape(spec.input_shape), " has a bad size");
-  }
-  if (spec.architecture == "cnn") return CnnBlocks(spec);
-  if (spec.architecture == "mlp") return MlpBlocks(spec);
-  throw UserError("unknown model architecture '" + spec.architecture + "' (use cnn or mlp)");
+  ValidateSpec(spec);
+  return spec.architecture == "cnn" ? CnnBlocks(spec) : MlpBlocks(spec);
 }
 
 uint64_t Fnv1a64(const std::string& text) {
@@ -86,9 +99,29 @@ uint64_t Fnv1a64(const std::string& text) {
 
 }  // namespace
 
-int NumBlocks(const ModelSpec& spec) { return static_cast<int>(Blocks(spec).size()); }
+int NumBlocks(const ModelSpec& spec) { return ValidateSpec(spec); }
 
 namespace {
+
+// Puts LibTorch's default CPU generator back as it was on scope exit: building a throwaway model
+// (for its cut shape) must not change the random draws that follow.
+class DefaultGeneratorRestorer {
+ public:
+  DefaultGeneratorRestorer() : generator_(at::detail::getDefaultCPUGenerator()) {
+    std::lock_guard<std::mutex> lock(generator_.mutex());
+    state_ = generator_.get_state();
+  }
+  ~DefaultGeneratorRestorer() {
+    std::lock_guard<std::mutex> lock(generator_.mutex());
+    generator_.set_state(state_);
+  }
+  DefaultGeneratorRestorer(const DefaultGeneratorRestorer&) = delete;
+  DefaultGeneratorRestorer& operator=(const DefaultGeneratorRestorer&) = delete;
+
+ private:
+  at::Generator generator_;
+  at::Tensor state_;
+};
 
 // Builds and cuts the model with whatever the global generator holds.
 SplitModel Assemble(const ModelSpec& spec) {
@@ -134,13 +167,16 @@ std::string DescribeSpec(const ModelSpec& spec) {
 std::string ModelFingerprint(const ModelSpec& spec, const std::string& extra) {
   // The cut shape follows from the spec, but hashing it guards against model zoo changes that
   // keep the spec text and change the layers.
-  const SplitModel model = Assemble(spec);
+  SplitModel model;
+  {
+    DefaultGeneratorRestorer restore_generator;
+    model = Assemble(spec);
+  }
   std::string canonical = "cleave-model-v1|" + DescribeSpec(spec) +
                           "|cut_shape=" + JoinShape(model.cut_shape) +
                           "|blocks=" + std::to_string(model.num_blocks) + "|" + extra;
   char hex[17];
-  std::snprintf(hex, sizeof(hex), "%016llx",
-                static_cast<unsigned long long>(Fnv1a64(canonical)));
+  std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(Fnv1a64(canonical)));
   return hex;
 }
 

@@ -17,7 +17,7 @@ class Optimizer;
 namespace cleave {
 
 struct CheckpointMeta {
-  std::string fingerprint;               // ModelFingerprint of the model it belongs to
+  std::string fingerprint;                  // ModelFingerprint of the model it belongs to
   std::map<std::string, int64_t> counters;  // e.g. {"step": 1200, "epoch": 3}
 };
 
@@ -27,9 +27,14 @@ struct CheckpointMeta {
 void SaveCheckpoint(const std::string& path, const torch::nn::Module& module,
                     const torch::optim::Optimizer* optimizer, const CheckpointMeta& meta);
 
-// Loads a checkpoint written by SaveCheckpoint into `module` (and `optimizer` if given). Throws
-// UserError naming the file if it is missing, truncated, corrupt (CRC mismatch), or belongs to a
-// model with another fingerprint (`expected_fingerprint` non-empty). Nothing is modified on error.
+// Loads a checkpoint written by SaveCheckpoint into `module` (and `optimizer` if given and the
+// file has optimizer state; otherwise the optimizer keeps its state). Header, length, CRC and
+// fingerprint are checked before anything is parsed, and every parameter and buffer is read into
+// a temporary and checked for name, shape and type before the module is written. Throws UserError
+// naming the file if it is missing, truncated, corrupt (CRC mismatch), belongs to a model with
+// another fingerprint (`expected_fingerprint` non-empty), or does not fit the module or optimizer.
+// Nothing is modified on error. `module` must use Module's standard save/load layout (all
+// torch::nn modules do).
 CheckpointMeta LoadCheckpoint(const std::string& path, torch::nn::Module& module,
                               torch::optim::Optimizer* optimizer,
                               const std::string& expected_fingerprint = "");

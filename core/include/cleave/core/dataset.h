@@ -2,11 +2,11 @@
 // train/validation splits and partitioning across clients.
 #pragma once
 
+#include <ATen/Tensor.h>
+
 #include <cstdint>
 #include <string>
 #include <vector>
-
-#include <ATen/Tensor.h>
 
 namespace cleave {
 
@@ -28,11 +28,12 @@ enum class FashionMnistSplit { kTrain, kTest };
 Dataset LoadFashionMnist(const std::string& dir, FashionMnistSplit split);
 constexpr const char* kDefaultFashionMnistDir = "/usr/share/datasets/fashion-mnist";
 
-// Per-feature standardisation, fitted on one split and applied to others.
+// Per-feature standardisation, fitted on the training split only and applied to every split.
 struct Standardizer {
-  at::Tensor mean;  // [F]
-  at::Tensor std;   // [F], zeros replaced by 1
-  static Standardizer Fit(const at::Tensor& features);
+  at::Tensor mean;                                      // [F]
+  at::Tensor std;                                       // [F], zeros replaced by 1
+  static Standardizer Fit(const at::Tensor& features);  // features: [N, F], N >= 1
+  // Throws UserError if `features` is not [M, F] with the fitted F.
   at::Tensor Apply(const at::Tensor& features) const;
 };
 
@@ -42,37 +43,48 @@ struct CsvOptions {
 };
 
 // A CSV file with a header row, numeric feature columns and an integer label column (labels are
-// remapped to 0..C-1 in sorted order of the distinct values). Throws UserError naming file and line
-// for a missing file, missing label column, non-numeric cell or ragged row. Not standardised.
+// remapped to 0..C-1 in sorted order of the distinct values). Blank lines are skipped; cells are
+// plain numbers (no quoting). Throws UserError naming file and line for a missing file, missing
+// label column, empty or repeated column name, non-numeric or non-finite cell, non-integer label
+// or ragged row. Not standardised.
 Dataset LoadCsv(const std::string& path, const CsvOptions& options = {});
 
-// A seeded permutation of 0..n-1 (same seed, same permutation, on every platform).
+// A seeded permutation of 0..n-1 (same seed, same permutation, on every platform: our own
+// Fisher-Yates over std::mt19937_64, whose output the standard fixes).
 std::vector<int64_t> SeededPermutation(int64_t n, uint64_t seed);
 
 struct TrainValidation {
   Dataset train;
   Dataset validation;
 };
-// Shuffles with `seed` and holds out `validation_fraction` of the rows.
-TrainValidation SplitTrainValidation(const Dataset& data, double validation_fraction, uint64_t seed);
+// Shuffles with `seed` and holds out round(validation_fraction * N) rows; throws UserError if the
+// fraction is outside [0, 1) or no training row would be left.
+TrainValidation SplitTrainValidation(const Dataset& data, double validation_fraction,
+                                     uint64_t seed);
 
 // IID partition: shuffled with `seed`, then cut into `parts` nearly equal shards.
 std::vector<Dataset> PartitionIid(const Dataset& data, int parts, uint64_t seed);
-// Non-IID partition: for every class, shard proportions drawn from Dirichlet(beta) (seeded).
+// Non-IID partition: for every class, shard proportions drawn from Dirichlet(beta) (seeded, with
+// our own gamma sampler so that it is the same on every platform). Small beta (0.1) gives each
+// part few classes, large beta (100) nearly IID parts. Every row lands in exactly one part and
+// every part gets at least one row. Throws UserError if parts is outside 1..N, beta <= 0, or a
+// label is outside 0..num_classes-1.
 std::vector<Dataset> PartitionDirichlet(const Dataset& data, int parts, double beta, uint64_t seed);
 
-// Mini-batches over a data set in a seeded shuffled order (new order every epoch).
+// Mini-batches over a data set in a seeded shuffled order (new order every epoch). Holds its own
+// handle to the data (tensors are shared, not copied), so it may outlive the Dataset passed in.
 class BatchIterator {
  public:
   BatchIterator(const Dataset& data, int64_t batch_size, uint64_t seed, bool shuffle = true);
-  // Starts epoch `epoch` (the order depends on seed and epoch only).
+  // Starts epoch `epoch` (the order depends on seed and epoch only). The constructor starts
+  // epoch 0.
   void StartEpoch(int64_t epoch);
   // Fills the next batch; returns false at the end of the epoch. The last batch may be smaller.
   bool Next(at::Tensor* inputs, at::Tensor* labels);
   int64_t batches_per_epoch() const;
 
  private:
-  const Dataset& data_;
+  Dataset data_;
   int64_t batch_size_;
   uint64_t seed_;
   bool shuffle_;

@@ -2,11 +2,11 @@
 // server-side `top`, plus the fingerprint both sides compare at Join.
 #pragma once
 
+#include <torch/nn/modules/container/sequential.h>
+
 #include <cstdint>
 #include <string>
 #include <vector>
-
-#include <torch/nn/modules/container/sequential.h>
 
 namespace cleave {
 
@@ -25,16 +25,23 @@ struct SplitModel {
   int num_blocks = 0;                     // how many blocks the full model has
 };
 
-// Builds the model (weights initialised from `seed`). Throws UserError for an unknown
-// architecture, a cut outside 1..num_blocks-1, or a bad input shape.
+// Blocks: "cnn" (input CxHxW, H and W divisible by 4):
+//   [Conv(C->32, 3, pad 1), ReLU, MaxPool 2] [Conv(32->64, 3, pad 1), ReLU, MaxPool 2]
+//   [Flatten, Linear(64*H/4*W/4 -> 128), ReLU, Dropout(0.3)] [Linear(128 -> classes)]
+// "mlp" (input F): [Linear, ReLU] per hidden width, then [Linear(-> classes)].
+//
+// Builds the model with weights initialised from `seed`. This seeds LibTorch's global generator
+// (torch::manual_seed), so later random draws in the process (dropout masks) follow `seed` too.
+// Throws UserError for an unknown architecture, a cut outside 1..num_blocks-1, or a bad input
+// shape.
 SplitModel BuildSplitModel(const ModelSpec& spec, uint64_t seed);
 
-// Number of blocks of the full model (valid cuts are 1..n-1).
+// Number of blocks of the full model (valid cuts are 1..n-1). Builds nothing.
 int NumBlocks(const ModelSpec& spec);
 
 // A short hex digest (16 chars) over the architecture, cut, input shape, classes, hidden widths,
 // the cut-layer shape and `extra` (the compression configuration). Equal specs give equal
-// fingerprints on every machine.
+// fingerprints on every machine. Leaves LibTorch's global generator as it was.
 std::string ModelFingerprint(const ModelSpec& spec, const std::string& extra = "");
 
 // Human-readable description, e.g. "cnn cut=1 input=1x28x28 classes=10".

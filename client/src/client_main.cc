@@ -1,4 +1,5 @@
 // cleave-client: a hospital's side of split learning over mutual-TLS gRPC.
+#include <ATen/ATen.h>
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
@@ -6,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cleave/client/grpc_link.h"
+#include "cleave/client/round_participant.h"
 #include "cleave/client/split_trainer.h"
 #include "cleave/client/training_data.h"
 #include "cleave/core/certificates.h"
@@ -31,7 +33,30 @@ Example:
                 --key pki/clients/st-mary.key --dataset fashion-mnist --epochs 10 \
                 --metrics-out runs/st-mary.json
 
+When the server runs rounds (cleave-server --schedule sequential or splitfed), the client follows
+them: it trains each round from the current shared client-side weights, sends its weight delta
+(compressed as the server asks), and stops when the server says training is over (--epochs is
+then ignored). If the server goes away it reconnects with exponential backoff and jitter and
+carries on; if its update is too stale it resynchronises.
+
 Exit codes: 0 ok, 1 internal error, 2 bad flags or files, 3 refused or failed by the server.)";
+
+// Test accuracy as this hospital's own patients would see it: per-class test accuracy weighted by
+// the label mix of its training shard (non-IID shards differ from the balanced test set).
+double LocalTestAccuracy(cleave::client::SplitTrainer& trainer, const cleave::Dataset& train,
+                         const cleave::Dataset& test) {
+  const at::Tensor train_counts = at::bincount(train.labels, {}, test.num_classes);
+  double accuracy = 0;
+  for (int64_t c = 0; c < test.num_classes; ++c) {
+    const double share = train_counts[c].item<double>() / static_cast<double>(train.size());
+    if (share == 0) continue;
+    const at::Tensor rows = (test.labels == c).nonzero().reshape({-1});
+    if (rows.numel() == 0) continue;
+    std::vector<int64_t> indices(rows.data_ptr<int64_t>(), rows.data_ptr<int64_t>() + rows.numel());
+    accuracy += share * trainer.Evaluate(test.Subset(indices)).accuracy;
+  }
+  return accuracy;
+}
 
 int Run(int argc, char** argv) {
   CLI::App app(kDescription, "cleave-client");
@@ -126,7 +151,31 @@ int Run(int argc, char** argv) {
   cleave::client::EpochStats last;
   double seconds = 0;
   int64_t samples = 0;
-  for (int64_t epoch = 0; epoch < epochs; ++epoch) {
+  const bool rounds = joined.server().schedule() != "single";
+  cleave::client::ParticipationStats participation;
+  if (rounds) {
+    spdlog::info("server runs the {} schedule ({} rounds); following its rounds",
+                 joined.server().schedule(), joined.server().rounds());
+    cleave::client::RoundParticipantOptions round_options;
+    round_options.seed = options.seed;
+    cleave::client::RoundParticipant participant(trainer, round_options);
+    participation = participant.Run(data.train, data.train.size(), &reporter);
+    last = participation.last_round;
+    seconds = participation.seconds;
+    samples = participation.samples;
+    spdlog::info("training over after round {} (client model version {}): trained {} round(s), "
+                 "sent {} update(s), {} refused as stale, {} reconnect(s)",
+                 participation.final_round, participation.final_version,
+                 participation.rounds_trained, participation.updates_sent,
+                 participation.updates_refused, participation.reconnects);
+    if (!checkpoint_path.empty()) {
+      cleave::CheckpointMeta meta;
+      meta.fingerprint = trainer.fingerprint();
+      meta.counters["version"] = participation.final_version;
+      cleave::SaveCheckpoint(checkpoint_path, *trainer.model().bottom, &trainer.optimizer(), meta);
+    }
+  }
+  for (int64_t epoch = 0; !rounds && epoch < epochs; ++epoch) {
     last = trainer.TrainEpoch(data.train, epoch, epochs, &reporter);
     seconds += last.seconds;
     samples += last.samples;
@@ -140,6 +189,7 @@ int Run(int argc, char** argv) {
   }
   const cleave::client::LinkCounters training = trainer.counters();  // before evaluation
   const cleave::client::EvalStats test = trainer.Evaluate(data.test);
+  const double local_accuracy = rounds ? LocalTestAccuracy(trainer, data.train, data.test) : 0;
   trainer.Leave();
 
   const auto& counters = trainer.counters();
@@ -148,6 +198,12 @@ int Run(int argc, char** argv) {
                              : 1.0;
   std::printf("test accuracy %.2f%%  test loss %.4f  (%lld test samples)\n", 100 * test.accuracy,
               test.loss, static_cast<long long>(test.samples));
+  if (rounds) {
+    std::printf("test accuracy weighted by this hospital's label mix %.2f%%; client model version "
+                "%lld after %lld round(s) trained here\n",
+                100 * local_accuracy, static_cast<long long>(participation.final_version),
+                static_cast<long long>(participation.rounds_trained));
+  }
   std::printf("trained %lld samples in %.1f s (%.0f samples/s), sent %s, received %s\n",
               static_cast<long long>(samples), seconds, seconds > 0 ? samples / seconds : 0,
               cleave::client::HumanBytes(counters.bytes_sent).c_str(),
@@ -178,6 +234,15 @@ int Run(int argc, char** argv) {
          counters.bytes_sent > 0
              ? static_cast<double>(counters.dense_fp32_bytes) / counters.bytes_sent
              : 0.0},
+        {"schedule", joined.server().schedule()},
+        {"rounds_trained", participation.rounds_trained},
+        {"final_model_version", participation.final_version},
+        {"updates_sent", participation.updates_sent},
+        {"updates_refused", participation.updates_refused},
+        {"reconnects", participation.reconnects},
+        {"local_test_accuracy", local_accuracy},
+        {"update_bytes", counters.update_bytes},
+        {"update_dense_fp32_bytes", counters.update_dense_bytes},
         {"nopeek_alpha", options.nopeek_alpha},
         {"train_dcor_last_epoch", last.dcor},
     };

@@ -129,4 +129,24 @@ void GrpcLink::Leave(const v1::LeaveRequest& request) {
   ThrowIfError(impl_->stub->Leave(&context, request, &reply), "Leave");
 }
 
+v1::SyncReply GrpcLink::Sync(const v1::SyncRequest& request) {
+  grpc::ClientContext context;
+  // The server holds the call up to wait_ms; allow that plus the connect timeout.
+  context.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::milliseconds(request.wait_ms()) +
+                       std::chrono::seconds(impl_->connect_timeout_seconds));
+  v1::SyncReply reply;
+  ThrowIfError(impl_->stub->Sync(&context, request, &reply), "Sync");
+  return reply;
+}
+
+v1::UpdateReply GrpcLink::SubmitUpdate(const v1::UpdateRequest& request) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::seconds(impl_->connect_timeout_seconds));
+  v1::UpdateReply reply;
+  ThrowIfError(impl_->stub->SubmitUpdate(&context, request, &reply), "SubmitUpdate");
+  return reply;
+}
+
 }  // namespace cleave::client

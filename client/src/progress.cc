@@ -34,7 +34,9 @@ ProgressReporter::ProgressReporter(ProgressMode mode, std::FILE* out, double lin
   }
 }
 
-void ProgressReporter::StartEpoch(int64_t epoch, int64_t epochs, int64_t total_steps) {
+void ProgressReporter::StartEpoch(int64_t epoch, int64_t epochs, int64_t total_steps,
+                                  const char* unit) {
+  unit_ = unit;
   epoch_ = epoch;
   epochs_ = epochs;
   total_steps_ = total_steps;
@@ -43,13 +45,16 @@ void ProgressReporter::StartEpoch(int64_t epoch, int64_t epochs, int64_t total_s
 }
 
 std::string ProgressReporter::Format(int64_t step, const ProgressStats& stats) const {
-  char buffer[256];
+  char position[96];
+  const std::string of_epochs = epochs_ > 0 ? "/" + std::to_string(epochs_) : "";
+  const std::string of_steps = total_steps_ > 0 ? "/" + std::to_string(total_steps_) : "";
+  std::snprintf(position, sizeof(position), "%s %lld%s step %lld%s", unit_.c_str(),
+                static_cast<long long>(epoch_), of_epochs.c_str(), static_cast<long long>(step),
+                of_steps.c_str());
+  char buffer[320];
   std::snprintf(buffer, sizeof(buffer),
-                "epoch %lld/%lld step %lld/%lld loss %.4f acc %.2f%% %.0f samples/s "
-                "sent %s recv %s density %.3f",
-                static_cast<long long>(epoch_), static_cast<long long>(epochs_),
-                static_cast<long long>(step), static_cast<long long>(total_steps_), stats.loss,
-                100.0 * stats.accuracy, stats.samples_per_second,
+                "%s loss %.4f acc %.2f%% %.0f samples/s sent %s recv %s density %.3f", position,
+                stats.loss, 100.0 * stats.accuracy, stats.samples_per_second,
                 HumanBytes(stats.bytes_sent).c_str(), HumanBytes(stats.bytes_received).c_str(),
                 stats.density);
   return buffer;

@@ -7,6 +7,8 @@
 #include <chrono>
 
 #include "cleave/client/activation_compressor.h"
+#include "cleave/compress/compressor.h"
+#include "cleave/compress/sparse_codec.h"
 #include "cleave/core/error.h"
 #include "cleave/core/optimizer_factory.h"
 #include "cleave/privacy/distance_correlation.h"
@@ -49,6 +51,71 @@ v1::JoinReply SplitTrainer::Join(int64_t num_train_samples) {
   return reply;
 }
 
+BatchCursor::BatchCursor(const Dataset& data, int64_t batch_size, uint64_t seed)
+    : batches_(data, batch_size, seed) {}
+
+void BatchCursor::Next(at::Tensor* inputs, at::Tensor* labels) {
+  while (!batches_.Next(inputs, labels)) batches_.StartEpoch(++epoch_);
+}
+
+SplitTrainer::StepResult SplitTrainer::Step(const at::Tensor& inputs, const at::Tensor& labels,
+                                            double* dcor_sum) {
+  const at::Tensor activations = model_.bottom->forward(inputs);
+  // The mask is part of the forward pass: only what is sent carries gradient back.
+  const SelectedActivations selected = compressor_->Select(activations);
+
+  v1::TrainRequest request;
+  request.set_protocol_version(protocol::kProtocolVersion);
+  request.set_session_id(session_id_);
+  request.set_step(step_);
+  request.set_model_version(model_version_);
+  compressor_->Encode(activations, selected, request.mutable_activations());
+  protocol::EncodeDense(labels, request.mutable_labels());
+  const v1::TrainReply reply = link_.TrainStep(request);
+  counters_.bytes_sent += static_cast<int64_t>(request.ByteSizeLong());
+  counters_.bytes_received += static_cast<int64_t>(reply.ByteSizeLong());
+  counters_.dense_fp32_bytes += activations.numel() * 4;
+  counters_.elements_total += activations.numel();
+  counters_.elements_sent += selected.count(activations.numel());
+  CLEAVE_CHECK_INPUT(reply.step() == step_, "server answered step ", reply.step(), ", expected ",
+                     step_);
+
+  const at::Tensor gradient = compressor_->DecodeGradient(reply.gradients(), activations,
+                                                          selected, compression_.gradients());
+  optimizer_->zero_grad();
+  if (options_.nopeek_alpha > 0) {
+    // One backward pass through both terms: the server's gradient at the cut and the local
+    // NoPeek penalty alpha * dCor(inputs, sent activations).
+    const at::Tensor sent = selected.Apply(activations);
+    const at::Tensor dcor = privacy::DistanceCorrelation(inputs, sent);
+    *dcor_sum += dcor.item<double>();
+    torch::autograd::backward({activations, options_.nopeek_alpha * dcor},
+                              {gradient, at::ones({}, dcor.options())});
+  } else {
+    activations.backward(gradient);
+  }
+  optimizer_->step();
+  ++step_;
+  step_losses_.push_back(reply.loss());
+  return {reply.loss(), reply.correct(), labels.size(0), reply.round_closing()};
+}
+
+ProgressStats SplitTrainer::Shown(const EpochStats& stats, double loss_sum, int64_t correct,
+                                  std::chrono::steady_clock::time_point start) const {
+  ProgressStats shown;
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  shown.loss = stats.steps > 0 ? loss_sum / stats.steps : 0;
+  shown.accuracy = stats.samples > 0 ? static_cast<double>(correct) / stats.samples : 0;
+  shown.samples_per_second = seconds > 0 ? stats.samples / seconds : 0;
+  shown.bytes_sent = counters_.bytes_sent;
+  shown.bytes_received = counters_.bytes_received;
+  shown.density = counters_.elements_total > 0
+                      ? static_cast<double>(counters_.elements_sent) / counters_.elements_total
+                      : 1.0;
+  return shown;
+}
+
 EpochStats SplitTrainer::TrainEpoch(const Dataset& train, int64_t epoch, int64_t epochs,
                                     ProgressReporter* progress) {
   CLEAVE_ENFORCE(!session_id_.empty(), "Join before training");
@@ -63,74 +130,113 @@ EpochStats SplitTrainer::TrainEpoch(const Dataset& train, int64_t epoch, int64_t
   double loss_sum = 0, dcor_sum = 0;
   int64_t correct = 0;
   const auto start = std::chrono::steady_clock::now();
-  ProgressStats shown;
   model_.bottom->train();
   link_.OpenTrainStream();
   at::Tensor inputs, labels;
   while (stats.steps < total_steps && batches.Next(&inputs, &labels)) {
-    const at::Tensor activations = model_.bottom->forward(inputs);
-    // The mask is part of the forward pass: only what is sent carries gradient back.
-    const SelectedActivations selected = compressor_->Select(activations);
-
-    v1::TrainRequest request;
-    request.set_protocol_version(protocol::kProtocolVersion);
-    request.set_session_id(session_id_);
-    request.set_step(step_);
-    request.set_model_version(0);
-    compressor_->Encode(activations, selected, request.mutable_activations());
-    protocol::EncodeDense(labels, request.mutable_labels());
-    const v1::TrainReply reply = link_.TrainStep(request);
-    counters_.bytes_sent += static_cast<int64_t>(request.ByteSizeLong());
-    counters_.bytes_received += static_cast<int64_t>(reply.ByteSizeLong());
-    counters_.dense_fp32_bytes += activations.numel() * 4;
-    counters_.elements_total += activations.numel();
-    counters_.elements_sent += selected.count(activations.numel());
-    CLEAVE_CHECK_INPUT(reply.step() == step_, "server answered step ", reply.step(), ", expected ",
-                       step_);
-
-    const at::Tensor gradient = compressor_->DecodeGradient(reply.gradients(), activations,
-                                                            selected, compression_.gradients());
-    optimizer_->zero_grad();
-    if (options_.nopeek_alpha > 0) {
-      // One backward pass through both terms: the server's gradient at the cut and the local
-      // NoPeek penalty alpha * dCor(inputs, sent activations).
-      const at::Tensor sent = selected.Apply(activations);
-      const at::Tensor dcor = privacy::DistanceCorrelation(inputs, sent);
-      dcor_sum += dcor.item<double>();
-      torch::autograd::backward({activations, options_.nopeek_alpha * dcor},
-                                {gradient, at::ones({}, dcor.options())});
-    } else {
-      activations.backward(gradient);
-    }
-    optimizer_->step();
-
-    ++step_;
+    const StepResult step = Step(inputs, labels, &dcor_sum);
     ++stats.steps;
-    stats.samples += labels.size(0);
-    loss_sum += reply.loss();
-    correct += reply.correct();
-    step_losses_.push_back(reply.loss());
-    if (progress) {
-      const double seconds =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      shown.loss = loss_sum / stats.steps;
-      shown.accuracy = static_cast<double>(correct) / stats.samples;
-      shown.samples_per_second = seconds > 0 ? stats.samples / seconds : 0;
-      shown.bytes_sent = counters_.bytes_sent;
-      shown.bytes_received = counters_.bytes_received;
-      shown.density = counters_.elements_total > 0
-                          ? static_cast<double>(counters_.elements_sent) / counters_.elements_total
-                          : 1.0;
-      progress->Update(stats.steps, shown);
-    }
+    stats.samples += step.samples;
+    loss_sum += step.loss;
+    correct += step.correct;
+    if (progress) progress->Update(stats.steps, Shown(stats, loss_sum, correct, start));
   }
   link_.CloseTrainStream();
   stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   stats.loss = stats.steps > 0 ? loss_sum / stats.steps : 0;
   stats.accuracy = stats.samples > 0 ? static_cast<double>(correct) / stats.samples : 0;
   stats.dcor = stats.steps > 0 ? dcor_sum / stats.steps : 0;
-  if (progress) progress->FinishEpoch(shown);
+  if (progress) progress->FinishEpoch(Shown(stats, loss_sum, correct, start));
   return stats;
+}
+
+EpochStats SplitTrainer::TrainRound(BatchCursor& cursor, int64_t round, int64_t rounds,
+                                    ProgressReporter* progress, int64_t max_steps) {
+  CLEAVE_ENFORCE(!session_id_.empty(), "Join before training");
+  if (progress) progress->StartEpoch(round, rounds, 0, "round");
+  EpochStats stats;
+  double loss_sum = 0, dcor_sum = 0;
+  int64_t correct = 0;
+  const auto start = std::chrono::steady_clock::now();
+  model_.bottom->train();
+  link_.OpenTrainStream();
+  at::Tensor inputs, labels;
+  bool closing = false;
+  while (!closing && (max_steps <= 0 || stats.steps < max_steps)) {
+    cursor.Next(&inputs, &labels);
+    const StepResult step = Step(inputs, labels, &dcor_sum);
+    ++stats.steps;
+    stats.samples += step.samples;
+    loss_sum += step.loss;
+    correct += step.correct;
+    closing = step.round_closing;
+    if (progress) progress->Update(stats.steps, Shown(stats, loss_sum, correct, start));
+  }
+  link_.CloseTrainStream();
+  stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  stats.loss = stats.steps > 0 ? loss_sum / stats.steps : 0;
+  stats.accuracy = stats.samples > 0 ? static_cast<double>(correct) / stats.samples : 0;
+  stats.dcor = stats.steps > 0 ? dcor_sum / stats.steps : 0;
+  if (progress) progress->FinishEpoch(Shown(stats, loss_sum, correct, start));
+  return stats;
+}
+
+v1::SyncReply SplitTrainer::Sync(int64_t have_version, int64_t wait_ms) {
+  CLEAVE_ENFORCE(!session_id_.empty(), "Join before syncing");
+  v1::SyncRequest request;
+  request.set_protocol_version(protocol::kProtocolVersion);
+  request.set_session_id(session_id_);
+  request.set_have_version(have_version);
+  request.set_wait_ms(wait_ms);
+  v1::SyncReply reply = link_.Sync(request);
+  counters_.bytes_sent += static_cast<int64_t>(request.ByteSizeLong());
+  counters_.bytes_received += static_cast<int64_t>(reply.ByteSizeLong());
+  CLEAVE_CHECK_INPUT(reply.protocol_version() == protocol::kProtocolVersion,
+                     "server answered Sync with protocol version ", reply.protocol_version());
+  return reply;
+}
+
+v1::UpdateReply SplitTrainer::SubmitUpdate(int64_t base_version, int64_t round, int64_t samples,
+                                           const at::Tensor& base) {
+  CLEAVE_ENFORCE(!session_id_.empty(), "Join before sending an update");
+  const at::Tensor delta = ClientWeights() - base;
+  v1::UpdateRequest request;
+  request.set_protocol_version(protocol::kProtocolVersion);
+  request.set_session_id(session_id_);
+  request.set_base_version(base_version);
+  request.set_round(round);
+  request.set_samples(samples);
+  const v1::CompressionSettings& settings = compression_.updates();
+  if (settings.method().empty() || settings.method() == "none") {
+    protocol::EncodeDense(delta, request.mutable_delta());
+  } else {
+    if (!update_feedback_) {
+      update_feedback_ = std::make_unique<ErrorFeedback>(
+          CompressorConfig{settings.method(), settings.density(), options_.seed});
+    }
+    // What is not sent now stays in the residual and goes with the next round's delta.
+    const Selection selection = update_feedback_->Compress("client_model", delta);
+    protocol::EncodeSparse(Decompress(selection), selection.indices,
+                           ParseValuePrecision(settings.value_precision()),
+                           request.mutable_delta());
+  }
+  const v1::UpdateReply reply = link_.SubmitUpdate(request);
+  counters_.bytes_sent += static_cast<int64_t>(request.ByteSizeLong());
+  counters_.bytes_received += static_cast<int64_t>(reply.ByteSizeLong());
+  counters_.update_bytes += static_cast<int64_t>(request.ByteSizeLong());
+  counters_.update_dense_bytes += delta.numel() * 4;
+  return reply;
+}
+
+void SplitTrainer::ResetUpdateFeedback() {
+  if (update_feedback_) update_feedback_->Reset();
+}
+
+at::Tensor SplitTrainer::ClientWeights() const { return FlattenParameters(*model_.bottom); }
+
+void SplitTrainer::LoadClientWeights(const at::Tensor& flat, int64_t version) {
+  AssignFlatParameters(*model_.bottom, flat);
+  model_version_ = version;
 }
 
 EvalStats SplitTrainer::Evaluate(const Dataset& test, int64_t batch_size) {

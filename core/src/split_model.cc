@@ -180,4 +180,27 @@ std::string ModelFingerprint(const ModelSpec& spec, const std::string& extra) {
   return hex;
 }
 
+at::Tensor FlattenParameters(const torch::nn::Module& module) {
+  std::vector<at::Tensor> pieces;
+  for (const at::Tensor& parameter : module.parameters()) {
+    pieces.push_back(parameter.detach().to(at::kFloat).reshape({-1}));
+  }
+  if (pieces.empty()) return at::zeros({0}, at::kFloat);
+  return at::cat(pieces).contiguous();
+}
+
+void AssignFlatParameters(torch::nn::Module& module, const at::Tensor& flat) {
+  int64_t total = 0;
+  for (const at::Tensor& parameter : module.parameters()) total += parameter.numel();
+  CLEAVE_CHECK_INPUT(flat.dim() == 1 && flat.numel() == total, "weights have ", flat.numel(),
+                     " values, the model has ", total, " parameters");
+  at::NoGradGuard no_grad;
+  int64_t offset = 0;
+  for (at::Tensor& parameter : module.parameters()) {
+    const int64_t n = parameter.numel();
+    parameter.copy_(flat.slice(0, offset, offset + n).view(parameter.sizes()));
+    offset += n;
+  }
+}
+
 }  // namespace cleave

@@ -117,6 +117,19 @@ class SplitLearningService final : public v1::SplitLearning::Service {
     });
   }
 
+  grpc::Status Sync(grpc::ServerContext* context, const v1::SyncRequest* request,
+                    v1::SyncReply* reply) override {
+    const std::string identity = IdentityOf(*context);
+    return Guarded("Sync", identity, [&] { *reply = server_.Sync(identity, *request); });
+  }
+
+  grpc::Status SubmitUpdate(grpc::ServerContext* context, const v1::UpdateRequest* request,
+                            v1::UpdateReply* reply) override {
+    const std::string identity = IdentityOf(*context);
+    return Guarded("SubmitUpdate", identity,
+                   [&] { *reply = server_.SubmitUpdate(identity, *request); });
+  }
+
  private:
   SplitServer& server_;
 };

@@ -33,4 +33,12 @@ void InProcessLink::Leave(const v1::LeaveRequest& request) {
   server_.Leave(identity_, OverTheWire(request).session_id());
 }
 
+v1::SyncReply InProcessLink::Sync(const v1::SyncRequest& request) {
+  return OverTheWire(server_.Sync(identity_, OverTheWire(request)));
+}
+
+v1::UpdateReply InProcessLink::SubmitUpdate(const v1::UpdateRequest& request) {
+  return OverTheWire(server_.SubmitUpdate(identity_, OverTheWire(request)));
+}
+
 }  // namespace cleave::server

@@ -3,8 +3,10 @@
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <memory>
 
 #include "cleave/core/certificates.h"
 #include "cleave/core/command_line.h"
@@ -12,6 +14,7 @@
 #include "cleave/core/logging.h"
 #include "cleave/core/model_flags.h"
 #include "cleave/server/grpc_server.h"
+#include "cleave/server/metrics_exporter.h"
 #include "cleave/server/split_server.h"
 
 namespace {
@@ -27,6 +30,21 @@ certificate. Make certificates with cleave-provision.
 Example:
   cleave-server --listen 0.0.0.0:50051 --ca pki/ca.crt --cert pki/server.crt --key pki/server.key \
                 --model cnn --cut 1 --checkpoint runs/server.ckpt --checkpoint-every 500 --resume
+
+Several hospitals (--schedule):
+  single      one model per client session, no rounds (the default)
+  sequential  hospitals take turns; the client-side weights pass from one to the next
+  splitfed    all hospitals train at once against this server's layers; at the end of each
+              round their client-side models are averaged (weighted by samples) from weight
+              deltas sent with --update-compression and error feedback
+  A round ends when --round-samples samples were trained (all hospitals together), or at
+  --round-deadline with at least --quorum updates. Updates up to --max-staleness versions old
+  are applied with a learning rate scaled by 1/(1+staleness); older ones are refused (ABORTED)
+  and the hospital resynchronises. With --checkpoint the round state is saved after every
+  accepted update, so a restarted server (--resume) loses nothing it accepted.
+
+  cleave-server ... --schedule splitfed --rounds 40 --round-samples 6000 --round-deadline 120 \
+                    --quorum 2 --min-clients 3 --metrics-listen 127.0.0.1:9464
 
 SIGINT/SIGTERM: stop accepting, finish open steps, write the checkpoint, exit 0.
 Exit codes: 0 ok, 1 internal error, 2 bad flags, files or certificates.)";
@@ -102,6 +120,34 @@ int Run(int argc, char** argv) {
       ->capture_default_str();
   AddCompressionFlags(app, "act", "activations (client to server)", &act);
   AddCompressionFlags(app, "grad", "gradients (server to client)", &grad);
+  CompressionFlags update{"gaussiank+", 0.1, "fp32"};
+  AddCompressionFlags(app, "update", "client-model weight deltas (rounds; with error feedback)",
+                      &update);
+  std::string schedule = "single";
+  double round_deadline_seconds = 0;
+  std::string metrics_listen;
+  app.add_option("--schedule", schedule, "single, sequential or splitfed (see above)")
+      ->capture_default_str();
+  app.add_option("--rounds", options.rounds.rounds, "Rounds to run, then training ends (0: no limit)")
+      ->capture_default_str();
+  app.add_option("--round-samples", options.rounds.round_samples,
+                 "Training samples (all hospitals together) that end a round")
+      ->capture_default_str();
+  app.add_option("--round-deadline", round_deadline_seconds,
+                 "Seconds after which a round ends if --quorum updates are in (0: no deadline)")
+      ->capture_default_str();
+  app.add_option("--quorum", options.rounds.quorum,
+                 "Updates needed to end a round at its deadline")
+      ->capture_default_str();
+  app.add_option("--min-clients", options.rounds.min_clients,
+                 "Hospitals that must be connected before the first round starts")
+      ->capture_default_str();
+  app.add_option("--max-staleness", options.rounds.max_staleness,
+                 "Oldest client-model version (in versions behind) whose updates and steps are "
+                 "still applied, scaled by 1/(1+staleness)")
+      ->capture_default_str();
+  app.add_option("--metrics-listen", metrics_listen,
+                 "Serve Prometheus metrics at http://ADDRESS/metrics (e.g. 127.0.0.1:9464)");
   app.add_option("--log-level", log_level, "trace, debug, info, warn or error")
       ->capture_default_str();
   if (const auto code = cleave::ParseCommandLine(app, argc, argv)) return *code;
@@ -116,6 +162,11 @@ int Run(int argc, char** argv) {
   options.max_message_bytes = static_cast<int64_t>(max_message_mb * 1024 * 1024);
   Fill(act, options.compression.mutable_activations());
   Fill(grad, options.compression.mutable_gradients());
+  Fill(update, options.compression.mutable_updates());
+  options.rounds.schedule = cleave::server::ParseSchedule(schedule);
+  CLEAVE_CHECK_USER(round_deadline_seconds >= 0, "--round-deadline must be >= 0");
+  options.rounds.round_deadline =
+      std::chrono::milliseconds(static_cast<int64_t>(round_deadline_seconds * 1000));
 
   cleave::server::ListenOptions listen_options;
   listen_options.address = listen;
@@ -138,6 +189,13 @@ int Run(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
   cleave::server::SplitServer server(options);
+  std::unique_ptr<cleave::server::MetricsExporter> metrics;
+  if (!metrics_listen.empty()) {
+    metrics = std::make_unique<cleave::server::MetricsExporter>(metrics_listen);
+    server.SetObserver(metrics.get());
+    spdlog::info("Prometheus metrics at http://{}/metrics (port {})", metrics_listen,
+                 metrics->port());
+  }
   cleave::server::GrpcServer grpc_server(server, listen_options);
   std::printf("cleave-server listening on port %d\n", grpc_server.port());
   std::fflush(stdout);
@@ -147,6 +205,7 @@ int Run(int argc, char** argv) {
   spdlog::info("received {}, shutting down", signal_number == SIGINT ? "SIGINT" : "SIGTERM");
   grpc_server.Shutdown();
   server.SaveCheckpoint();
+  server.SetObserver(nullptr);
   spdlog::info("stopped after {} steps; received {} bytes, sent {} bytes", server.step(),
                server.bytes_received(), server.bytes_sent());
   return 0;

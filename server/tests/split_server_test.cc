@@ -188,5 +188,116 @@ TEST(SplitServerTest, CorruptCheckpointIsRefusedAndKept) {
   EXPECT_EQ(ReadFile(path, "checkpoint"), bytes);  // left as it was, for inspection
 }
 
+v1::SyncRequest SyncFor(const std::string& session, int64_t have_version) {
+  v1::SyncRequest request;
+  request.set_protocol_version(protocol::kProtocolVersion);
+  request.set_session_id(session);
+  request.set_have_version(have_version);
+  return request;
+}
+
+v1::UpdateRequest UpdateFor(const std::string& session, int64_t base_version, int64_t round,
+                            int64_t samples, const at::Tensor& delta) {
+  v1::UpdateRequest request;
+  request.set_protocol_version(protocol::kProtocolVersion);
+  request.set_session_id(session);
+  request.set_base_version(base_version);
+  request.set_round(round);
+  request.set_samples(samples);
+  protocol::EncodeDense(delta, request.mutable_delta());
+  return request;
+}
+
+TEST(SplitServerTest, RestartedServerResumesTheRoundFromItsCheckpoint) {
+  const std::string path = TempPath("rounds.ckpt");
+  std::remove(path.c_str());
+  SplitServerOptions options = MlpOptions();
+  options.rounds.schedule = Schedule::kSplitFed;
+  options.rounds.min_clients = 2;
+  options.rounds.round_samples = 8;
+  options.compression.mutable_updates()->set_method("none");
+  options.checkpoint_path = path;
+  RoundState before;
+  at::Tensor delta_a;
+  int64_t parameters = 0;
+  {
+    SplitServer server(options);
+    const std::string a = server.Join("a", JoinFor(server)).session_id();
+    const std::string b = server.Join("b", JoinFor(server)).session_id();
+    EXPECT_EQ(server.Sync("a", SyncFor(a, -1)).action(), v1::SyncReply::TRAIN);
+    EXPECT_EQ(server.Sync("b", SyncFor(b, -1)).action(), v1::SyncReply::TRAIN);
+    const int64_t width = server.rounds()->Snapshot().weights.numel();
+    parameters = width;
+    v1::TrainReply reply = server.Train("a", Batch(a, 128));
+    EXPECT_FALSE(reply.round_closing());
+    reply = server.Train("b", Batch(b, 128));
+    EXPECT_TRUE(reply.round_closing());  // 8 samples: the round's target
+    delta_a = at::randn({parameters});
+    const v1::UpdateReply accepted = server.SubmitUpdate("a", UpdateFor(a, 0, 1, 4, delta_a));
+    EXPECT_FALSE(accepted.duplicate());
+    before = server.rounds()->Snapshot();
+    // The server dies here, without a shutdown: the accepted update must be on disk already.
+  }
+  options.resume = true;
+  SplitServer resumed(options);
+  const RoundState after = resumed.rounds()->Snapshot();
+  EXPECT_EQ(after.round, 1);
+  EXPECT_EQ(after.version, 0);
+  EXPECT_EQ(after.updates_accepted, 1);
+  EXPECT_EQ(after.aggregate_updates, 1);
+  EXPECT_EQ(after.aggregate_samples, 4);
+  EXPECT_EQ(after.last_round_submitted.at("a"), 1);
+  EXPECT_EQ(after.submitted.count("a"), 1u);
+  EXPECT_TRUE(at::equal(after.weights, before.weights));
+  EXPECT_TRUE(at::equal(after.aggregate, before.aggregate));
+  EXPECT_EQ(resumed.step(), 2);
+
+  const std::string a = resumed.Join("a", JoinFor(resumed)).session_id();
+  const std::string b = resumed.Join("b", JoinFor(resumed)).session_id();
+  EXPECT_TRUE(resumed.SubmitUpdate("a", UpdateFor(a, 0, 1, 4, delta_a)).duplicate());
+  const v1::SyncReply sync = resumed.Sync("b", SyncFor(b, 0));
+  EXPECT_EQ(sync.action(), v1::SyncReply::TRAIN);
+  resumed.Train("b", Batch(b, 128));
+  const at::Tensor delta_b = at::randn({parameters});
+  const v1::UpdateReply closed = resumed.SubmitUpdate("b", UpdateFor(b, 0, 1, 4, delta_b));
+  EXPECT_EQ(closed.model_version(), 1);
+  const RoundState done = resumed.rounds()->Snapshot();
+  EXPECT_TRUE(at::allclose(done.weights, before.weights + (delta_a + delta_b) / 2.0));
+  EXPECT_EQ(done.updates_accepted, 2);
+  EXPECT_EQ(done.updates_applied, 2);
+  std::remove(path.c_str());
+}
+
+TEST(SplitServerTest, AnotherHospitalCannotSyncOrUpdateThroughASession) {
+  SplitServerOptions options = MlpOptions();
+  options.rounds.schedule = Schedule::kSplitFed;
+  SplitServer server(options);
+  const std::string a = server.Join("a", JoinFor(server)).session_id();
+  server.Join("b", JoinFor(server));
+  for (auto call : {0, 1}) {
+    try {
+      if (call == 0) {
+        server.Sync("b", SyncFor(a, -1));
+      } else {
+        server.SubmitUpdate("b", UpdateFor(a, 0, 1, 4, at::zeros({4})));
+      }
+      FAIL() << "b used a's session";
+    } catch (const StatusError& error) {
+      EXPECT_EQ(error.code(), grpc::StatusCode::PERMISSION_DENIED);
+    }
+  }
+}
+
+TEST(SplitServerTest, SingleScheduleHasNoRounds) {
+  SplitServer server(MlpOptions());
+  const std::string a = server.Join("a", JoinFor(server)).session_id();
+  try {
+    server.Sync("a", SyncFor(a, -1));
+    FAIL() << "Sync worked without rounds";
+  } catch (const StatusError& error) {
+    EXPECT_EQ(error.code(), grpc::StatusCode::FAILED_PRECONDITION);
+  }
+}
+
 }  // namespace
 }  // namespace cleave::server

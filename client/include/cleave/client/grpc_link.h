@@ -38,6 +38,8 @@ class GrpcLink final : public protocol::SplitLink {
   void CloseTrainStream() override;
   v1::EvaluateReply Evaluate(const v1::EvaluateRequest& request) override;
   void Leave(const v1::LeaveRequest& request) override;
+  v1::SyncReply Sync(const v1::SyncRequest& request) override;
+  v1::UpdateReply SubmitUpdate(const v1::UpdateRequest& request) override;
   // Cancels the open Train stream as if the process had died (tests use it).
   void AbortTrainStream();
 

@@ -23,7 +23,9 @@ ProgressMode ParseProgressMode(const std::string& text);  // "auto", "bar", "lin
 class ProgressReporter {
  public:
   ProgressReporter(ProgressMode mode, std::FILE* out = stdout, double line_interval_seconds = 10);
-  void StartEpoch(int64_t epoch, int64_t epochs, int64_t total_steps);
+  // `epochs` 0: no known end; `total_steps` 0: not known in advance. `unit` names what is
+  // counted ("epoch", "round").
+  void StartEpoch(int64_t epoch, int64_t epochs, int64_t total_steps, const char* unit = "epoch");
   void Update(int64_t step, const ProgressStats& stats);
   void FinishEpoch(const ProgressStats& stats);
 
@@ -34,6 +36,7 @@ class ProgressReporter {
   std::FILE* out_;
   double line_interval_seconds_;
   int64_t epoch_ = 0, epochs_ = 0, total_steps_ = 0, last_step_ = 0;
+  std::string unit_ = "epoch";
   std::chrono::steady_clock::time_point last_print_;
 };
 

@@ -3,6 +3,7 @@
 // gradient the server returns, and evaluates through the server.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -19,9 +20,26 @@ namespace torch::optim {
 class Optimizer;
 }
 
+namespace cleave {
+class ErrorFeedback;
+}
+
 namespace cleave::client {
 
 class ActivationCompressor;
+
+// Mini-batches drawn without end: a new seeded order each time the data is used up (rounds are
+// not aligned with epochs).
+class BatchCursor {
+ public:
+  BatchCursor(const Dataset& data, int64_t batch_size, uint64_t seed);
+  void Next(at::Tensor* inputs, at::Tensor* labels);
+  int64_t epoch() const { return epoch_; }
+
+ private:
+  BatchIterator batches_;
+  int64_t epoch_ = 0;
+};
 
 struct TrainerOptions {
   ModelSpec model;
@@ -54,6 +72,8 @@ struct LinkCounters {
   int64_t dense_fp32_bytes = 0;  // what the activations sent would take as dense fp32
   int64_t elements_total = 0;    // activation elements computed
   int64_t elements_sent = 0;     // activation elements sent
+  int64_t update_bytes = 0;       // protobuf bytes of client-model updates (rounds)
+  int64_t update_dense_bytes = 0;  // what those updates would take as dense fp32
 };
 
 class SplitTrainer {
@@ -69,7 +89,27 @@ class SplitTrainer {
   EvalStats Evaluate(const Dataset& test, int64_t batch_size = 500);
   void Leave();
 
+  // Rounds (schedules sequential and splitfed). Trains on batches from `cursor` until the server
+  // says the round is closing (or `max_steps` > 0 steps are done), stamping each step with the
+  // current client-model version.
+  EpochStats TrainRound(BatchCursor& cursor, int64_t round, int64_t rounds,
+                        ProgressReporter* progress, int64_t max_steps = 0);
+  v1::SyncReply Sync(int64_t have_version, int64_t wait_ms);
+  // Sends new weights minus `base` (compressed as the server asked, with error feedback).
+  v1::UpdateReply SubmitUpdate(int64_t base_version, int64_t round, int64_t samples,
+                               const at::Tensor& base);
+  // Forgets the update residual (after the server refused an update: the client resynchronises).
+  void ResetUpdateFeedback();
+  // The client-side model's parameters, flattened (see FlattenParameters).
+  at::Tensor ClientWeights() const;
+  void LoadClientWeights(const at::Tensor& flat, int64_t version);
+  int64_t model_version() const { return model_version_; }
+  bool joined() const { return !session_id_.empty(); }
+  // Forgets the session without telling the server (it is gone or restarted).
+  void DropSession() { session_id_.clear(); }
+
   SplitModel& model() { return model_; }
+  const TrainerOptions& options() const { return options_; }
   torch::optim::Optimizer& optimizer() { return *optimizer_; }
   const LinkCounters& counters() const { return counters_; }
   const std::vector<double>& step_losses() const { return step_losses_; }
@@ -89,6 +129,20 @@ class SplitTrainer {
   LinkCounters counters_;
   std::vector<double> step_losses_;
   int64_t step_ = 0;
+  int64_t model_version_ = 0;
+  std::unique_ptr<ErrorFeedback> update_feedback_;
+
+  struct StepResult {
+    double loss = 0;
+    int64_t correct = 0;
+    int64_t samples = 0;
+    bool round_closing = false;
+  };
+  // One training step on a batch: forward, send, apply the server's gradient (+ NoPeek).
+  StepResult Step(const at::Tensor& inputs, const at::Tensor& labels, double* dcor_sum);
+  // Progress figures for the steps so far.
+  ProgressStats Shown(const EpochStats& stats, double loss_sum, int64_t correct,
+                      std::chrono::steady_clock::time_point start) const;
 };
 
 }  // namespace cleave::client

@@ -36,6 +36,13 @@ struct SplitModel {
 // shape.
 SplitModel BuildSplitModel(const ModelSpec& spec, uint64_t seed);
 
+// The parameters of `module` (recursively, in registration order) as one flat float32 vector:
+// how client-side weights travel between hospitals and the server in rounds.
+at::Tensor FlattenParameters(const torch::nn::Module& module);
+// Copies `flat` (as FlattenParameters returns it) into the parameters of `module`. Throws
+// InvalidInput if the number of values differs.
+void AssignFlatParameters(torch::nn::Module& module, const at::Tensor& flat);
+
 // Number of blocks of the full model (valid cuts are 1..n-1). Builds nothing.
 int NumBlocks(const ModelSpec& spec);
 

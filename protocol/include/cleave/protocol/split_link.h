@@ -17,6 +17,9 @@ class SplitLink {
   virtual void CloseTrainStream() = 0;
   virtual v1::EvaluateReply Evaluate(const v1::EvaluateRequest& request) = 0;
   virtual void Leave(const v1::LeaveRequest& request) = 0;
+  // Rounds (schedules sequential and splitfed): what to do next, and the client-model update.
+  virtual v1::SyncReply Sync(const v1::SyncRequest& request) = 0;
+  virtual v1::UpdateReply SubmitUpdate(const v1::UpdateRequest& request) = 0;
 };
 
 }  // namespace cleave::protocol

@@ -15,6 +15,7 @@
 #include "cleave/core/split_model.h"
 #include "cleave/protocol/cleave.pb.h"
 #include "cleave/protocol/tensor_message.h"
+#include "cleave/server/round_coordinator.h"
 
 namespace torch::optim {
 class Optimizer;
@@ -40,6 +41,33 @@ struct SplitServerOptions {
   bool require_checkpoint = false;    // with resume: a missing checkpoint is an error
   // Client identities (certificate CNs) allowed to join; empty: any client the CA signed.
   std::set<std::string> allowed_clients;
+  // Schedule and round rules; schedule "single" (the default) runs no rounds.
+  RoundOptions rounds;
+  // Longest a Sync call is held waiting for work.
+  std::chrono::milliseconds max_sync_wait{30000};
+};
+
+// Counts the server keeps for observability (metrics endpoint, tests).
+struct ServerCounters {
+  int64_t steps = 0;
+  int64_t samples = 0;
+  int64_t bytes_received = 0;  // protobuf bytes of requests (Train, Evaluate, SubmitUpdate)
+  int64_t bytes_sent = 0;      // protobuf bytes of replies (Train, Evaluate, Sync)
+  int64_t active_sessions = 0;
+  int64_t active_clients = 0;  // distinct hospitals with a session
+  int64_t refused_steps = 0;   // too stale
+};
+
+// Called by the server after events, for metrics; must be cheap and thread-safe.
+class ServerObserver {
+ public:
+  virtual ~ServerObserver() = default;
+  virtual void OnStep(int64_t samples, double seconds) = 0;
+  virtual void OnBytes(int64_t received, int64_t sent) = 0;
+  virtual void OnSessions(int64_t sessions, int64_t clients) = 0;
+  virtual void OnUpdate(int64_t staleness, bool applied_now) = 0;
+  virtual void OnRefused(const std::string& what) = 0;  // "update" or "step"
+  virtual void OnRound(const RoundSummary& summary) = 0;
 };
 
 // Reads an allowlist file: one client name per line; blank lines and '#' comments ignored.
@@ -65,6 +93,10 @@ class SplitServer {
   v1::TrainReply Train(const std::string& identity, const v1::TrainRequest& request);
   v1::EvaluateReply Evaluate(const std::string& identity, const v1::EvaluateRequest& request);
   void Leave(const std::string& identity, const std::string& session_id);
+  // Rounds: what this hospital should do next (blocks up to the request's wait, capped by
+  // options.max_sync_wait), and its client-model update. Throw StatusError / InvalidInput.
+  v1::SyncReply Sync(const std::string& identity, const v1::SyncRequest& request);
+  v1::UpdateReply SubmitUpdate(const std::string& identity, const v1::UpdateRequest& request);
   // Releases a session whose client vanished (stream cancelled); no identity check needed as the
   // caller is the stream that owned it.
   void ReleaseSession(const std::string& session_id, const std::string& reason);
@@ -73,6 +105,11 @@ class SplitServer {
   void SaveCheckpoint();
 
   int64_t step() const;
+  ServerCounters counters() const;
+  // Null for the single schedule.
+  RoundCoordinator* rounds() { return coordinator_.get(); }
+  // Not owned; set before serving.
+  void SetObserver(ServerObserver* observer) { observer_ = observer; }
   // Protobuf bytes of all Train/Evaluate requests received and replies sent since start.
   int64_t bytes_received() const;
   int64_t bytes_sent() const;
@@ -97,12 +134,20 @@ class SplitServer {
   protocol::TensorSpec ActivationSpec() const;
   protocol::TensorSpec LabelSpec() const;
   void CountBytesLocked(Session* session, size_t received, size_t sent);
+  // A session ended: the coordinator learns when a hospital has none left.
+  void SessionEndedLocked(const std::string& identity, std::string* gone_identity);
+  void NotifySessionsLocked();
+  void OnRoundClosed(const RoundSummary& summary);
 
   SplitServerOptions options_;
   std::string fingerprint_;
   SplitModel model_;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
   std::unique_ptr<Compressor> gradient_compressor_;  // null: gradients go back uncompressed
+  std::unique_ptr<RoundCoordinator> coordinator_;     // null: schedule single
+  struct CheckpointState;
+  std::shared_ptr<CheckpointState> checkpoint_state_;  // top + round state, as one module
+  ServerObserver* observer_ = nullptr;
 
   mutable std::mutex mutex_;  // guards everything below and the model/optimizer
   mutable std::condition_variable sessions_changed_;
@@ -110,6 +155,8 @@ class SplitServer {
   int64_t step_ = 0;
   int64_t bytes_received_ = 0;
   int64_t bytes_sent_ = 0;
+  int64_t samples_ = 0;
+  int64_t refused_steps_ = 0;
 };
 
 }  // namespace cleave::server

@@ -1,0 +1,40 @@
+// Prometheus metrics of a running server (prometheus-cpp), served over HTTP at /metrics: steps,
+// samples, bytes per direction, active clients, step and round durations, update staleness,
+// refused updates and steps, rounds.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "cleave/server/split_server.h"
+
+namespace prometheus {
+class Exposer;
+class Registry;
+}  // namespace prometheus
+
+namespace cleave::server {
+
+class MetricsExporter final : public ServerObserver {
+ public:
+  // Listens on `address` ("127.0.0.1:9464"; port 0 picks a free one). Throws UserError if it
+  // cannot bind.
+  explicit MetricsExporter(const std::string& address);
+  ~MetricsExporter() override;
+  int port() const;
+
+  void OnStep(int64_t samples, double seconds) override;
+  void OnBytes(int64_t received, int64_t sent) override;
+  void OnSessions(int64_t sessions, int64_t clients) override;
+  void OnUpdate(int64_t staleness, bool applied_now) override;
+  void OnRefused(const std::string& what) override;
+  void OnRound(const RoundSummary& summary) override;
+
+ private:
+  struct Metrics;
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::unique_ptr<Metrics> metrics_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+};
+
+}  // namespace cleave::server

@@ -1,0 +1,147 @@
+#include "cleave/server/metrics_exporter.h"
+
+#include <prometheus/counter.h>
+#include <prometheus/exposer.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+#include "cleave/core/error.h"
+
+namespace cleave::server {
+
+struct MetricsExporter::Metrics {
+  explicit Metrics(prometheus::Registry& registry)
+      : steps(prometheus::BuildCounter()
+                  .Name("cleave_steps_total")
+                  .Help("Training steps the server has taken")
+                  .Register(registry)
+                  .Add({})),
+        samples(prometheus::BuildCounter()
+                    .Name("cleave_samples_total")
+                    .Help("Training samples the server has seen")
+                    .Register(registry)
+                    .Add({})),
+        bytes(prometheus::BuildCounter()
+                  .Name("cleave_bytes_total")
+                  .Help("Protobuf bytes of requests received and replies sent")
+                  .Register(registry)),
+        bytes_received(bytes.Add({{"direction", "received"}})),
+        bytes_sent(bytes.Add({{"direction", "sent"}})),
+        sessions(prometheus::BuildGauge()
+                     .Name("cleave_active_sessions")
+                     .Help("Open client sessions")
+                     .Register(registry)
+                     .Add({})),
+        clients(prometheus::BuildGauge()
+                    .Name("cleave_active_clients")
+                    .Help("Hospitals (certificate identities) with an open session")
+                    .Register(registry)
+                    .Add({})),
+        step_seconds(prometheus::BuildHistogram()
+                         .Name("cleave_step_duration_seconds")
+                         .Help("Server time of one training step (forward, backward, update)")
+                         .Register(registry)
+                         .Add({}, prometheus::Histogram::BucketBoundaries{
+                                      0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1})),
+        round_seconds(prometheus::BuildHistogram()
+                          .Name("cleave_round_duration_seconds")
+                          .Help("Wall time of a round, first Sync to applied average")
+                          .Register(registry)
+                          .Add({}, prometheus::Histogram::BucketBoundaries{
+                                       1, 2, 5, 10, 20, 30, 60, 120, 300, 600})),
+        staleness(prometheus::BuildHistogram()
+                      .Name("cleave_update_staleness")
+                      .Help("Versions between an accepted update's base and the current model")
+                      .Register(registry)
+                      .Add({}, prometheus::Histogram::BucketBoundaries{0, 1, 2, 3, 4, 8})),
+        updates(prometheus::BuildCounter()
+                    .Name("cleave_updates_accepted_total")
+                    .Help("Client-model updates accepted into a round")
+                    .Register(registry)
+                    .Add({})),
+        refused(prometheus::BuildCounter()
+                    .Name("cleave_refused_total")
+                    .Help("Updates and steps refused as too stale (the client resynchronises)")
+                    .Register(registry)),
+        refused_updates(refused.Add({{"what", "update"}})),
+        refused_steps(refused.Add({{"what", "step"}})),
+        rounds(prometheus::BuildCounter()
+                   .Name("cleave_rounds_total")
+                   .Help("Rounds closed")
+                   .Register(registry)
+                   .Add({})),
+        version(prometheus::BuildGauge()
+                    .Name("cleave_client_model_version")
+                    .Help("Current client-side model version")
+                    .Register(registry)
+                    .Add({})) {}
+
+  prometheus::Counter& steps;
+  prometheus::Counter& samples;
+  prometheus::Family<prometheus::Counter>& bytes;
+  prometheus::Counter& bytes_received;
+  prometheus::Counter& bytes_sent;
+  prometheus::Gauge& sessions;
+  prometheus::Gauge& clients;
+  prometheus::Histogram& step_seconds;
+  prometheus::Histogram& round_seconds;
+  prometheus::Histogram& staleness;
+  prometheus::Counter& updates;
+  prometheus::Family<prometheus::Counter>& refused;
+  prometheus::Counter& refused_updates;
+  prometheus::Counter& refused_steps;
+  prometheus::Counter& rounds;
+  prometheus::Gauge& version;
+};
+
+MetricsExporter::MetricsExporter(const std::string& address)
+    : registry_(std::make_shared<prometheus::Registry>()),
+      metrics_(std::make_unique<Metrics>(*registry_)) {
+  try {
+    exposer_ = std::make_unique<prometheus::Exposer>(address);
+  } catch (const std::exception& error) {
+    throw UserError("cannot serve metrics on '" + address + "': " + error.what());
+  }
+  exposer_->RegisterCollectable(registry_);
+}
+
+MetricsExporter::~MetricsExporter() = default;
+
+int MetricsExporter::port() const {
+  const auto ports = exposer_->GetListeningPorts();
+  return ports.empty() ? 0 : ports.front();
+}
+
+void MetricsExporter::OnStep(int64_t samples, double seconds) {
+  metrics_->steps.Increment();
+  metrics_->samples.Increment(static_cast<double>(samples));
+  metrics_->step_seconds.Observe(seconds);
+}
+
+void MetricsExporter::OnBytes(int64_t received, int64_t sent) {
+  metrics_->bytes_received.Increment(static_cast<double>(received));
+  metrics_->bytes_sent.Increment(static_cast<double>(sent));
+}
+
+void MetricsExporter::OnSessions(int64_t sessions, int64_t clients) {
+  metrics_->sessions.Set(static_cast<double>(sessions));
+  metrics_->clients.Set(static_cast<double>(clients));
+}
+
+void MetricsExporter::OnUpdate(int64_t staleness, bool /*applied_now*/) {
+  metrics_->updates.Increment();
+  metrics_->staleness.Observe(static_cast<double>(staleness));
+}
+
+void MetricsExporter::OnRefused(const std::string& what) {
+  (what == "update" ? metrics_->refused_updates : metrics_->refused_steps).Increment();
+}
+
+void MetricsExporter::OnRound(const RoundSummary& summary) {
+  metrics_->rounds.Increment();
+  metrics_->round_seconds.Observe(summary.seconds);
+  metrics_->version.Set(static_cast<double>(summary.version));
+}
+
+}  // namespace cleave::server

@@ -1,22 +1,36 @@
 #!/usr/bin/env bash
-# One command on a fresh Debian machine: install what is missing, build, provision certificates,
-# start a cleave-server and hospitals (clients) training a split CNN on Fashion-MNIST over mutual
-# TLS, then print each hospital's test accuracy and bytes on the wire. Everything lands in a run
-# folder (logs, metrics JSON, certificates, checkpoints).
+# One command on a fresh Debian machine: install what is missing, build, provision a CA, a server
+# and three hospitals, then train a split CNN on a non-IID (Dirichlet beta 0.5) Fashion-MNIST split
+# in SplitFed rounds over mutual TLS with Gaussian-k on the link. Mid-run one hospital is killed
+# (kill -9) and restarted: the others carry on, and it rejoins at the current model version. Ends
+# with per-hospital and global test accuracy, bytes on the wire against dense fp32, and the test
+# dCor. Everything lands in a run folder (logs, metrics JSON, Prometheus scrape, checkpoints).
 #
-# Environment knobs: HOSPITALS (default 1), EPOCHS (2), TRAIN_LIMIT (0 = all 60000 samples),
-# PORT (50051), ACT_COMPRESSION (none), ACT_DENSITY (1.0), RUN_DIR (runs/hospitals-<time>).
+# Knobs (environment): HOSPITALS (3), ROUNDS (30), ROUND_SAMPLES (6000), BETA (0.5),
+# ACT_COMPRESSION (gaussiank), ACT_DENSITY (0.2), ACT_PRECISION (fp16), GRAD_PRECISION (bf16),
+# KILL (1: kill and restart one hospital), KILL_AT_ROUND (4), RESTART_AFTER (8 s),
+# TRAIN_LIMIT (0 = all 60000), PORT (50051), METRICS_PORT (9464), RUN_DIR (runs/hospitals-<time>).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-HOSPITALS="${HOSPITALS:-1}"
-EPOCHS="${EPOCHS:-2}"
+HOSPITALS="${HOSPITALS:-3}"
+ROUNDS="${ROUNDS:-30}"
+ROUND_SAMPLES="${ROUND_SAMPLES:-6000}"
+BETA="${BETA:-0.5}"
+ACT_COMPRESSION="${ACT_COMPRESSION:-gaussiank}"
+ACT_DENSITY="${ACT_DENSITY:-0.2}"
+ACT_PRECISION="${ACT_PRECISION:-fp16}"
+GRAD_PRECISION="${GRAD_PRECISION:-bf16}"
+KILL="${KILL:-1}"
+KILL_AT_ROUND="${KILL_AT_ROUND:-4}"
+RESTART_AFTER="${RESTART_AFTER:-8}"
 TRAIN_LIMIT="${TRAIN_LIMIT:-0}"
 PORT="${PORT:-50051}"
-ACT_COMPRESSION="${ACT_COMPRESSION:-none}"
-ACT_DENSITY="${ACT_DENSITY:-1.0}"
+METRICS_PORT="${METRICS_PORT:-9464}"
 RUN_DIR="${RUN_DIR:-runs/hospitals-$(date +%Y%m%d-%H%M%S)}"
 NAMES=(st-mary general-east riverside north-clinic south-clinic)
+[ "$HOSPITALS" -ge 1 ] && [ "$HOSPITALS" -le ${#NAMES[@]} ] ||
+  { echo "HOSPITALS must be 1..${#NAMES[@]}" >&2; exit 2; }
 
 echo "== setup and build"
 bash scripts/setup.sh
@@ -27,50 +41,99 @@ mkdir -p "$RUN_DIR"
 echo "== certificates (one CA, a server, ${HOSPITALS} hospital(s)) in $RUN_DIR/pki"
 client_flags=()
 for ((i = 0; i < HOSPITALS; i++)); do client_flags+=(--client "${NAMES[$i]}"); done
-"$BIN/cleave-provision" --out "$RUN_DIR/pki" "${client_flags[@]}"
+"$BIN/cleave-provision" --out "$RUN_DIR/pki" "${client_flags[@]}" >/dev/null
+printf '%s\n' "${NAMES[@]:0:$HOSPITALS}" >"$RUN_DIR/allowlist.txt"
 
-echo "== server on 127.0.0.1:$PORT (log: $RUN_DIR/server.log)"
+echo "== server on 127.0.0.1:$PORT: splitfed, ${ROUNDS} rounds of ${ROUND_SAMPLES} samples," \
+  "activations ${ACT_COMPRESSION} ${ACT_DENSITY} ${ACT_PRECISION} (log: $RUN_DIR/server.log," \
+  "metrics: http://127.0.0.1:${METRICS_PORT}/metrics)"
 "$BIN/cleave-server" --listen "127.0.0.1:$PORT" \
   --ca "$RUN_DIR/pki/ca.crt" --cert "$RUN_DIR/pki/server.crt" --key "$RUN_DIR/pki/server.key" \
-  --model cnn --cut 1 --act-compression "$ACT_COMPRESSION" --act-density "$ACT_DENSITY" \
+  --clients "$RUN_DIR/allowlist.txt" --model cnn --cut 1 \
+  --schedule splitfed --rounds "$ROUNDS" --round-samples "$ROUND_SAMPLES" \
+  --round-deadline 120 --quorum $(((HOSPITALS + 1) / 2)) --min-clients "$HOSPITALS" \
+  --act-compression "$ACT_COMPRESSION" --act-density "$ACT_DENSITY" \
+  --act-precision "$ACT_PRECISION" --grad-precision "$GRAD_PRECISION" \
+  --update-compression gaussiank+ --update-density 0.1 \
   --checkpoint "$RUN_DIR/server.ckpt" --checkpoint-every 500 \
+  --metrics-listen "127.0.0.1:$METRICS_PORT" \
   >"$RUN_DIR/server.out" 2>"$RUN_DIR/server.log" &
 server_pid=$!
-trap 'kill "$server_pid" 2>/dev/null || true' EXIT
+pids=()
+cleanup() {
+  kill "${pids[@]}" 2>/dev/null || true
+  kill "$server_pid" 2>/dev/null || true
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+# The server's per-round summary is the live progress view.
+tail -n +1 -F --pid="$server_pid" "$RUN_DIR/server.log" 2>/dev/null |
+  grep --line-buffered -E "round [0-9]+ (done|starts)|joined|released|refused" |
+  sed -u -e 's/^[0-9-]* [0-9:.]* \[[a-z]*\] /[server] /' &
+tail_pid=$!
 
-echo "== ${HOSPITALS} hospital(s) training for ${EPOCHS} epoch(s)"
-client_pids=()
-for ((i = 0; i < HOSPITALS; i++)); do
-  name="${NAMES[$i]}"
-  progress=lines
-  [ "$HOSPITALS" -eq 1 ] && progress=auto
+start_hospital() {  # start_hospital INDEX
+  local i="$1" name="${NAMES[$1]}"
   "$BIN/cleave-client" --server "localhost:$PORT" --ca "$RUN_DIR/pki/ca.crt" \
     --cert "$RUN_DIR/pki/clients/$name.crt" --key "$RUN_DIR/pki/clients/$name.key" \
-    --model cnn --cut 1 --epochs "$EPOCHS" --train-limit "$TRAIN_LIMIT" \
-    --shard "$i" --shards "$HOSPITALS" --seed $((i + 1)) --progress "$progress" \
-    --metrics-out "$RUN_DIR/$name.json" --checkpoint "$RUN_DIR/$name.ckpt" \
-    2> >(sed -u "s/^/[$name] /" >&2) | sed -u "s/^/[$name] /" &
-  client_pids+=($!)
-done
-status=0
-for pid in "${client_pids[@]}"; do wait "$pid" || status=1; done
+    --model cnn --cut 1 --train-limit "$TRAIN_LIMIT" \
+    --shard "$i" --shards "$HOSPITALS" --partition dirichlet --dirichlet-beta "$BETA" \
+    --seed $((i + 1)) --progress lines --metrics-out "$RUN_DIR/$name.json" \
+    --checkpoint "$RUN_DIR/$name.ckpt" >>"$RUN_DIR/$name.out" 2>>"$RUN_DIR/$name.log" &
+  pids[$i]=$!
+}
 
+echo "== ${HOSPITALS} hospital(s), Dirichlet(${BETA}) label split (progress: $RUN_DIR/<name>.out)"
+for ((i = 0; i < HOSPITALS; i++)); do start_hospital "$i"; done
+
+victim=$((HOSPITALS - 1))
+if [ "$KILL" = 1 ] && [ "$HOSPITALS" -ge 2 ]; then
+  # Wait (bounded) for the round, then kill -9 one hospital mid-round and restart it later.
+  for ((t = 0; t < 3600; t++)); do
+    grep -qE "round ${KILL_AT_ROUND} done" "$RUN_DIR/server.log" && break
+    kill -0 "${pids[$victim]}" 2>/dev/null || break
+    sleep 1
+  done
+  sleep 2
+  echo "== killing ${NAMES[$victim]} (kill -9) in the middle of a round"
+  kill -9 "${pids[$victim]}" 2>/dev/null || true
+  wait "${pids[$victim]}" 2>/dev/null || true
+  sleep "$RESTART_AFTER"
+  echo "== restarting ${NAMES[$victim]}: it rejoins and pulls the current client-side weights"
+  start_hospital "$victim"
+fi
+
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+# Keep what the metrics endpoint says, then stop the server (it writes its checkpoint).
+exec 3<>"/dev/tcp/127.0.0.1/$METRICS_PORT" &&
+  printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 && cat <&3 >"$RUN_DIR/metrics.prom" || true
 kill -TERM "$server_pid"
 wait "$server_pid" || true
+kill "$tail_pid" 2>/dev/null || true
 trap - EXIT
-[ "$status" -eq 0 ] || { echo "a hospital failed; see logs in $RUN_DIR" >&2; exit 1; }
+[ "$status" -eq 0 ] || { echo "a hospital failed; see the logs in $RUN_DIR" >&2; exit 1; }
 
 echo
-echo "== results (metrics JSON and logs in $RUN_DIR)"
+echo "== results (metrics JSON, logs, Prometheus scrape in $RUN_DIR)"
+field() { sed -n "s/^ *\"$2\": *\(.*\),\{0,1\}$/\1/p" "$1" | tr -d ',"'; }
+total_train_bytes=0
+total_dense=0
 for ((i = 0; i < HOSPITALS; i++)); do
   name="${NAMES[$i]}"
-  # The metrics JSON has one key per line; pick the figures without needing jq or Python.
-  field() { sed -n "s/^ *\"$1\": *\(.*\),\{0,1\}$/\1/p" "$RUN_DIR/$name.json" | tr -d ','; }
-  awk -v name="$name" -v acc="$(field test_accuracy)" -v loss="$(field test_loss)" \
-      -v samples="$(field samples)" -v secs="$(field seconds)" -v sent="$(field bytes_sent)" \
-      -v recv="$(field bytes_received)" -v ratio="$(field compression_ratio)" \
-      -v density="$(field activation_density)" 'BEGIN {
-    printf "%14s: test accuracy %.2f%%  test loss %.4f  %d samples in %.0f s\n", name, 100 * acc, loss, samples, secs
-    printf "%14s  sent %.1f MB, received %.1f MB, activation density %.3f, %.1fx fewer bytes up than dense fp32\n", "", sent / 1e6, recv / 1e6, density, ratio
+  m="$RUN_DIR/$name.json"
+  awk -v name="$name" -v acc="$(field "$m" test_accuracy)" -v local="$(field "$m" local_test_accuracy)" \
+      -v samples="$(field "$m" samples)" -v rounds="$(field "$m" rounds_trained)" \
+      -v per="$(field "$m" train_bytes_per_sample)" -v ratio="$(field "$m" compression_ratio)" \
+      -v dcor="$(field "$m" test_dcor)" 'BEGIN {
+    printf "%14s: test accuracy %.2f%% (global model), %.2f%% weighted by its own label mix\n", name, 100 * acc, 100 * local
+    printf "%14s  trained %d samples in %d round(s) after its last start; %.0f bytes per training sample on the wire (%.1fx fewer than dense fp32)", "", samples, rounds, per, 50176 / per
+    if (dcor != "") printf "; test dCor %.3f", dcor
+    printf "\n"
   }'
 done
+grep -E "round [0-9]+ done" "$RUN_DIR/server.log" | tail -n 1 |
+  sed 's/^[0-9-]* [0-9:.]* \[[a-z]*\] /last: /'
+grep -E "^cleave_(updates_accepted_total|refused_total|rounds_total|client_model_version)[ {]" \
+  "$RUN_DIR/metrics.prom" 2>/dev/null | sed 's/^/server metric: /' || true
+echo "dense fp32 sends 50176 bytes per training sample (32x14x14 fp32 activations up, gradients down)"

@@ -71,7 +71,7 @@ void RoundParticipant::JoinWithRetry(int64_t num_train_samples, ParticipationSta
 ParticipationStats RoundParticipant::Run(const Dataset& train, int64_t num_train_samples,
                                          ProgressReporter* progress) {
   ParticipationStats stats;
-  JoinWithRetry(num_train_samples, &stats);
+  if (!trainer_.joined()) JoinWithRetry(num_train_samples, &stats);
   BatchCursor cursor(train, trainer_.options().batch_size, trainer_.options().seed);
   const int64_t num_parameters = trainer_.ClientWeights().numel();
   int64_t have_version = -1;  // nothing from the server yet

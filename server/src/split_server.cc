@@ -595,11 +595,14 @@ v1::UpdateReply SplitServer::SubmitUpdate(const std::string& identity,
 }
 
 void SplitServer::OnRoundClosed(const RoundSummary& summary) {
+  const ServerCounters totals = counters();
   spdlog::info(
-      "round {} done ({}): {} update(s), {} stale, {} samples in {:.1f} s, client model "
-      "version {}{}",
+      "round {} done ({}): {} update(s), {} stale, {} samples in {:.1f} s ({:.0f} samples/s), "
+      "client model version {}, {} hospital(s) connected, {:.1f} MB received, {:.1f} MB sent{}",
       summary.round, summary.why, summary.updates, summary.stale_updates, summary.samples,
-      summary.seconds, summary.version, summary.finished ? "; training finished" : "");
+      summary.seconds, summary.seconds > 0 ? summary.samples / summary.seconds : 0.0,
+      summary.version, totals.active_clients, totals.bytes_received / 1e6,
+      totals.bytes_sent / 1e6, summary.finished ? "; training finished" : "");
   if (observer_) observer_->OnRound(summary);
   SaveCheckpoint();
 }

@@ -41,7 +41,7 @@ struct ParticipationStats {
 class RoundParticipant {
  public:
   RoundParticipant(SplitTrainer& trainer, RoundParticipantOptions options = {});
-  // Runs until the server says DONE; the trainer then holds the final client-side weights.
+  // Joins unless the trainer has joined already, then runs until the server says DONE; the trainer then holds the final client-side weights.
   // Throws StatusError for refusals that retrying cannot fix (fingerprint, permission) or after
   // max_reconnects failed attempts in a row.
   ParticipationStats Run(const Dataset& train, int64_t num_train_samples,

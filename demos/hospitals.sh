@@ -8,6 +8,7 @@
 #
 # Knobs (environment): HOSPITALS (3), ROUNDS (30), ROUND_SAMPLES (6000), BETA (0.5),
 # ACT_COMPRESSION (gaussiank), ACT_DENSITY (0.2), ACT_PRECISION (fp16), GRAD_PRECISION (bf16),
+# UPDATE_COMPRESSION (gaussiank+), UPDATE_DENSITY (0.1), PARTITION (dirichlet or iid),
 # KILL (1: kill and restart one hospital), KILL_AT_ROUND (4), RESTART_AFTER (8 s),
 # TRAIN_LIMIT (0 = all 60000), PORT (50051), METRICS_PORT (9464), RUN_DIR (runs/hospitals-<time>).
 set -euo pipefail
@@ -21,6 +22,10 @@ ACT_COMPRESSION="${ACT_COMPRESSION:-gaussiank}"
 ACT_DENSITY="${ACT_DENSITY:-0.2}"
 ACT_PRECISION="${ACT_PRECISION:-fp16}"
 GRAD_PRECISION="${GRAD_PRECISION:-bf16}"
+UPDATE_COMPRESSION="${UPDATE_COMPRESSION:-gaussiank+}"
+UPDATE_DENSITY="${UPDATE_DENSITY:-0.1}"
+PARTITION="${PARTITION:-dirichlet}"
+SKIP_BUILD="${SKIP_BUILD:-0}"
 KILL="${KILL:-1}"
 KILL_AT_ROUND="${KILL_AT_ROUND:-4}"
 RESTART_AFTER="${RESTART_AFTER:-8}"
@@ -32,9 +37,11 @@ NAMES=(st-mary general-east riverside north-clinic south-clinic)
 [ "$HOSPITALS" -ge 1 ] && [ "$HOSPITALS" -le ${#NAMES[@]} ] ||
   { echo "HOSPITALS must be 1..${#NAMES[@]}" >&2; exit 2; }
 
-echo "== setup and build"
-bash scripts/setup.sh
-bash scripts/build.sh
+if [ "$SKIP_BUILD" != 1 ]; then
+  echo "== setup and build"
+  bash scripts/setup.sh
+  bash scripts/build.sh
+fi
 BIN=build/bin
 mkdir -p "$RUN_DIR"
 
@@ -54,7 +61,7 @@ echo "== server on 127.0.0.1:$PORT: splitfed, ${ROUNDS} rounds of ${ROUND_SAMPLE
   --round-deadline 120 --quorum $(((HOSPITALS + 1) / 2)) --min-clients "$HOSPITALS" \
   --act-compression "$ACT_COMPRESSION" --act-density "$ACT_DENSITY" \
   --act-precision "$ACT_PRECISION" --grad-precision "$GRAD_PRECISION" \
-  --update-compression gaussiank+ --update-density 0.1 \
+  --update-compression "$UPDATE_COMPRESSION" --update-density "$UPDATE_DENSITY" \
   --checkpoint "$RUN_DIR/server.ckpt" --checkpoint-every 500 \
   --metrics-listen "127.0.0.1:$METRICS_PORT" \
   >"$RUN_DIR/server.out" 2>"$RUN_DIR/server.log" &
@@ -77,7 +84,7 @@ start_hospital() {  # start_hospital INDEX
   "$BIN/cleave-client" --server "localhost:$PORT" --ca "$RUN_DIR/pki/ca.crt" \
     --cert "$RUN_DIR/pki/clients/$name.crt" --key "$RUN_DIR/pki/clients/$name.key" \
     --model cnn --cut 1 --train-limit "$TRAIN_LIMIT" \
-    --shard "$i" --shards "$HOSPITALS" --partition dirichlet --dirichlet-beta "$BETA" \
+    --shard "$i" --shards "$HOSPITALS" --partition "$PARTITION" --dirichlet-beta "$BETA" \
     --seed $((i + 1)) --progress lines --metrics-out "$RUN_DIR/$name.json" \
     --checkpoint "$RUN_DIR/$name.ckpt" >>"$RUN_DIR/$name.out" 2>>"$RUN_DIR/$name.log" &
   pids[$i]=$!

@@ -5,7 +5,10 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <cmath>
+#include <cstdio>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -313,6 +316,69 @@ TEST_F(RoundsTest, AKilledHospitalDoesNotStallTheRoundAndRejoinsAtTheCurrentVers
   const server::RoundState state = split_server_->rounds()->Snapshot();
   EXPECT_EQ(state.updates_accepted, state.updates_applied);
   EXPECT_TRUE(at::allclose(trainer.ClientWeights(), state.weights));
+}
+
+TEST_F(RoundsTest, HospitalsReconnectToARestartedServerThatResumesItsRound) {
+  const std::string checkpoint =
+      ::testing::TempDir() + "cleave_rounds_restart_" + std::to_string(::getpid()) + ".ckpt";
+  std::remove(checkpoint.c_str());
+  server::SplitServerOptions options = RoundServer(server::Schedule::kSplitFed, 12);
+  options.rounds.min_clients = 2;
+  options.rounds.round_samples = 800;
+  options.checkpoint_path = checkpoint;
+  Start(options);
+  const int port = grpc_server_->port();
+  const std::vector<Dataset> shards = PartitionIid(Synthetic(1000, 10), 2, 4);
+  std::vector<std::unique_ptr<client::GrpcLink>> links;
+  std::vector<std::unique_ptr<client::SplitTrainer>> trainers;
+  std::vector<std::thread> threads;
+  stats_.assign(2, {});
+  for (int i = 0; i < 2; ++i) {
+    links.push_back(std::make_unique<client::GrpcLink>(Connect("hospital-" + std::to_string(i))));
+    trainers.push_back(std::make_unique<client::SplitTrainer>(Trainer(i + 1), *links[i]));
+  }
+  for (int i = 0; i < 2; ++i) {
+    threads.emplace_back([&, i] {
+      client::RoundParticipantOptions participant_options;
+      participant_options.sync_wait_ms = 500;
+      participant_options.initial_backoff = 50ms;
+      participant_options.max_backoff = 400ms;
+      client::RoundParticipant participant(*trainers[i], participant_options);
+      stats_[i] = participant.Run(shards[i], shards[i].size(), nullptr);
+    });
+  }
+  ASSERT_TRUE(split_server_->rounds()->WaitForRound(3, 30s));
+  // The server dies (no clean shutdown of its state: only what it checkpointed survives) ...
+  grpc_server_->Shutdown(0);
+  grpc_server_.reset();
+  split_server_.reset();
+  // ... and comes back on the same port from its checkpoint.
+  options.resume = true;
+  options.model = MlpSpec();  // as Start() set it
+  options.max_batch = 64;
+  try {
+    split_server_ = std::make_unique<server::SplitServer>(options);
+  } catch (const std::exception& error) {
+    ADD_FAILURE() << "the server did not resume: " << error.what();
+    std::_Exit(1);  // the hospital threads cannot be stopped from here
+  }
+  const int64_t resumed_round = split_server_->rounds()->round();
+  EXPECT_GE(resumed_round, 4);
+  server::ListenOptions listen;
+  listen.address = "127.0.0.1:" + std::to_string(port);
+  listen.tls = TestPki().ServerFiles();
+  grpc_server_ = std::make_unique<server::GrpcServer>(*split_server_, listen);
+  for (auto& thread : threads) thread.join();
+
+  const server::RoundState state = split_server_->rounds()->Snapshot();
+  EXPECT_TRUE(state.finished);
+  EXPECT_EQ(state.round, 13);
+  EXPECT_EQ(state.updates_accepted, state.updates_applied);
+  EXPECT_GE(stats_[0].reconnects + stats_[1].reconnects, 2);
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_TRUE(at::allclose(trainers[i]->ClientWeights(), state.weights)) << i;
+  }
+  std::remove(checkpoint.c_str());
 }
 
 }  // namespace

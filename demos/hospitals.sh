@@ -6,24 +6,24 @@
 # with per-hospital and global test accuracy, bytes on the wire against dense fp32, and the test
 # dCor. Everything lands in a run folder (logs, metrics JSON, Prometheus scrape, checkpoints).
 #
-# Knobs (environment): HOSPITALS (3), ROUNDS (30), ROUND_SAMPLES (6000), BETA (0.5),
-# ACT_COMPRESSION (gaussiank), ACT_DENSITY (0.2), ACT_PRECISION (fp16), GRAD_PRECISION (bf16),
-# UPDATE_COMPRESSION (gaussiank+), UPDATE_DENSITY (0.1), PARTITION (dirichlet or iid),
+# Knobs (environment): HOSPITALS (3), ROUNDS (40), ROUND_SAMPLES (6000), BETA (0.5),
+# ACT_COMPRESSION (gaussiank), ACT_DENSITY (0.25), ACT_PRECISION (fp16), GRAD_PRECISION (bf16),
+# UPDATE_COMPRESSION (gaussiank+), UPDATE_DENSITY (0.5), PARTITION (dirichlet or iid),
 # KILL (1: kill and restart one hospital), KILL_AT_ROUND (4), RESTART_AFTER (8 s),
 # TRAIN_LIMIT (0 = all 60000), PORT (50051), METRICS_PORT (9464), RUN_DIR (runs/hospitals-<time>).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 HOSPITALS="${HOSPITALS:-3}"
-ROUNDS="${ROUNDS:-30}"
+ROUNDS="${ROUNDS:-40}"
 ROUND_SAMPLES="${ROUND_SAMPLES:-6000}"
 BETA="${BETA:-0.5}"
 ACT_COMPRESSION="${ACT_COMPRESSION:-gaussiank}"
-ACT_DENSITY="${ACT_DENSITY:-0.2}"
+ACT_DENSITY="${ACT_DENSITY:-0.25}"
 ACT_PRECISION="${ACT_PRECISION:-fp16}"
 GRAD_PRECISION="${GRAD_PRECISION:-bf16}"
 UPDATE_COMPRESSION="${UPDATE_COMPRESSION:-gaussiank+}"
-UPDATE_DENSITY="${UPDATE_DENSITY:-0.1}"
+UPDATE_DENSITY="${UPDATE_DENSITY:-0.5}"
 PARTITION="${PARTITION:-dirichlet}"
 SKIP_BUILD="${SKIP_BUILD:-0}"
 KILL="${KILL:-1}"

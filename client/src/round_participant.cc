@@ -109,6 +109,9 @@ ParticipationStats RoundParticipant::Run(const Dataset& train, int64_t num_train
                      sync.round(), update.staleness(), update.scale());
       }
     } catch (const StatusError& error) {
+      // Every failure counts towards the limit until a Sync succeeds again, so that a refusal
+      // that resynchronising cannot cure does not loop for ever.
+      if (++failures >= options_.max_reconnects) throw;
       if (error.code() == grpc::StatusCode::ABORTED ||
           error.code() == grpc::StatusCode::FAILED_PRECONDITION) {
         // Too stale, or not part of the round: start again from the server's current weights.
@@ -118,7 +121,7 @@ ParticipationStats RoundParticipant::Run(const Dataset& train, int64_t num_train
         have_version = -1;
         continue;
       }
-      if (!Reconnectable(error) || ++failures >= options_.max_reconnects) throw;
+      if (!Reconnectable(error)) throw;
       spdlog::warn("lost the server ({}); reconnecting", error.what());
       ++stats.reconnects;
       Backoff(failures - 1);

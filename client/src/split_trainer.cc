@@ -116,16 +116,9 @@ ProgressStats SplitTrainer::Shown(const EpochStats& stats, double loss_sum, int6
   return shown;
 }
 
-EpochStats SplitTrainer::TrainEpoch(const Dataset& train, int64_t epoch, int64_t epochs,
-                                    ProgressReporter* progress) {
-  CLEAVE_ENFORCE(!session_id_.empty(), "Join before training");
-  BatchIterator batches(train, options_.batch_size, options_.seed);
-  batches.StartEpoch(epoch);
-  int64_t total_steps = batches.batches_per_epoch();
-  if (options_.max_steps_per_epoch > 0)
-    total_steps = std::min(total_steps, options_.max_steps_per_epoch);
-  if (progress) progress->StartEpoch(epoch + 1, epochs, total_steps);
-
+EpochStats SplitTrainer::RunSteps(const std::function<bool(at::Tensor*, at::Tensor*)>& next_batch,
+                                  int64_t max_steps, bool until_round_closes,
+                                  ProgressReporter* progress) {
   EpochStats stats;
   double loss_sum = 0, dcor_sum = 0;
   int64_t correct = 0;
@@ -133,12 +126,15 @@ EpochStats SplitTrainer::TrainEpoch(const Dataset& train, int64_t epoch, int64_t
   model_.bottom->train();
   link_.OpenTrainStream();
   at::Tensor inputs, labels;
-  while (stats.steps < total_steps && batches.Next(&inputs, &labels)) {
+  bool round_closing = false;
+  while (!(until_round_closes && round_closing) && (max_steps <= 0 || stats.steps < max_steps) &&
+         next_batch(&inputs, &labels)) {
     const StepResult step = Step(inputs, labels, &dcor_sum);
     ++stats.steps;
     stats.samples += step.samples;
     loss_sum += step.loss;
     correct += step.correct;
+    round_closing = step.round_closing;
     if (progress) progress->Update(stats.steps, Shown(stats, loss_sum, correct, start));
   }
   link_.CloseTrainStream();
@@ -150,35 +146,30 @@ EpochStats SplitTrainer::TrainEpoch(const Dataset& train, int64_t epoch, int64_t
   return stats;
 }
 
+EpochStats SplitTrainer::TrainEpoch(const Dataset& train, int64_t epoch, int64_t epochs,
+                                    ProgressReporter* progress) {
+  CLEAVE_ENFORCE(!session_id_.empty(), "Join before training");
+  BatchIterator batches(train, options_.batch_size, options_.seed);
+  batches.StartEpoch(epoch);
+  int64_t total_steps = batches.batches_per_epoch();
+  if (options_.max_steps_per_epoch > 0)
+    total_steps = std::min(total_steps, options_.max_steps_per_epoch);
+  if (progress) progress->StartEpoch(epoch + 1, epochs, total_steps);
+  return RunSteps([&batches](at::Tensor* inputs,
+                             at::Tensor* labels) { return batches.Next(inputs, labels); },
+                  total_steps, /*until_round_closes=*/false, progress);
+}
+
 EpochStats SplitTrainer::TrainRound(BatchCursor& cursor, int64_t round, int64_t rounds,
                                     ProgressReporter* progress, int64_t max_steps) {
   CLEAVE_ENFORCE(!session_id_.empty(), "Join before training");
   if (progress) progress->StartEpoch(round, rounds, 0, "round");
-  EpochStats stats;
-  double loss_sum = 0, dcor_sum = 0;
-  int64_t correct = 0;
-  const auto start = std::chrono::steady_clock::now();
-  model_.bottom->train();
-  link_.OpenTrainStream();
-  at::Tensor inputs, labels;
-  bool closing = false;
-  while (!closing && (max_steps <= 0 || stats.steps < max_steps)) {
-    cursor.Next(&inputs, &labels);
-    const StepResult step = Step(inputs, labels, &dcor_sum);
-    ++stats.steps;
-    stats.samples += step.samples;
-    loss_sum += step.loss;
-    correct += step.correct;
-    closing = step.round_closing;
-    if (progress) progress->Update(stats.steps, Shown(stats, loss_sum, correct, start));
-  }
-  link_.CloseTrainStream();
-  stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  stats.loss = stats.steps > 0 ? loss_sum / stats.steps : 0;
-  stats.accuracy = stats.samples > 0 ? static_cast<double>(correct) / stats.samples : 0;
-  stats.dcor = stats.steps > 0 ? dcor_sum / stats.steps : 0;
-  if (progress) progress->FinishEpoch(Shown(stats, loss_sum, correct, start));
-  return stats;
+  return RunSteps(
+      [&cursor](at::Tensor* inputs, at::Tensor* labels) {
+        cursor.Next(inputs, labels);
+        return true;
+      },
+      max_steps, /*until_round_closes=*/true, progress);
 }
 
 v1::SyncReply SplitTrainer::Sync(int64_t have_version, int64_t wait_ms) {

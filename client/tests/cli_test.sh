@@ -31,6 +31,12 @@ expect_error 2 "$dir/no-data" "$client" "${tls_client[@]}" --data-dir "$dir/no-d
 expect_error 2 "$dir/no.csv" "$client" "${tls_client[@]}" --dataset csv --csv "$dir/no.csv"
 expect_error 2 "$dir/missing.ckpt" "$server" --listen 127.0.0.1:0 "${tls_server[@]}" --checkpoint "$dir/missing.ckpt" --resume --require-checkpoint
 expect_error 2 "--epochs" "$client" "${tls_client[@]}" --epochs many
+# Round settings.
+expect_error 2 "unknown schedule 'gossip'" "$server" --listen 127.0.0.1:0 "${tls_server[@]}" --schedule gossip
+expect_error 2 "--quorum must be >= 1" "$server" --listen 127.0.0.1:0 "${tls_server[@]}" --schedule splitfed --quorum 0
+expect_error 2 "--round-deadline must be >= 0" "$server" --listen 127.0.0.1:0 "${tls_server[@]}" --schedule splitfed --round-deadline -1
+expect_error 2 "unknown update compression method" "$server" --listen 127.0.0.1:0 "${tls_server[@]}" --update-compression zip
+expect_error 2 "cannot serve metrics on 'nowhere:99999'" "$server" --listen 127.0.0.1:0 "${tls_server[@]}" --metrics-listen nowhere:99999
 
 # A corrupt checkpoint is refused with a clear message and left in place.
 head -c 300 /dev/urandom >"$dir/bad.ckpt"
@@ -39,8 +45,14 @@ expect_error 2 "checkpoint '$dir/bad.ckpt' is corrupt" "$server" --listen 127.0.
 [ "$before" = "$(md5sum <"$dir/bad.ckpt")" ] || fail "corrupt checkpoint was modified"
 
 # --help documents the flags; --insecure warns.
-"$server" --help | grep -q -- "--checkpoint-every" || fail "server --help"
-"$client" --help | grep -q -- "--metrics-out" || fail "client --help"
+# (to files first: grep -q stops reading early, and pipefail would count the SIGPIPE)
+"$server" --help >"$dir/server-help" || fail "server --help exited non-zero"
+"$client" --help >"$dir/client-help" || fail "client --help exited non-zero"
+for flag in --checkpoint-every --schedule --rounds --round-samples --round-deadline --quorum \
+            --min-clients --max-staleness --update-compression --metrics-listen; do
+  grep -qE -- "^ +$flag " "$dir/server-help" || fail "server --help does not explain $flag"
+done
+grep -qE -- "^ +--metrics-out " "$dir/client-help" || fail "client --help"
 "$server" --listen 127.0.0.1:0 --insecure >"$dir/out" 2>"$dir/err" &
 pid=$!
 for _ in $(seq 100); do grep -q "listening on port" "$dir/out" && break; sleep 0.1; done

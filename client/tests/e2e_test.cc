@@ -16,6 +16,7 @@
 #include "cleave/protocol/tensor_message.h"
 #include "cleave/server/grpc_server.h"
 #include "cleave/server/split_server.h"
+#include "test_pki.h"
 
 namespace cleave {
 namespace {
@@ -26,24 +27,7 @@ using client::SplitTrainer;
 using client::TrainerOptions;
 using protocol::StatusError;
 
-// A CA, a server certificate for localhost and client certificates, all in memory.
-struct TestPki {
-  PemPair ca = CreateCertificateAuthority("cleave test CA");
-  PemPair server = IssueServerCertificate(ca, "cleave-server", {});
-  PemPair ServerTlsPair() const { return server; }
-  TlsFiles ServerFiles() const {
-    return {ca.certificate_pem, server.certificate_pem, server.private_key_pem};
-  }
-  TlsFiles ClientFiles(const std::string& name) const {
-    const PemPair client = IssueClientCertificate(ca, name);
-    return {ca.certificate_pem, client.certificate_pem, client.private_key_pem};
-  }
-};
-
-const TestPki& Pki() {
-  static const TestPki pki;
-  return pki;
-}
+using test_support::Pki;
 
 const Dataset& SmallTrainSet() {
   static const Dataset data = [] {

@@ -22,28 +22,14 @@
 #include "cleave/protocol/tensor_message.h"
 #include "cleave/server/grpc_server.h"
 #include "cleave/server/split_server.h"
+#include "test_pki.h"
 
 namespace cleave {
 namespace {
 
 using namespace std::chrono_literals;
 
-struct Pki {
-  PemPair ca = CreateCertificateAuthority("cleave rounds test CA");
-  PemPair server = IssueServerCertificate(ca, "cleave-server", {});
-  TlsFiles ServerFiles() const {
-    return {ca.certificate_pem, server.certificate_pem, server.private_key_pem};
-  }
-  TlsFiles ClientFiles(const std::string& name) const {
-    const PemPair client = IssueClientCertificate(ca, name);
-    return {ca.certificate_pem, client.certificate_pem, client.private_key_pem};
-  }
-};
-
-const Pki& TestPki() {
-  static const Pki pki;
-  return pki;
-}
+const test_support::TestPki& TestPki() { return test_support::Pki(); }
 
 ModelSpec MlpSpec() {
   ModelSpec spec;

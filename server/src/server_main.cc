@@ -188,10 +188,13 @@ int Run(int argc, char** argv) {
   sigaddset(&stop_signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
-  cleave::server::SplitServer server(options);
+  // Bind the metrics port first: a bad address fails before the model is built.
   std::unique_ptr<cleave::server::MetricsExporter> metrics;
   if (!metrics_listen.empty()) {
     metrics = std::make_unique<cleave::server::MetricsExporter>(metrics_listen);
+  }
+  cleave::server::SplitServer server(options);
+  if (metrics) {
     server.SetObserver(metrics.get());
     spdlog::info("Prometheus metrics at http://{}/metrics (port {})", metrics_listen,
                  metrics->port());

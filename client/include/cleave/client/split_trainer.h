@@ -147,6 +147,10 @@ class SplitTrainer {
   };
   // One training step on a batch: forward, send, apply the server's gradient (+ NoPeek).
   StepResult Step(const at::Tensor& inputs, const at::Tensor& labels, double* dcor_sum);
+  // Steps over batches from `next_batch` until it runs dry, `max_steps` (> 0) are done, or (with
+  // `until_round_closes`) the server says the round is closing.
+  EpochStats RunSteps(const std::function<bool(at::Tensor*, at::Tensor*)>& next_batch,
+                      int64_t max_steps, bool until_round_closes, ProgressReporter* progress);
   // Progress figures for the steps so far.
   ProgressStats Shown(const EpochStats& stats, double loss_sum, int64_t correct,
                       std::chrono::steady_clock::time_point start) const;

@@ -129,8 +129,6 @@ TEST(RoundCoordinatorTest, SequentialSkipsAHospitalThatLeftDuringItsTurn) {
 
 TEST(RoundCoordinatorTest, StaleUpdateWithinTheBoundIsAppliedWithAScaledRate) {
   RoundOptions options = SplitFed(2);
-  options.round_deadline = 100ms;
-  options.quorum = 1;
   const at::Tensor initial = at::randn({kParameters});
   RoundCoordinator rounds(options, initial);
   rounds.OnJoin("fast");
@@ -139,11 +137,13 @@ TEST(RoundCoordinatorTest, StaleUpdateWithinTheBoundIsAppliedWithAScaledRate) {
   Train(rounds, "slow", 60);
   const at::Tensor fast1 = at::randn({kParameters});
   rounds.Submit("fast", 0, 1, 60, fast1);
-  // slow misses the deadline; the round closes with fast's update alone.
-  ASSERT_TRUE(rounds.WaitForRound(1, 5s));
+  // slow drops off before sending; the round closes with fast's update alone.
+  rounds.OnLeave("slow");
+  ASSERT_EQ(rounds.round(), 2);
   EXPECT_EQ(rounds.version(), 1);
   const at::Tensor weights1 = initial + fast1;
   ExpectAllClose(rounds.Snapshot().weights, weights1);
+  rounds.OnJoin("slow");  // back, with the update it computed from version 0
   // slow's round-1 update arrives one version late: applied in round 2, scaled by 1/2.
   const at::Tensor slow1 = at::randn({kParameters});
   const UpdateOutcome late = rounds.Submit("slow", 0, 1, 40, slow1);
@@ -205,7 +205,7 @@ TEST(RoundCoordinatorTest, AResentUpdateIsAppliedOnce) {
 
 TEST(RoundCoordinatorTest, AKilledHospitalDoesNotStallTheRound) {
   RoundOptions options = SplitFed(3);
-  options.round_deadline = 200ms;
+  options.round_deadline = 500ms;
   options.quorum = 2;
   RoundCoordinator rounds(options, at::zeros({kParameters}));
   for (const char* name : {"a", "b", "hung"}) rounds.OnJoin(name);
@@ -215,13 +215,13 @@ TEST(RoundCoordinatorTest, AKilledHospitalDoesNotStallTheRound) {
   EXPECT_EQ(rounds.version(), 0);  // "hung" is still a participant
   const auto start = std::chrono::steady_clock::now();
   ASSERT_TRUE(rounds.WaitForRound(1, 5s));
-  EXPECT_LT(std::chrono::steady_clock::now() - start, 3s);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 4s);
   EXPECT_EQ(rounds.version(), 1);
 }
 
 TEST(RoundCoordinatorTest, WithoutAQuorumTheDeadlineWaitsForTheHospitalsStillTraining) {
   RoundOptions options = SplitFed(2);
-  options.round_deadline = 100ms;
+  options.round_deadline = 400ms;
   options.quorum = 2;
   RoundCoordinator rounds(options, at::zeros({kParameters}));
   rounds.OnJoin("a");
@@ -229,7 +229,7 @@ TEST(RoundCoordinatorTest, WithoutAQuorumTheDeadlineWaitsForTheHospitalsStillTra
   Train(rounds, "a", 10);
   Train(rounds, "b", 10);
   rounds.Submit("a", 0, 1, 10, at::ones({kParameters}));
-  std::this_thread::sleep_for(300ms);  // past the deadline: one update is no quorum
+  std::this_thread::sleep_for(1000ms);  // past the deadline: one update is no quorum
   EXPECT_EQ(rounds.round(), 1);
   bool closing = false;
   rounds.OnTrainStep("b", 0, 10, &closing);

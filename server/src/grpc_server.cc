@@ -97,7 +97,7 @@ class SplitLearningService final : public v1::SplitLearning::Service {
     // A stream that ends without the client closing it cleanly means the client vanished:
     // release its session so that nothing waits on it.
     if (context->IsCancelled() && !session_id.empty()) {
-      server_.ReleaseSession(session_id, "Train stream cancelled (client vanished)");
+      server_.ReleaseSession(identity, session_id, "Train stream cancelled (client vanished)");
     }
     return status;
   }
@@ -120,7 +120,13 @@ class SplitLearningService final : public v1::SplitLearning::Service {
   grpc::Status Sync(grpc::ServerContext* context, const v1::SyncRequest* request,
                     v1::SyncReply* reply) override {
     const std::string identity = IdentityOf(*context);
-    return Guarded("Sync", identity, [&] { *reply = server_.Sync(identity, *request); });
+    const grpc::Status status =
+        Guarded("Sync", identity, [&] { *reply = server_.Sync(identity, *request); });
+    // A hospital that died while waiting for its round must not hold the round up.
+    if (context->IsCancelled()) {
+      server_.ReleaseSession(identity, request->session_id(), "Sync cancelled (client vanished)");
+    }
+    return status;
   }
 
   grpc::Status SubmitUpdate(grpc::ServerContext* context, const v1::UpdateRequest* request,

@@ -124,7 +124,7 @@ int Run(int argc, char** argv) {
   AddCompressionFlags(app, "update", "client-model weight deltas (rounds; with error feedback)",
                       &update);
   std::string schedule = "single";
-  double round_deadline_seconds = 0;
+  double round_deadline_seconds = 600;
   std::string metrics_listen;
   app.add_option("--schedule", schedule, "single, sequential or splitfed (see above)")
       ->capture_default_str();
@@ -134,7 +134,8 @@ int Run(int argc, char** argv) {
                  "Training samples (all hospitals together) that end a round")
       ->capture_default_str();
   app.add_option("--round-deadline", round_deadline_seconds,
-                 "Seconds after which a round ends if --quorum updates are in (0: no deadline)")
+                 "Seconds after which a round ends if --quorum updates are in (0: no deadline; a "
+                 "hung hospital then holds its round up)")
       ->capture_default_str();
   app.add_option("--quorum", options.rounds.quorum,
                  "Updates needed to end a round at its deadline")

@@ -492,13 +492,12 @@ void SplitServer::Leave(const std::string& identity, const std::string& session_
   if (coordinator_) coordinator_->OnLeave(identity);
 }
 
-void SplitServer::ReleaseSession(const std::string& session_id, const std::string& reason) {
-  std::string identity;
+void SplitServer::ReleaseSession(const std::string& identity, const std::string& session_id,
+                                 const std::string& reason) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     const auto it = sessions_.find(session_id);
-    if (it == sessions_.end()) return;
-    identity = it->second.identity;
+    if (it == sessions_.end() || it->second.identity != identity) return;
     spdlog::warn("released session of '{}': {}", identity, reason);
     sessions_.erase(it);
     sessions_changed_.notify_all();

@@ -288,6 +288,16 @@ TEST(SplitServerTest, AnotherHospitalCannotSyncOrUpdateThroughASession) {
   }
 }
 
+TEST(SplitServerTest, OnlyTheOwnerOfASessionCanHaveItReleased) {
+  SplitServer server(MlpOptions());
+  const std::string a = server.Join("a", JoinFor(server)).session_id();
+  // b names a's session on a stream it then cancels: a's session must survive.
+  server.ReleaseSession("b", a, "stream cancelled");
+  EXPECT_EQ(server.active_sessions(), 1u);
+  server.ReleaseSession("a", a, "stream cancelled");
+  EXPECT_EQ(server.active_sessions(), 0u);
+}
+
 TEST(SplitServerTest, SingleScheduleHasNoRounds) {
   SplitServer server(MlpOptions());
   const std::string a = server.Join("a", JoinFor(server)).session_id();

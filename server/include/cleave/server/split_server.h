@@ -97,9 +97,10 @@ class SplitServer {
   // options.max_sync_wait), and its client-model update. Throw StatusError / InvalidInput.
   v1::SyncReply Sync(const std::string& identity, const v1::SyncRequest& request);
   v1::UpdateReply SubmitUpdate(const std::string& identity, const v1::UpdateRequest& request);
-  // Releases a session whose client vanished (stream cancelled); no identity check needed as the
-  // caller is the stream that owned it.
-  void ReleaseSession(const std::string& session_id, const std::string& reason);
+  // Releases a session whose client vanished (its stream or Sync was cancelled). Only a session
+  // that `identity` owns: a client that named another's session id cannot end it this way.
+  void ReleaseSession(const std::string& identity, const std::string& session_id,
+                      const std::string& reason);
 
   // Writes the checkpoint now (no-op without a checkpoint path).
   void SaveCheckpoint();

@@ -12,7 +12,7 @@ packages=(
   libcli11-dev libspdlog-dev nlohmann-json3-dev  # flags, logging, JSON metrics
   prometheus-cpp-dev zlib1g-dev libpng-dev       # metrics endpoint, gzip IDX files, PNG output
   gnuplot-nox                                    # leakage-vs-accuracy plots
-  clang-16 libfuzzer-16-dev                      # the codec fuzzer
+  clang-16 libfuzzer-16-dev libclang-rt-16-dev  # the codec fuzzer (+ sanitizer runtimes)
 )
 
 missing=()

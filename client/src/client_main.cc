@@ -148,6 +148,10 @@ int Run(int argc, char** argv) {
                              : 1.0;
   std::printf("test accuracy %.2f%%  test loss %.4f  (%lld test samples)\n", 100 * test.accuracy,
               test.loss, static_cast<long long>(test.samples));
+  std::printf(
+      "test dCor(inputs, sent activations) %.4f, bias-corrected dCor^2 %.4f (batches of %lld; "
+      "1 = activations reveal the inputs up to a similarity transform, 0 = independent)\n",
+      test.dcor, test.dcor_bias_corrected, static_cast<long long>(test.dcor_batch_size));
   std::printf("trained %lld samples in %.1f s (%.0f samples/s), sent %s, received %s\n",
               static_cast<long long>(samples), seconds, seconds > 0 ? samples / seconds : 0,
               cleave::client::HumanBytes(counters.bytes_sent).c_str(),
@@ -180,6 +184,9 @@ int Run(int argc, char** argv) {
              : 0.0},
         {"nopeek_alpha", options.nopeek_alpha},
         {"train_dcor_last_epoch", last.dcor},
+        {"test_dcor", test.dcor},
+        {"test_dcor_bias_corrected", test.dcor_bias_corrected},
+        {"test_dcor_batch_size", test.dcor_batch_size},
     };
     cleave::WriteFileAtomic(metrics_out, metrics.dump(2) + "\n");
     spdlog::info("metrics written to '{}'", metrics_out);

@@ -147,12 +147,22 @@ EvalStats SplitTrainer::Evaluate(const Dataset& test, int64_t batch_size) {
   BatchIterator batches(test, batch_size, options_.seed, /*shuffle=*/false);
   batches.StartEpoch(0);
   EvalStats stats;
-  double loss_sum = 0;
-  int64_t correct = 0;
+  double loss_sum = 0, dcor_sum = 0, dcor_corrected_sum = 0;
+  int64_t correct = 0, dcor_batches = 0;
   at::Tensor inputs, labels;
   while (batches.Next(&inputs, &labels)) {
     const at::Tensor activations = model_.bottom->forward(inputs);
     const SelectedActivations selected = compressor_->Select(activations);
+    // Leakage of what is sent: only full batches, so that every figure has the stated batch size
+    // (the plain estimator's bias depends on it), unless the test set fits in one batch.
+    const int64_t rows = inputs.size(0);
+    if ((rows == batch_size || (dcor_batches == 0 && rows == test.size())) && rows >= 4) {
+      const at::Tensor sent = selected.Apply(activations);
+      dcor_sum += privacy::DistanceCorrelation(inputs, sent).item<double>();
+      dcor_corrected_sum += privacy::BiasCorrectedDistanceCorrelation(inputs, sent).item<double>();
+      stats.dcor_batch_size = rows;
+      ++dcor_batches;
+    }
     v1::EvaluateRequest request;
     request.set_protocol_version(protocol::kProtocolVersion);
     request.set_session_id(session_id_);
@@ -170,6 +180,10 @@ EvalStats SplitTrainer::Evaluate(const Dataset& test, int64_t batch_size) {
   }
   stats.loss = stats.samples > 0 ? loss_sum / stats.samples : 0;
   stats.accuracy = stats.samples > 0 ? static_cast<double>(correct) / stats.samples : 0;
+  if (dcor_batches > 0) {
+    stats.dcor = dcor_sum / dcor_batches;
+    stats.dcor_bias_corrected = dcor_corrected_sum / dcor_batches;
+  }
   return stats;
 }
 

@@ -25,6 +25,7 @@ Dataset Synthetic(int64_t rows, uint64_t seed) {
 struct Outcome {
   double dcor = 0;
   double accuracy = 0;
+  client::EvalStats eval;
 };
 
 Outcome TrainAndMeasure(double alpha) {
@@ -51,9 +52,21 @@ Outcome TrainAndMeasure(double alpha) {
     }
   }
   Outcome outcome;
-  outcome.accuracy = trainer.Evaluate(test).accuracy;
+  outcome.eval = trainer.Evaluate(test);
+  outcome.accuracy = outcome.eval.accuracy;
   at::NoGradGuard no_grad;
   trainer.model().bottom->eval();
+  // Evaluate's test-set dCor: batches of 500 over 1024 rows, so the two full batches count.
+  EXPECT_EQ(outcome.eval.dcor_batch_size, 500);
+  double plain = 0, corrected = 0;
+  for (int64_t start : {0, 500}) {
+    const at::Tensor x = test.inputs.slice(0, start, start + 500);
+    const at::Tensor z = trainer.model().bottom->forward(x);
+    plain += privacy::DistanceCorrelation(x, z).item<double>() / 2;
+    corrected += privacy::BiasCorrectedDistanceCorrelation(x, z).item<double>() / 2;
+  }
+  EXPECT_NEAR(outcome.eval.dcor, plain, 1e-5);
+  EXPECT_NEAR(outcome.eval.dcor_bias_corrected, corrected, 1e-5);
   // The bias-corrected estimator of dCor^2 at n = 1024 (the plain one is biased upward).
   outcome.dcor = privacy::BiasCorrectedDistanceCorrelation(
                      test.inputs, trainer.model().bottom->forward(test.inputs))
@@ -72,6 +85,8 @@ TEST(NoPeekTest, LowersDistanceCorrelationAndKeepsAccuracy) {
       vanilla.dcor, vanilla.accuracy, nopeek.dcor, nopeek.accuracy);
   EXPECT_GT(vanilla.dcor, 0.2);
   EXPECT_LT(nopeek.dcor, 0.8 * vanilla.dcor);
+  EXPECT_LT(nopeek.eval.dcor_bias_corrected, 0.8 * vanilla.eval.dcor_bias_corrected);
+  EXPECT_LT(nopeek.eval.dcor, vanilla.eval.dcor);
   EXPECT_GT(nopeek.accuracy, 0.95);
 }
 

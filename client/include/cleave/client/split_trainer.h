@@ -46,6 +46,13 @@ struct EvalStats {
   double loss = 0;
   double accuracy = 0;
   int64_t samples = 0;
+  // dCor(test inputs, sent activations), per evaluation batch of `dcor_batch_size` samples and
+  // averaged over the full batches (the last, smaller one only when it is the only one). The
+  // plain estimator is biased upward on small batches; `dcor_bias_corrected` is the U-centred
+  // estimate of dCor^2 (near 0 for independent data at any batch size).
+  double dcor = 0;
+  double dcor_bias_corrected = 0;
+  int64_t dcor_batch_size = 0;
 };
 
 struct LinkCounters {

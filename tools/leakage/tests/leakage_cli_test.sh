@@ -18,7 +18,7 @@ expect_error() {
 }
 
 help="$("$bin" --help)" || fail "--help exited non-zero"
-for topic in measure sweep "independence baseline" SSIM PSNR "--threads"; do
+for topic in measure sweep "baseline" "bias-corrected" SSIM PSNR "--threads"; do
   grep -qF -- "$topic" <<<"$help" || fail "--help does not mention '$topic'"
 done
 "$bin" measure --help | grep -qF -- "--aux-samples" || fail "measure --help"

@@ -220,9 +220,11 @@ std::string SweepGnuplotScript(const std::vector<SweepRow>& rows, const std::str
      << "set output " << GnuplotQuote(png_path) << "\n"
      << "set multiplot layout 1,2 title \"NoPeek: leakage against test accuracy (labels: "
         "alpha)\"\n"
-     << "set grid\nset key top left\nset xlabel \"test accuracy (%)\"\n";
+     << "set grid\nset key bottom left\nset xlabel \"test accuracy (%)\"\n";
   for (int panel = 0; panel < 2; ++panel) {
     const int column = panel == 0 ? 2 : have_ssim ? 3 : 4;
+    // dCor and SSIM live in [0, 1]: a fixed axis keeps small changes from looking large.
+    gp << (panel == 0 || have_ssim ? "set yrange [0:1.05]\n" : "set autoscale y\n");
     if (panel == 0) {
       gp << "set ylabel \"dCor(inputs, transmitted activations), batches of " << batch << "\"\n";
     } else if (have_ssim) {

@@ -125,6 +125,14 @@ std::vector<SweepRow> RunSweep(const Dataset& client_train, const Dataset& auxil
       row.test_accuracy = evaluation.accuracy;
       row.test_loss = evaluation.loss;
 
+      if (log) {
+        std::fprintf(log,
+                     "  measuring: dCor on %lld test inputs, attack decoder on %lld auxiliary "
+                     "pairs for %d epochs\n",
+                     static_cast<long long>(test.size()), static_cast<long long>(auxiliary.size()),
+                     options.leakage.attack.epochs);
+        std::fflush(log);
+      }
       LeakageOptions leakage_options = options.leakage;
       leakage_options.transmission = {row.method, row.method == "none" ? 1.0 : density,
                                       options.precision};

@@ -67,7 +67,8 @@ struct EvalStats {
   // dCor(test inputs, sent activations), per evaluation batch of `dcor_batch_size` samples and
   // averaged over the full batches (the last, smaller one only when it is the only one). The
   // plain estimator is biased upward on small batches; `dcor_bias_corrected` is the U-centred
-  // estimate of dCor^2 (near 0 for independent data at any batch size).
+  // estimate of dCor^2 (near 0 for independent data at any batch size). All 0 when no batch had
+  // at least 4 samples.
   double dcor = 0;
   double dcor_bias_corrected = 0;
   int64_t dcor_batch_size = 0;

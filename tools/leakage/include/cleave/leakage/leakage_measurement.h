@@ -1,0 +1,86 @@
+// How much a trained client's transmitted activations reveal about its raw inputs: distance
+// correlation (plain, bias-corrected, and the independence baseline at the same batch size) and a
+// reconstruction attack by an attacker who holds auxiliary (input, activation) pairs.
+#pragma once
+
+#include <ATen/Tensor.h>
+#include <torch/nn/modules/container/sequential.h>
+
+#include <cstdint>
+#include <string>
+
+#include "cleave/core/dataset.h"
+#include "cleave/privacy/reconstruction_attack.h"
+
+namespace cleave::leakage {
+
+// What the server asks the client to send (as in the Join reply): compressor, density, precision.
+struct TransmissionSettings {
+  std::string method = "none";     // "none", "topk", "gaussiank", "gaussiank+", "randomk"
+  double density = 1.0;            // fraction of activation elements sent, (0, 1]
+  std::string precision = "fp32";  // value precision of sparse payloads: fp32, fp16 or bf16
+};
+
+// The activations the server receives for `inputs`: the bottom model's output (eval mode, no
+// gradient), selected by the client's ActivationCompressor in batches of `send_batch_size` (the
+// selection is per sent tensor, so the batch matters), encoded and decoded exactly as on the wire
+// (value rounding included); zeros where nothing was sent. Returns [N, cut shape...] on the CPU.
+// `density_sent` (optional) receives the fraction of elements actually sent.
+at::Tensor TransmittedActivations(torch::nn::Sequential& bottom, const at::Tensor& inputs,
+                                  const TransmissionSettings& transmission, int64_t send_batch_size,
+                                  uint64_t seed, double* density_sent = nullptr);
+
+struct DistanceCorrelationEstimate {
+  double dcor = 0;                 // plain sample dCor, mean over batches
+  double dcor_bias_corrected = 0;  // U-centred estimate of dCor^2, mean over batches
+  double baseline = 0;             // plain dCor of the inputs against shuffled activations
+  int64_t batch_size = 0;          // rows per batch every figure was computed on
+  int64_t batches = 0;
+};
+
+// dCor(inputs, activations) over consecutive batches of `batch_size` rows (only full batches;
+// one smaller batch when fewer rows than that are given, at least 4). Throws UserError when the
+// row counts differ or fewer than 4 rows are given.
+DistanceCorrelationEstimate MeasureDistanceCorrelation(const at::Tensor& inputs,
+                                                       const at::Tensor& activations,
+                                                       int64_t batch_size, uint64_t seed);
+
+struct LeakageOptions {
+  TransmissionSettings transmission;
+  int64_t send_batch_size = 64;    // batch the client sends (the compressor selects per batch)
+  int64_t dcor_batch_size = 1024;  // rows per dCor estimate
+  privacy::ReconstructionAttackOptions attack;
+  int64_t grid_images = 8;  // originals and reconstructions kept for the PNG grid
+  uint64_t seed = 1;
+};
+
+struct LeakageReport {
+  DistanceCorrelationEstimate dcor;  // on the test set
+  double density_sent = 1.0;         // fraction of activation elements transmitted (test set)
+  double attack_mse = 0;             // per image, averaged over the test set
+  double attack_psnr = 0;            // dB, per image, averaged
+  double attack_ssim = 0;            // per image, averaged (NaN when inputs are not images)
+  double attack_final_loss = 0;      // decoder's training MSE in its last epoch
+  int64_t auxiliary_samples = 0;     // pairs the attacker trained on
+  int64_t test_samples = 0;          // inputs the attack and dCor were scored on
+  at::Tensor grid_originals;         // [grid_images, input shape...]
+  at::Tensor grid_reconstructions;   // the attacker's reconstructions of the same images
+};
+
+// The attacker's auxiliary pairs come from the training data but never from what the client
+// trains on or is tested on: a seeded permutation of `train` gives `auxiliary_samples` rows to the
+// attacker and the next `client_limit` rows (0: all the rest) to the client. Throws UserError
+// when the training data cannot hold both.
+struct ClientAndAuxiliary {
+  Dataset client;
+  Dataset auxiliary;
+};
+ClientAndAuxiliary SplitOffAuxiliary(const Dataset& train, int64_t auxiliary_samples,
+                                     int64_t client_limit, uint64_t seed);
+
+// Measures a trained bottom model: dCor between raw test inputs and transmitted activations, and
+// the reconstruction attack trained on `auxiliary` (disjoint from `test`) and scored on `test`.
+LeakageReport MeasureLeakage(torch::nn::Sequential& bottom, const Dataset& auxiliary,
+                             const Dataset& test, const LeakageOptions& options);
+
+}  // namespace cleave::leakage

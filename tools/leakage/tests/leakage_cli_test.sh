@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# cleave-leakage at its edges: --help explains the numbers, bad flags and files give one line and
+# exit code 2.
+set -uo pipefail
+bin="$1"
+dir="$(mktemp -d)"
+trap 'rm -rf "$dir"' EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+# expect_error TEXT ARGS...: wants exit 2 and one stderr line containing TEXT.
+expect_error() {
+  local text="$1"; shift
+  "$bin" "$@" >"$dir/out" 2>"$dir/err"
+  local got=$?
+  [ "$got" = 2 ] || fail "'$*' exited $got, expected 2: $(cat "$dir/err")"
+  grep -qF -- "$text" "$dir/err" || fail "'$*': stderr does not mention '$text': $(cat "$dir/err")"
+  [ "$(grep -vc '^\s*$' "$dir/err")" = 1 ] || fail "'$*': error is not one line: $(cat "$dir/err")"
+}
+
+help="$("$bin" --help)" || fail "--help exited non-zero"
+for topic in measure sweep "baseline" "bias-corrected" SSIM PSNR "--threads"; do
+  grep -qF -- "$topic" <<<"$help" || fail "--help does not mention '$topic'"
+done
+"$bin" measure --help | grep -qF -- "--aux-samples" || fail "measure --help"
+"$bin" sweep --help | grep -qF -- "--alphas" || fail "sweep --help"
+"$bin" sweep --help | grep -qF -- "--client-lr" || fail "sweep --help"
+
+expect_error "subcommand" 
+expect_error "--checkpoint" measure
+expect_error "$dir/missing.ckpt" measure --checkpoint "$dir/missing.ckpt"
+head -c 300 /dev/urandom >"$dir/bad.ckpt"
+expect_error "$dir/bad.ckpt" measure --checkpoint "$dir/bad.ckpt"
+expect_error "--method" measure --checkpoint "$dir/bad.ckpt" --method top-k
+expect_error "--out" sweep
+expect_error "--epochs" sweep --out "$dir/o" --epochs many
+expect_error "$dir/no-data" sweep --out "$dir/o" --data-dir "$dir/no-data"
+expect_error "density" sweep --out "$dir/o" --densities 1.5 --data-dir "$dir/no-data"
+echo "leakage_cli_test: ok"

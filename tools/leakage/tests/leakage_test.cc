@@ -1,0 +1,276 @@
+// cleave_leakage: transmitted activations match the wire, dCor batching, the attacker's data
+// split, a leakage measurement of a CNN cut, and a small sweep with its CSV, table and plot.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <set>
+#include <sstream>
+
+#include "cleave/core/error.h"
+#include "cleave/core/file_io.h"
+#include "cleave/leakage/leakage_measurement.h"
+#include "cleave/leakage/leakage_sweep.h"
+#include "cleave/privacy/distance_correlation.h"
+
+namespace cleave::leakage {
+namespace {
+
+// Smooth images in [0, 1] (random 7x7 patterns upsampled), labelled by their mean brightness.
+Dataset SmoothImages(int64_t rows, uint64_t seed) {
+  at::manual_seed(seed);
+  Dataset data;
+  data.inputs = at::upsample_bilinear2d(at::rand({rows, 1, 7, 7}), {28, 28}, false);
+  const at::Tensor mean = data.inputs.mean({1, 2, 3});
+  data.labels = (mean > mean.median()).to(at::kLong);
+  data.num_classes = 2;
+  return data;
+}
+
+Dataset Tabular(int64_t rows, uint64_t seed) {
+  at::manual_seed(seed);
+  Dataset data;
+  data.inputs = at::randn({rows, 20});
+  data.labels = (data.inputs.select(1, 0) > 0).to(at::kLong);
+  data.num_classes = 2;
+  return data;
+}
+
+ModelSpec TabularSpec() {
+  ModelSpec spec;
+  spec.architecture = "mlp";
+  spec.input_shape = {20};
+  spec.hidden = {32, 16};
+  spec.num_classes = 2;
+  spec.cut = 1;
+  return spec;
+}
+
+int64_t Lines(const std::string& text) {
+  return static_cast<int64_t>(std::count(text.begin(), text.end(), '\n'));
+}
+
+TEST(TransmittedActivationsTest, DenseIsTheBottomModelOutput) {
+  SplitModel model = BuildSplitModel({}, 3);
+  const Dataset data = SmoothImages(50, 1);
+  double density = 0;
+  const at::Tensor sent = TransmittedActivations(model.bottom, data.inputs, {}, 16, 1, &density);
+  at::NoGradGuard no_grad;
+  model.bottom->eval();
+  const at::Tensor expected = model.bottom->forward(data.inputs);
+  ASSERT_EQ(sent.sizes(), expected.sizes());
+  EXPECT_TRUE(at::allclose(sent, expected, 1e-6, 1e-6));
+  EXPECT_EQ(density, 1.0);
+}
+
+TEST(TransmittedActivationsTest, SparseKeepsTheSelectedValuesRoundedToThePrecision) {
+  SplitModel model = BuildSplitModel({}, 3);
+  const Dataset data = SmoothImages(40, 2);
+  double density = 0;
+  const at::Tensor sent = TransmittedActivations(model.bottom, data.inputs,
+                                                 {"gaussiank+", 0.05, "fp16"}, 20, 1, &density);
+  at::NoGradGuard no_grad;
+  model.bottom->eval();
+  const at::Tensor dense = model.bottom->forward(data.inputs);
+  EXPECT_NEAR(density, 0.05, 1e-3);  // gaussiank+ lands on k
+  const at::Tensor kept = sent != 0;
+  EXPECT_NEAR(kept.to(at::kDouble).mean().item<double>(), 0.05, 2e-3);
+  // Values where something was sent are the dense values rounded to fp16, not the originals.
+  const at::Tensor rounded = dense.to(at::kHalf).to(at::kFloat);
+  EXPECT_TRUE(at::equal(sent.masked_select(kept), rounded.masked_select(kept)));
+  EXPECT_FALSE(at::equal(sent.masked_select(kept), dense.masked_select(kept)));
+  // The largest magnitudes of each sent batch are kept.
+  const at::Tensor first = dense.slice(0, 0, 20).abs().flatten();
+  const double threshold = std::get<0>(first.topk(first.numel() / 20)).min().item<double>();
+  EXPECT_TRUE(sent.slice(0, 0, 20)
+                  .abs()
+                  .flatten()
+                  .ge(threshold * 0.999)
+                  .eq(kept.slice(0, 0, 20).flatten())
+                  .all()
+                  .item<bool>());
+}
+
+TEST(TransmittedActivationsTest, RejectsAnUnknownPrecisionOrMethod) {
+  SplitModel model = BuildSplitModel({}, 3);
+  const Dataset data = SmoothImages(8, 2);
+  EXPECT_THROW(TransmittedActivations(model.bottom, data.inputs, {"topk", 0.1, "fp8"}, 8, 1),
+               UserError);
+  EXPECT_THROW(TransmittedActivations(model.bottom, data.inputs, {"top-k", 0.1, "fp32"}, 8, 1),
+               UserError);
+}
+
+TEST(MeasureDistanceCorrelationTest, AveragesFullBatchesOfTheStatedSize) {
+  at::manual_seed(4);
+  const at::Tensor x = at::randn({10, 3}), z = x.pow(3) + 0.1 * at::randn({10, 3});
+  const DistanceCorrelationEstimate estimate = MeasureDistanceCorrelation(x, z, 4, 1);
+  EXPECT_EQ(estimate.batch_size, 4);
+  EXPECT_EQ(estimate.batches, 2);  // rows 8 and 9 do not make a full batch
+  const double expected = (privacy::DistanceCorrelation(x.slice(0, 0, 4), z.slice(0, 0, 4)) +
+                           privacy::DistanceCorrelation(x.slice(0, 4, 8), z.slice(0, 4, 8)))
+                              .item<double>() /
+                          2;
+  EXPECT_NEAR(estimate.dcor, expected, 1e-6);
+  // Fewer rows than the batch: one batch of all of them.
+  const DistanceCorrelationEstimate one = MeasureDistanceCorrelation(x, z, 1024, 1);
+  EXPECT_EQ(one.batch_size, 10);
+  EXPECT_EQ(one.batches, 1);
+}
+
+TEST(MeasureDistanceCorrelationTest, SeparatesDependenceFromTheBaseline) {
+  at::manual_seed(5);
+  const at::Tensor x = at::randn({512, 8});
+  const DistanceCorrelationEstimate same = MeasureDistanceCorrelation(x, 2 * x + 1, 256, 1);
+  EXPECT_NEAR(same.dcor, 1.0, 1e-6);
+  EXPECT_LT(same.baseline, 0.45);  // about 0.31 at n = 256
+  EXPECT_GT(same.dcor_bias_corrected, 0.99);
+  const DistanceCorrelationEstimate independent =
+      MeasureDistanceCorrelation(x, at::randn({512, 4}), 256, 1);
+  EXPECT_NEAR(independent.dcor, independent.baseline, 0.1);
+  EXPECT_LT(std::fabs(independent.dcor_bias_corrected), 0.05);
+}
+
+TEST(MeasureDistanceCorrelationTest, RejectsMismatchedOrTinyInputs) {
+  EXPECT_THROW(MeasureDistanceCorrelation(at::randn({8, 2}), at::randn({7, 2}), 4, 1), UserError);
+  EXPECT_THROW(MeasureDistanceCorrelation(at::randn({3, 2}), at::randn({3, 2}), 4, 1), UserError);
+  EXPECT_THROW(MeasureDistanceCorrelation(at::randn({8, 2}), at::randn({8, 2}), 2, 1), UserError);
+}
+
+TEST(SplitOffAuxiliaryTest, GivesTheAttackerRowsTheClientNeverSees) {
+  Dataset data = Tabular(100, 1);
+  data.inputs.select(1, 1).copy_(at::arange(100));  // row ids, to check disjointness
+  const ClientAndAuxiliary split = SplitOffAuxiliary(data, 30, 50, 7);
+  ASSERT_EQ(split.auxiliary.size(), 30);
+  ASSERT_EQ(split.client.size(), 50);
+  std::set<int64_t> ids;
+  for (const Dataset* part : {&split.auxiliary, &split.client}) {
+    for (int64_t i = 0; i < part->size(); ++i) {
+      ids.insert(static_cast<int64_t>(part->inputs[i][1].item<float>()));
+    }
+  }
+  EXPECT_EQ(ids.size(), 80u);
+  const ClientAndAuxiliary again = SplitOffAuxiliary(data, 30, 50, 7);
+  EXPECT_TRUE(at::equal(again.auxiliary.inputs, split.auxiliary.inputs));
+  EXPECT_EQ(SplitOffAuxiliary(data, 30, 0, 7).client.size(), 70);
+  EXPECT_THROW(SplitOffAuxiliary(data, 100, 0, 7), UserError);
+  EXPECT_THROW(SplitOffAuxiliary(data, 0, 0, 7), UserError);
+}
+
+TEST(MeasureLeakageTest, AnUntrainedConvBlockRevealsItsInputs) {
+  SplitModel model = BuildSplitModel({}, 3);
+  const Dataset auxiliary = SmoothImages(256, 1), test = SmoothImages(64, 2);
+  LeakageOptions options;
+  options.dcor_batch_size = 32;
+  options.attack.epochs = 8;
+  options.attack.learning_rate = 3e-3;
+  options.attack.width = 16;
+  options.grid_images = 5;
+  const LeakageReport report = MeasureLeakage(model.bottom, auxiliary, test, options);
+  EXPECT_EQ(report.dcor.batch_size, 32);
+  EXPECT_EQ(report.dcor.batches, 2);
+  // A random conv + ReLU + pool keeps the inputs' geometry: dCor near 1, and the bias-corrected
+  // dCor^2 far from 0. (The plain baseline of such smooth images at n = 32 is itself high.)
+  EXPECT_GT(report.dcor.dcor, 0.9);
+  EXPECT_GT(report.dcor.dcor, report.dcor.baseline);
+  EXPECT_GT(report.dcor.dcor_bias_corrected, 0.8);
+  EXPECT_EQ(report.auxiliary_samples, 256);
+  EXPECT_EQ(report.test_samples, 64);
+  // The attacker beats guessing the mean image (the test images' variance around their mean).
+  const double guess_mse =
+      (test.inputs - auxiliary.inputs.mean(0, true)).pow(2).mean().item<double>();
+  EXPECT_LT(report.attack_mse, 0.7 * guess_mse);
+  EXPECT_GT(report.attack_ssim, 0.0);
+  EXPECT_LE(report.attack_ssim, 1.0);
+  EXPECT_TRUE(std::isfinite(report.attack_psnr));
+  ASSERT_EQ(report.grid_originals.sizes(), (at::IntArrayRef{5, 1, 28, 28}));
+  ASSERT_EQ(report.grid_reconstructions.sizes(), (at::IntArrayRef{5, 1, 28, 28}));
+  EXPECT_TRUE(at::equal(report.grid_originals, test.inputs.slice(0, 0, 5)));
+}
+
+class SweepTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() / ("leakage_test_" + std::to_string(::getpid()));
+    std::filesystem::create_directories(dir_);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+  std::filesystem::path dir_;
+};
+
+TEST_F(SweepTest, NoPeekLowersLeakageAndTheOutputsDescribeEverySetting) {
+  SweepOptions options;
+  options.model = TabularSpec();
+  options.alphas = {0, 10};
+  options.densities = {1.0, 0.5};
+  options.epochs = 2;
+  options.batch_size = 128;
+  options.server_learning_rate = options.client_learning_rate = 1e-2;
+  options.leakage.dcor_batch_size = 512;
+  options.leakage.attack.epochs = 2;
+  const Dataset train = Tabular(2560, 1), auxiliary = Tabular(512, 3), test = Tabular(1024, 2);
+  int64_t seen = 0;
+  std::FILE* log = std::tmpfile();
+  const std::vector<SweepRow> rows =
+      RunSweep(train, auxiliary, test, options, nullptr, log, [&](const SweepRow&) { ++seen; });
+  std::fclose(log);
+  ASSERT_EQ(rows.size(), 4u);
+  EXPECT_EQ(seen, 4);
+  EXPECT_EQ(rows[0].method, "none");
+  EXPECT_EQ(rows[2].method, "gaussiank+");
+  EXPECT_NEAR(rows[2].leakage.density_sent, 0.5, 0.01);
+  for (const SweepRow& row : rows) {
+    EXPECT_EQ(row.leakage.dcor.batch_size, 512);
+    EXPECT_EQ(row.train_samples, 2 * 2560);
+    EXPECT_TRUE(std::isnan(row.leakage.attack_ssim));  // tabular inputs: no SSIM
+    EXPECT_GT(row.test_accuracy, 0.5);
+  }
+  // alpha 10 against alpha 0 at each density (bias-corrected: the plain estimate at n = 512 has
+  // a floor of about 0.2).
+  EXPECT_LT(rows[1].leakage.dcor.dcor_bias_corrected,
+            0.8 * rows[0].leakage.dcor.dcor_bias_corrected);
+  EXPECT_LT(rows[3].leakage.dcor.dcor_bias_corrected,
+            0.8 * rows[2].leakage.dcor.dcor_bias_corrected);
+  EXPECT_GT(rows[1].train_dcor_last_epoch, 0.0);
+  EXPECT_EQ(rows[0].train_dcor_last_epoch, 0.0);
+
+  const std::string csv = SweepCsv(rows);
+  EXPECT_EQ(Lines(csv), 5);
+  EXPECT_EQ(csv.rfind("alpha,density,method,", 0), 0u);
+  EXPECT_NE(csv.find("\n10,0.5,gaussiank+,fp32,"), std::string::npos);
+  const std::string table = SweepMarkdown(rows);
+  EXPECT_EQ(Lines(table), 6);
+  EXPECT_NE(table.find("dCor (n = 512)"), std::string::npos);
+
+  const std::string png = (dir_ / "leakage.png").string();
+  const std::string script = SweepGnuplotScript(rows, png);
+  EXPECT_NE(script.find("title \"density 1\""), std::string::npos);
+  EXPECT_NE(script.find("title \"density 0.5\""), std::string::npos);
+  const std::string script_path = (dir_ / "leakage.gp").string();
+  WriteFileAtomic(script_path, script);
+  if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) GTEST_SKIP() << "no gnuplot";
+  std::string why_not;
+  ASSERT_TRUE(RunGnuplot(script_path, &why_not)) << why_not;
+  const std::string bytes = ReadFile(png, "plot");
+  ASSERT_GT(bytes.size(), 8u);
+  EXPECT_EQ(bytes.substr(1, 3), "PNG");
+}
+
+TEST(RunSweepTest, RejectsBadSettings) {
+  SweepOptions options;
+  options.model = TabularSpec();
+  const Dataset data = Tabular(64, 1);
+  options.densities = {0};
+  EXPECT_THROW(RunSweep(data, data, data, options, nullptr, nullptr), UserError);
+  options.densities = {1};
+  options.alphas = {-1};
+  EXPECT_THROW(RunSweep(data, data, data, options, nullptr, nullptr), UserError);
+  options.alphas = {};
+  EXPECT_THROW(RunSweep(data, data, data, options, nullptr, nullptr), UserError);
+}
+
+}  // namespace
+}  // namespace cleave::leakage

@@ -51,6 +51,7 @@ run() {  # run NAME METHOD DENSITY PRECISION
   local label="$precision"
   [[ "$grad_precision" != "$precision" ]] && label="$precision up / $grad_precision down"
   [[ ${#per_sample[@]} -gt 0 ]] && label="$label / per sample"
+  [[ -n "$EXTRA_SERVER_FLAGS" && "$method" != none ]] && label="$label / $EXTRA_SERVER_FLAGS"
   echo "$method,$density,$label,$(field "$m" test_accuracy),$(field "$m" train_bytes_sent),$(field "$m" train_bytes_received),$(field "$m" samples),$(field "$m" compression_ratio)" >>"$OUT/compression.csv"
   echo "sweep: $name done: accuracy $(field "$m" test_accuracy)"
 }

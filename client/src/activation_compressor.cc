@@ -19,12 +19,31 @@ ActivationCompressor::ActivationCompressor(const v1::CompressionSettings& settin
 
 ActivationCompressor::~ActivationCompressor() = default;
 
+std::vector<uint32_t> ActivationCompressor::SelectPerSample(const at::Tensor& activations) {
+  CLEAVE_ENFORCE(activations.dim() >= 1, "per-sample selection needs a batch dimension");
+  const int64_t rows = activations.size(0);
+  const int64_t row_numel = rows == 0 ? 0 : activations.numel() / rows;
+  std::vector<uint32_t> indices;
+  indices.reserve(static_cast<size_t>(rows * compressor_->TargetCount(row_numel)));
+  for (int64_t row = 0; row < rows; ++row) {
+    // Each row's indices are ascending and lie in [row * row_numel, (row + 1) * row_numel), so
+    // the concatenation is ascending too.
+    const Selection selection = compressor_->Compress(activations[row]);
+    const auto offset = static_cast<uint32_t>(row * row_numel);
+    for (uint32_t index : selection.indices) indices.push_back(offset + index);
+  }
+  return indices;
+}
+
 SelectedActivations ActivationCompressor::Select(const at::Tensor& activations) {
   SelectedActivations selected;
   if (settings_.method() == "none") return selected;
-  Selection selection = compressor_->Compress(activations);
   selected.all = false;
-  selected.indices = std::move(selection.indices);
+  if (settings_.per_sample()) {
+    selected.indices = SelectPerSample(activations);
+  } else {
+    selected.indices = compressor_->Compress(activations).indices;
+  }
   at::Tensor mask = at::zeros({activations.numel()}, activations.options().requires_grad(false));
   float* data = mask.data_ptr<float>();
   for (uint32_t index : selected.indices) data[index] = 1.0f;

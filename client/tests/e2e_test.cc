@@ -395,5 +395,43 @@ TEST_F(CompressedEndToEndTest, TrainsWithFarFewerBytes) {
   EXPECT_GT(eval.accuracy, 0.6);
 }
 
+// Activations chosen per sample (5% of each sample in fp16), gradients back in bf16 at exactly
+// the sent positions: the configuration of the accuracy goal.
+class PerSampleEndToEndTest : public EndToEndTest {
+ protected:
+  server::SplitServerOptions ServerOptions() const override {
+    server::SplitServerOptions options = EndToEndTest::ServerOptions();
+    auto* act = options.compression.mutable_activations();
+    act->set_method("gaussiank+");
+    act->set_density(0.05);
+    act->set_value_precision("fp16");
+    act->set_per_sample(true);
+    options.compression.mutable_gradients()->set_value_precision("bf16");
+    return options;
+  }
+};
+
+TEST_F(PerSampleEndToEndTest, ServerAdvertisesItAndEverySampleGetsItsShare) {
+  GrpcLink link(Connect(Pki().ClientFiles("st-mary")));
+  TrainerOptions options;
+  options.model = CnnSpec();
+  options.batch_size = 32;
+  options.max_steps_per_epoch = 250;
+  SplitTrainer trainer(options, link);
+  const v1::JoinReply joined = trainer.Join(SmallTrainSet().size());
+  EXPECT_TRUE(joined.compression().activations().per_sample());
+  EXPECT_EQ(joined.compression().gradients().method(), "none");
+  trainer.TrainEpoch(SmallTrainSet(), 0, 1, nullptr);
+  const auto [first, last] = FirstAndLastLoss(trainer.step_losses());
+  EXPECT_LT(last, 0.7 * first) << "first " << first << " last " << last;
+  const auto& counters = trainer.counters();
+  // round(0.05 * 6272) = 314 of each sample's 6272 cut-layer elements, whatever the batch.
+  EXPECT_EQ(counters.elements_sent * 6272, counters.elements_total * 314);
+  EXPECT_GT(static_cast<double>(counters.dense_fp32_bytes) / counters.bytes_sent, 10.0);
+  EXPECT_EQ(split_server_->bytes_received(), counters.bytes_sent);
+  const client::EvalStats eval = trainer.Evaluate(SmallTrainSet(), 500);
+  EXPECT_GT(eval.accuracy, 0.6);
+}
+
 }  // namespace
 }  // namespace cleave

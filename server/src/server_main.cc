@@ -53,6 +53,7 @@ struct CompressionFlags {
   std::string method = "none";
   double density = 1.0;
   std::string precision = "fp32";
+  bool per_sample = false;  // activations only
 };
 
 void AddCompressionFlags(CLI::App& app, const std::string& direction, const std::string& what,
@@ -66,12 +67,18 @@ void AddCompressionFlags(CLI::App& app, const std::string& direction, const std:
   app.add_option("--" + direction + "-precision", flags->precision,
                  "Value precision of " + what + " on the wire: fp32, fp16, bf16")
       ->capture_default_str();
+  if (direction == "act") {
+    app.add_flag("--act-per-sample", flags->per_sample,
+                 "Choose the kept activations in each sample (round(density x sample size) per "
+                 "batch row) rather than over the whole batch");
+  }
 }
 
 void Fill(const CompressionFlags& flags, cleave::v1::CompressionSettings* settings) {
   settings->set_method(flags.method);
   settings->set_density(flags.density);
   settings->set_value_precision(flags.precision);
+  settings->set_per_sample(flags.per_sample);
 }
 
 int Run(int argc, char** argv) {

@@ -38,7 +38,10 @@ const std::set<std::string>& KnownMethods() {
 void NormalizeSettings(v1::CompressionSettings* settings, const char* direction) {
   if (settings->method().empty()) settings->set_method("none");
   if (settings->value_precision().empty()) settings->set_value_precision("fp32");
-  if (settings->method() == "none") settings->set_density(1.0);
+  if (settings->method() == "none") {
+    settings->set_density(1.0);
+    settings->set_per_sample(false);
+  }
   CLEAVE_CHECK_USER(KnownMethods().count(settings->method()) == 1, "unknown ", direction,
                     " compression method '", settings->method(),
                     "' (use none, topk, gaussiank, gaussiank+, randomk)");
@@ -86,12 +89,16 @@ v1::CompressionConfig NormalizeCompression(const v1::CompressionConfig& config) 
   NormalizeSettings(out.mutable_activations(), "activation");
   NormalizeSettings(out.mutable_gradients(), "gradient");
   NormalizeSettings(out.mutable_updates(), "update");
+  // The gradients travel at the positions the activations took; only those are chosen per sample.
+  CLEAVE_CHECK_USER(!out.gradients().per_sample(),
+                    "per-sample selection applies to the activations only");
   return out;
 }
 
 std::string DescribeCompression(const v1::CompressionConfig& config) {
   auto one = [](const v1::CompressionSettings& s) {
-    return s.method() + ":" + std::to_string(s.density()) + ":" + s.value_precision();
+    return s.method() + ":" + std::to_string(s.density()) + ":" + s.value_precision() +
+           (s.per_sample() ? ":per-sample" : "");
   };
   return "act=" + one(config.activations()) + ";grad=" + one(config.gradients()) +
          ";update=" + one(config.updates());

@@ -54,6 +54,30 @@ std::string TempPath(const std::string& name) {
   return (dir / name).string();
 }
 
+TEST(SplitServerTest, PerSampleSelectionIsAdvertisedForActivationsOnly) {
+  SplitServerOptions options = MlpOptions();
+  auto* act = options.compression.mutable_activations();
+  act->set_method("gaussiank+");
+  act->set_density(0.1);
+  act->set_per_sample(true);
+  SplitServer server(options);
+  const v1::JoinReply reply = server.Join("st-mary", JoinFor(server));
+  EXPECT_TRUE(reply.compression().activations().per_sample());
+  EXPECT_NE(DescribeCompression(reply.compression()).find("gaussiank+:0.100000:fp32:per-sample"),
+            std::string::npos)
+      << DescribeCompression(reply.compression());
+
+  v1::CompressionConfig dense;
+  dense.mutable_activations()->set_per_sample(true);  // method none: nothing to choose
+  EXPECT_FALSE(NormalizeCompression(dense).activations().per_sample());
+
+  v1::CompressionConfig gradients_per_sample = options.compression;
+  gradients_per_sample.mutable_gradients()->set_method("gaussiank");
+  gradients_per_sample.mutable_gradients()->set_density(0.5);
+  gradients_per_sample.mutable_gradients()->set_per_sample(true);
+  EXPECT_THROW(NormalizeCompression(gradients_per_sample), UserError);
+}
+
 TEST(SplitServerTest, JoinRefusesOtherFingerprintNamingBoth) {
   SplitServer server(MlpOptions());
   v1::JoinRequest request = JoinFor(server);

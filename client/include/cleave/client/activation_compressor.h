@@ -31,6 +31,9 @@ class ActivationCompressor {
  public:
   ActivationCompressor(const v1::CompressionSettings& settings, uint64_t seed);
   ~ActivationCompressor();
+  // The elements to send: chosen over the whole batch tensor, or, with settings.per_sample(),
+  // round(density * row size) in each batch row (dimension 0), so that every sample gets its
+  // share of the budget. Either way one ascending list of flat indices.
   SelectedActivations Select(const at::Tensor& activations);
   void Encode(const at::Tensor& activations, const SelectedActivations& selected,
               v1::Tensor* message) const;
@@ -39,6 +42,8 @@ class ActivationCompressor {
                             const v1::CompressionSettings& gradient_settings) const;
 
  private:
+  std::vector<uint32_t> SelectPerSample(const at::Tensor& activations);
+
   v1::CompressionSettings settings_;
   std::unique_ptr<Compressor> compressor_;
 };

@@ -129,7 +129,7 @@ void MetricsExporter::OnSessions(int64_t sessions, int64_t clients) {
   metrics_->clients.Set(static_cast<double>(clients));
 }
 
-void MetricsExporter::OnUpdate(int64_t staleness, bool /*applied_now*/) {
+void MetricsExporter::OnUpdate(int64_t staleness) {
   metrics_->updates.Increment();
   metrics_->staleness.Observe(static_cast<double>(staleness));
 }

@@ -33,6 +33,8 @@ const char* ScheduleName(Schedule schedule) {
 
 RoundCoordinator::RoundCoordinator(RoundOptions options, at::Tensor initial_weights)
     : options_(std::move(options)), num_parameters_(initial_weights.numel()) {
+  CLEAVE_ENFORCE(options_.schedule != Schedule::kSingle,
+                 "the single schedule runs no rounds: build no RoundCoordinator for it");
   CLEAVE_CHECK_USER(options_.rounds >= 0, "--rounds must be >= 0");
   CLEAVE_CHECK_USER(options_.round_samples >= 1, "--round-samples must be >= 1");
   CLEAVE_CHECK_USER(options_.quorum >= 1, "--quorum must be >= 1");
@@ -43,7 +45,7 @@ RoundCoordinator::RoundCoordinator(RoundOptions options, at::Tensor initial_weig
   state_.aggregate = at::zeros_like(state_.weights);
   state_.staleness_histogram.assign(static_cast<size_t>(options_.max_staleness) + 1, 0);
   StartRoundLocked();
-  if (options_.schedule != Schedule::kSingle && options_.round_deadline.count() > 0) {
+  if (options_.round_deadline.count() > 0) {
     deadline_thread_ = std::thread([this] { DeadlineLoop(); });
   }
 }
@@ -158,8 +160,6 @@ SyncDecision RoundCoordinator::Sync(const std::string& identity, int64_t have_ve
     decision.version = state_.version;
     if (state_.finished) {
       decision.action = SyncDecision::Action::kDone;
-    } else if (options_.schedule == Schedule::kSingle) {
-      decision.action = SyncDecision::Action::kTrain;
     } else if (started_ && !closing_ && state_.submitted.count(identity) == 0) {
       if (options_.schedule == Schedule::kSplitFed) {
         participants_.insert(identity);
@@ -189,7 +189,6 @@ double RoundCoordinator::OnTrainStep(const std::string& identity, int64_t model_
                                      int64_t samples, bool* round_closing) {
   std::lock_guard<std::mutex> lock(mutex_);
   *round_closing = false;
-  if (options_.schedule == Schedule::kSingle) return 1.0;
   CLEAVE_CHECK_INPUT(model_version >= 0 && model_version <= state_.version,
                      "model version ", model_version, " is not one the server issued (current ",
                      state_.version, ")");
@@ -228,8 +227,6 @@ UpdateOutcome RoundCoordinator::Submit(const std::string& identity, int64_t base
   std::function<void(const RoundSummary&)> callback;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    CLEAVE_CHECK_INPUT(options_.schedule != Schedule::kSingle,
-                       "this server runs no rounds (schedule single)");
     CLEAVE_CHECK_INPUT(samples > 0, "an update must count at least one sample, got ", samples);
     CLEAVE_CHECK_INPUT(round >= 1 && round <= state_.round, "round ", round,
                        " is not one the server has run (current ", state_.round, ")");
@@ -275,7 +272,7 @@ UpdateOutcome RoundCoordinator::Submit(const std::string& identity, int64_t base
 }
 
 bool RoundCoordinator::MaybeCloseLocked(RoundSummary* summary) {
-  if (state_.finished || options_.schedule == Schedule::kSingle || !started_) return false;
+  if (state_.finished || !started_) return false;
   const bool deadline_passed =
       options_.round_deadline.count() > 0 && Clock::now() >= deadline_;
   if (options_.schedule == Schedule::kSequential) {

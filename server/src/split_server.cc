@@ -408,7 +408,7 @@ v1::TrainReply SplitServer::Train(const std::string& identity, const v1::TrainRe
   } else {
     protocol::EncodeDense(grad, reply.mutable_gradients());
   }
-  CountBytesLocked(&session_it->second, request.ByteSizeLong(), reply.ByteSizeLong());
+  CountBytesLocked(request.session_id(), request.ByteSizeLong(), reply.ByteSizeLong());
   if (observer_) {
     observer_->OnStep(labels.size(0), std::chrono::duration<double>(
                                           std::chrono::steady_clock::now() - started)
@@ -444,9 +444,7 @@ v1::EvaluateReply SplitServer::Evaluate(const std::string& identity,
   reply.set_loss_sum(loss.item<double>());
   reply.set_correct(logits.argmax(1).eq(labels).sum().item<int64_t>());
   reply.set_count(labels.size(0));
-  const auto session_it = sessions_.find(request.session_id());
-  CountBytesLocked(session_it == sessions_.end() ? nullptr : &session_it->second,
-                   request.ByteSizeLong(), reply.ByteSizeLong());
+  CountBytesLocked(request.session_id(), request.ByteSizeLong(), reply.ByteSizeLong());
   return reply;
 }
 
@@ -466,10 +464,11 @@ protocol::TensorSpec SplitServer::LabelSpec() const {
   return spec;
 }
 
-void SplitServer::CountBytesLocked(Session* session, size_t received, size_t sent) {
-  if (session != nullptr) {
-    session->bytes_received += static_cast<int64_t>(received);
-    session->bytes_sent += static_cast<int64_t>(sent);
+void SplitServer::CountBytesLocked(const std::string& session_id, size_t received, size_t sent) {
+  const auto session = sessions_.find(session_id);  // gone if it ended during the call
+  if (session != sessions_.end()) {
+    session->second.bytes_received += static_cast<int64_t>(received);
+    session->second.bytes_sent += static_cast<int64_t>(sent);
   }
   bytes_received_ += static_cast<int64_t>(received);
   bytes_sent_ += static_cast<int64_t>(sent);
@@ -478,10 +477,13 @@ void SplitServer::CountBytesLocked(Session* session, size_t received, size_t sen
 
 void SplitServer::NotifySessionsLocked() {
   if (!observer_) return;
+  observer_->OnSessions(static_cast<int64_t>(sessions_.size()), ActiveClientsLocked());
+}
+
+int64_t SplitServer::ActiveClientsLocked() const {
   std::set<std::string> clients;
   for (const auto& [id, session] : sessions_) clients.insert(session.identity);
-  observer_->OnSessions(static_cast<int64_t>(sessions_.size()),
-                        static_cast<int64_t>(clients.size()));
+  return static_cast<int64_t>(clients.size());
 }
 
 void SplitServer::Leave(const std::string& identity, const std::string& session_id) {
@@ -546,9 +548,7 @@ v1::SyncReply SplitServer::Sync(const std::string& identity, const v1::SyncReque
   reply.set_rounds(options_.rounds.rounds);
   if (decision.weights.defined()) protocol::EncodeDense(decision.weights, reply.mutable_weights());
   std::lock_guard<std::mutex> lock(mutex_);
-  const auto it = sessions_.find(request.session_id());
-  CountBytesLocked(it == sessions_.end() ? nullptr : &it->second, request.ByteSizeLong(),
-                   reply.ByteSizeLong());
+  CountBytesLocked(request.session_id(), request.ByteSizeLong(), reply.ByteSizeLong());
   return reply;
 }
 
@@ -589,14 +589,12 @@ v1::UpdateReply SplitServer::SubmitUpdate(const std::string& identity,
     spdlog::info("update of '{}' for round {} was applied before; ignored", identity,
                  request.round());
   } else {
-    if (observer_) observer_->OnUpdate(outcome.staleness, true);
+    if (observer_) observer_->OnUpdate(outcome.staleness);
     // Accepted updates are durable before the hospital hears so.
     SaveCheckpoint();
   }
   std::lock_guard<std::mutex> lock(mutex_);
-  const auto it = sessions_.find(request.session_id());
-  CountBytesLocked(it == sessions_.end() ? nullptr : &it->second, request.ByteSizeLong(),
-                   reply.ByteSizeLong());
+  CountBytesLocked(request.session_id(), request.ByteSizeLong(), reply.ByteSizeLong());
   return reply;
 }
 
@@ -656,9 +654,7 @@ ServerCounters SplitServer::counters() const {
   counters.bytes_received = bytes_received_;
   counters.bytes_sent = bytes_sent_;
   counters.active_sessions = static_cast<int64_t>(sessions_.size());
-  std::set<std::string> clients;
-  for (const auto& [id, session] : sessions_) clients.insert(session.identity);
-  counters.active_clients = static_cast<int64_t>(clients.size());
+  counters.active_clients = ActiveClientsLocked();
   counters.refused_steps = refused_steps_;
   return counters;
 }

@@ -39,8 +39,8 @@ TEST(MetricsExporterTest, ServesWhatTheServerReported) {
   exporter.OnStep(32, 0.003);
   exporter.OnBytes(1000, 250);
   exporter.OnSessions(3, 2);
-  exporter.OnUpdate(0, true);
-  exporter.OnUpdate(1, true);
+  exporter.OnUpdate(0);
+  exporter.OnUpdate(1);
   exporter.OnRefused("update");
   exporter.OnRefused("step");
   exporter.OnRefused("step");

@@ -26,7 +26,7 @@ class MetricsExporter final : public ServerObserver {
   void OnStep(int64_t samples, double seconds) override;
   void OnBytes(int64_t received, int64_t sent) override;
   void OnSessions(int64_t sessions, int64_t clients) override;
-  void OnUpdate(int64_t staleness, bool applied_now) override;
+  void OnUpdate(int64_t staleness) override;
   void OnRefused(const std::string& what) override;
   void OnRound(const RoundSummary& summary) override;
 

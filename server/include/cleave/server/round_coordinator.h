@@ -92,6 +92,7 @@ struct RoundSummary {
 class RoundCoordinator {
  public:
   // `initial_weights`: the client-side model every hospital starts from (flattened, float32).
+  // `options.schedule` is sequential or splitfed (single runs no rounds).
   RoundCoordinator(RoundOptions options, at::Tensor initial_weights);
   ~RoundCoordinator();
   RoundCoordinator(const RoundCoordinator&) = delete;

@@ -65,7 +65,7 @@ class ServerObserver {
   virtual void OnStep(int64_t samples, double seconds) = 0;
   virtual void OnBytes(int64_t received, int64_t sent) = 0;
   virtual void OnSessions(int64_t sessions, int64_t clients) = 0;
-  virtual void OnUpdate(int64_t staleness, bool applied_now) = 0;
+  virtual void OnUpdate(int64_t staleness) = 0;  // an update accepted into a round
   virtual void OnRefused(const std::string& what) = 0;  // "update" or "step"
   virtual void OnRound(const RoundSummary& summary) = 0;
 };
@@ -134,7 +134,9 @@ class SplitServer {
   // What a client's activations and labels must look like.
   protocol::TensorSpec ActivationSpec() const;
   protocol::TensorSpec LabelSpec() const;
-  void CountBytesLocked(Session* session, size_t received, size_t sent);
+  // Adds a call's protobuf bytes to the totals and to its session's (if it still exists).
+  void CountBytesLocked(const std::string& session_id, size_t received, size_t sent);
+  int64_t ActiveClientsLocked() const;  // distinct identities with a session
   // A session ended: the coordinator learns when a hospital has none left.
   void SessionEndedLocked(const std::string& identity, std::string* gone_identity);
   void NotifySessionsLocked();

@@ -22,13 +22,13 @@
 #include <vector>
 
 #include "cleave/client/grpc_link.h"
+#include "cleave/client/round_participant.h"
 #include "cleave/client/split_trainer.h"
 #include "cleave/core/certificates.h"
 #include "cleave/core/command_line.h"
 #include "cleave/core/dataset.h"
 #include "cleave/core/logging.h"
 #include "cleave/protocol/status_error.h"
-#include "cleave/protocol/tensor_message.h"
 #include "cleave/server/grpc_server.h"
 #include "cleave/server/split_server.h"
 
@@ -163,53 +163,24 @@ HospitalResult RunHospital(const Flags& flags, const cleave::client::ConnectOpti
   options.batch_size = flags.batch;
   options.seed = 100 + index;
   cleave::client::SplitTrainer trainer(options, link);
-  cleave::client::BatchCursor cursor(data, flags.batch, options.seed);
-  auto fail = [&result](const std::exception& error) {
-    ++result.errors;
-    if (result.first_error.empty()) result.first_error = error.what();
-  };
+  cleave::client::RoundParticipantOptions participant_options;
+  participant_options.sync_wait_ms = 500;
+  participant_options.seed = options.seed;
+  participant_options.stop_at = stop;
+  cleave::client::RoundParticipant participant(trainer, participant_options);
   try {
-    trainer.Join(data.size());
-  } catch (const std::exception& error) {
-    fail(error);
-    return result;
-  }
-  int64_t have_version = -1;
-  at::Tensor base;
-  while (Clock::now() < stop) {
-    try {
-      const cleave::v1::SyncReply sync = trainer.Sync(have_version, 500);
-      if (sync.weights().payload_case() != cleave::v1::Tensor::PAYLOAD_NOT_SET) {
-        cleave::protocol::TensorSpec spec;
-        spec.max_batch = trainer.ClientWeights().numel();
-        trainer.LoadClientWeights(cleave::protocol::DecodeTensor(sync.weights(), spec).dense,
-                                  sync.model_version());
-        have_version = sync.model_version();
-        base = trainer.ClientWeights();
-      }
-      if (sync.action() != cleave::v1::SyncReply::TRAIN) continue;
-      const cleave::client::EpochStats round =
-          trainer.TrainRound(cursor, sync.round(), 0, nullptr);
-      result.samples += round.samples;
-      const cleave::v1::UpdateReply reply =
-          trainer.SubmitUpdate(have_version, sync.round(), round.samples, base);
-      if (!reply.duplicate()) ++result.updates_acknowledged;
-    } catch (const cleave::protocol::StatusError& error) {
-      if (error.code() == grpc::StatusCode::ABORTED) {  // too stale: resynchronise, not an error
-        have_version = -1;
-        continue;
-      }
-      fail(error);
-      break;
-    } catch (const std::exception& error) {
-      fail(error);
-      break;
-    }
-  }
-  try {
+    const cleave::client::ParticipationStats stats =
+        participant.Run(data, data.size(), nullptr);
+    result.samples = stats.samples;
+    result.updates_acknowledged = stats.updates_sent - stats.duplicates;
+    // Too stale (ABORTED) is the protocol working, not an error; every other failure the
+    // participant recovered from (a lost connection, a refusal) is one.
+    result.errors = stats.errors_recovered - stats.updates_refused;
+    if (result.errors > 0) result.first_error = "recovered from failed calls (see the log)";
     trainer.Leave();
   } catch (const std::exception& error) {
-    fail(error);
+    ++result.errors;
+    result.first_error = error.what();
   }
   result.latencies_ms = std::move(link.latencies_ms);
   return result;

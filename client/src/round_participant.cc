@@ -77,7 +77,7 @@ ParticipationStats RoundParticipant::Run(const Dataset& train, int64_t num_train
   int64_t have_version = -1;  // nothing from the server yet
   at::Tensor base;            // the weights of have_version
   int failures = 0;
-  while (true) {
+  while (std::chrono::steady_clock::now() < options_.stop_at) {
     try {
       const v1::SyncReply sync = trainer_.Sync(have_version, options_.sync_wait_ms);
       failures = 0;
@@ -112,6 +112,7 @@ ParticipationStats RoundParticipant::Run(const Dataset& train, int64_t num_train
       // Every failure counts towards the limit until a Sync succeeds again, so that a refusal
       // that resynchronising cannot cure does not loop for ever.
       if (++failures >= options_.max_reconnects) throw;
+      ++stats.errors_recovered;
       if (error.code() == grpc::StatusCode::ABORTED ||
           error.code() == grpc::StatusCode::FAILED_PRECONDITION) {
         // Too stale, or not part of the round: start again from the server's current weights.

@@ -23,6 +23,8 @@ struct RoundParticipantOptions {
   std::chrono::milliseconds max_backoff{8000};
   int max_reconnects = 40;  // consecutive failed attempts before giving up
   uint64_t seed = 1;        // jitter
+  // Stop by then even if the server has not said DONE (load tests run for a bounded time).
+  std::chrono::steady_clock::time_point stop_at = std::chrono::steady_clock::time_point::max();
 };
 
 struct ParticipationStats {
@@ -31,6 +33,7 @@ struct ParticipationStats {
   int64_t updates_refused = 0;  // too stale: resynchronised
   int64_t duplicates = 0;       // the server had this round's update already
   int64_t reconnects = 0;
+  int64_t errors_recovered = 0;  // failed calls retried or resynchronised (refusals included)
   int64_t samples = 0;
   double seconds = 0;           // training time
   int64_t final_version = 0;
@@ -41,7 +44,8 @@ struct ParticipationStats {
 class RoundParticipant {
  public:
   RoundParticipant(SplitTrainer& trainer, RoundParticipantOptions options = {});
-  // Joins unless the trainer has joined already, then runs until the server says DONE; the trainer then holds the final client-side weights.
+  // Joins unless the trainer has joined already, then runs until the server says DONE (or
+  // options.stop_at); after DONE the trainer holds the final client-side weights.
   // Throws StatusError for refusals that retrying cannot fix (fingerprint, permission) or after
   // max_reconnects failed attempts in a row.
   ParticipationStats Run(const Dataset& train, int64_t num_train_samples,

@@ -5,7 +5,9 @@
 namespace cleave {
 namespace {
 
-TEST(PeerTextTest, PrintableTextIsKept) { EXPECT_EQ(PeerText("cnn cut 1 [1x28x28]"), "cnn cut 1 [1x28x28]"); }
+TEST(PeerTextTest, PrintableTextIsKept) {
+  EXPECT_EQ(PeerText("cnn cut 1 [1x28x28]"), "cnn cut 1 [1x28x28]");
+}
 
 TEST(PeerTextTest, NewlinesAndEscapesCannotForgeALine) {
   const std::string forged = "x\nclient 'st-mary' left\x1b[31m\\";

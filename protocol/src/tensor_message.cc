@@ -66,8 +66,19 @@ int64_t CheckShape(const v1::Tensor& message, const TensorSpec& spec) {
 
 void CheckFinite(const float* data, int64_t count) {
   for (int64_t i = 0; i < count; ++i) {
-    CLEAVE_CHECK_INPUT(std::isfinite(data[i]), "tensor element ", i, " is not finite (", data[i],
-                       ")");
+    if (!std::isfinite(data[i])) {
+      throw NotFinite(detail::Concat("tensor element ", i, " is not finite (", data[i], ")"));
+    }
+  }
+}
+
+void CheckMagnitude(const float* data, int64_t count, double max_abs) {
+  if (max_abs <= 0) return;
+  for (int64_t i = 0; i < count; ++i) {
+    if (!(std::fabs(static_cast<double>(data[i])) <= max_abs)) {
+      throw OutOfBounds(detail::Concat("tensor element ", i, " is ", data[i], ", beyond the bound of ",
+                                       max_abs, " in magnitude"));
+    }
   }
 }
 
@@ -143,6 +154,9 @@ DecodedTensor DecodeTensor(const v1::Tensor& message, const TensorSpec& spec) {
       if (spec.dtype == v1::Tensor::FLOAT32 && !spec.allow_nonfinite) {
         CheckFinite(out.dense.data_ptr<float>(), numel);
       }
+      if (spec.dtype == v1::Tensor::FLOAT32) {
+        CheckMagnitude(out.dense.data_ptr<float>(), numel, spec.max_abs);
+      }
       if (spec.dtype == v1::Tensor::INT64 && spec.int_upper_bound > 0) {
         const int64_t* data = out.dense.data_ptr<int64_t>();
         for (int64_t i = 0; i < numel; ++i) {
@@ -161,6 +175,8 @@ DecodedTensor DecodeTensor(const v1::Tensor& message, const TensorSpec& spec) {
       limits.max_count = static_cast<uint64_t>(numel);
       limits.allow_nonfinite = spec.allow_nonfinite;
       DecodedSparse sparse = DecodeSparse(message.sparse(), limits);
+      CheckMagnitude(sparse.values.data(), static_cast<int64_t>(sparse.values.size()),
+                     spec.max_abs);
       out.dense = at::zeros(shape, at::TensorOptions().dtype(at::kFloat));
       float* data = out.dense.data_ptr<float>();
       for (size_t i = 0; i < sparse.indices.size(); ++i) data[sparse.indices[i]] = sparse.values[i];

@@ -37,6 +37,31 @@ TEST(TensorMessageTest, Int64LabelsWithBounds) {
   EXPECT_THROW(DecodeTensor(message, spec), InvalidInput);
 }
 
+TEST(TensorMessageTest, FiniteValuesBeyondTheMagnitudeBoundAreRefused) {
+  at::Tensor huge = at::ones({2, 2, 3});
+  huge.view(-1)[4] = 3e38f;  // finite, and enough to overflow any layer it meets
+  TensorSpec spec = ImageSpec();
+  spec.allow_sparse = true;
+  v1::Tensor dense;
+  EncodeDense(huge, &dense);
+  EXPECT_NO_THROW(DecodeTensor(dense, spec));  // no bound: only NaN/Inf are refused
+  spec.max_abs = 1e4;
+  try {
+    DecodeTensor(dense, spec);
+    FAIL() << "a value of 3e38 passed a bound of 1e4";
+  } catch (const OutOfBounds& error) {
+    EXPECT_NE(std::string(error.what()).find("element 4"), std::string::npos) << error.what();
+  }
+  v1::Tensor sparse;
+  EncodeSparse(huge, {0, 4}, ValuePrecision::kFp32, &sparse);
+  EXPECT_THROW(DecodeTensor(sparse, spec), OutOfBounds);
+  EncodeSparse(huge, {0, 5}, ValuePrecision::kFp32, &sparse);
+  EXPECT_NO_THROW(DecodeTensor(sparse, spec));
+  huge.view(-1)[4] = -1e4f;  // the bound itself is allowed
+  EncodeDense(huge, &dense);
+  EXPECT_NO_THROW(DecodeTensor(dense, spec));
+}
+
 TEST(TensorMessageTest, SparseRoundTripKeepsSentPositions) {
   at::Tensor original = at::zeros({2, 2, 3});
   original.view(-1)[1] = 1.5;

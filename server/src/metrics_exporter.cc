@@ -62,10 +62,20 @@ struct MetricsExporter::Metrics {
                     .Add({})),
         refused(prometheus::BuildCounter()
                     .Name("cleave_refused_total")
-                    .Help("Updates and steps refused as too stale (the client resynchronises)")
+                    .Help("Updates and steps refused, by what and why (stale: the client "
+                          "resynchronises; not_participant, out_of_bounds, nonfinite, "
+                          "no_samples, invalid: a faulty or hostile hospital)")
                     .Register(registry)),
-        refused_updates(refused.Add({{"what", "update"}})),
-        refused_steps(refused.Add({{"what", "step"}})),
+        clipped(prometheus::BuildCounter()
+                    .Name("cleave_updates_clipped_total")
+                    .Help("Client-model updates whose norm the aggregator clipped")
+                    .Register(registry)
+                    .Add({})),
+        expired(prometheus::BuildCounter()
+                    .Name("cleave_sessions_expired_total")
+                    .Help("Sessions released after --session-idle seconds without a call")
+                    .Register(registry)
+                    .Add({})),
         rounds(prometheus::BuildCounter()
                    .Name("cleave_rounds_total")
                    .Help("Rounds closed")
@@ -89,8 +99,8 @@ struct MetricsExporter::Metrics {
   prometheus::Histogram& staleness;
   prometheus::Counter& updates;
   prometheus::Family<prometheus::Counter>& refused;
-  prometheus::Counter& refused_updates;
-  prometheus::Counter& refused_steps;
+  prometheus::Counter& clipped;
+  prometheus::Counter& expired;
   prometheus::Counter& rounds;
   prometheus::Gauge& version;
 };
@@ -134,14 +144,20 @@ void MetricsExporter::OnUpdate(int64_t staleness) {
   metrics_->staleness.Observe(static_cast<double>(staleness));
 }
 
-void MetricsExporter::OnRefused(const std::string& what) {
-  (what == "update" ? metrics_->refused_updates : metrics_->refused_steps).Increment();
+void MetricsExporter::OnRefused(const std::string& what, const std::string& reason) {
+  // Family::Add returns the existing child for labels it has seen.
+  metrics_->refused.Add({{"what", what}, {"reason", reason}}).Increment();
+}
+
+void MetricsExporter::OnSessionsExpired(int64_t count) {
+  metrics_->expired.Increment(static_cast<double>(count));
 }
 
 void MetricsExporter::OnRound(const RoundSummary& summary) {
   metrics_->rounds.Increment();
   metrics_->round_seconds.Observe(summary.seconds);
   metrics_->version.Set(static_cast<double>(summary.version));
+  metrics_->clipped.Increment(static_cast<double>(summary.clipped));
 }
 
 }  // namespace cleave::server

@@ -4,8 +4,10 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "cleave/core/error.h"
+#include "cleave/core/peer_text.h"
 #include "cleave/protocol/status_error.h"
 
 namespace cleave::server {
@@ -41,8 +43,11 @@ RoundCoordinator::RoundCoordinator(RoundOptions options, at::Tensor initial_weig
   CLEAVE_CHECK_USER(options_.min_clients >= 1, "--min-clients must be >= 1");
   CLEAVE_CHECK_USER(options_.max_staleness >= 0, "--max-staleness must be >= 0");
   CLEAVE_CHECK_USER(options_.round_deadline.count() >= 0, "--round-deadline must be >= 0");
+  CLEAVE_CHECK_USER(options_.max_update_abs >= 0, "--max-update-value must be >= 0");
+  CheckAggregationOptions(options_.aggregation);
   state_.weights = initial_weights.detach().to(at::kFloat).reshape({-1}).contiguous().clone();
-  state_.aggregate = at::zeros_like(state_.weights);
+  CLEAVE_CHECK_USER(state_.weights.isfinite().all().item<bool>(),
+                    "the initial client-side weights are not finite");
   state_.staleness_histogram.assign(static_cast<size_t>(options_.max_staleness) + 1, 0);
   StartRoundLocked();
   if (options_.round_deadline.count() > 0) {
@@ -68,7 +73,7 @@ RoundState RoundCoordinator::Snapshot() const {
   std::lock_guard<std::mutex> lock(mutex_);
   RoundState copy = state_;
   copy.weights = state_.weights.clone();
-  copy.aggregate = state_.aggregate.clone();
+  for (PendingUpdate& update : copy.pending) update.delta = update.delta.clone();
   return copy;
 }
 
@@ -77,13 +82,18 @@ void RoundCoordinator::Restore(RoundState state) {
                     "checkpointed client-side weights have ",
                     state.weights.defined() ? state.weights.numel() : 0, " values, the model has ",
                     num_parameters_);
-  if (!state.aggregate.defined() || state.aggregate.numel() != num_parameters_) {
-    CLEAVE_CHECK_USER(state.aggregate_updates == 0, "checkpointed round aggregate is missing");
-    state.aggregate = at::zeros_like(state.weights);
+  CLEAVE_CHECK_USER(state.weights.isfinite().all().item<bool>(),
+                    "checkpointed client-side weights are not finite");
+  for (const PendingUpdate& update : state.pending) {
+    CLEAVE_CHECK_USER(update.delta.defined() && update.delta.numel() == num_parameters_ &&
+                          update.delta.isfinite().all().item<bool>() && update.samples > 0 &&
+                          update.staleness >= 0,
+                      "a checkpointed update of the round is malformed");
   }
   state.staleness_histogram.resize(static_cast<size_t>(options_.max_staleness) + 1, 0);
   std::lock_guard<std::mutex> lock(mutex_);
   state_ = std::move(state);
+  assignments_.clear();
   started_ = state_.round > 1 || state_.updates_accepted > 0 || state_.round_samples_trained > 0;
   StartRoundLocked();
   changed_.notify_all();
@@ -122,22 +132,57 @@ void RoundCoordinator::OnLeave(const std::string& identity) {
     if (it == connected_.end()) return;
     if (--it->second > 0) return;  // another session of the same hospital is still there
     connected_.erase(it);
-    const bool was_participant = participants_.erase(identity) > 0;
-    if (was_participant && options_.schedule == Schedule::kSequential &&
-        state_.submitted.count(identity) == 0) {
-      CloseLocked("turn holder '" + identity + "' left", &summary);
-      closed = true;
-    } else {
-      closed = MaybeCloseLocked(&summary);
-    }
+    closed = DropParticipantLocked(identity, /*skip_turn=*/true, &summary);
     callback = on_round_closed_;
     changed_.notify_all();
   }
   if (closed && callback) callback(summary);
 }
 
-bool RoundCoordinator::IsParticipantLocked(const std::string& identity) const {
-  return participants_.count(identity) > 0;
+void RoundCoordinator::OnRejoin(const std::string& identity) {
+  Drop(identity, /*skip_turn=*/false, /*forget_assignment=*/false);
+}
+
+void RoundCoordinator::Exclude(const std::string& identity) {
+  Drop(identity, /*skip_turn=*/true, /*forget_assignment=*/true);
+}
+
+void RoundCoordinator::Drop(const std::string& identity, bool skip_turn, bool forget_assignment) {
+  RoundSummary summary;
+  bool closed = false;
+  std::function<void(const RoundSummary&)> callback;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (forget_assignment) assignments_.erase(identity);
+    closed = DropParticipantLocked(identity, skip_turn, &summary);
+    callback = on_round_closed_;
+    changed_.notify_all();
+  }
+  if (closed && callback) callback(summary);
+}
+
+bool RoundCoordinator::DropParticipantLocked(const std::string& identity, bool skip_turn,
+                                             RoundSummary* summary) {
+  const bool was_participant = participants_.erase(identity) > 0;
+  const bool had_sent = state_.submitted.count(identity) > 0;
+  if (was_participant && skip_turn && options_.schedule == Schedule::kSequential && !had_sent) {
+    CloseLocked("turn holder '" + identity + "' left", summary);
+    return true;
+  }
+  if (MaybeCloseLocked(summary)) return true;
+  if (was_participant && participants_.empty() && state_.submitted.empty() && closing_) {
+    // The round had what it needed from a hospital that is gone, and nothing was sent: open it
+    // again for the hospitals that (re)join, rather than waiting for an update that never comes.
+    closing_ = false;
+    state_.round_samples_trained = 0;
+  }
+  return false;
+}
+
+void RoundCoordinator::AssignLocked(const std::string& identity) {
+  participants_.insert(identity);
+  Assignment& assignment = assignments_[identity];
+  if (assignment.version != state_.version) assignment = Assignment{state_.version, 0};
 }
 
 std::string RoundCoordinator::TurnHolderLocked() const {
@@ -162,7 +207,7 @@ SyncDecision RoundCoordinator::Sync(const std::string& identity, int64_t have_ve
       decision.action = SyncDecision::Action::kDone;
     } else if (started_ && !closing_ && state_.submitted.count(identity) == 0) {
       if (options_.schedule == Schedule::kSplitFed) {
-        participants_.insert(identity);
+        AssignLocked(identity);
         decision.action = SyncDecision::Action::kTrain;
       } else if (TurnHolderLocked() == identity) {
         if (participants_.empty()) {
@@ -171,7 +216,7 @@ SyncDecision RoundCoordinator::Sync(const std::string& identity, int64_t have_ve
               std::find(state_.join_order.begin(), state_.join_order.end(), identity);
           state_.turn = it - state_.join_order.begin();
         }
-        participants_.insert(identity);
+        AssignLocked(identity);
         decision.action = SyncDecision::Action::kTrain;
       }
     }
@@ -195,18 +240,21 @@ double RoundCoordinator::OnTrainStep(const std::string& identity, int64_t model_
   const int64_t staleness = state_.version - model_version;
   if (staleness > options_.max_staleness) {
     ++state_.steps_refused;
-    throw StatusError(grpc::StatusCode::ABORTED,
+    assignments_.erase(identity);
+    throw RoundRefusal(grpc::StatusCode::ABORTED, "stale",
                       detail::Concat("client model version ", model_version, " is ", staleness,
                                      " versions old (at most ", options_.max_staleness,
                                      " allowed): Sync and continue from version ",
                                      state_.version));
   }
+  const auto assignment = assignments_.find(identity);
+  if (assignment == assignments_.end() || assignment->second.version != model_version) {
+    throw RoundRefusal(grpc::StatusCode::FAILED_PRECONDITION, "not_participant",
+                       detail::Concat("this hospital was not told to train client model version ",
+                                     model_version, " (round ", state_.round, "): Sync first"));
+  }
+  assignment->second.samples += samples;
   if (staleness == 0) {
-    if (!IsParticipantLocked(identity)) {
-      throw StatusError(grpc::StatusCode::FAILED_PRECONDITION,
-                        detail::Concat("'", identity, "' is not training in round ", state_.round,
-                                       ": Sync first"));
-    }
     state_.round_samples_trained += samples;
     if (!closing_ && state_.round_samples_trained >= options_.round_samples) {
       closing_ = true;
@@ -226,7 +274,7 @@ UpdateOutcome RoundCoordinator::Submit(const std::string& identity, int64_t base
   UpdateOutcome outcome;
   std::function<void(const RoundSummary&)> callback;
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::unique_lock<std::mutex> lock(mutex_);
     CLEAVE_CHECK_INPUT(samples > 0, "an update must count at least one sample, got ", samples);
     CLEAVE_CHECK_INPUT(round >= 1 && round <= state_.round, "round ", round,
                        " is not one the server has run (current ", state_.round, ")");
@@ -245,18 +293,57 @@ UpdateOutcome RoundCoordinator::Submit(const std::string& identity, int64_t base
     outcome.staleness = state_.version - base_version;
     if (outcome.staleness > options_.max_staleness) {
       ++state_.updates_refused;
-      throw StatusError(grpc::StatusCode::ABORTED,
+      assignments_.erase(identity);
+      throw RoundRefusal(grpc::StatusCode::ABORTED, "stale",
                         detail::Concat("update from version ", base_version, " is ",
                                        outcome.staleness, " versions old (at most ",
                                        options_.max_staleness, " allowed): Sync and continue from "
                                        "version ", state_.version));
     }
+    const auto assignment = assignments_.find(identity);
+    if (assignment == assignments_.end() || assignment->second.version != base_version) {
+      throw RoundRefusal(grpc::StatusCode::FAILED_PRECONDITION, "not_participant",
+                         detail::Concat("this hospital was not told to train client model version ",
+                                       base_version, " (round ", state_.round, "): Sync first"));
+    }
+    const int64_t counted = assignment->second.samples;
+    const at::Tensor flat = delta.detach().to(at::kFloat).reshape({-1});
+    std::string refusal, reason;
+    grpc::StatusCode code = grpc::StatusCode::INVALID_ARGUMENT;
+    const double largest = flat.abs().max().item<double>();
+    if (!std::isfinite(largest)) {
+      reason = "nonfinite";
+      refusal = "the update has values that are not finite";
+    } else if (options_.max_update_abs > 0 && largest > options_.max_update_abs) {
+      reason = "out_of_bounds";
+      refusal = detail::Concat("the update has a value of magnitude ", largest,
+                               ", beyond the bound of ", options_.max_update_abs);
+    } else if (counted == 0) {
+      code = grpc::StatusCode::FAILED_PRECONDITION;
+      reason = "no_samples";
+      refusal = "no training step of this hospital was counted for this update: Sync and train";
+    }
+    if (!refusal.empty()) {
+      // A refused hospital does not hold the round up; what it trained is lost.
+      assignments_.erase(assignment);
+      closed = DropParticipantLocked(identity, /*skip_turn=*/true, &summary);
+      callback = on_round_closed_;
+      changed_.notify_all();
+      lock.unlock();
+      if (closed && callback) callback(summary);
+      throw RoundRefusal(code, reason, refusal);
+    }
+    if (samples > counted) {
+      ++state_.updates_capped;
+      spdlog::warn("update of '{}' for round {} claims {} samples, the server counted {}: "
+                   "weighted by {}",
+                   PeerText(identity), round, samples, counted, counted);
+    }
+    assignments_.erase(assignment);
     outcome.scale = 1.0 / (1.0 + static_cast<double>(outcome.staleness));
-    // Dai et al.: a stale update moves the model less; its samples still count in the average.
-    state_.aggregate.add_(delta.detach().to(at::kFloat).reshape({-1}),
-                          static_cast<double>(samples) * outcome.scale);
-    state_.aggregate_samples += samples;
-    ++state_.aggregate_updates;
+    // Dai et al.: a stale update moves the model less (scaled when the round is aggregated).
+    state_.pending.push_back(PendingUpdate{std::min(samples, counted), outcome.staleness,
+                                           flat.contiguous().clone()});
     ++state_.updates_accepted;
     ++state_.staleness_histogram[static_cast<size_t>(outcome.staleness)];
     if (outcome.staleness > 0) ++stale_in_round_;
@@ -322,21 +409,37 @@ bool RoundCoordinator::MaybeCloseLocked(RoundSummary* summary) {
 }
 
 void RoundCoordinator::CloseLocked(const std::string& why, RoundSummary* summary) {
-  if (state_.aggregate_samples > 0) {
-    state_.weights.add_(state_.aggregate, 1.0 / static_cast<double>(state_.aggregate_samples));
-    ++state_.version;
+  summary->clipped = 0;
+  if (!state_.pending.empty()) {
+    std::vector<ClientDelta> deltas;
+    for (const PendingUpdate& update : state_.pending) {
+      deltas.push_back(ClientDelta{update.delta, update.samples,
+                                   1.0 / (1.0 + static_cast<double>(update.staleness))});
+    }
+    const AggregateResult result = Aggregate(deltas, options_.aggregation);
+    // One fused multiply-add, as the running mean always was (bit for bit the same weights).
+    at::Tensor next = state_.weights.clone();
+    next.add_(result.step, result.step_scale);
+    if (next.isfinite().all().item<bool>()) {
+      state_.weights = next;
+      ++state_.version;
+      summary->clipped = result.clipped;
+    } else {
+      // Cannot happen with finite, bounded deltas; if it does, the model keeps its weights.
+      spdlog::error("round {}: the aggregate of {} update(s) is not finite; not applied",
+                    state_.round, state_.pending.size());
+    }
   }
-  state_.updates_applied += state_.aggregate_updates;
+  const auto applied = static_cast<int64_t>(state_.pending.size());
+  state_.updates_applied += applied;
   summary->round = state_.round;
   summary->version = state_.version;
-  summary->updates = state_.aggregate_updates;
+  summary->updates = applied;
   summary->stale_updates = stale_in_round_;
   summary->samples = state_.round_samples_trained;
   summary->seconds = std::chrono::duration<double>(Clock::now() - round_start_).count();
   summary->why = why;
-  state_.aggregate.zero_();
-  state_.aggregate_samples = 0;
-  state_.aggregate_updates = 0;
+  state_.pending.clear();
   state_.submitted.clear();
   state_.round_samples_trained = 0;
   if (options_.schedule == Schedule::kSequential) ++state_.turn;

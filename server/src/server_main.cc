@@ -154,6 +154,42 @@ int Run(int argc, char** argv) {
                  "Oldest client-model version (in versions behind) whose updates and steps are "
                  "still applied, scaled by 1/(1+staleness)")
       ->capture_default_str();
+  std::string aggregation = "mean";
+  app.add_option("--aggregation", aggregation,
+                 "How a round's client-model updates are combined: mean (weighted by samples), "
+                 "clipped-mean (each update's norm clipped to --clip-factor x the round's median "
+                 "norm, then the mean), median (coordinate-wise), trimmed-mean (coordinate-wise, "
+                 "--trim-fraction dropped at each end). The robust rules bound what a faulty or "
+                 "hostile hospital can do to the shared model")
+      ->check(CLI::IsMember({"mean", "clipped-mean", "median", "trimmed-mean"}))
+      ->capture_default_str();
+  app.add_option("--clip-factor", options.rounds.aggregation.clip_factor,
+                 "clipped-mean: the norm bound as a multiple of the round's median update norm (>= 1)")
+      ->capture_default_str();
+  app.add_option("--trim-fraction", options.rounds.aggregation.trim_fraction,
+                 "trimmed-mean: fraction of values dropped at each end per coordinate, in [0, 0.5); "
+                 "at least one each end once 3 updates are in")
+      ->capture_default_str();
+  app.add_option("--max-activation-value", options.max_activation_abs,
+                 "Largest magnitude of an activation value a hospital may send; larger ones are "
+                 "refused (INVALID_ARGUMENT). 0: derived from the model at start, 1000 x the "
+                 "largest cut activation of the initial client-side model on standard-normal "
+                 "inputs, at least 100 (logged)")
+      ->capture_default_str();
+  app.add_option("--max-update-value", options.rounds.max_update_abs,
+                 "Largest magnitude of a value in a client-model update; larger ones are refused. "
+                 "0: derived, 100 x the largest initial client-side weight, at least 1 (logged)")
+      ->capture_default_str();
+  double session_idle_seconds = 180;
+  app.add_option("--session-idle", session_idle_seconds,
+                 "Seconds without a call after which a session is released (0: never). Keep it "
+                 "above the longest pause of an honest hospital (a Sync waits at most 30 s) and "
+                 "below --round-deadline")
+      ->capture_default_str();
+  app.add_option("--max-sessions", options.max_sessions_per_identity,
+                 "Sessions one hospital (certificate) may hold; a Join beyond it replaces its "
+                 "oldest session (a restarted hospital takes over its own)")
+      ->capture_default_str();
   app.add_option("--metrics-listen", metrics_listen,
                  "Serve Prometheus metrics at http://ADDRESS/metrics (e.g. 127.0.0.1:9464)");
   app.add_option("--log-level", log_level, "trace, debug, info, warn or error")
@@ -172,6 +208,10 @@ int Run(int argc, char** argv) {
   Fill(grad, options.compression.mutable_gradients());
   Fill(update, options.compression.mutable_updates());
   options.rounds.schedule = cleave::server::ParseSchedule(schedule);
+  options.rounds.aggregation.method = cleave::server::ParseAggregation(aggregation);
+  CLEAVE_CHECK_USER(session_idle_seconds >= 0, "--session-idle must be >= 0");
+  options.session_idle_timeout =
+      std::chrono::milliseconds(static_cast<int64_t>(session_idle_seconds * 1000));
   CLEAVE_CHECK_USER(round_deadline_seconds >= 0, "--round-deadline must be >= 0");
   options.rounds.round_deadline =
       std::chrono::milliseconds(static_cast<int64_t>(round_deadline_seconds * 1000));

@@ -1,6 +1,7 @@
 #include "cleave/server/split_server.h"
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <spdlog/spdlog.h>
 #include <torch/nn/functional/loss.h>
 #include <torch/nn/module.h>
@@ -20,6 +21,7 @@
 #include "cleave/core/error.h"
 #include "cleave/core/file_io.h"
 #include "cleave/core/optimizer_factory.h"
+#include "cleave/core/peer_text.h"
 #include "cleave/protocol/status_error.h"
 #include "cleave/protocol/tensor_message.h"
 
@@ -104,20 +106,23 @@ std::string DescribeCompression(const v1::CompressionConfig& config) {
          ";update=" + one(config.updates());
 }
 
+namespace {
+
 // What a checkpoint holds, as one module so that it is written and checked as one file: the
-// server-side model (the optimizer's parameters) and the round state's tensors; the round
-// state's numbers travel as checkpoint counters.
-struct SplitServer::CheckpointState : torch::nn::Module {
-  CheckpointState(torch::nn::Sequential top, int64_t client_parameters) {
+// server-side model (the optimizer's parameters) and the round state's tensors (the client-side
+// weights and the round's accepted, not yet applied updates); the round state's numbers travel
+// as checkpoint counters. Built for each save and load: the number of updates varies.
+struct CheckpointModule : torch::nn::Module {
+  CheckpointModule(torch::nn::Sequential top, int64_t client_parameters, int64_t pending) {
     register_module("top", std::move(top));
     client_weights = register_buffer("client_weights", at::zeros({client_parameters}));
-    aggregate = register_buffer("aggregate", at::zeros({client_parameters}));
+    round_updates = register_buffer("round_updates", at::zeros({pending, client_parameters}));
   }
   at::Tensor client_weights;
-  at::Tensor aggregate;
+  at::Tensor round_updates;  // [pending, P]
 };
 
-namespace {
+constexpr const char* kPendingPrefix = "pending.";
 
 constexpr const char* kLastRoundPrefix = "last_round.";
 constexpr const char* kSubmittedPrefix = "submitted.";
@@ -132,8 +137,11 @@ void WriteRoundState(const RoundState& state, CheckpointMeta* meta) {
   auto& c = meta->counters;
   c["round"] = state.round;
   c["version"] = state.version;
-  c["aggregate_samples"] = state.aggregate_samples;
-  c["aggregate_updates"] = state.aggregate_updates;
+  c["pending"] = static_cast<int64_t>(state.pending.size());
+  for (size_t i = 0; i < state.pending.size(); ++i) {
+    c[kPendingPrefix + std::to_string(i) + ".samples"] = state.pending[i].samples;
+    c[kPendingPrefix + std::to_string(i) + ".staleness"] = state.pending[i].staleness;
+  }
   c["round_samples_trained"] = state.round_samples_trained;
   c["turn"] = state.turn;
   c["finished"] = state.finished ? 1 : 0;
@@ -141,6 +149,7 @@ void WriteRoundState(const RoundState& state, CheckpointMeta* meta) {
   c["updates_applied"] = state.updates_applied;
   c["updates_refused"] = state.updates_refused;
   c["updates_duplicate"] = state.updates_duplicate;
+  c["updates_capped"] = state.updates_capped;
   c["steps_refused"] = state.steps_refused;
   for (size_t s = 0; s < state.staleness_histogram.size(); ++s) {
     c[kStalenessPrefix + std::to_string(s)] = state.staleness_histogram[s];
@@ -154,14 +163,31 @@ void WriteRoundState(const RoundState& state, CheckpointMeta* meta) {
   }
 }
 
+int64_t PendingCount(const CheckpointMeta& meta) {
+  const auto it = meta.counters.find("pending");
+  const int64_t count = it == meta.counters.end() ? 0 : it->second;
+  CLEAVE_CHECK_USER(count >= 0 && count <= 1000000, "checkpoint claims ", count,
+                    " pending updates");
+  return count;
+}
+
+// The round state's numbers; the tensors (weights, pending deltas) are filled in by the caller.
 RoundState ReadRoundState(const CheckpointMeta& meta) {
   RoundState state;
   std::map<int64_t, std::string> joined;
+  state.pending.resize(static_cast<size_t>(PendingCount(meta)));
+  const auto counter = [&](const std::string& name) {
+    const auto it = meta.counters.find(name);
+    CLEAVE_CHECK_USER(it != meta.counters.end(), "checkpoint lacks counter '", name, "'");
+    return it->second;
+  };
+  for (size_t i = 0; i < state.pending.size(); ++i) {
+    state.pending[i].samples = counter(kPendingPrefix + std::to_string(i) + ".samples");
+    state.pending[i].staleness = counter(kPendingPrefix + std::to_string(i) + ".staleness");
+  }
   for (const auto& [name, value] : meta.counters) {
     if (name == "round") state.round = value;
     else if (name == "version") state.version = value;
-    else if (name == "aggregate_samples") state.aggregate_samples = value;
-    else if (name == "aggregate_updates") state.aggregate_updates = value;
     else if (name == "round_samples_trained") state.round_samples_trained = value;
     else if (name == "turn") state.turn = value;
     else if (name == "finished") state.finished = value != 0;
@@ -169,6 +195,7 @@ RoundState ReadRoundState(const CheckpointMeta& meta) {
     else if (name == "updates_applied") state.updates_applied = value;
     else if (name == "updates_refused") state.updates_refused = value;
     else if (name == "updates_duplicate") state.updates_duplicate = value;
+    else if (name == "updates_capped") state.updates_capped = value;
     else if (name == "steps_refused") state.steps_refused = value;
     else if (StartsWith(name, kLastRoundPrefix))
       state.last_round_submitted[name.substr(std::strlen(kLastRoundPrefix))] = value;
@@ -185,7 +212,7 @@ RoundState ReadRoundState(const CheckpointMeta& meta) {
     }
   }
   for (const auto& [index, identity] : joined) state.join_order.push_back(identity);
-  CLEAVE_CHECK_USER(state.round >= 1 && state.version >= 0 && state.aggregate_samples >= 0,
+  CLEAVE_CHECK_USER(state.round >= 1 && state.version >= 0,
                     "checkpoint has an impossible round state (round ", state.round, ", version ",
                     state.version, ")");
   return state;
@@ -193,8 +220,30 @@ RoundState ReadRoundState(const CheckpointMeta& meta) {
 
 }  // namespace
 
+double DeriveActivationBound(const ModelSpec& spec, SplitModel model, uint64_t seed) {
+  at::NoGradGuard no_grad;
+  // A generator of its own: drawing from the global one would change later dropout masks.
+  const at::Generator generator = at::detail::createCPUGenerator(seed);
+  std::vector<int64_t> shape = {64};
+  shape.insert(shape.end(), spec.input_shape.begin(), spec.input_shape.end());
+  const at::Tensor inputs = at::randn(shape, generator, at::TensorOptions().dtype(at::kFloat));
+  const bool was_training = model.bottom->is_training();
+  model.bottom->eval();
+  const double largest = model.bottom->forward(inputs).abs().max().item<double>();
+  model.bottom->train(was_training);
+  return std::max(1000.0 * largest, 100.0);
+}
+
+double DeriveUpdateBound(const SplitModel& model) {
+  return std::max(100.0 * FlattenParameters(*model.bottom).abs().max().item<double>(), 1.0);
+}
+
 SplitServer::SplitServer(SplitServerOptions options) : options_(std::move(options)) {
   options_.compression = NormalizeCompression(options_.compression);
+  CLEAVE_CHECK_USER(options_.max_activation_abs >= 0, "--max-activation-value must be >= 0");
+  CLEAVE_CHECK_USER(options_.rounds.max_update_abs >= 0, "--max-update-value must be >= 0");
+  CLEAVE_CHECK_USER(options_.max_sessions_per_identity >= 1, "--max-sessions must be >= 1");
+  CLEAVE_CHECK_USER(options_.session_idle_timeout.count() >= 0, "--session-idle must be >= 0");
   fingerprint_ = ModelFingerprint(options_.model);
   if (options_.compression.gradients().method() != "none") {
     gradient_compressor_ =
@@ -202,52 +251,110 @@ SplitServer::SplitServer(SplitServerOptions options) : options_(std::move(option
                         options_.compression.gradients().density(), options_.seed});
   }
   model_ = BuildSplitModel(options_.model, options_.seed);
+  activation_bound_ = options_.max_activation_abs > 0
+                          ? options_.max_activation_abs
+                          : DeriveActivationBound(options_.model, model_, options_.seed);
+  if (options_.rounds.max_update_abs == 0) options_.rounds.max_update_abs = DeriveUpdateBound(model_);
   optimizer_ = MakeOptimizer(options_.optimizer, model_.top->parameters(), options_.learning_rate);
-  const at::Tensor initial_client_weights = FlattenParameters(*model_.bottom);
-  checkpoint_state_ =
-      std::make_shared<CheckpointState>(model_.top, initial_client_weights.numel());
   if (options_.rounds.schedule != Schedule::kSingle) {
-    coordinator_ = std::make_unique<RoundCoordinator>(options_.rounds, initial_client_weights);
+    coordinator_ =
+        std::make_unique<RoundCoordinator>(options_.rounds, FlattenParameters(*model_.bottom));
   }
   CLEAVE_CHECK_USER(!options_.resume || !options_.checkpoint_path.empty(),
                     "--resume needs --checkpoint FILE");
   if (options_.resume && options_.require_checkpoint) {
     ReadFile(options_.checkpoint_path, "checkpoint");  // names the file if it is missing
   }
-  if (options_.resume && FileExists(options_.checkpoint_path)) {
-    const CheckpointMeta meta = LoadCheckpoint(options_.checkpoint_path, *checkpoint_state_,
-                                               optimizer_.get(), fingerprint_);
-    const auto it = meta.counters.find("step");
-    step_ = it == meta.counters.end() ? 0 : it->second;
-    if (coordinator_ && meta.counters.count("round") == 1) {
-      RoundState state = ReadRoundState(meta);
-      state.weights = checkpoint_state_->client_weights.clone();
-      state.aggregate = checkpoint_state_->aggregate.clone();
-      coordinator_->Restore(std::move(state));
-      spdlog::info("resumed from checkpoint '{}' at step {}, round {}, client model version {}",
-                   options_.checkpoint_path, step_, coordinator_->round(),
-                   coordinator_->version());
-    } else {
-      spdlog::info("resumed from checkpoint '{}' at step {}", options_.checkpoint_path, step_);
-    }
-  }
+  if (options_.resume && FileExists(options_.checkpoint_path)) ResumeFromCheckpoint();
   if (coordinator_) {
     coordinator_->SetRoundClosedCallback(
         [this](const RoundSummary& summary) { OnRoundClosed(summary); });
     spdlog::info("schedule {}: {} round(s) of {} samples, deadline {} ms, quorum {}, {} "
-                 "hospital(s) to start, max staleness {}",
+                 "hospital(s) to start, max staleness {}, aggregation {}",
                  ScheduleName(options_.rounds.schedule), options_.rounds.rounds,
                  options_.rounds.round_samples, options_.rounds.round_deadline.count(),
                  options_.rounds.quorum, options_.rounds.min_clients,
-                 options_.rounds.max_staleness);
+                 options_.rounds.max_staleness, AggregationName(options_.rounds.aggregation.method));
   }
   spdlog::info("model {} (fingerprint {}), compression {}", DescribeSpec(options_.model),
                fingerprint_, DescribeCompression(options_.compression));
+  spdlog::info("bounds: activation values {:g}, update values {:g}; sessions idle {} s expire, "
+               "{} per identity",
+               activation_bound_, options_.rounds.max_update_abs,
+               options_.session_idle_timeout.count() / 1000.0, options_.max_sessions_per_identity);
+  if (options_.session_idle_timeout.count() > 0) reaper_ = std::thread([this] { ReapLoop(); });
+}
+
+void SplitServer::ResumeFromCheckpoint() {
+  const int64_t client_parameters = FlattenParameters(*model_.bottom).numel();
+  const CheckpointMeta header = ReadCheckpointMeta(options_.checkpoint_path, fingerprint_);
+  CheckpointModule state(model_.top, client_parameters, PendingCount(header));
+  const CheckpointMeta meta =
+      LoadCheckpoint(options_.checkpoint_path, state, optimizer_.get(), fingerprint_);
+  const auto it = meta.counters.find("step");
+  step_ = it == meta.counters.end() ? 0 : it->second;
+  if (coordinator_ && meta.counters.count("round") == 1) {
+    RoundState round = ReadRoundState(meta);
+    round.weights = state.client_weights.clone();
+    for (size_t i = 0; i < round.pending.size(); ++i) {
+      round.pending[i].delta = state.round_updates[static_cast<int64_t>(i)].clone();
+    }
+    coordinator_->Restore(std::move(round));
+    spdlog::info("resumed from checkpoint '{}' at step {}, round {}, client model version {}",
+                 options_.checkpoint_path, step_, coordinator_->round(), coordinator_->version());
+  } else {
+    spdlog::info("resumed from checkpoint '{}' at step {}", options_.checkpoint_path, step_);
+  }
 }
 
 SplitServer::~SplitServer() {
+  {
+    std::lock_guard<std::mutex> lock(reaper_mutex_);
+    reaper_stop_ = true;
+  }
+  reaper_wake_.notify_all();
+  if (reaper_.joinable()) reaper_.join();
   // Its deadline thread calls back into this object: stop it first.
   coordinator_.reset();
+}
+
+void SplitServer::ReapLoop() {
+  const auto period = std::clamp(options_.session_idle_timeout / 4,
+                                 std::chrono::milliseconds(10), std::chrono::milliseconds(5000));
+  std::unique_lock<std::mutex> lock(reaper_mutex_);
+  while (!reaper_wake_.wait_for(lock, period, [this] { return reaper_stop_; })) {
+    lock.unlock();
+    ExpireIdleSessions(std::chrono::steady_clock::now());
+    lock.lock();
+  }
+}
+
+int SplitServer::ExpireIdleSessions(std::chrono::steady_clock::time_point now) {
+  if (options_.session_idle_timeout.count() <= 0) return 0;
+  std::vector<std::string> gone;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto it = sessions_.begin(); it != sessions_.end();) {
+      if (now - it->second.last_call > options_.session_idle_timeout) {
+        spdlog::warn("session of '{}' expired after {} s without a call", PeerText(it->second.identity),
+                     options_.session_idle_timeout.count() / 1000.0);
+        gone.push_back(it->second.identity);
+        it = sessions_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (gone.empty()) return 0;
+    expired_sessions_ += static_cast<int64_t>(gone.size());
+    sessions_changed_.notify_all();
+    NotifySessionsLocked();
+  }
+  if (observer_) observer_->OnSessionsExpired(static_cast<int64_t>(gone.size()));
+  // Outside the lock: a round this closes calls back into SaveCheckpoint.
+  if (coordinator_) {
+    for (const std::string& identity : gone) coordinator_->OnLeave(identity);
+  }
+  return static_cast<int>(gone.size());
 }
 
 v1::JoinReply SplitServer::Join(const std::string& identity, const v1::JoinRequest& request) {
@@ -257,36 +364,59 @@ v1::JoinReply SplitServer::Join(const std::string& identity, const v1::JoinReque
                                      ", server speaks ", protocol::kProtocolVersion));
   }
   if (!options_.allowed_clients.empty() && options_.allowed_clients.count(identity) == 0) {
-    spdlog::warn("refused Join from '{}': not on the client allowlist", identity);
+    spdlog::warn("refused Join from '{}': not on the client allowlist", PeerText(identity));
     throw StatusError(grpc::StatusCode::PERMISSION_DENIED,
-                      "client '" + identity + "' is not allowed to join this server");
+                      "client '" + PeerText(identity) + "' is not allowed to join this server");
   }
   if (request.model_fingerprint() != fingerprint_) {
-    spdlog::warn("refused Join from '{}': model fingerprint {} ({}) != server's {} ({})", identity,
-                 request.model_fingerprint(), request.model_description(), fingerprint_,
+    // Peer text is escaped and capped: it cannot forge a log line or blow up the status.
+    spdlog::warn("refused Join from '{}': model fingerprint {} ({}) != server's {} ({})",
+                 PeerText(identity), PeerText(request.model_fingerprint(), 64),
+                 PeerText(request.model_description()), fingerprint_,
                  DescribeSpec(options_.model));
-    throw StatusError(
-        grpc::StatusCode::FAILED_PRECONDITION,
-        detail::Concat("model fingerprint mismatch: client ", request.model_fingerprint(), " (",
-                       request.model_description(), "), server ", fingerprint_, " (",
-                       DescribeSpec(options_.model), ")"));
+    throw StatusError(grpc::StatusCode::FAILED_PRECONDITION,
+                      detail::Concat("model fingerprint mismatch: client ",
+                                     PeerText(request.model_fingerprint(), 64), " (",
+                                     PeerText(request.model_description()), "), server ",
+                                     fingerprint_, " (", DescribeSpec(options_.model), ")"));
   }
-  std::lock_guard<std::mutex> lock(mutex_);
-  const std::string session_id = NewSessionId();
-  sessions_[session_id] = Session{identity, 0, 0};
-  sessions_changed_.notify_all();
-  if (coordinator_) coordinator_->OnJoin(identity);
-  NotifySessionsLocked();
-  spdlog::info("client '{}' joined (session {}, {} active)", identity, session_id.substr(0, 8),
-               sessions_.size());
   v1::JoinReply reply;
-  reply.set_protocol_version(protocol::kProtocolVersion);
-  reply.set_session_id(session_id);
-  reply.set_client_name(identity);
-  reply.set_model_fingerprint(fingerprint_);
-  *reply.mutable_compression() = options_.compression;
+  int replaced = 0;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    // At most max_sessions_per_identity: the oldest sessions of this identity make room.
+    std::vector<std::map<std::string, Session>::iterator> own;
+    for (auto it = sessions_.begin(); it != sessions_.end(); ++it) {
+      if (it->second.identity == identity) own.push_back(it);
+    }
+    std::sort(own.begin(), own.end(),
+              [](const auto& a, const auto& b) { return a->second.created < b->second.created; });
+    for (size_t i = 0; i + options_.max_sessions_per_identity <= own.size(); ++i) {
+      sessions_.erase(own[i]);
+      ++replaced;
+    }
+    replaced_sessions_ += replaced;
+    const std::string session_id = NewSessionId();
+    Session& session = sessions_[session_id];
+    session.identity = identity;
+    session.last_call = std::chrono::steady_clock::now();
+    session.created = ++sessions_created_;
+    sessions_changed_.notify_all();
+    if (coordinator_ && replaced == 0) coordinator_->OnJoin(identity);
+    NotifySessionsLocked();
+    spdlog::info("client '{}' joined (session {}, {} active{})", PeerText(identity),
+                 session_id.substr(0, 8), sessions_.size(),
+                 replaced > 0 ? ", replacing its earlier session" : "");
+    reply.set_protocol_version(protocol::kProtocolVersion);
+    reply.set_session_id(session_id);
+    reply.set_client_name(identity);
+    reply.set_model_fingerprint(fingerprint_);
+    *reply.mutable_compression() = options_.compression;
+    reply.set_server_step(step_);
+  }
+  // Outside the lock: a round this closes calls back into SaveCheckpoint.
+  if (coordinator_ && replaced > 0) coordinator_->OnRejoin(identity);
   reply.set_client_model_version(coordinator_ ? coordinator_->version() : 0);
-  reply.set_server_step(step_);
   reply.mutable_server()->set_max_message_bytes(options_.max_message_bytes);
   reply.mutable_server()->set_model_description(DescribeSpec(options_.model));
   reply.mutable_server()->set_schedule(ScheduleName(options_.rounds.schedule));
@@ -296,9 +426,9 @@ v1::JoinReply SplitServer::Join(const std::string& identity, const v1::JoinReque
   return reply;
 }
 
-const SplitServer::Session& SplitServer::CheckSession(const std::string& identity,
-                                                      const std::string& session_id,
-                                                      uint32_t protocol_version) const {
+SplitServer::Session& SplitServer::CheckSession(const std::string& identity,
+                                                const std::string& session_id,
+                                                uint32_t protocol_version) {
   if (protocol_version != protocol::kProtocolVersion) {
     throw StatusError(grpc::StatusCode::FAILED_PRECONDITION,
                       detail::Concat("protocol version ", protocol_version, ", server speaks ",
@@ -309,11 +439,81 @@ const SplitServer::Session& SplitServer::CheckSession(const std::string& identit
     throw StatusError(grpc::StatusCode::NOT_FOUND, "unknown or expired session; Join again");
   }
   if (it->second.identity != identity) {
-    spdlog::warn("'{}' tried to use a session of '{}'", identity, it->second.identity);
+    spdlog::warn("'{}' tried to use a session of '{}'", PeerText(identity),
+                 PeerText(it->second.identity));
     throw StatusError(grpc::StatusCode::PERMISSION_DENIED,
                       "this session belongs to another client");
   }
+  it->second.last_call = std::chrono::steady_clock::now();
   return it->second;
+}
+
+namespace {
+
+const char* RefusalReason(const std::exception& error) {
+  if (const auto* refusal = dynamic_cast<const RoundRefusal*>(&error)) {
+    return refusal->reason().c_str();
+  }
+  if (dynamic_cast<const NotFinite*>(&error)) return "nonfinite";
+  if (dynamic_cast<const OutOfBounds*>(&error)) return "out_of_bounds";
+  return "invalid";
+}
+
+// The optimizer's second moment squares each gradient: beyond this it overflows float.
+constexpr double kMaxGradientAbs = 1e18;
+
+void CheckGradient(const at::Tensor& gradient, const char* what) {
+  if (!gradient.defined()) return;
+  const double largest = gradient.abs().max().item<double>();
+  if (!std::isfinite(largest)) throw NotFinite(detail::Concat(what, " is not finite"));
+  if (largest > kMaxGradientAbs) {
+    throw OutOfBounds(detail::Concat(what, " reaches ", largest, ", beyond ", kMaxGradientAbs));
+  }
+}
+
+}  // namespace
+
+void SplitServer::NoteRefusal(const char* what, const std::exception& error) {
+  const char* reason = RefusalReason(error);
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    ++(std::string(what) == "step" ? refused_steps_ : refused_updates_);
+  }
+  if (observer_) observer_->OnRefused(what, reason);
+}
+
+void SplitServer::CheckGradientsLocked(const at::Tensor& cut_gradient) const {
+  CheckGradient(cut_gradient, "the gradient at the cut");
+  for (const auto& parameter : model_.top->named_parameters()) {
+    CheckGradient(parameter.value().grad(), "a gradient of the server's layers");
+  }
+}
+
+void SplitServer::StepLocked(double lr_scale) {
+  std::vector<at::Tensor> before;
+  for (const at::Tensor& parameter : model_.top->parameters()) {
+    before.push_back(parameter.detach().clone());
+  }
+  // A step computed with a stale client model moves the server's layers less (Dai et al.).
+  std::vector<double> rates;
+  for (auto& group : optimizer_->param_groups()) {
+    rates.push_back(group.options().get_lr());
+    group.options().set_lr(rates.back() * lr_scale);
+  }
+  optimizer_->step();
+  for (size_t g = 0; g < rates.size(); ++g) {
+    optimizer_->param_groups()[g].options().set_lr(rates[g]);
+  }
+  bool finite = true;
+  for (const at::Tensor& parameter : model_.top->parameters()) {
+    finite = finite && parameter.isfinite().all().item<bool>();
+  }
+  if (!finite) {
+    at::NoGradGuard no_grad;
+    size_t i = 0;
+    for (at::Tensor& parameter : model_.top->parameters()) parameter.copy_(before[i++]);
+    throw NotFinite("the step would make the server's layers non-finite; not applied");
+  }
 }
 
 v1::TrainReply SplitServer::Train(const std::string& identity, const v1::TrainRequest& request) {
@@ -325,51 +525,58 @@ v1::TrainReply SplitServer::Train(const std::string& identity, const v1::TrainRe
     std::lock_guard<std::mutex> lock(mutex_);
     CheckSession(identity, request.session_id(), request.protocol_version());
   }
-  protocol::DecodedTensor activations =
-      protocol::DecodeTensor(request.activations(), activation_spec);
-  const at::Tensor labels = protocol::DecodeTensor(request.labels(), label_spec).dense;
-  CLEAVE_CHECK_INPUT(labels.size(0) == activations.dense.size(0), "labels have batch ",
-                     labels.size(0), ", activations ", activations.dense.size(0));
+  protocol::DecodedTensor activations;
+  at::Tensor labels;
+  try {
+    activations = protocol::DecodeTensor(request.activations(), activation_spec);
+    labels = protocol::DecodeTensor(request.labels(), label_spec).dense;
+    CLEAVE_CHECK_INPUT(labels.size(0) == activations.dense.size(0), "labels have batch ",
+                       labels.size(0), ", activations ", activations.dense.size(0));
+  } catch (const InvalidInput& error) {
+    NoteRefusal("step", error);
+    if (coordinator_) coordinator_->Exclude(identity);
+    throw;
+  }
 
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::unique_lock<std::mutex> lock(mutex_);
   auto session_it = sessions_.find(request.session_id());
   if (session_it == sessions_.end()) {
     throw StatusError(grpc::StatusCode::NOT_FOUND, "session ended during the step");
   }
   const auto started = std::chrono::steady_clock::now();
-  double lr_scale = 1.0;
-  bool round_closing = false;
-  if (coordinator_) {
-    try {
-      lr_scale = coordinator_->OnTrainStep(identity, request.model_version(), labels.size(0),
-                                           &round_closing);
-    } catch (const StatusError& error) {
-      if (error.code() == grpc::StatusCode::ABORTED) {
-        ++refused_steps_;
-        if (observer_) observer_->OnRefused("step");
-      }
-      throw;
-    }
-  }
   model_.top->train();
   at::Tensor input = activations.dense.requires_grad_(true);
   const at::Tensor logits = model_.top->forward(input);
   const at::Tensor loss = torch::nn::functional::cross_entropy(logits, labels);
-  optimizer_->zero_grad();
-  loss.backward();
-  if (lr_scale != 1.0) {
-    // A step computed with a stale client model moves the server's layers less (Dai et al.).
-    std::vector<double> rates;
-    for (auto& group : optimizer_->param_groups()) {
-      rates.push_back(group.options().get_lr());
-      group.options().set_lr(rates.back() * lr_scale);
+  double lr_scale = 1.0;
+  bool round_closing = false;
+  try {
+    // Nothing is committed until the step is known to be finite: the loss, every gradient,
+    // then (in StepLocked) the updated layers.
+    if (!std::isfinite(loss.item<double>())) {
+      throw NotFinite("the loss of this batch is not finite; the model was not changed");
     }
-    optimizer_->step();
-    for (size_t g = 0; g < rates.size(); ++g) {
-      optimizer_->param_groups()[g].options().set_lr(rates[g]);
+    optimizer_->zero_grad();
+    loss.backward();
+    CheckGradientsLocked(input.grad());
+    if (coordinator_) {
+      lr_scale = coordinator_->OnTrainStep(identity, request.model_version(), labels.size(0),
+                                           &round_closing);
     }
-  } else {
-    optimizer_->step();
+    StepLocked(lr_scale);
+  } catch (const InvalidInput& error) {
+    optimizer_->zero_grad();
+    ++refused_steps_;
+    if (observer_) observer_->OnRefused("step", RefusalReason(error));
+    // Outside the lock: a round this closes calls back into SaveCheckpoint.
+    lock.unlock();
+    if (coordinator_) coordinator_->Exclude(identity);
+    throw;
+  } catch (const RoundRefusal& error) {
+    optimizer_->zero_grad();
+    ++refused_steps_;
+    if (observer_) observer_->OnRefused("step", RefusalReason(error));
+    throw;
   }
   ++step_;
   samples_ += labels.size(0);
@@ -453,6 +660,7 @@ protocol::TensorSpec SplitServer::ActivationSpec() const {
   spec.sample_shape = model_.cut_shape;
   spec.max_batch = options_.max_batch;
   spec.allow_sparse = options_.compression.activations().method() != "none";
+  spec.max_abs = activation_bound_;
   return spec;
 }
 
@@ -491,7 +699,7 @@ void SplitServer::Leave(const std::string& identity, const std::string& session_
     std::lock_guard<std::mutex> lock(mutex_);
     const Session& session = CheckSession(identity, session_id, protocol::kProtocolVersion);
     spdlog::info("client '{}' left after {} steps, {} samples; received {} bytes, sent {} bytes",
-                 identity, session.steps, session.samples, session.bytes_received,
+                 PeerText(identity), session.steps, session.samples, session.bytes_received,
                  session.bytes_sent);
     sessions_.erase(session_id);
     sessions_changed_.notify_all();
@@ -507,7 +715,7 @@ void SplitServer::ReleaseSession(const std::string& identity, const std::string&
     std::lock_guard<std::mutex> lock(mutex_);
     const auto it = sessions_.find(session_id);
     if (it == sessions_.end() || it->second.identity != identity) return;
-    spdlog::warn("released session of '{}': {}", identity, reason);
+    spdlog::warn("released session of '{}': {}", PeerText(identity), reason);
     sessions_.erase(it);
     sessions_changed_.notify_all();
     NotifySessionsLocked();
@@ -565,18 +773,22 @@ v1::UpdateReply SplitServer::SubmitUpdate(const std::string& identity,
   protocol::TensorSpec spec;
   spec.max_batch = coordinator_->num_parameters();
   spec.allow_sparse = options_.compression.updates().method() != "none";
-  const at::Tensor delta = protocol::DecodeTensor(request.delta(), spec).dense;
-  CLEAVE_CHECK_INPUT(delta.size(0) == coordinator_->num_parameters(), "update has ",
-                     delta.size(0), " values, the client-side model has ",
-                     coordinator_->num_parameters());
+  spec.max_abs = options_.rounds.max_update_abs;
   UpdateOutcome outcome;
   try {
+    const at::Tensor delta = protocol::DecodeTensor(request.delta(), spec).dense;
+    CLEAVE_CHECK_INPUT(delta.size(0) == coordinator_->num_parameters(), "update has ",
+                       delta.size(0), " values, the client-side model has ",
+                       coordinator_->num_parameters());
     outcome = coordinator_->Submit(identity, request.base_version(), request.round(),
                                    request.samples(), delta);
-  } catch (const StatusError& error) {
-    if (error.code() == grpc::StatusCode::ABORTED && observer_) observer_->OnRefused("update");
-    spdlog::warn("refused update of '{}' for round {}: {}", identity, request.round(),
-                 error.what());
+  } catch (const InvalidInput& error) {
+    // Malformed or beyond a bound before it reached the rounds: the hospital is out of this round.
+    NoteRefusal("update", error);
+    coordinator_->Exclude(identity);
+    throw;
+  } catch (const RoundRefusal& error) {
+    NoteRefusal("update", error);
     throw;
   }
   v1::UpdateReply reply;
@@ -621,14 +833,30 @@ void SplitServer::SaveCheckpointLocked() {
   CheckpointMeta meta;
   meta.fingerprint = fingerprint_;
   meta.counters["step"] = step_;
+  const int64_t client_parameters = FlattenParameters(*model_.bottom).numel();
+  RoundState state;
+  if (coordinator_) state = coordinator_->Snapshot();
+  CheckpointModule module(model_.top, client_parameters,
+                          static_cast<int64_t>(state.pending.size()));
   if (coordinator_) {
-    const RoundState state = coordinator_->Snapshot();
     WriteRoundState(state, &meta);
-    checkpoint_state_->client_weights.copy_(state.weights);
-    checkpoint_state_->aggregate.copy_(state.aggregate);
+    module.client_weights.copy_(state.weights);
+    for (size_t i = 0; i < state.pending.size(); ++i) {
+      module.round_updates[static_cast<int64_t>(i)].copy_(state.pending[i].delta);
+    }
   }
-  cleave::SaveCheckpoint(options_.checkpoint_path, *checkpoint_state_, optimizer_.get(), meta);
+  // Refuses (and keeps the previous file) if anything in it is not finite.
+  cleave::SaveCheckpoint(options_.checkpoint_path, module, optimizer_.get(), meta);
   spdlog::debug("checkpoint written to '{}' at step {}", options_.checkpoint_path, step_);
+}
+
+std::vector<at::Tensor> SplitServer::top_parameters() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  std::vector<at::Tensor> copies;
+  for (const at::Tensor& parameter : model_.top->parameters()) {
+    copies.push_back(parameter.detach().clone());
+  }
+  return copies;
 }
 
 int64_t SplitServer::step() const {
@@ -656,6 +884,9 @@ ServerCounters SplitServer::counters() const {
   counters.active_sessions = static_cast<int64_t>(sessions_.size());
   counters.active_clients = ActiveClientsLocked();
   counters.refused_steps = refused_steps_;
+  counters.refused_updates = refused_updates_;
+  counters.expired_sessions = expired_sessions_;
+  counters.replaced_sessions = replaced_sessions_;
   return counters;
 }
 

@@ -41,10 +41,13 @@ TEST(MetricsExporterTest, ServesWhatTheServerReported) {
   exporter.OnSessions(3, 2);
   exporter.OnUpdate(0);
   exporter.OnUpdate(1);
-  exporter.OnRefused("update");
-  exporter.OnRefused("step");
-  exporter.OnRefused("step");
+  exporter.OnRefused("update", "stale");
+  exporter.OnRefused("step", "stale");
+  exporter.OnRefused("step", "stale");
+  exporter.OnRefused("step", "out_of_bounds");
+  exporter.OnSessionsExpired(3);
   RoundSummary round;
+  round.clipped = 2;
   round.seconds = 12.5;
   round.version = 4;
   exporter.OnRound(round);
@@ -54,7 +57,10 @@ TEST(MetricsExporterTest, ServesWhatTheServerReported) {
         "cleave_bytes_total{direction=\"received\"} 1000",
         "cleave_bytes_total{direction=\"sent\"} 250", "cleave_active_clients 2",
         "cleave_active_sessions 3", "cleave_updates_accepted_total 2",
-        "cleave_refused_total{what=\"update\"} 1", "cleave_refused_total{what=\"step\"} 2",
+        "cleave_refused_total{reason=\"stale\",what=\"update\"} 1",
+        "cleave_refused_total{reason=\"stale\",what=\"step\"} 2",
+        "cleave_refused_total{reason=\"out_of_bounds\",what=\"step\"} 1",
+        "cleave_updates_clipped_total 2", "cleave_sessions_expired_total 3",
         "cleave_rounds_total 1", "cleave_client_model_version 4",
         "cleave_update_staleness_count 2", "cleave_round_duration_seconds_sum 12.5",
         "cleave_step_duration_seconds_count 2"}) {

@@ -319,7 +319,7 @@ TEST(RoundCoordinatorTest, RestoredStateResumesTheRoundWithoutLosingOrRepeatingU
   resumed.OnJoin("b");
   EXPECT_EQ(resumed.Sync("a", 0, 0ms).action, Action::kWait);  // a's update is in already
   EXPECT_TRUE(resumed.Submit("a", 0, 1, 30, delta_a).duplicate);
-  Train(resumed, "b", 10, 0);
+  Train(resumed, "b", 80, 0);  // b's steps before the restart died with the server
   resumed.Submit("b", 0, 1, 80, delta_b);
   const RoundState state = resumed.Snapshot();
   EXPECT_EQ(state.version, 1);

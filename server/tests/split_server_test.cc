@@ -268,12 +268,12 @@ TEST(SplitServerTest, RestartedServerResumesTheRoundFromItsCheckpoint) {
   EXPECT_EQ(after.round, 1);
   EXPECT_EQ(after.version, 0);
   EXPECT_EQ(after.updates_accepted, 1);
-  EXPECT_EQ(after.aggregate_updates, 1);
-  EXPECT_EQ(after.aggregate_samples, 4);
+  ASSERT_EQ(after.pending.size(), 1u);
+  EXPECT_EQ(after.pending[0].samples, 4);
   EXPECT_EQ(after.last_round_submitted.at("a"), 1);
   EXPECT_EQ(after.submitted.count("a"), 1u);
   EXPECT_TRUE(at::equal(after.weights, before.weights));
-  EXPECT_TRUE(at::equal(after.aggregate, before.aggregate));
+  EXPECT_TRUE(at::equal(after.pending[0].delta, before.pending[0].delta));
   EXPECT_EQ(resumed.step(), 2);
 
   const std::string a = resumed.Join("a", JoinFor(resumed)).session_id();

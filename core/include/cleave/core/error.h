@@ -27,6 +27,18 @@ class InvalidInput : public Error {
   using Error::Error;
 };
 
+// Input that is well-formed but holds NaN or Inf where only finite numbers belong.
+class NotFinite : public InvalidInput {
+ public:
+  using InvalidInput::InvalidInput;
+};
+
+// Input that is finite but beyond a bound on its magnitude (it would overflow what uses it).
+class OutOfBounds : public InvalidInput {
+ public:
+  using InvalidInput::InvalidInput;
+};
+
 namespace detail {
 template <typename... Args>
 std::string Concat(const Args&... args) {

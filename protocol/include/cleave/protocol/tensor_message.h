@@ -22,6 +22,9 @@ struct TensorSpec {
   int64_t max_batch = 4096;           // batch dimension must be in 1..max_batch
   bool allow_sparse = false;          // accept the `sparse` payload (float32 only)
   bool allow_nonfinite = false;
+  // Float tensors: every element's magnitude must be at most max_abs when max_abs > 0 (a value
+  // can be finite and still overflow the receiver's arithmetic).
+  double max_abs = 0;
   // Integer tensors: every element must lie in [0, int_upper_bound) when int_upper_bound > 0.
   int64_t int_upper_bound = 0;
 };

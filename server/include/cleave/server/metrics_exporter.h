@@ -1,6 +1,6 @@
 // Prometheus metrics of a running server (prometheus-cpp), served over HTTP at /metrics: steps,
 // samples, bytes per direction, active clients, step and round durations, update staleness,
-// refused updates and steps, rounds.
+// refused updates and steps by reason, clipped updates, expired sessions, rounds.
 #pragma once
 
 #include <memory>
@@ -27,7 +27,8 @@ class MetricsExporter final : public ServerObserver {
   void OnBytes(int64_t received, int64_t sent) override;
   void OnSessions(int64_t sessions, int64_t clients) override;
   void OnUpdate(int64_t staleness) override;
-  void OnRefused(const std::string& what) override;
+  void OnRefused(const std::string& what, const std::string& reason) override;
+  void OnSessionsExpired(int64_t count) override;
   void OnRound(const RoundSummary& summary) override;
 
  private:

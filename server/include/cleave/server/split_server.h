@@ -1,6 +1,9 @@
 // The server side of split learning, without any networking: holds the top model and its
 // optimizer, validates what clients send, computes the loss on their labels, and returns the
-// cut-layer gradient. The gRPC service (split_service.h) only translates to and from it.
+// cut-layer gradient. The gRPC service (grpc_server.h) only translates to and from it.
+// Every hospital may be faulty or hostile (its certificate is valid, its numbers are not to be
+// trusted): values are bounded, a step, an average or a checkpoint that is not finite is never
+// committed, sessions expire, and peer text is escaped before it reaches a log or a status.
 #pragma once
 
 #include <chrono>
@@ -11,6 +14,8 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "cleave/core/split_model.h"
 #include "cleave/protocol/cleave.pb.h"
@@ -45,7 +50,24 @@ struct SplitServerOptions {
   RoundOptions rounds;
   // Longest a Sync call is held waiting for work.
   std::chrono::milliseconds max_sync_wait{30000};
+  // Largest magnitude of an activation value a hospital may send (0: derived from the model, see
+  // DeriveActivationBound). Update deltas are bounded by rounds.max_update_abs (0: derived).
+  double max_activation_abs = 0;
+  // A session with no call for this long is released (0: never). Sync waits at most
+  // max_sync_wait, so a waiting hospital calls well within it.
+  std::chrono::milliseconds session_idle_timeout{180000};
+  // Sessions one identity may hold; a Join beyond it replaces the identity's oldest session.
+  int max_sessions_per_identity = 1;
 };
+
+// The activation bound derived from the model: 1000 x the largest cut activation of the initial
+// client-side model on a batch of standard-normal inputs (at least 100). Honest activations stay
+// far below it; values near float's range, which overflow the server's layers, do not.
+// (`model` by value: it shares the modules, and running them needs a non-const holder.)
+double DeriveActivationBound(const ModelSpec& spec, SplitModel model, uint64_t seed);
+// The per-value bound on a client-model update: 100 x the largest initial client-side weight
+// (at least 1). An honest round moves a weight by a small fraction of that.
+double DeriveUpdateBound(const SplitModel& model);
 
 // Counts the server keeps for observability (metrics endpoint, tests).
 struct ServerCounters {
@@ -55,7 +77,10 @@ struct ServerCounters {
   int64_t bytes_sent = 0;      // protobuf bytes of replies (Train, Evaluate, Sync)
   int64_t active_sessions = 0;
   int64_t active_clients = 0;  // distinct hospitals with a session
-  int64_t refused_steps = 0;   // too stale
+  int64_t refused_steps = 0;    // for any reason (stale, bounds, not finite, not a participant)
+  int64_t refused_updates = 0;  // likewise
+  int64_t expired_sessions = 0;   // idle too long
+  int64_t replaced_sessions = 0;  // by a newer Join of the same identity
 };
 
 // Called by the server after events, for metrics; must be cheap and thread-safe.
@@ -66,7 +91,10 @@ class ServerObserver {
   virtual void OnBytes(int64_t received, int64_t sent) = 0;
   virtual void OnSessions(int64_t sessions, int64_t clients) = 0;
   virtual void OnUpdate(int64_t staleness) = 0;  // an update accepted into a round
-  virtual void OnRefused(const std::string& what) = 0;  // "update" or "step"
+  // `what`: "update" or "step"; `reason`: "stale", "not_participant", "out_of_bounds",
+  // "nonfinite", "no_samples" or "invalid".
+  virtual void OnRefused(const std::string& what, const std::string& reason) = 0;
+  virtual void OnSessionsExpired(int64_t count) = 0;
   virtual void OnRound(const RoundSummary& summary) = 0;
 };
 
@@ -105,6 +133,14 @@ class SplitServer {
   // Writes the checkpoint now (no-op without a checkpoint path).
   void SaveCheckpoint();
 
+  // Releases the sessions idle since before now - session_idle_timeout; returns how many. A
+  // background thread calls it; tests call it with a time of their choosing.
+  int ExpireIdleSessions(std::chrono::steady_clock::time_point now);
+  // Copies of the server's layers' parameters (tests, tools).
+  std::vector<at::Tensor> top_parameters() const;
+  double activation_bound() const { return activation_bound_; }
+  double update_bound() const { return options_.rounds.max_update_abs; }
+
   int64_t step() const;
   ServerCounters counters() const;
   // Null for the single schedule.
@@ -123,13 +159,27 @@ class SplitServer {
  private:
   struct Session {
     std::string identity;
+    std::chrono::steady_clock::time_point last_call;
+    uint64_t created = 0;  // order of Joins: the oldest session of an identity is replaced first
     int64_t steps = 0;
     int64_t samples = 0;
     int64_t bytes_received = 0;  // protobuf bytes of this client's requests
     int64_t bytes_sent = 0;      // protobuf bytes of the replies to it
   };
-  const Session& CheckSession(const std::string& identity, const std::string& session_id,
-                              uint32_t protocol_version) const;
+  // Checks version, existence and owner, and marks the session as active now.
+  Session& CheckSession(const std::string& identity, const std::string& session_id,
+                        uint32_t protocol_version);
+  // Counts a refused step or update and tells the observer; `error` is rethrown by the caller.
+  void NoteRefusal(const char* what, const std::exception& error);
+  // Throws NotFinite / OutOfBounds when a gradient of the step (the cut's or a server layer's)
+  // is not finite or too large for the optimizer's moments.
+  void CheckGradientsLocked(const at::Tensor& cut_gradient) const;
+  // One optimizer step of the server's layers with the learning rate scaled by lr_scale; if the
+  // result is not finite the layers are restored and NotFinite is thrown.
+  void StepLocked(double lr_scale);
+  // Loads options_.checkpoint_path (model, optimizer, step, round state).
+  void ResumeFromCheckpoint();
+  void ReapLoop();
   void SaveCheckpointLocked();
   // What a client's activations and labels must look like.
   protocol::TensorSpec ActivationSpec() const;
@@ -148,9 +198,8 @@ class SplitServer {
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
   std::unique_ptr<Compressor> gradient_compressor_;  // null: gradients go back uncompressed
   std::unique_ptr<RoundCoordinator> coordinator_;     // null: schedule single
-  struct CheckpointState;
-  std::shared_ptr<CheckpointState> checkpoint_state_;  // top + round state, as one module
   ServerObserver* observer_ = nullptr;
+  double activation_bound_ = 0;
 
   mutable std::mutex mutex_;  // guards everything below and the model/optimizer
   mutable std::condition_variable sessions_changed_;
@@ -160,6 +209,15 @@ class SplitServer {
   int64_t bytes_sent_ = 0;
   int64_t samples_ = 0;
   int64_t refused_steps_ = 0;
+  int64_t refused_updates_ = 0;
+  int64_t expired_sessions_ = 0;
+  int64_t replaced_sessions_ = 0;
+  uint64_t sessions_created_ = 0;
+
+  std::mutex reaper_mutex_;
+  std::condition_variable reaper_wake_;
+  bool reaper_stop_ = false;
+  std::thread reaper_;
 };
 
 }  // namespace cleave::server

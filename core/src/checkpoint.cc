@@ -10,9 +10,11 @@
 #include <torch/serialize/output-archive.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <cstring>
 #include <sstream>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "cleave/core/error.h"
@@ -58,6 +60,7 @@ uint32_t Crc32(const char* data, size_t size) {
 
 // A parameter or buffer of the module being loaded, and its value read from the checkpoint.
 struct LoadedTensor {
+  const char* kind;  // "parameter" or "buffer"
   std::string name;  // dotted path, e.g. "0.weight"
   at::Tensor target;
   at::Tensor value;
@@ -69,12 +72,12 @@ struct LoadedTensor {
 void ReadModuleTensors(const torch::nn::Module& module, torch::serialize::InputArchive& archive,
                        const std::string& prefix, std::vector<LoadedTensor>* out) {
   for (const auto& item : module.named_parameters(/*recurse=*/false)) {
-    LoadedTensor loaded{prefix + item.key(), item.value(), at::Tensor()};
+    LoadedTensor loaded{"parameter", prefix + item.key(), item.value(), at::Tensor()};
     archive.read(item.key(), loaded.value);
     out->push_back(std::move(loaded));
   }
   for (const auto& item : module.named_buffers(/*recurse=*/false)) {
-    LoadedTensor loaded{prefix + item.key(), item.value(), at::Tensor()};
+    LoadedTensor loaded{"buffer", prefix + item.key(), item.value(), at::Tensor()};
     archive.read(item.key(), loaded.value, /*is_buffer=*/true);
     out->push_back(std::move(loaded));
   }
@@ -92,30 +95,131 @@ std::string ShapeText(const at::Tensor& tensor) {
   return out.str();
 }
 
-// The state tensors the known optimizers keep per parameter must have the parameter's shape
-// (LibTorch's Optimizer::load does not check; a mismatch would only fail at the next step).
-void CheckOptimizerState(const torch::optim::Optimizer& optimizer, const std::string& fail_prefix) {
+// The state tensors the known optimizers (Adam, AdamW, SGD) keep for one parameter, by name;
+// undefined ones left out. Other optimizers' state is not inspected.
+std::vector<std::pair<const char*, at::Tensor>> OptimizerStateTensors(
+    const torch::optim::OptimizerParamState& state) {
+  std::vector<std::pair<const char*, at::Tensor>> tensors;
+  if (const auto* adam = dynamic_cast<const torch::optim::AdamParamState*>(&state)) {
+    tensors = {{"exp_avg", adam->exp_avg()},
+               {"exp_avg_sq", adam->exp_avg_sq()},
+               {"max_exp_avg_sq", adam->max_exp_avg_sq()}};
+  } else if (const auto* adamw = dynamic_cast<const torch::optim::AdamWParamState*>(&state)) {
+    tensors = {{"exp_avg", adamw->exp_avg()},
+               {"exp_avg_sq", adamw->exp_avg_sq()},
+               {"max_exp_avg_sq", adamw->max_exp_avg_sq()}};
+  } else if (const auto* sgd = dynamic_cast<const torch::optim::SGDParamState*>(&state)) {
+    tensors = {{"momentum_buffer", sgd->momentum_buffer()}};
+  }
+  tensors.erase(std::remove_if(tensors.begin(), tensors.end(),
+                               [](const auto& named) { return !named.second.defined(); }),
+                tensors.end());
+  return tensors;
+}
+
+// Calls fn(param, state_name, state_tensor) for every known state tensor of every parameter.
+template <typename Fn>
+void ForEachOptimizerState(const torch::optim::Optimizer& optimizer, Fn&& fn) {
   for (const auto& group : optimizer.param_groups()) {
     for (const at::Tensor& param : group.params()) {
       const auto it = optimizer.state().find(c10::guts::to_string(param.unsafeGetTensorImpl()));
       if (it == optimizer.state().end()) continue;
-      std::vector<at::Tensor> tensors;
-      if (const auto* adam = dynamic_cast<const torch::optim::AdamParamState*>(it->second.get())) {
-        tensors = {adam->exp_avg(), adam->exp_avg_sq(), adam->max_exp_avg_sq()};
-      } else if (const auto* adamw =
-                     dynamic_cast<const torch::optim::AdamWParamState*>(it->second.get())) {
-        tensors = {adamw->exp_avg(), adamw->exp_avg_sq(), adamw->max_exp_avg_sq()};
-      } else if (const auto* sgd =
-                     dynamic_cast<const torch::optim::SGDParamState*>(it->second.get())) {
-        tensors = {sgd->momentum_buffer()};
-      }
-      for (const at::Tensor& state : tensors) {
-        if (state.defined() && state.sizes() != param.sizes()) {
-          throw UserError(fail_prefix + "optimizer state " + ShapeText(state) +
-                          " does not fit a parameter " + ShapeText(param));
-        }
-      }
+      for (const auto& [name, state] : OptimizerStateTensors(*it->second)) fn(param, name, state);
     }
+  }
+}
+
+// The state tensors the known optimizers keep per parameter must have the parameter's shape
+// (LibTorch's Optimizer::load does not check; a mismatch would only fail at the next step).
+void CheckOptimizerState(const torch::optim::Optimizer& optimizer, const std::string& fail_prefix) {
+  ForEachOptimizerState(optimizer,
+                        [&](const at::Tensor& param, const char*, const at::Tensor& state) {
+                          if (state.sizes() != param.sizes()) {
+                            throw UserError(fail_prefix + "optimizer state " + ShapeText(state) +
+                                            " does not fit a parameter " + ShapeText(param));
+                          }
+                        });
+}
+
+bool IsFinite(const at::Tensor& tensor) {
+  if (!tensor.defined() || !(tensor.is_floating_point() || tensor.is_complex())) return true;
+  return tensor.isfinite().all().item<bool>();
+}
+
+// The first optimizer state tensor holding NaN or Inf, described with the module's name for its
+// parameter ("optimizer state 'exp_avg' of parameter '0.weight'"); empty if all are finite.
+std::string NonFiniteOptimizerState(const torch::optim::Optimizer& optimizer,
+                                    const torch::nn::Module& module) {
+  std::string found;
+  ForEachOptimizerState(
+      optimizer, [&](const at::Tensor& param, const char* name, const at::Tensor& state) {
+        if (!found.empty() || IsFinite(state)) return;
+        std::string param_name = "(not in the module)";
+        for (const auto& item : module.named_parameters()) {
+          if (item.value().is_same(param)) param_name = "'" + item.key() + "'";
+        }
+        found = std::string("optimizer state '") + name + "' of parameter " + param_name;
+      });
+  return found;
+}
+
+// A checkpoint file whose header, length, CRC and fingerprint were checked; the payload is a
+// LibTorch archive.
+struct CheckedFile {
+  std::string bytes;
+  size_t payload_offset = 0;
+  size_t payload_size = 0;
+};
+
+// Reads and checks the file as a whole, parsing nothing (LoadCheckpoint and ReadCheckpointMeta
+// refuse the same files the same way); fills meta->fingerprint.
+CheckedFile ReadCheckedFile(const std::string& path, const std::string& expected_fingerprint,
+                            CheckpointMeta* meta) {
+  CheckedFile file{ReadFile(path, "checkpoint")};
+  const std::string& bytes = file.bytes;
+  auto corrupt = [&path](const std::string& why) {
+    return UserError("checkpoint '" + path + "' is corrupt: " + why);
+  };
+  if (bytes.size() < kHeaderSize || std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0) {
+    throw corrupt("not a cleave checkpoint (bad header)");
+  }
+  const auto payload_size = Read<uint64_t>(bytes, 8);
+  const auto crc = Read<uint32_t>(bytes, 16);
+  const auto fingerprint_size = Read<uint32_t>(bytes, 20);
+  if (fingerprint_size > kMaxFingerprintSize || kHeaderSize + fingerprint_size > bytes.size()) {
+    throw corrupt("bad fingerprint length");
+  }
+  file.payload_offset = kHeaderSize + fingerprint_size;
+  if (payload_size != bytes.size() - file.payload_offset) {
+    throw corrupt("truncated (" + std::to_string(bytes.size() - file.payload_offset) + " of " +
+                  std::to_string(payload_size) + " payload bytes)");
+  }
+  file.payload_size = payload_size;
+  if (Crc32(bytes.data() + file.payload_offset, file.payload_size) != crc) {
+    throw corrupt("CRC mismatch");
+  }
+  meta->fingerprint = bytes.substr(kHeaderSize, fingerprint_size);
+  if (!expected_fingerprint.empty() && meta->fingerprint != expected_fingerprint) {
+    throw UserError("checkpoint '" + path + "' was written for model " + meta->fingerprint +
+                    ", expected " + expected_fingerprint);
+  }
+  return file;
+}
+
+// Reads the named counters SaveCheckpoint wrote into meta->counters.
+void ReadCounters(torch::serialize::InputArchive& archive, CheckpointMeta* meta) {
+  at::Tensor names_tensor;
+  archive.read(kCounterNames, names_tensor);
+  const std::string names(static_cast<const char*>(names_tensor.data_ptr()),
+                          static_cast<size_t>(names_tensor.numel()));
+  size_t begin = 0;
+  while (begin < names.size()) {
+    const size_t end = names.find('\n', begin);
+    const std::string name = names.substr(begin, end - begin);
+    at::Tensor value;
+    archive.read(kCounterPrefix + name, value);
+    meta->counters[name] = value.item<int64_t>();
+    begin = end == std::string::npos ? names.size() : end + 1;
   }
 }
 
@@ -123,6 +227,19 @@ void CheckOptimizerState(const torch::optim::Optimizer& optimizer, const std::st
 
 void SaveCheckpoint(const std::string& path, const torch::nn::Module& module,
                     const torch::optim::Optimizer* optimizer, const CheckpointMeta& meta) {
+  // A step that diverged must not overwrite the last good checkpoint.
+  const std::string refuse = "refusing to write checkpoint '" + path + "': ";
+  for (const auto& item : module.named_parameters()) {
+    CLEAVE_CHECK_USER(IsFinite(item.value()), refuse, "parameter '", item.key(), "' is not finite");
+  }
+  for (const auto& item : module.named_buffers()) {
+    CLEAVE_CHECK_USER(IsFinite(item.value()), refuse, "buffer '", item.key(), "' is not finite");
+  }
+  if (optimizer != nullptr) {
+    const std::string state = NonFiniteOptimizerState(*optimizer, module);
+    CLEAVE_CHECK_USER(state.empty(), refuse, state, " is not finite");
+  }
+
   torch::serialize::OutputArchive archive;
   {
     torch::serialize::OutputArchive model_archive;
@@ -164,33 +281,9 @@ CheckpointMeta LoadCheckpoint(const std::string& path, torch::nn::Module& module
                               torch::optim::Optimizer* optimizer,
                               const std::string& expected_fingerprint) {
   // 1. The file as a whole: header, length, CRC, fingerprint. Nothing is parsed before this.
-  const std::string file = ReadFile(path, "checkpoint");
-  auto corrupt = [&path](const std::string& why) {
-    return UserError("checkpoint '" + path + "' is corrupt: " + why);
-  };
-  if (file.size() < kHeaderSize || std::memcmp(file.data(), kMagic, sizeof(kMagic)) != 0) {
-    throw corrupt("not a cleave checkpoint (bad header)");
-  }
-  const auto payload_size = Read<uint64_t>(file, 8);
-  const auto crc = Read<uint32_t>(file, 16);
-  const auto fingerprint_size = Read<uint32_t>(file, 20);
-  if (fingerprint_size > kMaxFingerprintSize || kHeaderSize + fingerprint_size > file.size()) {
-    throw corrupt("bad fingerprint length");
-  }
-  const size_t payload_offset = kHeaderSize + fingerprint_size;
-  if (payload_size != file.size() - payload_offset) {
-    throw corrupt("truncated (" + std::to_string(file.size() - payload_offset) + " of " +
-                  std::to_string(payload_size) + " payload bytes)");
-  }
-  if (Crc32(file.data() + payload_offset, payload_size) != crc) {
-    throw corrupt("CRC mismatch");
-  }
   CheckpointMeta meta;
-  meta.fingerprint = file.substr(kHeaderSize, fingerprint_size);
-  if (!expected_fingerprint.empty() && meta.fingerprint != expected_fingerprint) {
-    throw UserError("checkpoint '" + path + "' was written for model " + meta.fingerprint +
-                    ", expected " + expected_fingerprint);
-  }
+  const CheckedFile file = ReadCheckedFile(path, expected_fingerprint, &meta);
+  const std::string corrupt = "checkpoint '" + path + "' is corrupt: ";
 
   const std::string misfit = "checkpoint '" + path + "' does not fit this model: ";
   using OptimizerState = std::decay_t<decltype(optimizer->state())>;
@@ -200,20 +293,8 @@ CheckpointMeta LoadCheckpoint(const std::string& path, torch::nn::Module& module
     // 2. Everything into temporaries: counters, then parameters and buffers, checked against
     // the module's names, shapes and types.
     torch::serialize::InputArchive archive;
-    archive.load_from(file.data() + payload_offset, payload_size);
-    at::Tensor names_tensor;
-    archive.read(kCounterNames, names_tensor);
-    const std::string names(static_cast<const char*>(names_tensor.data_ptr()),
-                            static_cast<size_t>(names_tensor.numel()));
-    size_t begin = 0;
-    while (begin < names.size()) {
-      const size_t end = names.find('\n', begin);
-      const std::string name = names.substr(begin, end - begin);
-      at::Tensor value;
-      archive.read(kCounterPrefix + name, value);
-      meta.counters[name] = value.item<int64_t>();
-      begin = end == std::string::npos ? names.size() : end + 1;
-    }
+    archive.load_from(file.bytes.data() + file.payload_offset, file.payload_size);
+    ReadCounters(archive, &meta);
     torch::serialize::InputArchive model_archive;
     archive.read("model", model_archive);
     std::vector<LoadedTensor> tensors;
@@ -224,6 +305,8 @@ CheckpointMeta LoadCheckpoint(const std::string& path, torch::nn::Module& module
         throw UserError(misfit + "'" + loaded.name + "' is " + ShapeText(loaded.value) +
                         " in the checkpoint, " + ShapeText(loaded.target) + " here");
       }
+      CLEAVE_CHECK_USER(IsFinite(loaded.value), corrupt, loaded.kind, " '", loaded.name,
+                        "' is not finite");
     }
 
     // 3. The optimizer, which LibTorch loads in place: keep its state to put back on failure.
@@ -233,6 +316,8 @@ CheckpointMeta LoadCheckpoint(const std::string& path, torch::nn::Module& module
       optimizer_loaded = true;
       optimizer->load(optimizer_archive);
       CheckOptimizerState(*optimizer, misfit);
+      const std::string state = NonFiniteOptimizerState(*optimizer, module);
+      CLEAVE_CHECK_USER(state.empty(), corrupt, state, " is not finite");
     }
 
     // 4. Commit: copy values into the module's own tensors (the optimizer keeps pointing at
@@ -248,6 +333,22 @@ CheckpointMeta LoadCheckpoint(const std::string& path, torch::nn::Module& module
   } catch (const std::exception& error) {
     if (optimizer_loaded) optimizer->state() = std::move(optimizer_before);
     throw UserError(misfit + error.what());
+  }
+  return meta;
+}
+
+CheckpointMeta ReadCheckpointMeta(const std::string& path,
+                                  const std::string& expected_fingerprint) {
+  CheckpointMeta meta;
+  const CheckedFile file = ReadCheckedFile(path, expected_fingerprint, &meta);
+  try {
+    torch::serialize::InputArchive archive;
+    archive.load_from(file.bytes.data() + file.payload_offset, file.payload_size);
+    ReadCounters(archive, &meta);
+  } catch (const c10::Error& error) {
+    throw UserError("checkpoint '" + path + "' is corrupt: " + error.what_without_backtrace());
+  } catch (const std::exception& error) {
+    throw UserError("checkpoint '" + path + "' is corrupt: " + error.what());
   }
   return meta;
 }

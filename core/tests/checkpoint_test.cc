@@ -4,8 +4,19 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <torch/nn/functional/loss.h>
+#include <torch/nn/modules/batchnorm.h>
+#include <torch/nn/modules/container/sequential.h>
+#include <torch/nn/modules/linear.h>
 #include <torch/optim/adam.h>
+#include <torch/serialize/output-archive.h>
 #include <unistd.h>
+#include <zlib.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <limits>
+#include <tuple>
 
 #include "cleave/core/error.h"
 #include "cleave/core/file_io.h"
@@ -139,7 +150,17 @@ TEST_P(CorruptCheckpointTest, IsRefusedAndTheModuleIsUntouched) {
   }
   WriteFileAtomic(path, bytes);
   Trained other = TrainFewSteps(2);
-  ExpectRefusedUntouched(path, other, GetParam() == 0 ? "CRC mismatch" : "is corrupt");
+  const std::string why = GetParam() == 0 ? "CRC mismatch" : "is corrupt";
+  ExpectRefusedUntouched(path, other, why);
+  // Reading only the meta refuses it the same way.
+  try {
+    ReadCheckpointMeta(path);
+    ADD_FAILURE() << "meta read from a damaged checkpoint";
+  } catch (const UserError& error) {
+    EXPECT_NE(std::string(error.what()).find("'" + path + "' is corrupt"), std::string::npos)
+        << error.what();
+    EXPECT_NE(std::string(error.what()).find(why), std::string::npos) << error.what();
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Damage, CorruptCheckpointTest, ::testing::Values(0, 1, 2, 3));
@@ -186,6 +207,39 @@ TEST(CheckpointTest, WrongFingerprintIsRefusedNamingBoth) {
   }
 }
 
+TEST(CheckpointTest, MetaIsReadWithoutAModule) {
+  testing::TempDir dir;
+  const std::string path = dir.File("top.ckpt");
+  Trained saved = TrainFewSteps(1);
+  const CheckpointMeta meta{"fp1", {{"step", 1200}, {"epoch", 3}, {"round.weights", -7}}};
+  SaveCheckpoint(path, *saved.model.top, saved.optimizer.get(), meta);
+  for (const std::string expected : {"", "fp1"}) {
+    const CheckpointMeta read = ReadCheckpointMeta(path, expected);
+    EXPECT_EQ(read.fingerprint, "fp1");
+    EXPECT_EQ(read.counters, meta.counters);
+  }
+  SaveCheckpoint(path, *saved.model.top, nullptr, {"", {}});
+  EXPECT_EQ(ReadCheckpointMeta(path).fingerprint, "");
+  EXPECT_TRUE(ReadCheckpointMeta(path).counters.empty());
+}
+
+TEST(CheckpointTest, MetaOfAnotherModelOrAMissingFileIsRefused) {
+  testing::TempDir dir;
+  const std::string path = dir.File("top.ckpt");
+  Trained saved = TrainFewSteps(1);
+  SaveCheckpoint(path, *saved.model.top, nullptr, {"aaaa", {{"step", 1}}});
+  try {
+    ReadCheckpointMeta(path, "bbbb");
+    FAIL();
+  } catch (const UserError& error) {
+    const std::string message = error.what();
+    EXPECT_NE(message.find("'" + path + "'"), std::string::npos) << message;
+    EXPECT_NE(message.find("aaaa"), std::string::npos) << message;
+    EXPECT_NE(message.find("bbbb"), std::string::npos) << message;
+  }
+  EXPECT_THROW(ReadCheckpointMeta(dir.File("missing.ckpt")), UserError);
+}
+
 TEST(CheckpointTest, MissingCheckpointNamesTheFile) {
   Trained t = TrainFewSteps(1);
   ExpectRefusedUntouched("/nonexistent/x.ckpt", t, "No such file");
@@ -218,6 +272,161 @@ TEST(CheckpointTest, PreviousCheckpointSurvivesAFailedSave) {
   }
   EXPECT_EQ(LoadCheckpoint(path, *t.model.top, nullptr).counters.at("step"), 1);
 }
+
+// A Linear and a BatchNorm1d (parameters and floating-point buffers) after two Adam steps.
+struct Net {
+  torch::nn::Sequential net;
+  std::unique_ptr<torch::optim::Adam> optimizer;
+};
+
+Net TrainedNet(uint64_t seed) {
+  at::manual_seed(seed);
+  Net n{torch::nn::Sequential(torch::nn::Linear(4, 3), torch::nn::BatchNorm1d(3)), nullptr};
+  n.optimizer =
+      std::make_unique<torch::optim::Adam>(n.net->parameters(), torch::optim::AdamOptions(0.01));
+  for (int i = 0; i < 2; ++i) {
+    n.optimizer->zero_grad();
+    n.net->forward(at::randn({8, 4})).pow(2).mean().backward();
+    n.optimizer->step();
+  }
+  return n;
+}
+
+// Every parameter, buffer and Adam moment, copied: to check nothing was modified.
+std::vector<at::Tensor> Everything(const Net& n) {
+  std::vector<at::Tensor> out;
+  for (const at::Tensor& t : n.net->parameters()) out.push_back(t.clone());
+  for (const at::Tensor& t : n.net->buffers()) out.push_back(t.clone());
+  for (const at::Tensor& param : n.net->parameters()) {
+    const auto& state = static_cast<const torch::optim::AdamParamState&>(
+        *n.optimizer->state().at(c10::guts::to_string(param.unsafeGetTensorImpl())));
+    out.push_back(state.exp_avg().clone());
+    out.push_back(state.exp_avg_sq().clone());
+  }
+  return out;
+}
+
+enum class Where { kParameter, kBuffer, kOptimizerState };
+
+// Puts `value` into one element of a parameter, a buffer or Adam's state; returns how the error
+// names that tensor.
+std::string Poison(Net& n, Where where, float value) {
+  at::NoGradGuard no_grad;
+  switch (where) {
+    case Where::kParameter:
+      n.net->named_parameters()["0.bias"][1] = value;
+      return "parameter '0.bias'";
+    case Where::kBuffer:
+      n.net->named_buffers()["1.running_var"][2] = value;
+      return "buffer '1.running_var'";
+    case Where::kOptimizerState: {
+      const at::Tensor param = n.net->named_parameters()["0.weight"];
+      auto& state = static_cast<torch::optim::AdamParamState&>(
+          *n.optimizer->state().at(c10::guts::to_string(param.unsafeGetTensorImpl())));
+      state.exp_avg_sq()[0][3] = value;
+      return "optimizer state 'exp_avg_sq' of parameter '0.weight'";
+    }
+  }
+  return "";
+}
+
+// Writes a checkpoint in SaveCheckpoint's file format (checkpoint.cc: magic, payload length, CRC32,
+// fingerprint, then a LibTorch archive holding "model", "optimizer" and the counter names) but
+// without its finiteness guard, so that the loader's own check can be tested. The
+// WrittenUnguarded control test loads a finite one, so this stays true to the format.
+void WriteUnguardedCheckpoint(const std::string& path, const Net& n) {
+  torch::serialize::OutputArchive archive, model_archive, optimizer_archive;
+  n.net->save(model_archive);
+  archive.write("model", model_archive);
+  n.optimizer->save(optimizer_archive);
+  archive.write("optimizer", optimizer_archive);
+  archive.write("cleave_counter_names", at::empty({0}, at::kChar));
+  std::string payload;
+  archive.save_to([&payload](const void* data, size_t size) {
+    payload.append(static_cast<const char*>(data), size);
+    return size;
+  });
+  const uint64_t size = payload.size();
+  const uint32_t crc = static_cast<uint32_t>(crc32(crc32(0L, Z_NULL, 0),
+                                                   reinterpret_cast<const Bytef*>(payload.data()),
+                                                   static_cast<uInt>(payload.size())));
+  const uint32_t fingerprint_size = 0;
+  std::string file = "CLVCKPT1";
+  file.append(reinterpret_cast<const char*>(&size), sizeof(size));
+  file.append(reinterpret_cast<const char*>(&crc), sizeof(crc));
+  file.append(reinterpret_cast<const char*>(&fingerprint_size), sizeof(fingerprint_size));
+  WriteFileAtomic(path, file + payload);
+}
+
+TEST(NonFiniteCheckpointTest, WrittenUnguardedFiniteLoads) {
+  testing::TempDir dir;
+  const std::string path = dir.File("net.ckpt");
+  const Net saved = TrainedNet(1);
+  WriteUnguardedCheckpoint(path, saved);
+  Net loaded = TrainedNet(2);
+  ASSERT_FALSE(AllEqual(Everything(loaded), Everything(saved)));
+  LoadCheckpoint(path, *loaded.net, loaded.optimizer.get());
+  EXPECT_TRUE(AllEqual(Everything(loaded), Everything(saved)));
+}
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+class NonFiniteCheckpointTest : public ::testing::TestWithParam<std::tuple<Where, float>> {};
+
+TEST_P(NonFiniteCheckpointTest, IsNotWrittenAndThePreviousFileStays) {
+  testing::TempDir dir;
+  const std::string path = dir.File("net.ckpt");
+  Net n = TrainedNet(1);
+  SaveCheckpoint(path, *n.net, n.optimizer.get(), {"fp", {{"step", 2}}});
+  const std::string good = ReadFile(path, "checkpoint");
+  const std::string name = Poison(n, std::get<0>(GetParam()), std::get<1>(GetParam()));
+  try {
+    SaveCheckpoint(path, *n.net, n.optimizer.get(), {"fp", {{"step", 3}}});
+    ADD_FAILURE() << "non-finite checkpoint written";
+  } catch (const UserError& error) {
+    EXPECT_EQ(std::string(error.what()),
+              "refusing to write checkpoint '" + path + "': " + name + " is not finite");
+  }
+  EXPECT_EQ(ReadFile(path, "checkpoint"), good);
+  // No temporary file left behind either.
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir.path()),
+                          std::filesystem::directory_iterator()),
+            1);
+}
+
+TEST_P(NonFiniteCheckpointTest, IsRefusedOnLoadAndNothingChanges) {
+  testing::TempDir dir;
+  const std::string path = dir.File("net.ckpt");
+  Net poisoned = TrainedNet(1);
+  const std::string name = Poison(poisoned, std::get<0>(GetParam()), std::get<1>(GetParam()));
+  WriteUnguardedCheckpoint(path, poisoned);
+  Net target = TrainedNet(2);
+  const std::vector<at::Tensor> before = Everything(target);
+  try {
+    LoadCheckpoint(path, *target.net, target.optimizer.get());
+    ADD_FAILURE() << "non-finite checkpoint loaded";
+  } catch (const UserError& error) {
+    EXPECT_EQ(std::string(error.what()),
+              "checkpoint '" + path + "' is corrupt: " + name + " is not finite");
+  }
+  EXPECT_TRUE(AllEqual(Everything(target), before));
+}
+
+std::string NonFiniteCaseName(const ::testing::TestParamInfo<std::tuple<Where, float>>& info) {
+  const char* where[] = {"parameter", "buffer", "optimizer_state"};
+  const float value = std::get<1>(info.param);
+  return std::string(where[static_cast<int>(std::get<0>(info.param))]) + (std::isnan(value) ? "_nan"
+                                                                          : value > 0
+                                                                              ? "_inf"
+                                                                              : "_minus_inf");
+}
+
+INSTANTIATE_TEST_SUITE_P(NaNAndInf, NonFiniteCheckpointTest,
+                         ::testing::Combine(::testing::Values(Where::kParameter, Where::kBuffer,
+                                                              Where::kOptimizerState),
+                                            ::testing::Values(kNaN, kInf, -kInf)),
+                         NonFiniteCaseName);
 
 }  // namespace
 }  // namespace cleave

@@ -149,22 +149,31 @@ TEST(HostileInputTest, HugeFiniteActivationsAreRefusedAndTheModelIsUntouched) {
   EXPECT_TRUE(Finite(TopWeights(server)));
 }
 
-TEST(HostileInputTest, AStepWhoseLossIsNotFiniteIsRefusedBeforeTheOptimizerSteps) {
+TEST(HostileInputTest, AStepWhoseLossOrGradientIsNotFiniteIsRefusedBeforeTheOptimizerSteps) {
   SplitServerOptions options = MlpOptions();
-  options.max_activation_abs = 3.4e38;  // no magnitude bound: only the loss check is left
+  options.max_activation_abs = 3.4e38;  // no magnitude bound: only the step's own checks are left
   SplitServer server(options);
   const std::string session = server.Join("mallory", JoinFor(server)).session_id();
   server.Train("mallory", Honest(session));  // Adam has state now
   const auto before = TopWeights(server);
+  // 3e38 overflows the first layer: the loss is not finite.
   try {
-    server.Train("mallory", Batch(session, at::full({4, kWidth}, 3e37)));
+    server.Train("mallory", Batch(session, at::full({4, kWidth}, 3e38)));
     FAIL() << "a step with a non-finite loss was taken";
   } catch (const NotFinite& error) {
-    EXPECT_NE(std::string(error.what()).find("not finite"), std::string::npos) << error.what();
+    EXPECT_NE(std::string(error.what()).find("loss"), std::string::npos) << error.what();
+  }
+  // 3e37 gives a finite loss but gradients whose squares overflow Adam's second moment.
+  try {
+    server.Train("mallory", Batch(session, at::full({4, kWidth}, 3e37)));
+    FAIL() << "a step with an overflowing gradient was taken";
+  } catch (const OutOfBounds& error) {
+    EXPECT_NE(std::string(error.what()).find("gradient"), std::string::npos) << error.what();
   }
   EXPECT_TRUE(Same(before, TopWeights(server)));
   EXPECT_EQ(server.step(), 1);
-  // The optimizer's state was not poisoned either: the next honest step stays finite.
+  EXPECT_EQ(server.counters().refused_steps, 2);
+  // The optimizer's state was not poisoned either: the next honest steps stay finite.
   for (int i = 0; i < 3; ++i) server.Train("mallory", Honest(session));
   EXPECT_TRUE(Finite(TopWeights(server)));
 }
@@ -183,7 +192,7 @@ TEST(HostileInputTest, ARefusedStepNeverReachesTheCheckpoint) {
     const std::string session = server.Join("mallory", JoinFor(server)).session_id();
     server.Train("mallory", Honest(session));
     saved = TopWeights(server);
-    EXPECT_THROW(server.Train("mallory", Batch(session, at::full({4, kWidth}, 3e37))),
+    EXPECT_THROW(server.Train("mallory", Batch(session, at::full({4, kWidth}, 3e38))),
                  NotFinite);
     server.SaveCheckpoint();
   }

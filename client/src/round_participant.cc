@@ -115,14 +115,11 @@ ParticipationStats RoundParticipant::Run(const Dataset& train, int64_t num_train
       ++stats.errors_recovered;
       if (error.code() == grpc::StatusCode::ABORTED ||
           error.code() == grpc::StatusCode::FAILED_PRECONDITION) {
-        // Too stale, or not part of the round: start again from the server's current weights,
-        // in a new session (a server ends the session of a Train stream it ended with an error).
+        // Too stale, or not part of the round: start again from the server's current weights.
         spdlog::warn("resynchronising: {}", error.what());
         if (error.code() == grpc::StatusCode::ABORTED) ++stats.updates_refused;
         trainer_.ResetUpdateFeedback();
         have_version = -1;
-        trainer_.DropSession();
-        JoinWithRetry(num_train_samples, &stats);
         continue;
       }
       if (!Reconnectable(error)) throw;

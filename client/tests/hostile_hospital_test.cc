@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <functional>
+#include <future>
 #include <thread>
 
 #include "cleave/client/round_participant.h"
@@ -65,15 +66,18 @@ server::SplitServerOptions RoundServer(int min_clients, int64_t rounds) {
   options.session_idle_timeout = 0ms;
   // A hospital that takes part and never sends its update holds a round up until the deadline.
   options.rounds.round_deadline = 2s;
-  options.rounds.quorum = 1;
+  // With three hospitals a round waits for all three (the median needs them to out-vote one).
+  options.rounds.quorum = min_clients;
   return options;
 }
 
-// Passes everything through, except that client-model deltas are multiplied by `factor`.
-class PoisoningLink final : public protocol::SplitLink {
+// Passes everything through, except that client-model deltas are multiplied by `factor`, and
+// `on_sync` (if set) sees every Sync reply before the hospital does.
+class HospitalLink final : public protocol::SplitLink {
  public:
-  PoisoningLink(server::SplitServer& server, std::string identity, double factor)
-      : link_(server, std::move(identity)), factor_(factor) {}
+  HospitalLink(server::SplitServer& server, std::string identity, double factor,
+               std::function<void(const v1::SyncReply&)> on_sync)
+      : link_(server, std::move(identity)), factor_(factor), on_sync_(std::move(on_sync)) {}
   v1::JoinReply Join(const v1::JoinRequest& request) override { return link_.Join(request); }
   void OpenTrainStream() override {}
   v1::TrainReply TrainStep(const v1::TrainRequest& request) override {
@@ -84,7 +88,11 @@ class PoisoningLink final : public protocol::SplitLink {
     return link_.Evaluate(request);
   }
   void Leave(const v1::LeaveRequest& request) override { link_.Leave(request); }
-  v1::SyncReply Sync(const v1::SyncRequest& request) override { return link_.Sync(request); }
+  v1::SyncReply Sync(const v1::SyncRequest& request) override {
+    v1::SyncReply reply = link_.Sync(request);
+    if (on_sync_) on_sync_(reply);
+    return reply;
+  }
   v1::UpdateReply SubmitUpdate(const v1::UpdateRequest& request) override {
     if (factor_ == 1.0) return link_.SubmitUpdate(request);
     protocol::TensorSpec spec;
@@ -98,11 +106,13 @@ class PoisoningLink final : public protocol::SplitLink {
  private:
   server::InProcessLink link_;
   double factor_;
+  std::function<void(const v1::SyncReply&)> on_sync_;
 };
 
 struct Hospital {
   std::string name;
   double delta_factor = 1.0;  // 1: honest
+  std::function<void(const v1::SyncReply&)> on_sync = {};
 };
 
 struct RunResult {
@@ -114,12 +124,13 @@ struct RunResult {
 // Trains the hospitals in splitfed rounds until DONE; `attack` runs on this thread meanwhile.
 RunResult RunRounds(server::SplitServer& server, const std::vector<Hospital>& hospitals,
                     const std::function<void()>& attack = {}) {
-  std::vector<std::unique_ptr<PoisoningLink>> links;
+  std::vector<std::unique_ptr<HospitalLink>> links;
   std::vector<std::unique_ptr<client::SplitTrainer>> trainers;
   std::vector<Dataset> shards;
   for (size_t i = 0; i < hospitals.size(); ++i) {
-    links.push_back(
-        std::make_unique<PoisoningLink>(server, hospitals[i].name, hospitals[i].delta_factor));
+    links.push_back(std::make_unique<HospitalLink>(server, hospitals[i].name,
+                                                   hospitals[i].delta_factor,
+                                                   hospitals[i].on_sync));
     client::TrainerOptions options;
     options.model = MlpSpec();
     options.batch_size = 16;
@@ -232,9 +243,21 @@ TEST_P(HostileHospitalTest, IsRefusedAndTheHonestHospitalFinishesAsWell) {
   const double baseline = BaselineAccuracy();
   ASSERT_GT(baseline, 0.85) << "the task should be learnable";
   server::SplitServerOptions options = RoundServer(1, kRounds);
-  options.session_idle_timeout = 1500ms;  // the honest hospital calls every 200 ms at most
+  options.session_idle_timeout = 1h;  // expiry is driven by the test's clock
   server::SplitServer server(options);
-  const RunResult result = RunRounds(server, {{"st-mary"}}, [&] { GetParam().attack(server); });
+  // The honest hospital trains while the attack runs, but does not start its last round before
+  // the attack is over: every attack meets a hospital still training.
+  std::promise<void> attack_over;
+  std::shared_future<void> over = attack_over.get_future().share();
+  const Hospital honest{"st-mary", 1.0, [over](const v1::SyncReply& reply) {
+                          if (reply.action() == v1::SyncReply::TRAIN && reply.round() >= kRounds) {
+                            over.wait();
+                          }
+                        }};
+  const RunResult result = RunRounds(server, {honest}, [&] {
+    GetParam().attack(server);
+    attack_over.set_value();
+  });
   EXPECT_TRUE(result.finite);
   EXPECT_EQ(result.stats[0].final_round, kRounds + 1) << "the honest hospital did not finish";
   EXPECT_GE(result.accuracy, baseline - 0.03) << "baseline " << baseline;
@@ -297,10 +320,16 @@ const AttackCase kAttacks[] = {
      [](server::SplitServer& server) {
        // 100 hospitals join twice and vanish: the second Join replaces the first session, and
        // the idle ones expire while the honest hospital trains on.
+       WaitForRound(server, 2);
        for (int i = 0; i < 200; ++i) Attacker(server, "ghost-" + std::to_string(i % 100));
+       const auto joined = std::chrono::steady_clock::now();
        EXPECT_EQ(server.counters().replaced_sessions, 100);
-       EXPECT_TRUE(server.WaitForActiveSessions(1, 20s));
-       EXPECT_GE(server.counters().expired_sessions, 100);
+       EXPECT_EQ(server.active_sessions(), 101u);
+       // Two rounds later the honest hospital has called since; the ghosts have not.
+       WaitForRound(server, server.rounds()->round() + 2);
+       EXPECT_EQ(server.ExpireIdleSessions(joined + 1h + 1ms), 100);
+       EXPECT_EQ(server.active_sessions(), 1u);
+       EXPECT_EQ(server.counters().active_clients, 1);
      }},
 };
 
@@ -308,8 +337,10 @@ INSTANTIATE_TEST_SUITE_P(Attacks, HostileHospitalTest, ::testing::ValuesIn(kAtta
                          [](const auto& info) { return std::string(info.param.name); });
 
 // Two honest hospitals and one that sends its delta times `factor` every round.
+constexpr int64_t kPoisonRounds = 24;
+
 double AccuracyWithPoisonedDeltas(server::Aggregation aggregation, double factor) {
-  server::SplitServerOptions options = RoundServer(3, kRounds);
+  server::SplitServerOptions options = RoundServer(3, kPoisonRounds);
   options.rounds.aggregation.method = aggregation;
   server::SplitServer server(options);
   const RunResult result =
@@ -328,7 +359,7 @@ class PoisonedDeltasTest : public ::testing::TestWithParam<PoisonCase> {
   // Three honest hospitals, plain mean.
   static double CleanAccuracy() {
     static const double accuracy = [] {
-      server::SplitServer server(RoundServer(3, kRounds));
+      server::SplitServer server(RoundServer(3, kPoisonRounds));
       return RunRounds(server, {{"st-mary"}, {"riverside"}, {"general-east"}}).accuracy;
     }();
     return accuracy;
@@ -358,7 +389,7 @@ INSTANTIATE_TEST_SUITE_P(
 
 // The attack the robust rules are for: with the plain mean it costs more than two points.
 TEST(PoisonedDeltasMeanTest, ThePlainMeanIsHurtBySignFlippedDeltas) {
-  server::SplitServer clean_server(RoundServer(3, kRounds));
+  server::SplitServer clean_server(RoundServer(3, kPoisonRounds));
   const double clean =
       RunRounds(clean_server, {{"st-mary"}, {"riverside"}, {"general-east"}}).accuracy;
   const double poisoned = AccuracyWithPoisonedDeltas(server::Aggregation::kMean, -4.0);

@@ -381,9 +381,36 @@ bool RoundCoordinator::MaybeCloseLocked(RoundSummary* summary) {
   for (const std::string& participant : participants_) {
     all_in = all_in && state_.submitted.count(participant) > 0;
   }
-  if (all_in) {
+  const auto updates = static_cast<int>(state_.submitted.size());
+  if (all_in && updates >= options_.quorum) {
     CloseLocked("all updates in", summary);
     return true;
+  }
+  if (all_in && deadline_passed) {
+    CloseLocked("deadline, all participants' updates in (below the quorum)", summary);
+    return true;
+  }
+  if (all_in) {
+    // Fewer updates than the quorum (a robust aggregator needs several to out-vote one hostile
+    // hospital). Connected hospitals that have not taken part may still add theirs: if the
+    // sample target shut them out, the round opens again for them (the updates in are kept).
+    bool someone_else = false;
+    for (const auto& [identity, sessions] : connected_) {
+      someone_else = someone_else || participants_.count(identity) == 0;
+    }
+    if (!someone_else) {
+      CloseLocked("all updates in", summary);
+      return true;
+    }
+    if (closing_) {
+      spdlog::info("round {}: {} of the {} update(s) a quorum needs; reopened for the other "
+                   "connected hospitals",
+                   state_.round, updates, options_.quorum);
+      closing_ = false;
+      state_.round_samples_trained = 0;
+      changed_.notify_all();
+    }
+    return false;
   }
   if (deadline_passed) {
     if (static_cast<int>(state_.submitted.size()) >= options_.quorum) {

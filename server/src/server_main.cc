@@ -145,7 +145,9 @@ int Run(int argc, char** argv) {
                  "hung hospital then holds its round up)")
       ->capture_default_str();
   app.add_option("--quorum", options.rounds.quorum,
-                 "Updates needed to end a round at its deadline")
+                 "Updates a round waits for while other connected hospitals may still send one "
+                 "(set it to 3 or more with a robust --aggregation); at the deadline a round ends "
+                 "with at least this many, or with what its participants sent")
       ->capture_default_str();
   app.add_option("--min-clients", options.rounds.min_clients,
                  "Hospitals that must be connected before the first round starts")

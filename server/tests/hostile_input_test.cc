@@ -314,6 +314,16 @@ TEST(HostileInputTest, IdleSessionsExpireAndNoLongerCountAsConnected) {
   EXPECT_EQ(server.counters().active_clients, 0);
 }
 
+TEST(HostileInputTest, TheServerReleasesIdleSessionsByItself) {
+  SplitServerOptions options = MlpOptions();
+  options.session_idle_timeout = std::chrono::milliseconds(50);
+  SplitServer server(options);
+  server.Join("ghost", JoinFor(server));
+  // Waits for the event (the reaper thread's release), not for a fixed time.
+  EXPECT_TRUE(server.WaitForActiveSessions(0, std::chrono::seconds(20)));
+  EXPECT_EQ(server.counters().expired_sessions, 1);
+}
+
 TEST(HostileInputTest, ACallKeepsASessionAlive) {
   SplitServerOptions options = MlpOptions();
   options.session_idle_timeout = std::chrono::seconds(60);

@@ -36,6 +36,14 @@ expect_error 2 "unknown schedule 'gossip'" "$server" --listen 127.0.0.1:0 "${tls
 expect_error 2 "--quorum must be >= 1" "$server" --listen 127.0.0.1:0 "${tls_server[@]}" --schedule splitfed --quorum 0
 expect_error 2 "--round-deadline must be >= 0" "$server" --listen 127.0.0.1:0 "${tls_server[@]}" --schedule splitfed --round-deadline -1
 expect_error 2 "unknown update compression method" "$server" --listen 127.0.0.1:0 "${tls_server[@]}" --update-compression zip
+expect_error 2 "--max-threads" "$server" --listen 127.0.0.1:0 "${tls_server[@]}" --max-threads 1
+expect_error 2 "--max-calls-per-client" "$server" --listen 127.0.0.1:0 "${tls_server[@]}" --max-calls-per-client 0
+# Checked once the model is built (its log line comes first): exit 2, the reason last.
+"$server" --listen 127.0.0.1:0 "${tls_server[@]}" --max-client-request-mb 8 >/dev/null 2>"$dir/err"
+got=$?
+[ "$got" = 2 ] || fail "--max-client-request-mb 8 exited $got, expected 2: $(cat "$dir/err")"
+tail -n 1 "$dir/err" | grep -qF -- "--max-client-request-mb must be at least --max-message-mb" ||
+  fail "--max-client-request-mb 8: $(cat "$dir/err")"
 expect_error 2 "cannot serve metrics on 'nowhere:99999'" "$server" --listen 127.0.0.1:0 "${tls_server[@]}" --metrics-listen nowhere:99999
 
 # A corrupt checkpoint is refused with a clear message and left in place.
@@ -49,7 +57,9 @@ expect_error 2 "checkpoint '$dir/bad.ckpt' is corrupt" "$server" --listen 127.0.
 "$server" --help >"$dir/server-help" || fail "server --help exited non-zero"
 "$client" --help >"$dir/client-help" || fail "client --help exited non-zero"
 for flag in --checkpoint-every --schedule --rounds --round-samples --round-deadline --quorum \
-            --min-clients --max-staleness --update-compression --metrics-listen; do
+            --min-clients --max-staleness --update-compression --metrics-listen --max-threads \
+            --max-streams-per-connection --max-calls-per-client --max-client-request-mb \
+            --max-large-requests-mb; do
   grep -qE -- "^ +$flag " "$dir/server-help" || fail "server --help does not explain $flag"
 done
 grep -qE -- "^ +--metrics-out " "$dir/client-help" || fail "client --help"
@@ -57,6 +67,12 @@ grep -qE -- "^ +--metrics-out " "$dir/client-help" || fail "client --help"
 pid=$!
 for _ in $(seq 100); do grep -q "listening on port" "$dir/out" && break; sleep 0.1; done
 grep -q "listening on port" "$dir/out" || fail "insecure server did not start: $(cat "$dir/err")"
+# A second server on the same port fails (no SO_REUSEPORT sharing) with exit 2.
+port="$(grep -o "listening on port [0-9]*" "$dir/out" | awk '{print $4}')"
+"$server" --listen "127.0.0.1:$port" "${tls_server[@]}" >/dev/null 2>"$dir/err2"
+got=$?
+[ "$got" = 2 ] || fail "second server on port $port exited $got, expected 2: $(cat "$dir/err2")"
+tail -n 1 "$dir/err2" | grep -qF "address in use" || fail "second server: $(cat "$dir/err2")"
 kill -TERM "$pid"; wait "$pid" || fail "server did not exit 0 on SIGTERM"
 grep -q "insecure" "$dir/err" || fail "--insecure printed no warning"
 echo "cli_test: ok"

@@ -22,7 +22,7 @@
 #include "cleave/protocol/tensor_message.h"
 #include "cleave/server/grpc_server.h"
 #include "cleave/server/split_server.h"
-#include "test_pki.h"
+#include "cleave/test_support/test_pki.h"
 
 namespace cleave {
 namespace {

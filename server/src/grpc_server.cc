@@ -1,30 +1,47 @@
 #include "cleave/server/grpc_server.h"
 
+#include <google/protobuf/io/coded_stream.h>
 #include <grpc/support/log.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/impl/codegen/proto_utils.h>
+#include <grpcpp/impl/rpc_service_method.h>
+#include <grpcpp/impl/service_type.h>
+#include <grpcpp/resource_quota.h>
 #include <grpcpp/security/server_credentials.h>
+#include <grpcpp/support/byte_buffer.h>
+#include <grpcpp/support/method_handler.h>
+#include <grpcpp/support/proto_buffer_reader.h>
+#include <grpcpp/support/sync_stream.h>
 #include <spdlog/spdlog.h>
 
 #include <chrono>
+#include <climits>
 #include <cstring>
+#include <functional>
 
 #include "cleave/core/error.h"
-#include "cleave/protocol/cleave.grpc.pb.h"
+#include "cleave/core/peer_text.h"
+#include "cleave/protocol/cleave.pb.h"
 #include "cleave/protocol/status_error.h"
 #include "cleave/protocol/version.h"
+#include "cleave/server/allowlist_auth.h"
+#include "cleave/server/call_limiter.h"
 #include "cleave/server/split_server.h"
 
 namespace cleave::server {
 
 namespace {
 
+// gRPC's lines and status messages can quote what a peer sent; longer than an identity.
+constexpr size_t kMaxLoggedMessageBytes = 1000;
+
 std::atomic<int64_t> refused_handshakes{0};
 
 void LogFromGrpc(gpr_log_func_args* args) {
-  const char* message = args->message;
-  if (std::strstr(message, "Handshake failed") != nullptr ||
-      std::strstr(message, "handshake failed") != nullptr) {
+  const std::string message = PeerText(args->message, kMaxLoggedMessageBytes);
+  if (message.find("Handshake failed") != std::string::npos ||
+      message.find("handshake failed") != std::string::npos) {
     refused_handshakes.fetch_add(1);
     spdlog::warn("TLS handshake refused: {}", message);
     return;
@@ -59,93 +76,262 @@ grpc::Status Guarded(const char* what, const std::string& identity, Fn&& fn) {
     return grpc::Status::OK;
   } catch (const std::exception& error) {
     grpc::Status status = protocol::ToGrpcStatus(error);
-    spdlog::warn("{} from '{}' failed: {}: {}", what, identity,
-                 protocol::StatusCodeName(status.error_code()), status.error_message());
+    spdlog::warn("{} from '{}' failed: {}: {}", what, PeerText(identity),
+                 protocol::StatusCodeName(status.error_code()),
+                 PeerText(status.error_message(), kMaxLoggedMessageBytes));
     return status;
   }
 }
 
+// Codes with which a Train stream ends but the hospital's session stays: the protocol tells it to
+// Sync and go on with the same session (a step too stale, or not part of the current round).
+bool KeepsSession(grpc::StatusCode code) {
+  return code == grpc::StatusCode::OK || code == grpc::StatusCode::ABORTED ||
+         code == grpc::StatusCode::FAILED_PRECONDITION;
+}
+
+// Method paths, as the generated stubs name them.
+constexpr char kJoin[] = "/cleave.v1.SplitLearning/Join";
+constexpr char kTrain[] = "/cleave.v1.SplitLearning/Train";
+constexpr char kEvaluate[] = "/cleave.v1.SplitLearning/Evaluate";
+constexpr char kLeave[] = "/cleave.v1.SplitLearning/Leave";
+constexpr char kSync[] = "/cleave.v1.SplitLearning/Sync";
+constexpr char kSubmitUpdate[] = "/cleave.v1.SplitLearning/SubmitUpdate";
+
 }  // namespace
 
-// Translates RPCs to SplitServer calls; nothing else.
-class SplitLearningService final : public v1::SplitLearning::Service {
+// Translates RPCs to SplitServer calls; nothing else. Requests arrive as raw bytes so that the
+// service decides what an unparseable one gets (INVALID_ARGUMENT, logged with the sender) and
+// admits each call and request under the CallLimiter before parsing it.
+class SplitLearningService final : public grpc::Service {
  public:
-  explicit SplitLearningService(SplitServer& server) : server_(server) {}
+  SplitLearningService(SplitServer& server, const CallLimits& limits, int64_t max_message_bytes)
+      : server_(server), limiter_(limits), max_message_bytes_(max_message_bytes) {
+    AddUnary<v1::JoinRequest, v1::JoinReply>(
+        kJoin, "Join",
+        [this](const std::string& identity, const v1::JoinRequest& request, grpc::ServerContext*) {
+          return server_.Join(identity, request);
+        });
+    AddMethod(new grpc::internal::RpcServiceMethod(
+        kTrain, grpc::internal::RpcMethod::BIDI_STREAMING,
+        new grpc::internal::BidiStreamingHandler<SplitLearningService, grpc::ByteBuffer,
+                                                 grpc::ByteBuffer>(
+            [](SplitLearningService* service, grpc::ServerContext* context,
+               grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>* stream) {
+              return service->Train(context, stream);
+            },
+            this)));
+    AddUnary<v1::EvaluateRequest, v1::EvaluateReply>(
+        kEvaluate, "Evaluate",
+        [this](const std::string& identity, const v1::EvaluateRequest& request,
+               grpc::ServerContext*) { return server_.Evaluate(identity, request); });
+    AddUnary<v1::LeaveRequest, v1::LeaveReply>(
+        kLeave, "Leave",
+        [this](const std::string& identity, const v1::LeaveRequest& request, grpc::ServerContext*) {
+          server_.Leave(identity, request.session_id());
+          v1::LeaveReply reply;
+          reply.set_protocol_version(protocol::kProtocolVersion);
+          return reply;
+        });
+    AddUnary<v1::SyncRequest, v1::SyncReply>(
+        kSync, "Sync",
+        [this](const std::string& identity, const v1::SyncRequest& request,
+               grpc::ServerContext* context) {
+          // A hospital that died while waiting for its round must not hold the round up.
+          const auto release_if_cancelled = [&] {
+            if (context->IsCancelled()) {
+              server_.ReleaseSession(identity, request.session_id(),
+                                     "Sync cancelled (client vanished)");
+            }
+          };
+          try {
+            v1::SyncReply reply = server_.Sync(identity, request);
+            release_if_cancelled();
+            return reply;
+          } catch (...) {
+            release_if_cancelled();
+            throw;
+          }
+        });
+    AddUnary<v1::UpdateRequest, v1::UpdateReply>(
+        kSubmitUpdate, "SubmitUpdate",
+        [this](const std::string& identity, const v1::UpdateRequest& request,
+               grpc::ServerContext*) { return server_.SubmitUpdate(identity, request); });
+  }
 
-  grpc::Status Join(grpc::ServerContext* context, const v1::JoinRequest* request,
-                    v1::JoinReply* reply) override {
+  GrpcServer::Stats stats() const {
+    GrpcServer::Stats stats;
+    stats.refused_limits = refused_limits_.load();
+    stats.unparseable = unparseable_.load();
+    stats.requests_handled = requests_handled_.load();
+    return stats;
+  }
+
+ private:
+  using RawHandler =
+      grpc::internal::RpcMethodHandler<SplitLearningService, grpc::ByteBuffer, grpc::ByteBuffer>;
+
+  template <typename Request, typename Reply>
+  void AddUnary(
+      const char* path, const char* what,
+      std::function<Reply(const std::string&, const Request&, grpc::ServerContext*)> call) {
+    AddMethod(new grpc::internal::RpcServiceMethod(
+        path, grpc::internal::RpcMethod::NORMAL_RPC,
+        new RawHandler(
+            [what, call](SplitLearningService* service, grpc::ServerContext* context,
+                         const grpc::ByteBuffer* raw, grpc::ByteBuffer* reply) {
+              return service->Unary<Request, Reply>(what, context, *raw, reply, call);
+            },
+            this)));
+  }
+
+  template <typename Request, typename Reply>
+  grpc::Status Unary(
+      const char* what, grpc::ServerContext* context, grpc::ByteBuffer raw, grpc::ByteBuffer* reply,
+      const std::function<Reply(const std::string&, const Request&, grpc::ServerContext*)>& call) {
+    requests_handled_.fetch_add(1);
     const std::string identity = IdentityOf(*context);
-    return Guarded("Join", identity, [&] { *reply = server_.Join(identity, *request); });
+    const CallLimiter::Permit open = limiter_.AdmitCall(identity);
+    if (!open.granted()) return Refuse(what, identity, open.refusal());
+    const CallLimiter::Permit bytes = limiter_.AdmitRequest(identity, raw.Length());
+    if (!bytes.granted()) return Refuse(what, identity, bytes.refusal());
+    return Guarded(what, identity, [&] {
+      Request request;
+      Parse(&raw, &request);
+      raw.Clear();
+      Serialize(call(identity, request, context), reply);
+    });
   }
 
   grpc::Status Train(grpc::ServerContext* context,
-                     grpc::ServerReaderWriter<v1::TrainReply, v1::TrainRequest>* stream) override {
+                     grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>* stream) {
     const std::string identity = IdentityOf(*context);
+    const CallLimiter::Permit open = limiter_.AdmitCall(identity);
+    if (!open.granted()) return Refuse("Train", identity, open.refusal());
     std::string session_id;
-    v1::TrainRequest request;
     grpc::Status status = grpc::Status::OK;
-    while (stream->Read(&request)) {
-      session_id = request.session_id();
+    grpc::ByteBuffer raw;
+    while (stream->Read(&raw)) {
+      requests_handled_.fetch_add(1);
+      const CallLimiter::Permit bytes = limiter_.AdmitRequest(identity, raw.Length());
+      if (!bytes.granted()) {
+        status = Refuse("Train", identity, bytes.refusal());
+        break;
+      }
       status = Guarded("Train", identity, [&] {
-        const v1::TrainReply reply = server_.Train(identity, request);
+        v1::TrainRequest request;
+        Parse(&raw, &request);
+        raw.Clear();
+        session_id = request.session_id();
+        grpc::ByteBuffer reply;
+        Serialize(server_.Train(identity, request), &reply);
         if (!stream->Write(reply)) {
           throw protocol::StatusError(grpc::StatusCode::CANCELLED, "client went away");
         }
       });
       if (!status.ok()) break;
     }
-    // A stream that ends without the client closing it cleanly means the client vanished:
-    // release its session so that nothing waits on it.
-    if (context->IsCancelled() && !session_id.empty()) {
-      server_.ReleaseSession(identity, session_id, "Train stream cancelled (client vanished)");
+    // A stream that ends without the client closing it cleanly means the client vanished; one
+    // the server ends with an error may leave a hospital that gives up. Either way release its
+    // session, so that no round waits on it.
+    if (!session_id.empty()) {
+      if (context->IsCancelled()) {
+        server_.ReleaseSession(identity, session_id, "Train stream cancelled (client vanished)");
+      } else if (!KeepsSession(status.error_code())) {
+        server_.ReleaseSession(identity, session_id,
+                               std::string("Train stream ended with ") +
+                                   protocol::StatusCodeName(status.error_code()));
+      }
     }
     return status;
   }
 
-  grpc::Status Evaluate(grpc::ServerContext* context, const v1::EvaluateRequest* request,
-                        v1::EvaluateReply* reply) override {
-    const std::string identity = IdentityOf(*context);
-    return Guarded("Evaluate", identity, [&] { *reply = server_.Evaluate(identity, *request); });
+  grpc::Status Refuse(const char* what, const std::string& identity, const std::string& refusal) {
+    refused_limits_.fetch_add(1);
+    spdlog::warn("{} from '{}' refused: {}", what, PeerText(identity), refusal);
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, refusal);
   }
 
-  grpc::Status Leave(grpc::ServerContext* context, const v1::LeaveRequest* request,
-                     v1::LeaveReply* reply) override {
-    const std::string identity = IdentityOf(*context);
-    return Guarded("Leave", identity, [&] {
-      server_.Leave(identity, request->session_id());
-      reply->set_protocol_version(protocol::kProtocolVersion);
-    });
+  // Parses under the same size limit as gRPC's own (typed) handlers would; throws
+  // INVALID_ARGUMENT naming the message type.
+  void Parse(grpc::ByteBuffer* raw, google::protobuf::Message* message) {
+    const size_t size = raw->Length();
+    bool parsed = static_cast<int64_t>(size) <= max_message_bytes_;
+    if (parsed) {
+      grpc::ProtoBufferReader reader(raw);
+      google::protobuf::io::CodedInputStream input(&reader);
+      input.SetTotalBytesLimit(static_cast<int>(max_message_bytes_));
+      parsed = message->ParseFromCodedStream(&input) && input.ConsumedEntireMessage() &&
+               reader.status().ok();
+    }
+    if (!parsed) {
+      unparseable_.fetch_add(1);
+      const std::string& type = message->GetDescriptor()->name();
+      throw protocol::StatusError(
+          grpc::StatusCode::INVALID_ARGUMENT,
+          detail::Concat("cannot parse ", type, ": ", size, " bytes are not a valid ", type,
+                         " (protocol version ", protocol::kProtocolVersion, ")"));
+    }
   }
 
-  grpc::Status Sync(grpc::ServerContext* context, const v1::SyncRequest* request,
-                    v1::SyncReply* reply) override {
-    const std::string identity = IdentityOf(*context);
+  static void Serialize(const google::protobuf::Message& message, grpc::ByteBuffer* out) {
+    bool own_buffer = false;
     const grpc::Status status =
-        Guarded("Sync", identity, [&] { *reply = server_.Sync(identity, *request); });
-    // A hospital that died while waiting for its round must not hold the round up.
-    if (context->IsCancelled()) {
-      server_.ReleaseSession(identity, request->session_id(), "Sync cancelled (client vanished)");
+        grpc::SerializationTraits<google::protobuf::Message>::Serialize(message, out, &own_buffer);
+    if (!status.ok()) {
+      throw protocol::StatusError(
+          grpc::StatusCode::INTERNAL,
+          "cannot serialize " + message.GetDescriptor()->name() + ": " + status.error_message());
     }
-    return status;
   }
 
-  grpc::Status SubmitUpdate(grpc::ServerContext* context, const v1::UpdateRequest* request,
-                            v1::UpdateReply* reply) override {
-    const std::string identity = IdentityOf(*context);
-    return Guarded("SubmitUpdate", identity,
-                   [&] { *reply = server_.SubmitUpdate(identity, *request); });
-  }
-
- private:
   SplitServer& server_;
+  CallLimiter limiter_;
+  const int64_t max_message_bytes_;
+  std::atomic<int64_t> refused_limits_{0};
+  std::atomic<int64_t> unparseable_{0};
+  std::atomic<int64_t> requests_handled_{0};
 };
 
 void RouteGrpcLogsToSpdlog() { gpr_set_log_function(LogFromGrpc); }
 
 int64_t RefusedHandshakes() { return refused_handshakes.load(); }
 
-GrpcServer::GrpcServer(SplitServer& server, const ListenOptions& options)
-    : service_(std::make_unique<SplitLearningService>(server)) {
+namespace {
+
+CallLimits LimitsFrom(const ListenOptions& options) {
+  CallLimits limits;
+  limits.max_calls_per_client = options.max_calls_per_client;
+  limits.max_client_request_bytes = options.max_client_request_bytes > 0
+                                        ? options.max_client_request_bytes
+                                        : 2 * options.max_message_bytes;
+  limits.max_large_request_bytes = options.max_large_request_bytes > 0
+                                       ? options.max_large_request_bytes
+                                       : 4 * options.max_message_bytes;
+  return limits;
+}
+
+void CheckLimits(const ListenOptions& options, const CallLimits& limits) {
+  CLEAVE_CHECK_USER(options.max_message_bytes > 0 && options.max_message_bytes <= INT_MAX,
+                    "the largest message must be between 1 byte and 2 GiB");
+  // The sync server keeps one polling thread; fewer than two would serve nothing.
+  CLEAVE_CHECK_USER(options.max_threads >= 2, "--max-threads must be at least 2");
+  CLEAVE_CHECK_USER(options.max_streams_per_connection >= 1,
+                    "--max-streams-per-connection must be at least 1");
+  CLEAVE_CHECK_USER(limits.max_calls_per_client >= 1, "--max-calls-per-client must be at least 1");
+  // Below one message, a hospital's largest honest request would always be refused.
+  CLEAVE_CHECK_USER(limits.max_client_request_bytes >= options.max_message_bytes,
+                    "--max-client-request-mb must be at least --max-message-mb");
+  CLEAVE_CHECK_USER(limits.max_large_request_bytes >= options.max_message_bytes,
+                    "--max-large-requests-mb must be at least --max-message-mb");
+}
+
+}  // namespace
+
+GrpcServer::GrpcServer(SplitServer& server, const ListenOptions& options) {
+  const CallLimits limits = LimitsFrom(options);
+  CheckLimits(options, limits);
+  service_ = std::make_unique<SplitLearningService>(server, limits, options.max_message_bytes);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   std::shared_ptr<grpc::ServerCredentials> credentials;
@@ -157,11 +343,20 @@ GrpcServer::GrpcServer(SplitServer& server, const ListenOptions& options)
     ssl.pem_root_certs = options.tls.ca_pem;
     ssl.pem_key_cert_pairs.push_back({options.tls.private_key_pem, options.tls.certificate_pem});
     credentials = grpc::SslServerCredentials(ssl);
+    allowlist_ = std::make_shared<AllowlistAuthProcessor>(options.allowed_clients);
+    credentials->SetAuthMetadataProcessor(allowlist_);
   }
   builder.AddListeningPort(options.address, credentials, &port_);
   builder.RegisterService(service_.get());
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
+  // gRPC sets SO_REUSEPORT by default: a second server on our port would start and take a share
+  // of the connections. Fail to bind instead.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, options.max_streams_per_connection);
+  grpc::ResourceQuota quota("cleave-server");
+  quota.SetMaxThreads(options.max_threads);
+  builder.SetResourceQuota(quota);
   // Notice dead peers on idle connections.
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
@@ -170,11 +365,18 @@ GrpcServer::GrpcServer(SplitServer& server, const ListenOptions& options)
   CLEAVE_CHECK_USER(server_ != nullptr && port_ != 0, "cannot listen on '", options.address,
                     "' (address in use or invalid)");
   server_->GetHealthCheckService()->SetServingStatus("cleave.v1.SplitLearning", true);
-  spdlog::info("listening on port {} ({})", port_,
-               options.insecure ? "INSECURE plaintext" : "mutual TLS");
+  spdlog::info("listening on port {} ({}; at most {} threads, {} calls per client)", port_,
+               options.insecure ? "INSECURE plaintext" : "mutual TLS", options.max_threads,
+               limits.max_calls_per_client);
 }
 
 GrpcServer::~GrpcServer() { Shutdown(0); }
+
+GrpcServer::Stats GrpcServer::stats() const {
+  Stats stats = service_->stats();
+  if (allowlist_) stats.refused_unauthorized = allowlist_->refused();
+  return stats;
+}
 
 void GrpcServer::Shutdown(int grace_ms) {
   if (!server_) return;

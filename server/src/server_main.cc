@@ -106,6 +106,32 @@ int Run(int argc, char** argv) {
   app.add_option("--clients", allowlist_path,
                  "Allowlist: one client name (certificate CN) per line; others are refused with "
                  "PERMISSION_DENIED even with a valid certificate");
+  // Limits that keep one hostile hospital from flooding the server (see README).
+  cleave::server::ListenOptions limits;
+  double max_client_request_mb = 0, max_large_requests_mb = 0;
+  app.add_option("--max-threads", limits.max_threads,
+                 "Threads serving calls; each open call holds one (a Train stream for its whole "
+                 "life); calls beyond get RESOURCE_EXHAUSTED")
+      ->check(CLI::Range(2, 1 << 20))
+      ->capture_default_str();
+  app.add_option("--max-streams-per-connection", limits.max_streams_per_connection,
+                 "Calls one connection may have open at once; further calls wait on the client")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--max-calls-per-client", limits.max_calls_per_client,
+                 "Calls one client (certificate CN) may have open at once; more get "
+                 "RESOURCE_EXHAUSTED")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--max-client-request-mb", max_client_request_mb,
+                 "MiB of one client's requests being processed at once (0: 2 x --max-message-mb)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--max-large-requests-mb", max_large_requests_mb,
+                 "MiB of requests over 1 MiB being processed at once, all clients together (0: 4 "
+                 "x --max-message-mb)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   app.add_option("--optimizer", options.optimizer, "Server-side optimizer: adam or sgd")
       ->check(CLI::IsMember({"adam", "sgd"}))
       ->capture_default_str();
@@ -218,8 +244,13 @@ int Run(int argc, char** argv) {
   options.rounds.round_deadline =
       std::chrono::milliseconds(static_cast<int64_t>(round_deadline_seconds * 1000));
 
-  cleave::server::ListenOptions listen_options;
+  cleave::server::ListenOptions listen_options = limits;
   listen_options.address = listen;
+  listen_options.allowed_clients = options.allowed_clients;
+  listen_options.max_client_request_bytes =
+      static_cast<int64_t>(max_client_request_mb * 1024 * 1024);
+  listen_options.max_large_request_bytes =
+      static_cast<int64_t>(max_large_requests_mb * 1024 * 1024);
   listen_options.insecure = insecure;
   listen_options.max_message_bytes = options.max_message_bytes;
   if (insecure) {

@@ -1,5 +1,5 @@
-// Throwaway TLS material for tests: a CA, a server certificate for localhost and client
-// certificates (CN = the hospital's name), all in memory.
+// Throwaway TLS material for the server and client tests: a CA, a server certificate for localhost
+// and client certificates (CN = the hospital's name), all in memory.
 #pragma once
 
 #include <string>

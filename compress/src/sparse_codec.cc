@@ -99,8 +99,9 @@ std::vector<float> ReadValues(std::string_view bytes, size_t count, ValuePrecisi
       std::memcpy(&bits, bytes.data() + 2 * i, 2);
       value = precision == ValuePrecision::kFp16 ? HalfToFloat(bits) : Bfloat16ToFloat(bits);
     }
-    CLEAVE_CHECK_INPUT(allow_nonfinite || std::isfinite(value), "value ", i,
-                       " is not finite");
+    if (!allow_nonfinite && !std::isfinite(value)) {
+      throw NotFinite(detail::Concat("value ", i, " is not finite"));
+    }
     values[i] = value;
   }
   return values;

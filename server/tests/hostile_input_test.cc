@@ -7,7 +7,10 @@
 #include <spdlog/sinks/ostream_sink.h>
 #include <spdlog/spdlog.h>
 
+#include <atomic>
+#include <cmath>
 #include <cstdio>
+#include <mutex>
 #include <filesystem>
 #include <limits>
 #include <sstream>
@@ -388,6 +391,47 @@ TEST(HostileInputTest, ARestartedHospitalAloneInAClosingRoundTrainsItAgain) {
   const v1::SyncReply sync = server.Sync("m", SyncFor(again, -1));
   EXPECT_EQ(sync.action(), v1::SyncReply::TRAIN);  // not WAIT forever
   EXPECT_EQ(sync.round(), 1);
+}
+
+// Records what the server reports, as the metrics exporter would see it.
+struct RecordingObserver final : ServerObserver {
+  void OnStep(int64_t, double) override {}
+  void OnBytes(int64_t, int64_t) override {}
+  void OnSessions(int64_t, int64_t) override {}
+  void OnUpdate(int64_t) override {}
+  void OnRefused(const std::string& what, const std::string& reason) override {
+    std::lock_guard<std::mutex> lock(mutex);
+    refused.push_back(what + ":" + reason);
+  }
+  void OnSessionsExpired(int64_t count) override { expired += count; }
+  void OnRound(const RoundSummary&) override {}
+  std::mutex mutex;
+  std::vector<std::string> refused;
+  std::atomic<int64_t> expired{0};
+};
+
+TEST(HostileInputTest, EveryRefusalReachesTheMetricsWithItsReason) {
+  SplitServerOptions options = SplitFed(2);
+  options.max_activation_abs = 100;
+  Round round(options);
+  SplitServer& server = round.server;
+  RecordingObserver observer;
+  server.SetObserver(&observer);
+  const int64_t parameters = server.rounds()->num_parameters();
+  server.Sync("a", SyncFor(round.a, -1));
+  EXPECT_THROW(server.Train("m", Honest(round.m)), StatusError);  // never synced
+  EXPECT_THROW(server.Train("a", Batch(round.a, at::full({4, kWidth}, 1e6))), OutOfBounds);
+  server.Sync("a", SyncFor(round.a, -1));  // excluded by the refusal above: take part again
+  server.Train("a", Honest(round.a));
+  EXPECT_THROW(server.SubmitUpdate("a", UpdateFor(round.a, 0, 1, 4,
+                                                  at::full({parameters}, NAN))),
+               NotFinite);
+  server.Join("ghost", JoinFor(server));
+  server.ExpireIdleSessions(std::chrono::steady_clock::now() + std::chrono::hours(1));
+  server.SetObserver(nullptr);
+  EXPECT_EQ(observer.refused, (std::vector<std::string>{"step:not_participant",
+                                                        "step:out_of_bounds", "update:nonfinite"}));
+  EXPECT_EQ(observer.expired.load(), 3);
 }
 
 TEST(HostileInputTest, PeerTextReachesTheLogEscapedAndCapped) {

@@ -187,9 +187,13 @@ int Run(int argc, char** argv) {
                  "How a round's client-model updates are combined: mean (weighted by samples), "
                  "clipped-mean (each update's norm clipped to --clip-factor x the round's median "
                  "norm, then the mean), median (coordinate-wise), trimmed-mean (coordinate-wise, "
-                 "--trim-fraction dropped at each end). The robust rules bound what a faulty or "
-                 "hostile hospital can do to the shared model")
-      ->check(CLI::IsMember({"mean", "clipped-mean", "median", "trimmed-mean"}))
+                 "--trim-fraction dropped at each end), trust-mean (each update weighted by its "
+                 "cosine with the coordinate-wise median, negatives dropped, and rescaled to the "
+                 "median's norm: FLTrust's rule; best against sign-flipped updates). The robust "
+                 "rules bound "
+                 "what a faulty or hostile hospital can do to the shared model; use them with "
+                 "--quorum 3 or more")
+      ->check(CLI::IsMember({"mean", "clipped-mean", "median", "trimmed-mean", "trust-mean"}))
       ->capture_default_str();
   app.add_option("--clip-factor", options.rounds.aggregation.clip_factor,
                  "clipped-mean: the norm bound as a multiple of the round's median update norm (>= 1)")

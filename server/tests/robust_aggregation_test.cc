@@ -37,7 +37,7 @@ at::Tensor Step(const std::vector<ClientDelta>& deltas, Aggregation method) {
 }
 
 constexpr Aggregation kAll[] = {Aggregation::kMean, Aggregation::kClippedMean, Aggregation::kMedian,
-                                Aggregation::kTrimmedMean};
+                                Aggregation::kTrimmedMean, Aggregation::kTrustMean};
 
 TEST(AggregationNameTest, RoundTripsAndIsDistinct) {
   std::set<std::string> names;
@@ -45,7 +45,8 @@ TEST(AggregationNameTest, RoundTripsAndIsDistinct) {
     EXPECT_EQ(ParseAggregation(AggregationName(method)), method);
     names.insert(AggregationName(method));
   }
-  EXPECT_EQ(names, (std::set<std::string>{"mean", "clipped-mean", "median", "trimmed-mean"}));
+  EXPECT_EQ(names, (std::set<std::string>{"mean", "clipped-mean", "median", "trimmed-mean",
+                                          "trust-mean"}));
 }
 
 TEST(AggregationNameTest, UnknownNameThrowsListingTheValidOnes) {
@@ -278,6 +279,51 @@ INSTANTIATE_TEST_SUITE_P(
       name += std::get<1>(info.param) == Attack::kScaled ? "_scaled_" : "_signflipped_";
       return name + std::to_string(std::get<2>(info.param)) + "honest";
     });
+
+TEST(TrustMeanTest, ByHand) {
+  AggregationOptions options;
+  options.method = Aggregation::kTrustMean;
+  // Reference: the coordinate-wise median (0, 2), norm 2. (2, 2) has cosine 1/sqrt(2) and is
+  // rescaled to (sqrt(2), sqrt(2)); (0, 3) has cosine 1 and becomes (0, 2); (-8, -8) has cosine
+  // -1/sqrt(2): no weight.
+  const std::vector<ClientDelta> deltas = {{at::tensor({2.0f, 2.0f}), 10, 1.0},
+                                           {at::tensor({0.0f, 3.0f}), 10, 1.0},
+                                           {at::tensor({-8.0f, -8.0f}), 10, 1.0}};
+  const at::Tensor step = Aggregate(deltas, options).step.to(at::kDouble);
+  const double t = 1.0 / std::sqrt(2.0);
+  EXPECT_NEAR(step[0].item<double>(), t * std::sqrt(2.0) / (t + 1), 1e-6);
+  EXPECT_NEAR(step[1].item<double>(), (t * std::sqrt(2.0) + 2) / (t + 1), 1e-6);
+}
+
+TEST(TrustMeanTest, ASignFlippedOrScaledDeltaGetsNoSay) {
+  AggregationOptions options;
+  options.method = Aggregation::kTrustMean;
+  at::manual_seed(3);
+  const at::Tensor direction = at::randn({500});
+  std::vector<ClientDelta> deltas;
+  for (int i = 0; i < 2; ++i) deltas.push_back({direction + 0.3 * at::randn({500}), 64, 1.0});
+  const at::Tensor honest_mean = (deltas[0].delta + deltas[1].delta) / 2;
+  for (double factor : {-4.0, 10.0}) {
+    std::vector<ClientDelta> round = deltas;
+    round.push_back({factor * (direction + 0.3 * at::randn({500})), 64, 1.0});
+    const at::Tensor step = Aggregate(round, options).step;
+    options.method = Aggregation::kMean;
+    const AggregateResult mean = Aggregate(round, options);
+    options.method = Aggregation::kTrustMean;
+    const double scale = honest_mean.norm().item<double>();
+    EXPECT_LT((step - honest_mean).norm().item<double>(), 0.3 * scale) << factor;
+    EXPECT_GT((mean.step * mean.step_scale - honest_mean).norm().item<double>(), 0.9 * scale)
+        << factor;
+  }
+}
+
+TEST(TrustMeanTest, OfIdenticalDeltasIsThatDeltaScaledByStaleness) {
+  AggregationOptions options;
+  options.method = Aggregation::kTrustMean;
+  const at::Tensor delta = at::randn({33});
+  const at::Tensor step = Aggregate({{delta, 5, 0.5}, {delta, 7, 0.5}}, options).step;
+  EXPECT_TRUE(at::allclose(step, delta * 0.5, 1e-6, 1e-7));
+}
 
 TEST(ClippedMeanTest, BoundsAScaledAttackersContribution) {
   for (int honest : {3, 4, 5}) {

@@ -17,8 +17,13 @@ enum class Aggregation {
   kClippedMean,  // the same, after clipping each delta's L2 norm to clip_factor x the median norm
   kMedian,       // coordinate-wise median of scale * delta, unweighted
   kTrimmedMean,  // coordinate-wise mean of scale * delta without the extremes, unweighted
+  // FLTrust's rule (Cao et al. 2021) with the coordinate-wise median as the reference: each
+  // scale * delta weighted by ReLU(cosine with the reference) and rescaled to its norm, so a
+  // sign-flipped delta gets no weight and a scaled one no extra length; unweighted by samples
+  kTrustMean,
 };
-// "mean", "clipped-mean", "median", "trimmed-mean"; throws UserError listing them otherwise.
+// "mean", "clipped-mean", "median", "trimmed-mean", "trust-mean"; throws UserError
+// listing them otherwise.
 Aggregation ParseAggregation(const std::string& name);
 const char* AggregationName(Aggregation aggregation);
 

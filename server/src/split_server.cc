@@ -798,7 +798,7 @@ v1::UpdateReply SplitServer::SubmitUpdate(const std::string& identity,
   reply.set_scale(outcome.scale);
   reply.set_model_version(outcome.version);
   if (outcome.duplicate) {
-    spdlog::info("update of '{}' for round {} was applied before; ignored", identity,
+    spdlog::info("update of '{}' for round {} was applied before; ignored", PeerText(identity),
                  request.round());
   } else {
     if (observer_) observer_->OnUpdate(outcome.staleness);

@@ -11,7 +11,6 @@
 #include <cmath>
 #include <cstdio>
 #include <functional>
-#include <map>
 #include <future>
 #include <thread>
 
@@ -131,9 +130,8 @@ RunResult RunRounds(server::SplitServer& server, const std::vector<Hospital>& ho
   std::vector<std::unique_ptr<client::SplitTrainer>> trainers;
   std::vector<Dataset> shards;
   for (size_t i = 0; i < hospitals.size(); ++i) {
-    links.push_back(std::make_unique<HospitalLink>(server, hospitals[i].name,
-                                                   hospitals[i].delta_factor,
-                                                   hospitals[i].on_sync));
+    links.push_back(std::make_unique<HospitalLink>(
+        server, hospitals[i].name, hospitals[i].delta_factor, hospitals[i].on_sync));
     client::TrainerOptions options;
     options.model = MlpSpec();
     options.batch_size = 16;
@@ -319,8 +317,7 @@ const AttackCase kAttacks[] = {
                  grpc::StatusCode::FAILED_PRECONDITION);
        EXPECT_EQ(mallory.Train(at::randn({8, kCutWidth}), version),
                  grpc::StatusCode::FAILED_PRECONDITION);
-       EXPECT_EQ(mallory.Submit(version - 1, 1, 64,
-                                at::zeros({server.rounds()->num_parameters()})),
+       EXPECT_EQ(mallory.Submit(version - 1, 1, 64, at::zeros({server.rounds()->num_parameters()})),
                  grpc::StatusCode::FAILED_PRECONDITION);
      }},
     {"SessionsLeftBehind",
@@ -343,17 +340,22 @@ const AttackCase kAttacks[] = {
 INSTANTIATE_TEST_SUITE_P(Attacks, HostileHospitalTest, ::testing::ValuesIn(kAttacks),
                          [](const auto& info) { return std::string(info.param.name); });
 
-// Two honest hospitals and one that sends its delta times `factor` every round.
 constexpr int64_t kPoisonRounds = 80;
 
-double AccuracyWithPoisonedDeltas(server::Aggregation aggregation, double factor) {
-  server::SplitServerOptions options = RoundServer(3, kPoisonRounds);
-  options.rounds.aggregation.method = aggregation;
-  server::SplitServer server(options);
-  const RunResult result =
-      RunRounds(server, {{"st-mary"}, {"riverside"}, {"mallory", factor}});
-  EXPECT_TRUE(result.finite);
-  return result.accuracy;
+// Held-out accuracy averaged over `runs` runs (thread interleavings differ from run to run) of
+// two honest hospitals and a third that sends its delta times `factor` every round (1: honest).
+double MeanAccuracy(server::Aggregation aggregation, double factor, int runs = 2) {
+  double sum = 0;
+  for (int run = 0; run < runs; ++run) {
+    server::SplitServerOptions options = RoundServer(3, kPoisonRounds);
+    options.rounds.aggregation.method = aggregation;
+    server::SplitServer server(options);
+    const RunResult result =
+        RunRounds(server, {{"st-mary"}, {"riverside"}, {"general-east", factor}});
+    EXPECT_TRUE(result.finite);
+    sum += result.accuracy;
+  }
+  return sum / runs;
 }
 
 struct PoisonCase {
@@ -361,52 +363,37 @@ struct PoisonCase {
   double factor;
 };
 
-class PoisonedDeltasTest : public ::testing::TestWithParam<PoisonCase> {
- protected:
-  // Three honest hospitals under the same aggregator: the run without the attacker.
-  static double CleanAccuracy(server::Aggregation aggregation) {
-    static std::map<server::Aggregation, double> cache;
-    const auto it = cache.find(aggregation);
-    if (it != cache.end()) return it->second;
-    server::SplitServerOptions options = RoundServer(3, kPoisonRounds);
-    options.rounds.aggregation.method = aggregation;
-    server::SplitServer server(options);
-    const double accuracy =
-        RunRounds(server, {{"st-mary"}, {"riverside"}, {"general-east"}}).accuracy;
-    cache[aggregation] = accuracy;
-    return accuracy;
-  }
-};
+class PoisonedDeltasTest : public ::testing::TestWithParam<PoisonCase> {};
 
+// Against the same rule with the third hospital honest: the cost of the attack, not of the rule.
 TEST_P(PoisonedDeltasTest, TheRobustAggregatorKeepsTheAccuracyWithinTwoPoints) {
-  const double clean = CleanAccuracy(GetParam().aggregation);
+  const double clean = MeanAccuracy(GetParam().aggregation, 1.0);
   ASSERT_GT(clean, 0.9);
-  const double poisoned = AccuracyWithPoisonedDeltas(GetParam().aggregation, GetParam().factor);
-  std::printf("held-out accuracy: without the attacker %.4f, with it %.4f\n", clean, poisoned);
+  const double poisoned = MeanAccuracy(GetParam().aggregation, GetParam().factor);
+  std::printf("held-out accuracy (mean of 2 runs): without the attacker %.4f, with it %.4f\n",
+              clean, poisoned);
   EXPECT_GE(poisoned, clean - 0.02) << "without the attacker " << clean;
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Aggregators, PoisonedDeltasTest,
-    ::testing::Values(PoisonCase{server::Aggregation::kTrustMean, -4.0},
-                      PoisonCase{server::Aggregation::kTrustMean, 10.0},
-                      PoisonCase{server::Aggregation::kMedian, 10.0},
-                      PoisonCase{server::Aggregation::kTrimmedMean, 10.0}),
-    [](const auto& info) {
-      std::string name = server::AggregationName(info.param.aggregation);
-      name.erase(std::remove(name.begin(), name.end(), '-'), name.end());
-      return name + (info.param.factor < 0 ? "SignFlipped" : "Scaled");
-    });
+INSTANTIATE_TEST_SUITE_P(Aggregators, PoisonedDeltasTest,
+                         ::testing::Values(PoisonCase{server::Aggregation::kTrustMean, -4.0},
+                                           PoisonCase{server::Aggregation::kTrustMean, 10.0},
+                                           PoisonCase{server::Aggregation::kMedian, 10.0},
+                                           PoisonCase{server::Aggregation::kTrimmedMean, 10.0}),
+                         [](const auto& info) {
+                           std::string name = server::AggregationName(info.param.aggregation);
+                           name.erase(std::remove(name.begin(), name.end(), '-'), name.end());
+                           return name + (info.param.factor < 0 ? "SignFlipped" : "Scaled");
+                         });
 
 // The attack the robust rules are for: with the plain mean it costs more than two points.
+// The attack the robust rules are for: with the plain mean it costs far more than two points.
 TEST(PoisonedDeltasMeanTest, ThePlainMeanIsHurtBySignFlippedDeltas) {
-  server::SplitServer clean_server(RoundServer(3, kPoisonRounds));
-  const double clean =
-      RunRounds(clean_server, {{"st-mary"}, {"riverside"}, {"general-east"}}).accuracy;
-  const double poisoned = AccuracyWithPoisonedDeltas(server::Aggregation::kMean, -4.0);
+  const double clean = MeanAccuracy(server::Aggregation::kMean, 1.0, 1);
+  const double poisoned = MeanAccuracy(server::Aggregation::kMean, -4.0, 1);
   std::printf("held-out accuracy, plain mean: without the attacker %.4f, with it %.4f\n", clean,
               poisoned);
-  EXPECT_LT(poisoned, clean - 0.02) << "clean " << clean;
+  EXPECT_LT(poisoned, clean - 0.05) << "clean " << clean;
 }
 
 }  // namespace

@@ -76,8 +76,8 @@ void CheckMagnitude(const float* data, int64_t count, double max_abs) {
   if (max_abs <= 0) return;
   for (int64_t i = 0; i < count; ++i) {
     if (!(std::fabs(static_cast<double>(data[i])) <= max_abs)) {
-      throw OutOfBounds(detail::Concat("tensor element ", i, " is ", data[i], ", beyond the bound of ",
-                                       max_abs, " in magnitude"));
+      throw OutOfBounds(detail::Concat("tensor element ", i, " is ", data[i],
+                                       ", beyond the bound of ", max_abs, " in magnitude"));
     }
   }
 }

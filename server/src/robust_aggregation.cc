@@ -84,12 +84,9 @@ at::Tensor CoordinateMedian(const at::Tensor& sorted) {
   return sorted.narrow(0, n / 2 - 1, 2).to(at::kDouble).mean(0).to(at::kFloat);
 }
 
-// FLTrust's rule (Cao et al., NDSS 2021) with the coordinate-wise median of the round standing
-// in for the server's own update (this server has no data): each delta counts with trust
-// ReLU(cos(delta, reference)) and is rescaled to the reference's norm, so a sign-flipped delta
-// gets no say and a scaled one no extra length. `points` [n, P] double.
-at::Tensor TrustWeightedMean(const at::Tensor& points) {
-  const at::Tensor reference = CoordinateMedian(std::get<0>(points.sort(/*dim=*/0)));
+// Each row of `points` [n, P] (double) weighted by ReLU(cos(row, reference)) and rescaled to the
+// reference's norm; the reference itself when no row has a positive cosine.
+at::Tensor TrustWeighted(const at::Tensor& points, const at::Tensor& reference) {
   const double reference_norm = reference.norm().item<double>();
   at::Tensor sum = at::zeros_like(reference);
   double trust_sum = 0;
@@ -102,6 +99,16 @@ at::Tensor TrustWeightedMean(const at::Tensor& points) {
     trust_sum += trust;
   }
   return trust_sum > 0 ? sum / trust_sum : reference;
+}
+
+// FLTrust's rule (Cao et al., NDSS 2021) with the round's coordinate-wise median standing in for
+// the server's own update (this server has no data): a sign-flipped delta gets no say and a
+// scaled one no extra length. The median is pulled per coordinate towards what an attacker
+// prefers, so the rule is applied twice: the second time against the first result, which no
+// longer counts the attacker.
+at::Tensor TrustWeightedMean(const at::Tensor& points) {
+  const at::Tensor median = CoordinateMedian(std::get<0>(points.sort(/*dim=*/0)));
+  return TrustWeighted(points, TrustWeighted(points, median));
 }
 
 }  // namespace

@@ -212,8 +212,7 @@ SyncDecision RoundCoordinator::Sync(const std::string& identity, int64_t have_ve
       } else if (TurnHolderLocked() == identity) {
         if (participants_.empty()) {
           // Skip hospitals that are not connected: the turn moves to this one.
-          const auto it =
-              std::find(state_.join_order.begin(), state_.join_order.end(), identity);
+          const auto it = std::find(state_.join_order.begin(), state_.join_order.end(), identity);
           state_.turn = it - state_.join_order.begin();
         }
         AssignLocked(identity);
@@ -234,24 +233,23 @@ double RoundCoordinator::OnTrainStep(const std::string& identity, int64_t model_
                                      int64_t samples, bool* round_closing) {
   std::lock_guard<std::mutex> lock(mutex_);
   *round_closing = false;
-  CLEAVE_CHECK_INPUT(model_version >= 0 && model_version <= state_.version,
-                     "model version ", model_version, " is not one the server issued (current ",
-                     state_.version, ")");
+  CLEAVE_CHECK_INPUT(model_version >= 0 && model_version <= state_.version, "model version ",
+                     model_version, " is not one the server issued (current ", state_.version, ")");
   const int64_t staleness = state_.version - model_version;
   if (staleness > options_.max_staleness) {
     ++state_.steps_refused;
     assignments_.erase(identity);
-    throw RoundRefusal(grpc::StatusCode::ABORTED, "stale",
-                      detail::Concat("client model version ", model_version, " is ", staleness,
-                                     " versions old (at most ", options_.max_staleness,
-                                     " allowed): Sync and continue from version ",
-                                     state_.version));
+    throw RoundRefusal(
+        grpc::StatusCode::ABORTED, "stale",
+        detail::Concat("client model version ", model_version, " is ", staleness,
+                       " versions old (at most ", options_.max_staleness,
+                       " allowed): Sync and continue from version ", state_.version));
   }
   const auto assignment = assignments_.find(identity);
   if (assignment == assignments_.end() || assignment->second.version != model_version) {
     throw RoundRefusal(grpc::StatusCode::FAILED_PRECONDITION, "not_participant",
                        detail::Concat("this hospital was not told to train client model version ",
-                                     model_version, " (round ", state_.round, "): Sync first"));
+                                      model_version, " (round ", state_.round, "): Sync first"));
   }
   assignment->second.samples += samples;
   if (staleness == 0) {
@@ -294,17 +292,19 @@ UpdateOutcome RoundCoordinator::Submit(const std::string& identity, int64_t base
     if (outcome.staleness > options_.max_staleness) {
       ++state_.updates_refused;
       assignments_.erase(identity);
-      throw RoundRefusal(grpc::StatusCode::ABORTED, "stale",
-                        detail::Concat("update from version ", base_version, " is ",
-                                       outcome.staleness, " versions old (at most ",
-                                       options_.max_staleness, " allowed): Sync and continue from "
-                                       "version ", state_.version));
+      throw RoundRefusal(
+          grpc::StatusCode::ABORTED, "stale",
+          detail::Concat("update from version ", base_version, " is ", outcome.staleness,
+                         " versions old (at most ", options_.max_staleness,
+                         " allowed): Sync and continue from "
+                         "version ",
+                         state_.version));
     }
     const auto assignment = assignments_.find(identity);
     if (assignment == assignments_.end() || assignment->second.version != base_version) {
       throw RoundRefusal(grpc::StatusCode::FAILED_PRECONDITION, "not_participant",
                          detail::Concat("this hospital was not told to train client model version ",
-                                       base_version, " (round ", state_.round, "): Sync first"));
+                                        base_version, " (round ", state_.round, "): Sync first"));
     }
     const int64_t counted = assignment->second.samples;
     const at::Tensor flat = delta.detach().to(at::kFloat).reshape({-1});
@@ -335,15 +335,16 @@ UpdateOutcome RoundCoordinator::Submit(const std::string& identity, int64_t base
     }
     if (samples > counted) {
       ++state_.updates_capped;
-      spdlog::warn("update of '{}' for round {} claims {} samples, the server counted {}: "
-                   "weighted by {}",
-                   PeerText(identity), round, samples, counted, counted);
+      spdlog::warn(
+          "update of '{}' for round {} claims {} samples, the server counted {}: "
+          "weighted by {}",
+          PeerText(identity), round, samples, counted, counted);
     }
     assignments_.erase(assignment);
     outcome.scale = 1.0 / (1.0 + static_cast<double>(outcome.staleness));
     // Dai et al.: a stale update moves the model less (scaled when the round is aggregated).
-    state_.pending.push_back(PendingUpdate{std::min(samples, counted), outcome.staleness,
-                                           flat.contiguous().clone()});
+    state_.pending.push_back(
+        PendingUpdate{std::min(samples, counted), outcome.staleness, flat.contiguous().clone()});
     ++state_.updates_accepted;
     ++state_.staleness_histogram[static_cast<size_t>(outcome.staleness)];
     if (outcome.staleness > 0) ++stale_in_round_;
@@ -360,17 +361,16 @@ UpdateOutcome RoundCoordinator::Submit(const std::string& identity, int64_t base
 
 bool RoundCoordinator::MaybeCloseLocked(RoundSummary* summary) {
   if (state_.finished || !started_) return false;
-  const bool deadline_passed =
-      options_.round_deadline.count() > 0 && Clock::now() >= deadline_;
+  const bool deadline_passed = options_.round_deadline.count() > 0 && Clock::now() >= deadline_;
   if (options_.schedule == Schedule::kSequential) {
     if (!participants_.empty() && state_.submitted.count(*participants_.begin())) {
       CloseLocked("turn of '" + *participants_.begin() + "' done", summary);
       return true;
     }
     if (deadline_passed) {
-      CloseLocked(participants_.empty() ? "deadline, nobody took the turn"
-                                        : "deadline, turn of '" + *participants_.begin() +
-                                              "' skipped",
+      CloseLocked(participants_.empty()
+                      ? "deadline, nobody took the turn"
+                      : "deadline, turn of '" + *participants_.begin() + "' skipped",
                   summary);
       return true;
     }
@@ -403,9 +403,10 @@ bool RoundCoordinator::MaybeCloseLocked(RoundSummary* summary) {
       return true;
     }
     if (closing_) {
-      spdlog::info("round {}: {} of the {} update(s) a quorum needs; reopened for the other "
-                   "connected hospitals",
-                   state_.round, updates, options_.quorum);
+      spdlog::info(
+          "round {}: {} of the {} update(s) a quorum needs; reopened for the other "
+          "connected hospitals",
+          state_.round, updates, options_.quorum);
       closing_ = false;
       state_.round_samples_trained = 0;
       changed_.notify_all();
@@ -516,8 +517,7 @@ bool RoundCoordinator::finished() const {
 
 bool RoundCoordinator::WaitForRound(int64_t round, std::chrono::milliseconds timeout) const {
   std::unique_lock<std::mutex> lock(mutex_);
-  return changed_.wait_for(lock, timeout,
-                           [&] { return state_.round > round || state_.finished; });
+  return changed_.wait_for(lock, timeout, [&] { return state_.round > round || state_.finished; });
 }
 
 }  // namespace cleave::server

@@ -161,7 +161,8 @@ int Run(int argc, char** argv) {
   std::string metrics_listen;
   app.add_option("--schedule", schedule, "single, sequential or splitfed (see above)")
       ->capture_default_str();
-  app.add_option("--rounds", options.rounds.rounds, "Rounds to run, then training ends (0: no limit)")
+  app.add_option("--rounds", options.rounds.rounds,
+                 "Rounds to run, then training ends (0: no limit)")
       ->capture_default_str();
   app.add_option("--round-samples", options.rounds.round_samples,
                  "Training samples (all hospitals together) that end a round")
@@ -195,12 +196,14 @@ int Run(int argc, char** argv) {
                  "--quorum 3 or more")
       ->check(CLI::IsMember({"mean", "clipped-mean", "median", "trimmed-mean", "trust-mean"}))
       ->capture_default_str();
-  app.add_option("--clip-factor", options.rounds.aggregation.clip_factor,
-                 "clipped-mean: the norm bound as a multiple of the round's median update norm (>= 1)")
+  app.add_option(
+         "--clip-factor", options.rounds.aggregation.clip_factor,
+         "clipped-mean: the norm bound as a multiple of the round's median update norm (>= 1)")
       ->capture_default_str();
-  app.add_option("--trim-fraction", options.rounds.aggregation.trim_fraction,
-                 "trimmed-mean: fraction of values dropped at each end per coordinate, in [0, 0.5); "
-                 "at least one each end once 3 updates are in")
+  app.add_option(
+         "--trim-fraction", options.rounds.aggregation.trim_fraction,
+         "trimmed-mean: fraction of values dropped at each end per coordinate, in [0, 0.5); "
+         "at least one each end once 3 updates are in")
       ->capture_default_str();
   app.add_option("--max-activation-value", options.max_activation_abs,
                  "Largest magnitude of an activation value a hospital may send; larger ones are "

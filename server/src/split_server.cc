@@ -9,9 +9,9 @@
 
 #include <algorithm>
 #include <cctype>
-#include <cstring>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <set>
 #include <sstream>
@@ -186,17 +186,28 @@ RoundState ReadRoundState(const CheckpointMeta& meta) {
     state.pending[i].staleness = counter(kPendingPrefix + std::to_string(i) + ".staleness");
   }
   for (const auto& [name, value] : meta.counters) {
-    if (name == "round") state.round = value;
-    else if (name == "version") state.version = value;
-    else if (name == "round_samples_trained") state.round_samples_trained = value;
-    else if (name == "turn") state.turn = value;
-    else if (name == "finished") state.finished = value != 0;
-    else if (name == "updates_accepted") state.updates_accepted = value;
-    else if (name == "updates_applied") state.updates_applied = value;
-    else if (name == "updates_refused") state.updates_refused = value;
-    else if (name == "updates_duplicate") state.updates_duplicate = value;
-    else if (name == "updates_capped") state.updates_capped = value;
-    else if (name == "steps_refused") state.steps_refused = value;
+    if (name == "round")
+      state.round = value;
+    else if (name == "version")
+      state.version = value;
+    else if (name == "round_samples_trained")
+      state.round_samples_trained = value;
+    else if (name == "turn")
+      state.turn = value;
+    else if (name == "finished")
+      state.finished = value != 0;
+    else if (name == "updates_accepted")
+      state.updates_accepted = value;
+    else if (name == "updates_applied")
+      state.updates_applied = value;
+    else if (name == "updates_refused")
+      state.updates_refused = value;
+    else if (name == "updates_duplicate")
+      state.updates_duplicate = value;
+    else if (name == "updates_capped")
+      state.updates_capped = value;
+    else if (name == "steps_refused")
+      state.steps_refused = value;
     else if (StartsWith(name, kLastRoundPrefix))
       state.last_round_submitted[name.substr(std::strlen(kLastRoundPrefix))] = value;
     else if (StartsWith(name, kSubmittedPrefix))
@@ -254,7 +265,8 @@ SplitServer::SplitServer(SplitServerOptions options) : options_(std::move(option
   activation_bound_ = options_.max_activation_abs > 0
                           ? options_.max_activation_abs
                           : DeriveActivationBound(options_.model, model_, options_.seed);
-  if (options_.rounds.max_update_abs == 0) options_.rounds.max_update_abs = DeriveUpdateBound(model_);
+  if (options_.rounds.max_update_abs == 0)
+    options_.rounds.max_update_abs = DeriveUpdateBound(model_);
   optimizer_ = MakeOptimizer(options_.optimizer, model_.top->parameters(), options_.learning_rate);
   if (options_.rounds.schedule != Schedule::kSingle) {
     coordinator_ =
@@ -269,19 +281,21 @@ SplitServer::SplitServer(SplitServerOptions options) : options_(std::move(option
   if (coordinator_) {
     coordinator_->SetRoundClosedCallback(
         [this](const RoundSummary& summary) { OnRoundClosed(summary); });
-    spdlog::info("schedule {}: {} round(s) of {} samples, deadline {} ms, quorum {}, {} "
-                 "hospital(s) to start, max staleness {}, aggregation {}",
-                 ScheduleName(options_.rounds.schedule), options_.rounds.rounds,
-                 options_.rounds.round_samples, options_.rounds.round_deadline.count(),
-                 options_.rounds.quorum, options_.rounds.min_clients,
-                 options_.rounds.max_staleness, AggregationName(options_.rounds.aggregation.method));
+    spdlog::info(
+        "schedule {}: {} round(s) of {} samples, deadline {} ms, quorum {}, {} "
+        "hospital(s) to start, max staleness {}, aggregation {}",
+        ScheduleName(options_.rounds.schedule), options_.rounds.rounds,
+        options_.rounds.round_samples, options_.rounds.round_deadline.count(),
+        options_.rounds.quorum, options_.rounds.min_clients, options_.rounds.max_staleness,
+        AggregationName(options_.rounds.aggregation.method));
   }
   spdlog::info("model {} (fingerprint {}), compression {}", DescribeSpec(options_.model),
                fingerprint_, DescribeCompression(options_.compression));
-  spdlog::info("bounds: activation values {:g}, update values {:g}; sessions idle {} s expire, "
-               "{} per identity",
-               activation_bound_, options_.rounds.max_update_abs,
-               options_.session_idle_timeout.count() / 1000.0, options_.max_sessions_per_identity);
+  spdlog::info(
+      "bounds: activation values {:g}, update values {:g}; sessions idle {} s expire, "
+      "{} per identity",
+      activation_bound_, options_.rounds.max_update_abs,
+      options_.session_idle_timeout.count() / 1000.0, options_.max_sessions_per_identity);
   if (options_.session_idle_timeout.count() > 0) reaper_ = std::thread([this] { ReapLoop(); });
 }
 
@@ -319,8 +333,8 @@ SplitServer::~SplitServer() {
 }
 
 void SplitServer::ReapLoop() {
-  const auto period = std::clamp(options_.session_idle_timeout / 4,
-                                 std::chrono::milliseconds(10), std::chrono::milliseconds(5000));
+  const auto period = std::clamp(options_.session_idle_timeout / 4, std::chrono::milliseconds(10),
+                                 std::chrono::milliseconds(5000));
   std::unique_lock<std::mutex> lock(reaper_mutex_);
   while (!reaper_wake_.wait_for(lock, period, [this] { return reaper_stop_; })) {
     lock.unlock();
@@ -336,8 +350,8 @@ int SplitServer::ExpireIdleSessions(std::chrono::steady_clock::time_point now) {
     std::lock_guard<std::mutex> lock(mutex_);
     for (auto it = sessions_.begin(); it != sessions_.end();) {
       if (now - it->second.last_call > options_.session_idle_timeout) {
-        spdlog::warn("session of '{}' expired after {} s without a call", PeerText(it->second.identity),
-                     options_.session_idle_timeout.count() / 1000.0);
+        spdlog::warn("session of '{}' expired after {} s without a call",
+                     PeerText(it->second.identity), options_.session_idle_timeout.count() / 1000.0);
         gone.push_back(it->second.identity);
         it = sessions_.erase(it);
       } else {
@@ -372,8 +386,7 @@ v1::JoinReply SplitServer::Join(const std::string& identity, const v1::JoinReque
     // Peer text is escaped and capped: it cannot forge a log line or blow up the status.
     spdlog::warn("refused Join from '{}': model fingerprint {} ({}) != server's {} ({})",
                  PeerText(identity), PeerText(request.model_fingerprint(), 64),
-                 PeerText(request.model_description()), fingerprint_,
-                 DescribeSpec(options_.model));
+                 PeerText(request.model_description()), fingerprint_, DescribeSpec(options_.model));
     throw StatusError(grpc::StatusCode::FAILED_PRECONDITION,
                       detail::Concat("model fingerprint mismatch: client ",
                                      PeerText(request.model_fingerprint(), 64), " (",
@@ -617,9 +630,9 @@ v1::TrainReply SplitServer::Train(const std::string& identity, const v1::TrainRe
   }
   CountBytesLocked(request.session_id(), request.ByteSizeLong(), reply.ByteSizeLong());
   if (observer_) {
-    observer_->OnStep(labels.size(0), std::chrono::duration<double>(
-                                          std::chrono::steady_clock::now() - started)
-                                          .count());
+    observer_->OnStep(
+        labels.size(0),
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
   }
   if (options_.checkpoint_every > 0 && step_ % options_.checkpoint_every == 0) {
     SaveCheckpointLocked();
@@ -817,8 +830,8 @@ void SplitServer::OnRoundClosed(const RoundSummary& summary) {
       "client model version {}, {} hospital(s) connected, {:.1f} MB received, {:.1f} MB sent{}",
       summary.round, summary.why, summary.updates, summary.stale_updates, summary.samples,
       summary.seconds, summary.seconds > 0 ? summary.samples / summary.seconds : 0.0,
-      summary.version, totals.active_clients, totals.bytes_received / 1e6,
-      totals.bytes_sent / 1e6, summary.finished ? "; training finished" : "");
+      summary.version, totals.active_clients, totals.bytes_received / 1e6, totals.bytes_sent / 1e6,
+      summary.finished ? "; training finished" : "");
   if (observer_) observer_->OnRound(summary);
   SaveCheckpoint();
 }

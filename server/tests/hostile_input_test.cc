@@ -10,9 +10,9 @@
 #include <atomic>
 #include <cmath>
 #include <cstdio>
-#include <mutex>
 #include <filesystem>
 #include <limits>
+#include <mutex>
 #include <sstream>
 
 #include "cleave/core/error.h"
@@ -140,7 +140,9 @@ TEST(HostileInputTest, HugeFiniteActivationsAreRefusedAndTheModelIsUntouched) {
   const std::string hostile = server.Join("mallory", JoinFor(server)).session_id();
   server.Train("st-mary", Honest(honest));
   const auto before = TopWeights(server);
-  EXPECT_EQ(CodeOf([&] { server.Train("mallory", Batch(hostile, at::full({4, kWidth}, 3e38))); }),
+  EXPECT_EQ(CodeOf([&] {
+              server.Train("mallory", Batch(hostile, at::full({4, kWidth}, 3e38)));
+            }),
             grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_TRUE(Same(before, TopWeights(server)));
   EXPECT_EQ(server.step(), 1);
@@ -182,8 +184,8 @@ TEST(HostileInputTest, AStepWhoseLossOrGradientIsNotFiniteIsRefusedBeforeTheOpti
 }
 
 TEST(HostileInputTest, ARefusedStepNeverReachesTheCheckpoint) {
-  const auto dir = std::filesystem::temp_directory_path() /
-                   ("cleave_hostile_" + std::to_string(::getpid()));
+  const auto dir =
+      std::filesystem::temp_directory_path() / ("cleave_hostile_" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   SplitServerOptions options = MlpOptions();
   options.max_activation_abs = 3.4e38;
@@ -195,8 +197,7 @@ TEST(HostileInputTest, ARefusedStepNeverReachesTheCheckpoint) {
     const std::string session = server.Join("mallory", JoinFor(server)).session_id();
     server.Train("mallory", Honest(session));
     saved = TopWeights(server);
-    EXPECT_THROW(server.Train("mallory", Batch(session, at::full({4, kWidth}, 3e38))),
-                 NotFinite);
+    EXPECT_THROW(server.Train("mallory", Batch(session, at::full({4, kWidth}, 3e38))), NotFinite);
     server.SaveCheckpoint();
   }
   options.resume = true;
@@ -231,8 +232,8 @@ TEST(HostileInputTest, StepsAndUpdatesFromOutsideTheRoundAreRefusedWhateverTheir
               grpc::StatusCode::FAILED_PRECONDITION)
         << "version " << version;
     EXPECT_EQ(CodeOf([&] {
-                server.SubmitUpdate("m", UpdateFor(round.m, version, version + 1, 4,
-                                                   at::zeros({parameters})));
+                server.SubmitUpdate(
+                    "m", UpdateFor(round.m, version, version + 1, 4, at::zeros({parameters})));
               }),
               grpc::StatusCode::FAILED_PRECONDITION)
         << "version " << version;
@@ -253,7 +254,7 @@ TEST(HostileInputTest, TheSamplesAnUpdateClaimsAreCappedByWhatTheServerCounted) 
   ASSERT_EQ(server.Sync("m", SyncFor(round.m, -1)).action(), v1::SyncReply::TRAIN);
   const at::Tensor weights = server.rounds()->Snapshot().weights;
   for (int i = 0; i < 3; ++i) server.Train("a", Honest(round.a));  // 12 samples
-  server.Train("m", Honest(round.m));                                // 4 samples
+  server.Train("m", Honest(round.m));                              // 4 samples
   // m claims 10^12 samples for a delta that erases the model.
   server.SubmitUpdate("m", UpdateFor(round.m, 0, 1, 1000000000000LL, -weights));
   const at::Tensor honest_delta = at::randn_like(weights) * 0.01;
@@ -423,8 +424,7 @@ TEST(HostileInputTest, EveryRefusalReachesTheMetricsWithItsReason) {
   EXPECT_THROW(server.Train("a", Batch(round.a, at::full({4, kWidth}, 1e6))), OutOfBounds);
   server.Sync("a", SyncFor(round.a, -1));  // excluded by the refusal above: take part again
   server.Train("a", Honest(round.a));
-  EXPECT_THROW(server.SubmitUpdate("a", UpdateFor(round.a, 0, 1, 4,
-                                                  at::full({parameters}, NAN))),
+  EXPECT_THROW(server.SubmitUpdate("a", UpdateFor(round.a, 0, 1, 4, at::full({parameters}, NAN))),
                NotFinite);
   server.Join("ghost", JoinFor(server));
   server.ExpireIdleSessions(std::chrono::steady_clock::now() + std::chrono::hours(1));

@@ -280,19 +280,45 @@ INSTANTIATE_TEST_SUITE_P(
       return name + std::to_string(std::get<2>(info.param)) + "honest";
     });
 
+// The rule written out on plain vectors: weights ReLU(cos(d, ref)), each d rescaled to |ref|.
+std::vector<double> TrustReference(const std::vector<std::vector<double>>& points,
+                                   const std::vector<double>& reference) {
+  auto dot = [](const std::vector<double>& a, const std::vector<double>& b) {
+    double sum = 0;
+    for (size_t i = 0; i < a.size(); ++i) sum += a[i] * b[i];
+    return sum;
+  };
+  const double reference_norm = std::sqrt(dot(reference, reference));
+  std::vector<double> sum(reference.size(), 0.0);
+  double trust_sum = 0;
+  for (const auto& p : points) {
+    const double norm = std::sqrt(dot(p, p));
+    const double trust = std::max(0.0, dot(p, reference) / (norm * reference_norm));
+    for (size_t i = 0; i < p.size(); ++i) sum[i] += trust * reference_norm / norm * p[i];
+    trust_sum += trust;
+  }
+  for (double& v : sum) v /= trust_sum;
+  return sum;
+}
+
 TEST(TrustMeanTest, ByHand) {
   AggregationOptions options;
   options.method = Aggregation::kTrustMean;
-  // Reference: the coordinate-wise median (0, 2), norm 2. (2, 2) has cosine 1/sqrt(2) and is
-  // rescaled to (sqrt(2), sqrt(2)); (0, 3) has cosine 1 and becomes (0, 2); (-8, -8) has cosine
-  // -1/sqrt(2): no weight.
+  // First pass against the coordinate-wise median (0, 2): (2, 2) has cosine 1/sqrt(2), (0, 3)
+  // cosine 1, (-8, -8) cosine -1/sqrt(2) (no weight): (1, 3) / (1 + 1/sqrt(2)). The second pass
+  // weighs the deltas against that.
   const std::vector<ClientDelta> deltas = {{at::tensor({2.0f, 2.0f}), 10, 1.0},
                                            {at::tensor({0.0f, 3.0f}), 10, 1.0},
                                            {at::tensor({-8.0f, -8.0f}), 10, 1.0}};
-  const at::Tensor step = Aggregate(deltas, options).step.to(at::kDouble);
+  const std::vector<std::vector<double>> points = {{2, 2}, {0, 3}, {-8, -8}};
+  const std::vector<double> first = TrustReference(points, {0, 2});
   const double t = 1.0 / std::sqrt(2.0);
-  EXPECT_NEAR(step[0].item<double>(), t * std::sqrt(2.0) / (t + 1), 1e-6);
-  EXPECT_NEAR(step[1].item<double>(), (t * std::sqrt(2.0) + 2) / (t + 1), 1e-6);
+  EXPECT_NEAR(first[0], 1 / (1 + t), 1e-12);
+  EXPECT_NEAR(first[1], 3 / (1 + t), 1e-12);
+  const std::vector<double> expected = TrustReference(points, first);
+  const at::Tensor step = Aggregate(deltas, options).step.to(at::kDouble);
+  EXPECT_NEAR(step[0].item<double>(), expected[0], 1e-6);
+  EXPECT_NEAR(step[1].item<double>(), expected[1], 1e-6);
 }
 
 TEST(TrustMeanTest, ASignFlippedOrScaledDeltaGetsNoSay) {

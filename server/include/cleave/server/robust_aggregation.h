@@ -19,7 +19,8 @@ enum class Aggregation {
   kTrimmedMean,  // coordinate-wise mean of scale * delta without the extremes, unweighted
   // FLTrust's rule (Cao et al. 2021) with the coordinate-wise median as the reference: each
   // scale * delta weighted by ReLU(cosine with the reference) and rescaled to its norm, so a
-  // sign-flipped delta gets no weight and a scaled one no extra length; unweighted by samples
+  // sign-flipped delta gets no weight and a scaled one no extra length; applied a second time
+  // against the first result (which no longer counts the attacker); unweighted by samples
   kTrustMean,
 };
 // "mean", "clipped-mean", "median", "trimmed-mean", "trust-mean"; throws UserError

@@ -49,12 +49,12 @@ const char* ScheduleName(Schedule schedule);
 
 struct RoundOptions {
   Schedule schedule = Schedule::kSingle;
-  int64_t rounds = 0;             // rounds to run, then training is over (0: no limit)
-  int64_t round_samples = 6400;   // training samples (all hospitals together) that end a round
+  int64_t rounds = 0;            // rounds to run, then training is over (0: no limit)
+  int64_t round_samples = 6400;  // training samples (all hospitals together) that end a round
   std::chrono::milliseconds round_deadline{0};  // a round ends by then if a quorum sent updates
-  int quorum = 1;                 // updates needed to end a round at its deadline
-  int min_clients = 1;            // hospitals connected before the first round starts
-  int64_t max_staleness = 2;      // older updates and steps are refused (resynchronise)
+  int quorum = 1;                               // updates needed to end a round at its deadline
+  int min_clients = 1;                          // hospitals connected before the first round starts
+  int64_t max_staleness = 2;       // older updates and steps are refused (resynchronise)
   AggregationOptions aggregation;  // how a round's updates are combined
   double max_update_abs = 0;       // a delta value beyond this magnitude is refused (0: no bound)
 };
@@ -74,17 +74,17 @@ struct RoundState {
   std::vector<PendingUpdate> pending;  // accepted this round, applied when it closes
   int64_t round_samples_trained = 0;
   std::map<std::string, int64_t> last_round_submitted;  // per hospital: duplicates are refused
-  std::set<std::string> submitted;                       // hospitals that sent this round's update
-  int64_t turn = 0;  // sequential: index into the join order of whose turn it is
+  std::set<std::string> submitted;                      // hospitals that sent this round's update
+  int64_t turn = 0;                     // sequential: index into the join order of whose turn it is
   std::vector<std::string> join_order;  // sequential: hospitals in the order they first joined
   bool finished = false;
   // Counters (each accepted update is applied exactly once: accepted == applied + pending).
   int64_t updates_accepted = 0;
   int64_t updates_applied = 0;
-  int64_t updates_refused = 0;    // too stale
-  int64_t updates_duplicate = 0;  // resubmitted for a round already counted
-  int64_t updates_capped = 0;     // claimed more samples than the server counted
-  int64_t steps_refused = 0;      // training steps from a too old client-model version
+  int64_t updates_refused = 0;               // too stale
+  int64_t updates_duplicate = 0;             // resubmitted for a round already counted
+  int64_t updates_capped = 0;                // claimed more samples than the server counted
+  int64_t steps_refused = 0;                 // training steps from a too old client-model version
   std::vector<int64_t> staleness_histogram;  // [s] = accepted updates s versions old
 };
 
@@ -208,8 +208,8 @@ class RoundCoordinator {
   // Survives a lost session (an update computed before it may still arrive); replaced by the
   // next Sync that says TRAIN, ended by the update.
   std::map<std::string, Assignment> assignments_;
-  bool started_ = false;                  // min_clients reached once
-  bool closing_ = false;                  // sample target or deadline reached
+  bool started_ = false;  // min_clients reached once
+  bool closing_ = false;  // sample target or deadline reached
   int64_t stale_in_round_ = 0;
   Clock::time_point round_start_;
   Clock::time_point deadline_;

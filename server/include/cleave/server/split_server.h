@@ -76,9 +76,9 @@ struct ServerCounters {
   int64_t bytes_received = 0;  // protobuf bytes of requests (Train, Evaluate, SubmitUpdate)
   int64_t bytes_sent = 0;      // protobuf bytes of replies (Train, Evaluate, Sync)
   int64_t active_sessions = 0;
-  int64_t active_clients = 0;  // distinct hospitals with a session
-  int64_t refused_steps = 0;    // for any reason (stale, bounds, not finite, not a participant)
-  int64_t refused_updates = 0;  // likewise
+  int64_t active_clients = 0;     // distinct hospitals with a session
+  int64_t refused_steps = 0;      // for any reason (stale, bounds, not finite, not a participant)
+  int64_t refused_updates = 0;    // likewise
   int64_t expired_sessions = 0;   // idle too long
   int64_t replaced_sessions = 0;  // by a newer Join of the same identity
 };
@@ -197,7 +197,7 @@ class SplitServer {
   SplitModel model_;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
   std::unique_ptr<Compressor> gradient_compressor_;  // null: gradients go back uncompressed
-  std::unique_ptr<RoundCoordinator> coordinator_;     // null: schedule single
+  std::unique_ptr<RoundCoordinator> coordinator_;    // null: schedule single
   ServerObserver* observer_ = nullptr;
   double activation_bound_ = 0;
 

@@ -184,12 +184,28 @@ done
 [ "$stale" = 0 ] || { echo "mutants.sh: update the mutants above (the code moved)" >&2; exit 2; }
 
 # The scratch tree: the repository's files as they are now (committed or not), refreshed on each
-# run; its build directory is kept between runs, and ccache is shared with the main build.
+# run; its build directory is kept between runs, and ccache is shared with the main build. Only
+# files whose content differs are copied, with a new time stamp: a file restored after a mutant
+# keeps the time stamp that makes make rebuild it.
 tree="$scratch/src"
-mkdir -p "$tree"
+stage="$scratch/stage"
+rm -rf "$stage"
+mkdir -p "$tree" "$stage"
 (cd "$root" && git ls-files -z --cached --others --exclude-standard |
-   tar --null -T - -cf - 2>/dev/null) | tar -xf - -C "$tree" || {
-  echo "mutants.sh: cannot copy the tree into $tree" >&2; exit 2; }
+   tar --null -T - -cf - 2>/dev/null) | tar -xf - -C "$stage" || {
+  echo "mutants.sh: cannot copy the tree into $stage" >&2; exit 2; }
+while IFS= read -r -d '' file; do
+  if ! cmp -s "$stage/$file" "$tree/$file"; then
+    mkdir -p "$(dirname "$tree/$file")"
+    cp "$stage/$file" "$tree/$file"
+  fi
+done < <(cd "$stage" && find . -type f -print0)
+rm -rf "$stage"
+# Files mutated by an earlier run (even one that was killed) are rebuilt from their restored text.
+if [ -f "$scratch/mutated" ]; then
+  while IFS= read -r file; do [ -f "$tree/$file" ] && touch "$tree/$file"; done <"$scratch/mutated"
+  rm -f "$scratch/mutated"
+fi
 build="$tree/build"
 export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$(dirname "$root")}"
 launcher=()
@@ -218,7 +234,7 @@ for i in "${selected[@]}"; do
   log="$scratch/baseline.log"
   if ! run_tests "${targets[$i]}" "${filters[$i]}" "$log"; then
     echo "mutants.sh: ${targets[$i]} --gtest_filter='${filters[$i]}' fails without any mutant:" >&2
-    tail -20 "$log" >&2
+    grep -aE '^\[  FAILED  \]|Failure$' "$log" | head -20 >&2
     exit 2
   fi
   if grep -q "0 tests from 0 test suites" "$log"; then
@@ -237,6 +253,7 @@ for i in "${selected[@]}"; do
   target_file="$tree/${files[$i]}"
   backup="$scratch/original.$$"
   cp "$target_file" "$backup"
+  echo "${files[$i]}" >>"$scratch/mutated"
   text="$(cat "$target_file"; printf x)"
   text="${text%x}"
   printf '%s' "${text/"${originals[$i]}"/"${replacements[$i]}"}" >"$target_file"

@@ -1,9 +1,12 @@
 // End-to-end split learning over loopback gRPC with mutual TLS and throwaway certificates (port 0),
 // and the bad inputs a server must survive.
 #include <ATen/ATen.h>
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <cstdio>
+#include <future>
 #include <limits>
 #include <numeric>
 
@@ -33,6 +36,18 @@ const Dataset& SmallTrainSet() {
   static const Dataset data = [] {
     Dataset all = LoadFashionMnist(kDefaultFashionMnistDir, FashionMnistSplit::kTrain);
     std::vector<int64_t> rows(8000);
+    std::iota(rows.begin(), rows.end(), 0);
+    return all.Subset(rows);
+  }();
+  return data;
+}
+
+// Test rows the trainer never sees: accuracy is measured here, not on the training rows. Measured
+// after 250 steps: 0.81 dense, 0.79 compressed, 0.80 per sample (chance: 0.10).
+const Dataset& HeldOutSet() {
+  static const Dataset data = [] {
+    Dataset all = LoadFashionMnist(kDefaultFashionMnistDir, FashionMnistSplit::kTest);
+    std::vector<int64_t> rows(2000);
     std::iota(rows.begin(), rows.end(), 0);
     return all.Subset(rows);
   }();
@@ -84,8 +99,8 @@ class EndToEndTest : public ::testing::Test {
     return connect;
   }
 
-  // A raw stub with a client certificate, for sending hand-made (bad) messages.
-  std::unique_ptr<v1::SplitLearning::Stub> RawStub(const std::string& name) const {
+  // A channel with a client certificate.
+  std::shared_ptr<grpc::Channel> RawChannel(const std::string& name) const {
     const TlsFiles tls = Pki().ClientFiles(name);
     grpc::SslCredentialsOptions ssl;
     ssl.pem_root_certs = tls.ca_pem;
@@ -93,8 +108,13 @@ class EndToEndTest : public ::testing::Test {
     ssl.pem_private_key = tls.private_key_pem;
     grpc::ChannelArguments arguments;
     arguments.SetMaxSendMessageSize(64 << 20);
-    return v1::SplitLearning::NewStub(grpc::CreateCustomChannel(
-        "localhost:" + std::to_string(grpc_server_->port()), grpc::SslCredentials(ssl), arguments));
+    return grpc::CreateCustomChannel("localhost:" + std::to_string(grpc_server_->port()),
+                                     grpc::SslCredentials(ssl), arguments);
+  }
+
+  // A raw stub with a client certificate, for sending hand-made (bad) messages.
+  std::unique_ptr<v1::SplitLearning::Stub> RawStub(const std::string& name) const {
+    return v1::SplitLearning::NewStub(RawChannel(name));
   }
 
   std::string RawJoin(v1::SplitLearning::Stub& stub) const {
@@ -143,7 +163,14 @@ TEST_F(EndToEndTest, LossFallsOverAFewHundredStepsWithMutualTls) {
   SplitTrainer trainer(options, link);
   const v1::JoinReply joined = trainer.Join(SmallTrainSet().size());
   EXPECT_EQ(joined.client_name(), "st-mary");  // identity from the certificate CN
+  const at::Tensor initial = trainer.ClientWeights();
   trainer.TrainEpoch(SmallTrainSet(), 0, 1, nullptr);
+  // The client's layers learned from the server's gradients. (Held-out accuracy cannot show it:
+  // with the client's layers frozen at their random start the server's layers alone reach 0.80;
+  // client/tests/gradient_step_test.cc checks the client's step exactly.)
+  const double moved = ((trainer.ClientWeights() - initial).norm() / initial.norm()).item<double>();
+  std::printf("[ e2e      ] client weights moved by %.3f of their norm\n", moved);
+  EXPECT_GT(moved, 0.05);
   const auto& losses = trainer.step_losses();
   ASSERT_EQ(losses.size(), 250u);
   const auto [first, last] = FirstAndLastLoss(losses);
@@ -151,9 +178,10 @@ TEST_F(EndToEndTest, LossFallsOverAFewHundredStepsWithMutualTls) {
   EXPECT_EQ(split_server_->step(), 250);
   EXPECT_GT(trainer.counters().bytes_sent, 250 * 32 * 32 * 14 * 14 * 4);
   EXPECT_GT(trainer.counters().bytes_received, 0);
-  const client::EvalStats eval = trainer.Evaluate(SmallTrainSet(), 500);
-  EXPECT_EQ(eval.samples, SmallTrainSet().size());
-  EXPECT_GT(eval.accuracy, 0.6);
+  const client::EvalStats eval = trainer.Evaluate(HeldOutSet(), 500);
+  EXPECT_EQ(eval.samples, HeldOutSet().size());
+  std::printf("[ e2e      ] held-out accuracy after 250 steps: %.3f\n", eval.accuracy);
+  EXPECT_GT(eval.accuracy, 0.75);
   trainer.Leave();
   EXPECT_EQ(split_server_->active_sessions(), 0u);
 }
@@ -352,6 +380,109 @@ TEST_F(EndToEndTest, VanishingClientReleasesItsSession) {
       << split_server_->active_sessions() << " sessions still active";
 }
 
+// The standard health service's Check, by hand (this system has no generated health stubs):
+// HealthCheckRequest {string service = 1}, HealthCheckResponse {ServingStatus status = 1}.
+grpc::Status HealthCheck(const std::shared_ptr<grpc::Channel>& channel, const std::string& service,
+                         int* serving_status) {
+  std::string request = {0x0a, static_cast<char>(service.size())};
+  request += service;
+  grpc::Slice slice(request);
+  grpc::ByteBuffer request_buffer(&slice, 1), response_buffer;
+  grpc::GenericStub stub(channel);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  std::promise<grpc::Status> done;
+  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request_buffer,
+                 &response_buffer, [&done](grpc::Status status) { done.set_value(status); });
+  const grpc::Status status = done.get_future().get();
+  *serving_status = -1;
+  std::vector<grpc::Slice> slices;
+  if (status.ok() && response_buffer.Dump(&slices).ok()) {
+    std::string response;
+    for (const grpc::Slice& part : slices) {
+      response.append(reinterpret_cast<const char*>(part.begin()), part.size());
+    }
+    // An empty message is status UNKNOWN (0); otherwise field 1, varint.
+    *serving_status =
+        response.empty() ? 0 : (response.size() == 2 && response[0] == 0x08 ? response[1] : -2);
+  }
+  return status;
+}
+
+TEST_F(EndToEndTest, TheHealthServiceSaysTheSplitLearningServiceIsServing) {
+  const auto channel = RawChannel("monitor");
+  constexpr int kServing = 1;
+  int serving = -1;
+  ASSERT_TRUE(HealthCheck(channel, "cleave.v1.SplitLearning", &serving).ok());
+  EXPECT_EQ(serving, kServing);
+  ASSERT_TRUE(HealthCheck(channel, "", &serving).ok());  // the server as a whole
+  EXPECT_EQ(serving, kServing);
+  EXPECT_EQ(HealthCheck(channel, "no.such.Service", &serving).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+}
+
+TEST_F(EndToEndTest, ClientRefusesAServerCertificateFromAnotherCa) {
+  // The client trusts only another CA: the real server's certificate must not do.
+  const PemPair other_ca = CreateCertificateAuthority("someone else's CA");
+  TlsFiles tls = Pki().ClientFiles("st-mary");
+  tls.ca_pem = other_ca.certificate_pem;
+  ConnectOptions connect = Connect(tls);
+  connect.connect_timeout_seconds = 1;
+  GrpcLink link(connect);
+  TrainerOptions options;
+  options.model = CnnSpec();
+  SplitTrainer trainer(options, link);
+  try {
+    trainer.Join(1);
+    FAIL() << "Join succeeded with a server certificate from an untrusted CA";
+  } catch (const StatusError& error) {
+    EXPECT_EQ(error.code(), grpc::StatusCode::UNAVAILABLE) << error.what();
+  }
+  EXPECT_EQ(split_server_->active_sessions(), 0u);
+}
+
+// Rounds that cannot start (two hospitals are needed), so that a Sync waits; the server holds a
+// Sync at most one second.
+class WaitingRoundsEndToEndTest : public EndToEndTest {
+ protected:
+  server::SplitServerOptions ServerOptions() const override {
+    server::SplitServerOptions options = EndToEndTest::ServerOptions();
+    options.rounds.schedule = server::Schedule::kSplitFed;
+    options.rounds.min_clients = 2;
+    options.max_sync_wait = std::chrono::milliseconds(1000);
+    return options;
+  }
+
+  v1::SyncRequest SyncFor(const std::string& session, int64_t wait_ms) const {
+    v1::SyncRequest request;
+    request.set_protocol_version(protocol::kProtocolVersion);
+    request.set_session_id(session);
+    request.set_have_version(-1);
+    request.set_wait_ms(wait_ms);
+    return request;
+  }
+};
+
+TEST_F(WaitingRoundsEndToEndTest, ACancelledSyncReleasesItsSessionAndAnAnsweredOneDoesNot) {
+  auto stub = RawStub("st-mary");
+  const std::string session = RawJoin(*stub);
+  {
+    grpc::ClientContext context;
+    v1::SyncReply reply;
+    ASSERT_TRUE(stub->Sync(&context, SyncFor(session, 0), &reply).ok());
+    EXPECT_EQ(reply.action(), v1::SyncReply::WAIT);
+    EXPECT_EQ(split_server_->active_sessions(), 1u);
+  }
+  // The hospital gives up (or dies) long before the server's wait is over.
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
+  v1::SyncReply reply;
+  EXPECT_EQ(stub->Sync(&context, SyncFor(session, 60000), &reply).error_code(),
+            grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_TRUE(split_server_->WaitForActiveSessions(0, std::chrono::seconds(10)))
+      << split_server_->active_sessions() << " sessions still active";
+}
+
 // Gaussian-k on the link: activations up at 5% in fp16, gradients back re-sparsified to half of
 // the sent positions in bf16.
 class CompressedEndToEndTest : public EndToEndTest {
@@ -391,8 +522,9 @@ TEST_F(CompressedEndToEndTest, TrainsWithFarFewerBytes) {
   // Both ends count the same protobuf bytes.
   EXPECT_EQ(split_server_->bytes_received(), counters.bytes_sent);
   EXPECT_EQ(split_server_->bytes_sent(), counters.bytes_received);
-  const client::EvalStats eval = trainer.Evaluate(SmallTrainSet(), 500);
-  EXPECT_GT(eval.accuracy, 0.6);
+  const client::EvalStats eval = trainer.Evaluate(HeldOutSet(), 500);
+  std::printf("[ e2e      ] held-out accuracy after 250 compressed steps: %.3f\n", eval.accuracy);
+  EXPECT_GT(eval.accuracy, 0.75);
 }
 
 // Activations chosen per sample (5% of each sample in fp16), gradients back in bf16 at exactly
@@ -429,8 +561,9 @@ TEST_F(PerSampleEndToEndTest, ServerAdvertisesItAndEverySampleGetsItsShare) {
   EXPECT_EQ(counters.elements_sent * 6272, counters.elements_total * 314);
   EXPECT_GT(static_cast<double>(counters.dense_fp32_bytes) / counters.bytes_sent, 10.0);
   EXPECT_EQ(split_server_->bytes_received(), counters.bytes_sent);
-  const client::EvalStats eval = trainer.Evaluate(SmallTrainSet(), 500);
-  EXPECT_GT(eval.accuracy, 0.6);
+  const client::EvalStats eval = trainer.Evaluate(HeldOutSet(), 500);
+  std::printf("[ e2e      ] held-out accuracy after 250 per-sample steps: %.3f\n", eval.accuracy);
+  EXPECT_GT(eval.accuracy, 0.75);
 }
 
 }  // namespace

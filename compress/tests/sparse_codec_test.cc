@@ -201,6 +201,40 @@ TEST(SparseCodecMalformedTest, BitmapChecks) {
   ExpectInvalid(bad);
 }
 
+// The first bit past the end of the data (index == numel, a padding bit of the last byte), with
+// the count still right: the range check alone must refuse it.
+TEST(SparseCodecMalformedTest, ABitmapBitAtExactlyTheDenseSizeIsRefused) {
+  const Sparse dense = RandomSparse(20, 0.9, 4);
+  std::string bytes = Encode(dense, ValuePrecision::kFp32);
+  ASSERT_EQ(DecodeSparse(bytes, {}).encoding, IndexEncoding::kBitmap);
+  ASSERT_EQ(dense.indices.front(), 0u);
+  std::string bad = bytes;
+  bad[8] = static_cast<char>(bad[8] & ~0x01);         // clear bit 0 ...
+  bad[8 + 2] = static_cast<char>(bad[8 + 2] | 0x10);  // ... and set bit 20 (numel 20)
+  try {
+    DecodeSparse(bad, {});
+    FAIL() << "a bit at index 20 of 20 was accepted";
+  } catch (const InvalidInput& error) {
+    EXPECT_NE(std::string(error.what()).find("beyond dense size 20"), std::string::npos)
+        << error.what();
+  }
+}
+
+// A count one above the dense size is refused as such, before any index is read.
+TEST(SparseCodecMalformedTest, ACountAboveTheDenseSizeIsRefusedNamingBoth) {
+  std::string bytes = {'C', 'S', 1, 0, 1};  // magic, version, fp32, delta-varint
+  bytes += {4, 5, 5};                       // dense size 4, count 5, 5 index bytes
+  bytes += std::string(5, '\0');            // indices 0, 1, 2, 3, 4
+  bytes += std::string(5 * 4, '\0');        // five fp32 zeros
+  try {
+    DecodeSparse(bytes, {});
+    FAIL() << "a count of 5 over a dense size of 4 was accepted";
+  } catch (const InvalidInput& error) {
+    EXPECT_NE(std::string(error.what()).find("count 5 exceeds dense size 4"), std::string::npos)
+        << error.what();
+  }
+}
+
 TEST(SparseCodecMalformedTest, RandomMutationsNeverCrash) {
   std::mt19937_64 rng(12345);
   const std::vector<std::string> seeds = {GoodPayload(),

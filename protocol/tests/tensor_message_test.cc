@@ -26,6 +26,20 @@ TEST(TensorMessageTest, DenseRoundTrip) {
   EXPECT_TRUE(decoded.dense.equal(original));
 }
 
+// max_batch is the largest batch accepted: exactly it passes, one more does not.
+TEST(TensorMessageTest, TheBatchLimitIsInclusive) {
+  v1::Tensor message;
+  EncodeDense(at::randn({8, 2, 3}), &message);
+  EXPECT_EQ(DecodeTensor(message, ImageSpec()).dense.size(0), 8);
+  EncodeDense(at::randn({9, 2, 3}), &message);
+  EXPECT_THROW(DecodeTensor(message, ImageSpec()), InvalidInput);
+  EncodeDense(at::randn({9, 2, 3}), &message);
+  message.set_sparse(std::string());  // the limit holds before the payload is looked at
+  TensorSpec sparse = ImageSpec();
+  sparse.allow_sparse = true;
+  EXPECT_THROW(DecodeTensor(message, sparse), InvalidInput);
+}
+
 TEST(TensorMessageTest, Int64LabelsWithBounds) {
   v1::Tensor message;
   EncodeDense(at::tensor({0, 3, 9}, at::kLong), &message);

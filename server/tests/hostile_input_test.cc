@@ -183,6 +183,26 @@ TEST(HostileInputTest, AStepWhoseLossOrGradientIsNotFiniteIsRefusedBeforeTheOpti
   EXPECT_TRUE(Finite(TopWeights(server)));
 }
 
+// The last line of defence: a step whose loss and gradients pass every check but whose result is
+// not finite (here a learning rate large enough to overflow the layers) is not committed.
+TEST(HostileInputTest, AStepThatWouldMakeTheLayersNonFiniteIsUndone) {
+  SplitServerOptions options = MlpOptions();
+  options.optimizer = "sgd";
+  options.learning_rate = 1e38;
+  SplitServer server(options);
+  const std::string session = server.Join("mallory", JoinFor(server)).session_id();
+  const auto before = TopWeights(server);
+  try {
+    server.Train("mallory", Batch(session, at::full({4, kWidth}, 50.0)));
+    FAIL() << "a step that overflows the layers was taken";
+  } catch (const NotFinite& error) {
+    EXPECT_NE(std::string(error.what()).find("non-finite"), std::string::npos) << error.what();
+  }
+  EXPECT_TRUE(Same(before, TopWeights(server)));
+  EXPECT_EQ(server.step(), 0);
+  EXPECT_EQ(server.counters().refused_steps, 1);
+}
+
 TEST(HostileInputTest, ARefusedStepNeverReachesTheCheckpoint) {
   const auto dir =
       std::filesystem::temp_directory_path() / ("cleave_hostile_" + std::to_string(::getpid()));

@@ -9,6 +9,8 @@
 #include <string>
 
 #include "cleave/core/error.h"
+#include "cleave/protocol/tensor_message.h"
+#include "cleave/server/split_server.h"
 
 namespace cleave::server {
 namespace {
@@ -65,6 +67,71 @@ TEST(MetricsExporterTest, ServesWhatTheServerReported) {
         "cleave_round_duration_seconds_sum 12.5", "cleave_step_duration_seconds_count 2"}) {
     EXPECT_NE(text.find(line), std::string::npos) << "missing '" << line << "' in\n" << text;
   }
+}
+
+// The server reports to its observer: a step, a refusal, a session and a round each move the
+// metric that names them.
+TEST(MetricsExporterTest, TheServerReportsItsEventsToTheExporter) {
+  MetricsExporter exporter("127.0.0.1:0");
+  SplitServerOptions options;
+  options.model.architecture = "mlp";
+  options.model.input_shape = {8};
+  options.model.num_classes = 3;
+  options.model.cut = 1;
+  options.max_batch = 16;
+  options.max_activation_abs = 100;
+  options.rounds.schedule = Schedule::kSplitFed;
+  options.compression.mutable_updates()->set_method("none");
+  SplitServer server(options);
+  server.SetObserver(&exporter);
+
+  v1::JoinRequest join;
+  join.set_protocol_version(protocol::kProtocolVersion);
+  join.set_model_fingerprint(server.fingerprint());
+  const std::string session = server.Join("st-mary", join).session_id();
+  v1::SyncRequest sync;
+  sync.set_protocol_version(protocol::kProtocolVersion);
+  sync.set_session_id(session);
+  sync.set_have_version(-1);
+  ASSERT_EQ(server.Sync("st-mary", sync).action(), v1::SyncReply::TRAIN);
+  const auto train = [&](float value) {
+    v1::TrainRequest request;
+    request.set_protocol_version(protocol::kProtocolVersion);
+    request.set_session_id(session);
+    protocol::EncodeDense(at::full({4, 128}, value), request.mutable_activations());
+    protocol::EncodeDense(at::zeros({4}, at::kLong), request.mutable_labels());
+    return server.Train("st-mary", request);
+  };
+  train(0.5f);
+  train(0.25f);
+  EXPECT_THROW(train(1000.0f), InvalidInput);  // beyond the activation bound of 100
+  // Refused, the hospital is out of the round: it syncs again, trains and sends its update.
+  ASSERT_EQ(server.Sync("st-mary", sync).action(), v1::SyncReply::TRAIN);
+  train(0.5f);
+  v1::UpdateRequest update;
+  update.set_protocol_version(protocol::kProtocolVersion);
+  update.set_session_id(session);
+  update.set_round(1);
+  update.set_samples(4);
+  protocol::EncodeDense(at::zeros({server.rounds()->num_parameters()}), update.mutable_delta());
+  server.SubmitUpdate("st-mary", update);
+  ASSERT_EQ(server.rounds()->version(), 1);
+
+  const std::string text = Scrape(exporter.port());
+  for (const char* line :
+       {"cleave_steps_total 3", "cleave_samples_total 12", "cleave_active_clients 1",
+        "cleave_active_sessions 1", "cleave_updates_accepted_total 1",
+        "cleave_refused_total{reason=\"out_of_bounds\",what=\"step\"} 1", "cleave_rounds_total 1",
+        "cleave_client_model_version 1", "cleave_step_duration_seconds_count 3"}) {
+    EXPECT_NE(text.find(line), std::string::npos) << "missing '" << line << "' in\n" << text;
+  }
+  const ServerCounters counters = server.counters();
+  EXPECT_NE(text.find("cleave_bytes_total{direction=\"received\"} " +
+                      std::to_string(counters.bytes_received)),
+            std::string::npos)
+      << "the server counted " << counters.bytes_received << " bytes received:\n"
+      << text;
+  server.SetObserver(nullptr);
 }
 
 TEST(MetricsExporterTest, AnAddressInUseIsAUserError) {

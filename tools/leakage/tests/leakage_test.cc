@@ -16,6 +16,7 @@
 #include "cleave/leakage/leakage_measurement.h"
 #include "cleave/leakage/leakage_sweep.h"
 #include "cleave/privacy/distance_correlation.h"
+#include "cleave/privacy/image_quality.h"
 
 namespace cleave::leakage {
 namespace {
@@ -183,7 +184,11 @@ TEST(MeasureLeakageTest, AnUntrainedConvBlockRevealsItsInputs) {
   const double guess_mse =
       (test.inputs - auxiliary.inputs.mean(0, true)).pow(2).mean().item<double>();
   EXPECT_LT(report.attack_mse, 0.7 * guess_mse);
-  EXPECT_GT(report.attack_ssim, 0.0);
+  // Far better than the mean image, whose SSIM is near 0 (measured: 0.91 against 0.07).
+  const double guess_ssim = privacy::Ssim(
+      test.inputs, auxiliary.inputs.mean(0, true).expand_as(test.inputs).contiguous());
+  EXPECT_GT(report.attack_ssim, 0.6);
+  EXPECT_GT(report.attack_ssim, guess_ssim + 0.3);
   EXPECT_LE(report.attack_ssim, 1.0);
   EXPECT_TRUE(std::isfinite(report.attack_psnr));
   ASSERT_EQ(report.grid_originals.sizes(), (at::IntArrayRef{5, 1, 28, 28}));
@@ -226,7 +231,9 @@ TEST_F(SweepTest, NoPeekLowersLeakageAndTheOutputsDescribeEverySetting) {
     EXPECT_EQ(row.leakage.dcor.batch_size, 512);
     EXPECT_EQ(row.train_samples, 2 * 2560);
     EXPECT_TRUE(std::isnan(row.leakage.attack_ssim));  // tabular inputs: no SSIM
-    EXPECT_GT(row.test_accuracy, 0.5);
+    // Two balanced classes decided by one feature. Measured: 0.97 at alpha 0, 0.85 at alpha 10
+    // (NoPeek at that weight costs accuracy).
+    EXPECT_GT(row.test_accuracy, row.alpha == 0 ? 0.93 : 0.75) << "alpha " << row.alpha;
   }
   // alpha 10 against alpha 0 at each density (bias-corrected: the plain estimate at n = 512 has
   // a floor of about 0.2).
@@ -234,7 +241,9 @@ TEST_F(SweepTest, NoPeekLowersLeakageAndTheOutputsDescribeEverySetting) {
             0.8 * rows[0].leakage.dcor.dcor_bias_corrected);
   EXPECT_LT(rows[3].leakage.dcor.dcor_bias_corrected,
             0.8 * rows[2].leakage.dcor.dcor_bias_corrected);
-  EXPECT_GT(rows[1].train_dcor_last_epoch, 0.0);
+  // The plain dCor of the last epoch's batches (n = 128; measured 0.58 at alpha 10).
+  EXPECT_GT(rows[1].train_dcor_last_epoch, 0.3);
+  EXPECT_LE(rows[1].train_dcor_last_epoch, 1.0);
   EXPECT_EQ(rows[0].train_dcor_last_epoch, 0.0);
 
   const std::string csv = SweepCsv(rows);

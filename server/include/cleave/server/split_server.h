@@ -6,6 +6,7 @@
 // committed, sessions expire, and peer text is escaped before it reaches a log or a status.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -20,11 +21,10 @@
 #include "cleave/core/split_model.h"
 #include "cleave/protocol/cleave.pb.h"
 #include "cleave/protocol/tensor_message.h"
+#include "cleave/server/client_allowlist.h"
 #include "cleave/server/round_coordinator.h"
-
-namespace torch::optim {
-class Optimizer;
-}
+#include "cleave/server/session_table.h"
+#include "cleave/server/top_model.h"
 
 namespace cleave {
 class Compressor;
@@ -98,10 +98,6 @@ class ServerObserver {
   virtual void OnRound(const RoundSummary& summary) = 0;
 };
 
-// Reads an allowlist file: one client name per line; blank lines and '#' comments ignored.
-// Throws UserError naming the file (missing, or a name cleave-provision would not issue).
-std::set<std::string> LoadClientAllowlist(const std::string& path);
-
 // Fills an unset compression config with "none" in both directions and checks it.
 v1::CompressionConfig NormalizeCompression(const v1::CompressionConfig& config);
 // "act=gaussiank:0.01:fp16;grad=none:1:fp32"
@@ -147,72 +143,58 @@ class SplitServer {
   RoundCoordinator* rounds() { return coordinator_.get(); }
   // Not owned; set before serving.
   void SetObserver(ServerObserver* observer) { observer_ = observer; }
-  // Protobuf bytes of all Train/Evaluate requests received and replies sent since start.
-  int64_t bytes_received() const;
-  int64_t bytes_sent() const;
-  size_t active_sessions() const;
+  // Protobuf bytes of all requests received and replies sent since start.
+  int64_t bytes_received() const { return bytes_received_; }
+  int64_t bytes_sent() const { return bytes_sent_; }
+  size_t active_sessions() const { return sessions_.size(); }
   // Waits until exactly `count` sessions are active; false on timeout.
-  bool WaitForActiveSessions(size_t count, std::chrono::milliseconds timeout) const;
+  bool WaitForActiveSessions(size_t count, std::chrono::milliseconds timeout) const {
+    return sessions_.WaitForSize(count, timeout);
+  }
   const std::string& fingerprint() const { return fingerprint_; }
   const SplitServerOptions& options() const { return options_; }
 
  private:
-  struct Session {
-    std::string identity;
-    std::chrono::steady_clock::time_point last_call;
-    uint64_t created = 0;  // order of Joins: the oldest session of an identity is replaced first
-    int64_t steps = 0;
-    int64_t samples = 0;
-    int64_t bytes_received = 0;  // protobuf bytes of this client's requests
-    int64_t bytes_sent = 0;      // protobuf bytes of the replies to it
-  };
-  // Checks version, existence and owner, and marks the session as active now.
-  Session& CheckSession(const std::string& identity, const std::string& session_id,
-                        uint32_t protocol_version);
-  // Counts a refused step or update and tells the observer; `error` is rethrown by the caller.
-  void NoteRefusal(const char* what, const std::exception& error);
-  // Throws NotFinite / OutOfBounds when a gradient of the step (the cut's or a server layer's)
-  // is not finite or too large for the optimizer's moments.
-  void CheckGradientsLocked(const at::Tensor& cut_gradient) const;
-  // One optimizer step of the server's layers with the learning rate scaled by lr_scale; if the
-  // result is not finite the layers are restored and NotFinite is thrown.
-  void StepLocked(double lr_scale);
-  // Loads options_.checkpoint_path (model, optimizer, step, round state).
-  void ResumeFromCheckpoint();
+  // Checks the protocol version and that `identity` owns the session, and marks it active.
+  void CheckSession(const std::string& identity, const std::string& session_id,
+                    uint32_t protocol_version);
+  // Counts a refused step or update, tells the observer, and (`exclude`) takes the hospital out
+  // of the current round. The caller rethrows.
+  void Refused(const char* what, const std::exception& error, const std::string& identity,
+               bool exclude);
+  // The gradient at the cut as the link's settings want it back: dense, values at the positions
+  // the client sent, or sparsified again relative to those.
+  void EncodeGradient(const at::Tensor& gradient, const protocol::DecodedTensor& activations,
+                      v1::Tensor* message) const;
+  void Resume();  // from options_.checkpoint_path
   void ReapLoop();
   void SaveCheckpointLocked();
   // What a client's activations and labels must look like.
   protocol::TensorSpec ActivationSpec() const;
   protocol::TensorSpec LabelSpec() const;
   // Adds a call's protobuf bytes to the totals and to its session's (if it still exists).
-  void CountBytesLocked(const std::string& session_id, size_t received, size_t sent);
-  int64_t ActiveClientsLocked() const;  // distinct identities with a session
-  // A session ended: the coordinator learns when a hospital has none left.
-  void SessionEndedLocked(const std::string& identity, std::string* gone_identity);
-  void NotifySessionsLocked();
+  void CountBytes(const std::string& session_id, size_t received, size_t sent);
+  void NotifySessions();
   void OnRoundClosed(const RoundSummary& summary);
 
   SplitServerOptions options_;
   std::string fingerprint_;
-  SplitModel model_;
-  std::unique_ptr<torch::optim::Optimizer> optimizer_;
+  std::vector<int64_t> cut_shape_;
+  int64_t client_parameters_ = 0;
+  double activation_bound_ = 0;
+  SessionTable sessions_;
+  std::unique_ptr<TopModel> top_;
   std::unique_ptr<Compressor> gradient_compressor_;  // null: gradients go back uncompressed
   std::unique_ptr<RoundCoordinator> coordinator_;    // null: schedule single
   ServerObserver* observer_ = nullptr;
-  double activation_bound_ = 0;
 
-  mutable std::mutex mutex_;  // guards everything below and the model/optimizer
-  mutable std::condition_variable sessions_changed_;
-  std::map<std::string, Session> sessions_;
+  mutable std::mutex mutex_;  // guards the top model and the two below
   int64_t step_ = 0;
-  int64_t bytes_received_ = 0;
-  int64_t bytes_sent_ = 0;
   int64_t samples_ = 0;
-  int64_t refused_steps_ = 0;
-  int64_t refused_updates_ = 0;
-  int64_t expired_sessions_ = 0;
-  int64_t replaced_sessions_ = 0;
-  uint64_t sessions_created_ = 0;
+  std::atomic<int64_t> bytes_received_{0};
+  std::atomic<int64_t> bytes_sent_{0};
+  std::atomic<int64_t> refused_steps_{0};
+  std::atomic<int64_t> refused_updates_{0};
 
   std::mutex reaper_mutex_;
   std::condition_variable reaper_wake_;

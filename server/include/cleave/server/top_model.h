@@ -1,0 +1,56 @@
+// The server's layers and their optimizer. A training step is committed only when it is known to
+// be finite: the loss and every gradient are checked before the optimizer steps, and the layers
+// after it (restored if not finite). A stale step moves the layers 1/(1+s) as far, by scaling
+// the step the optimizer took rather than rewriting its learning rate. Not thread-safe: the
+// caller serialises calls.
+#pragma once
+
+#include <ATen/Tensor.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "cleave/core/split_model.h"
+
+namespace torch::optim {
+class Optimizer;
+}
+
+namespace cleave::server {
+
+class TopModel {
+ public:
+  TopModel(torch::nn::Sequential layers, std::unique_ptr<torch::optim::Optimizer> optimizer);
+  ~TopModel();
+
+  struct Step {
+    at::Tensor cut_gradient;  // d loss / d activations, the activations' shape
+    double loss = 0;
+    int64_t correct = 0;
+  };
+  // One step on a batch of cut activations. `admit` runs after the loss and the gradients were
+  // checked, before the layers move; it returns the step's scale in (0, 1] or throws to refuse.
+  // Throws NotFinite / OutOfBounds (core/error.h) when the loss or a gradient is not finite or
+  // too large for the optimizer's moments (nothing changed), or when the step's result is not
+  // finite (the layers restored).
+  Step Train(const at::Tensor& activations, const at::Tensor& labels,
+             const std::function<double()>& admit);
+
+  struct Evaluation {
+    double loss_sum = 0;
+    int64_t correct = 0;
+  };
+  Evaluation Evaluate(const at::Tensor& activations, const at::Tensor& labels);
+
+  const torch::nn::Sequential& layers() const { return layers_; }
+  torch::optim::Optimizer& optimizer() { return *optimizer_; }
+  std::vector<at::Tensor> ParameterCopies() const;
+
+ private:
+  torch::nn::Sequential layers_;
+  std::unique_ptr<torch::optim::Optimizer> optimizer_;
+};
+
+}  // namespace cleave::server

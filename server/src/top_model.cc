@@ -1,0 +1,100 @@
+#include "cleave/server/top_model.h"
+
+#include <ATen/ATen.h>
+#include <torch/nn/functional/loss.h>
+#include <torch/optim/optimizer.h>
+
+#include <cmath>
+
+#include "cleave/core/error.h"
+
+namespace cleave::server {
+
+namespace {
+
+// The optimizer's second moment squares each gradient: beyond this it overflows float.
+constexpr double kMaxGradientAbs = 1e18;
+
+void CheckGradient(const at::Tensor& gradient, const char* what) {
+  if (!gradient.defined()) return;
+  const double largest = gradient.abs().max().item<double>();
+  if (!std::isfinite(largest)) throw NotFinite(detail::Concat(what, " is not finite"));
+  if (largest > kMaxGradientAbs) {
+    throw OutOfBounds(detail::Concat(what, " reaches ", largest, ", beyond ", kMaxGradientAbs));
+  }
+}
+
+}  // namespace
+
+TopModel::TopModel(torch::nn::Sequential layers,
+                   std::unique_ptr<torch::optim::Optimizer> optimizer)
+    : layers_(std::move(layers)), optimizer_(std::move(optimizer)) {}
+
+TopModel::~TopModel() = default;
+
+TopModel::Step TopModel::Train(const at::Tensor& activations, const at::Tensor& labels,
+                               const std::function<double()>& admit) {
+  layers_->train();
+  at::Tensor input = activations.detach().requires_grad_(true);
+  const at::Tensor logits = layers_->forward(input);
+  const at::Tensor loss = torch::nn::functional::cross_entropy(logits, labels);
+  Step step;
+  step.loss = loss.item<double>();
+  optimizer_->zero_grad();
+  try {
+    if (!std::isfinite(step.loss)) {
+      throw NotFinite("the loss of this batch is not finite; the model was not changed");
+    }
+    loss.backward();
+    CheckGradient(input.grad(), "the gradient at the cut");
+    for (const at::Tensor& parameter : layers_->parameters()) {
+      CheckGradient(parameter.grad(), "a gradient of the server's layers");
+    }
+    const double scale = admit();
+    std::vector<at::Tensor> before;
+    for (const at::Tensor& parameter : layers_->parameters()) {
+      before.push_back(parameter.detach().clone());
+    }
+    optimizer_->step();
+    at::NoGradGuard no_grad;
+    bool finite = true;
+    size_t i = 0;
+    for (at::Tensor& parameter : layers_->parameters()) {
+      // Scaling the step taken is scaling the learning rate for SGD (with momentum), Adam and
+      // AdamW: their moments do not depend on it.
+      if (scale != 1.0) parameter.sub_(before[i]).mul_(scale).add_(before[i]);
+      finite = finite && parameter.isfinite().all().item<bool>();
+      ++i;
+    }
+    if (!finite) {
+      i = 0;
+      for (at::Tensor& parameter : layers_->parameters()) parameter.copy_(before[i++]);
+      throw NotFinite("the step would make the server's layers non-finite; not applied");
+    }
+  } catch (...) {
+    optimizer_->zero_grad();
+    throw;
+  }
+  step.cut_gradient = input.grad();
+  step.correct = logits.argmax(1).eq(labels).sum().item<int64_t>();
+  return step;
+}
+
+TopModel::Evaluation TopModel::Evaluate(const at::Tensor& activations, const at::Tensor& labels) {
+  at::NoGradGuard no_grad;
+  layers_->eval();
+  const at::Tensor logits = layers_->forward(activations);
+  const at::Tensor loss = torch::nn::functional::cross_entropy(
+      logits, labels, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
+  return {loss.item<double>(), logits.argmax(1).eq(labels).sum().item<int64_t>()};
+}
+
+std::vector<at::Tensor> TopModel::ParameterCopies() const {
+  std::vector<at::Tensor> copies;
+  for (const at::Tensor& parameter : layers_->parameters()) {
+    copies.push_back(parameter.detach().clone());
+  }
+  return copies;
+}
+
+}  // namespace cleave::server

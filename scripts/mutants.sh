@@ -88,8 +88,8 @@ mutant sparse-at-ignores-positions protocol/src/tensor_message.cc client_tests '
 
 # --- server/ -----------------------------------------------------------------------------------
 mutant samples-not-capped server/src/round_coordinator.cc server_tests '*' \
-  'state_.pending.push_back(PendingUpdate{std::min(samples, counted), outcome.staleness,' \
-  'state_.pending.push_back(PendingUpdate{samples, outcome.staleness,'
+  'PendingUpdate{std::min(samples, counted), outcome.staleness, flat.contiguous().clone()});' \
+  'PendingUpdate{samples, outcome.staleness, flat.contiguous().clone()});'
 mutant duplicate-update-applied-twice server/src/round_coordinator.cc server_tests '*' \
   'last->second >= round' \
   'last->second > round'

@@ -33,8 +33,10 @@ const char* ScheduleName(Schedule schedule) {
   return "?";
 }
 
-RoundCoordinator::RoundCoordinator(RoundOptions options, at::Tensor initial_weights)
-    : options_(std::move(options)), num_parameters_(initial_weights.numel()) {
+RoundCoordinator::RoundCoordinator(RoundOptions options, at::Tensor initial_weights, Now now)
+    : options_(std::move(options)),
+      num_parameters_(initial_weights.numel()),
+      now_(now ? now : Now([] { return Clock::now(); })) {
   CLEAVE_ENFORCE(options_.schedule != Schedule::kSingle,
                  "the single schedule runs no rounds: build no RoundCoordinator for it");
   CLEAVE_CHECK_USER(options_.rounds >= 0, "--rounds must be >= 0");
@@ -50,7 +52,7 @@ RoundCoordinator::RoundCoordinator(RoundOptions options, at::Tensor initial_weig
                     "the initial client-side weights are not finite");
   state_.staleness_histogram.assign(static_cast<size_t>(options_.max_staleness) + 1, 0);
   StartRoundLocked();
-  if (options_.round_deadline.count() > 0) {
+  if (options_.round_deadline.count() > 0 && !now) {
     deadline_thread_ = std::thread([this] { DeadlineLoop(); });
   }
 }
@@ -103,7 +105,7 @@ void RoundCoordinator::StartRoundLocked() {
   participants_.clear();
   closing_ = false;
   stale_in_round_ = 0;
-  round_start_ = Clock::now();
+  round_start_ = now_();
   deadline_ = round_start_ + options_.round_deadline;
 }
 
@@ -361,7 +363,7 @@ UpdateOutcome RoundCoordinator::Submit(const std::string& identity, int64_t base
 
 bool RoundCoordinator::MaybeCloseLocked(RoundSummary* summary) {
   if (state_.finished || !started_) return false;
-  const bool deadline_passed = options_.round_deadline.count() > 0 && Clock::now() >= deadline_;
+  const bool deadline_passed = options_.round_deadline.count() > 0 && now_() >= deadline_;
   if (options_.schedule == Schedule::kSequential) {
     if (!participants_.empty() && state_.submitted.count(*participants_.begin())) {
       CloseLocked("turn of '" + *participants_.begin() + "' done", summary);
@@ -430,7 +432,7 @@ bool RoundCoordinator::MaybeCloseLocked(RoundSummary* summary) {
                                   : "reopened for hospitals that (re)join");
     closing_ = someone_training;
     if (!someone_training) state_.round_samples_trained = 0;
-    deadline_ = Clock::now() + options_.round_deadline;
+    deadline_ = now_() + options_.round_deadline;
     changed_.notify_all();
   }
   return false;
@@ -465,7 +467,7 @@ void RoundCoordinator::CloseLocked(const std::string& why, RoundSummary* summary
   summary->updates = applied;
   summary->stale_updates = stale_in_round_;
   summary->samples = state_.round_samples_trained;
-  summary->seconds = std::chrono::duration<double>(Clock::now() - round_start_).count();
+  summary->seconds = std::chrono::duration<double>(now_() - round_start_).count();
   summary->why = why;
   state_.pending.clear();
   state_.submitted.clear();
@@ -487,17 +489,27 @@ void RoundCoordinator::DeadlineLoop() {
       changed_.wait(lock);
     }
     if (stopping_) break;
-    if (!started_ || state_.finished || Clock::now() < deadline_) continue;
-    RoundSummary summary;
-    if (MaybeCloseLocked(&summary)) {
-      auto callback = on_round_closed_;
-      lock.unlock();
-      if (callback) callback(summary);
-      lock.lock();
-    } else {
-      changed_.notify_all();  // closing_ changed: Sync waiters re-decide
-    }
+    lock.unlock();
+    CheckDeadline();
+    lock.lock();
   }
+}
+
+void RoundCoordinator::CheckDeadline() {
+  RoundSummary summary;
+  bool closed = false;
+  std::function<void(const RoundSummary&)> callback;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!started_ || state_.finished || options_.round_deadline.count() == 0 ||
+        now_() < deadline_) {
+      return;
+    }
+    closed = MaybeCloseLocked(&summary);
+    callback = on_round_closed_;
+    changed_.notify_all();  // closing_ may have changed: Sync waiters re-decide
+  }
+  if (closed && callback) callback(summary);
 }
 
 int64_t RoundCoordinator::version() const {

@@ -19,6 +19,14 @@ using protocol::StatusError;
 
 constexpr int64_t kParameters = 37;
 
+// A clock the test moves: deadlines pass when the test says so, not after a real wait.
+struct TestClock {
+  RoundCoordinator::Clock::time_point now{};
+  RoundCoordinator::Now Function() {
+    return [this] { return now; };
+  }
+};
+
 RoundOptions SplitFed(int clients) {
   RoundOptions options;
   options.schedule = Schedule::kSplitFed;
@@ -207,15 +215,19 @@ TEST(RoundCoordinatorTest, AKilledHospitalDoesNotStallTheRound) {
   RoundOptions options = SplitFed(3);
   options.round_deadline = 500ms;
   options.quorum = 2;
-  RoundCoordinator rounds(options, at::zeros({kParameters}));
+  TestClock clock;
+  RoundCoordinator rounds(options, at::zeros({kParameters}), clock.Function());
   for (const char* name : {"a", "b", "hung"}) rounds.OnJoin(name);
   for (const char* name : {"a", "b", "hung"}) Train(rounds, name, 40);
   rounds.Submit("a", 0, 1, 40, at::ones({kParameters}));
   rounds.Submit("b", 0, 1, 40, at::ones({kParameters}));
   EXPECT_EQ(rounds.version(), 0);  // "hung" is still a participant
-  const auto start = std::chrono::steady_clock::now();
-  ASSERT_TRUE(rounds.WaitForRound(1, 5s));
-  EXPECT_LT(std::chrono::steady_clock::now() - start, 4s);
+  clock.now += 499ms;
+  rounds.CheckDeadline();
+  EXPECT_EQ(rounds.version(), 0);  // not yet
+  clock.now += 1ms;
+  rounds.CheckDeadline();
+  EXPECT_EQ(rounds.round(), 2);
   EXPECT_EQ(rounds.version(), 1);
 }
 
@@ -223,13 +235,15 @@ TEST(RoundCoordinatorTest, WithoutAQuorumTheDeadlineWaitsForTheHospitalsStillTra
   RoundOptions options = SplitFed(2);
   options.round_deadline = 400ms;
   options.quorum = 2;
-  RoundCoordinator rounds(options, at::zeros({kParameters}));
+  TestClock clock;
+  RoundCoordinator rounds(options, at::zeros({kParameters}), clock.Function());
   rounds.OnJoin("a");
   rounds.OnJoin("b");
   Train(rounds, "a", 10);
   Train(rounds, "b", 10);
   rounds.Submit("a", 0, 1, 10, at::ones({kParameters}));
-  std::this_thread::sleep_for(1000ms);  // past the deadline: one update is no quorum
+  clock.now += 400ms;  // the deadline: one update is no quorum
+  rounds.CheckDeadline();
   EXPECT_EQ(rounds.round(), 1);
   bool closing = false;
   rounds.OnTrainStep("b", 0, 10, &closing);
@@ -274,12 +288,13 @@ TEST(RoundCoordinatorTest, SyncWaitsForTheNextRound) {
   Train(rounds, "a", 50);
   Train(rounds, "b", 50);
   rounds.Submit("a", 0, 1, 50, at::ones({kParameters}));
-  std::thread closer([&] {
-    std::this_thread::sleep_for(100ms);
-    rounds.Submit("b", 0, 1, 50, at::ones({kParameters}));
-  });
-  const SyncDecision decision = rounds.Sync("a", 0, 5s);  // a already sent: waits
-  closer.join();
+  EXPECT_EQ(rounds.Sync("a", 0, 0ms).action, Action::kWait);  // a already sent
+  // a waits in Sync while b's update closes the round (in whichever order the threads run, the
+  // answer is the next round's TRAIN, well before the 20 s wait is up).
+  SyncDecision decision;
+  std::thread waiter([&] { decision = rounds.Sync("a", 0, 20s); });
+  rounds.Submit("b", 0, 1, 50, at::ones({kParameters}));
+  waiter.join();
   EXPECT_EQ(decision.action, Action::kTrain);
   EXPECT_EQ(decision.round, 2);
 }

@@ -118,9 +118,13 @@ struct RoundSummary {
 
 class RoundCoordinator {
  public:
+  using Clock = std::chrono::steady_clock;
+  using Now = std::function<Clock::time_point()>;
   // `initial_weights`: the client-side model every hospital starts from (flattened, float32).
-  // `options.schedule` is sequential or splitfed (single runs no rounds).
-  RoundCoordinator(RoundOptions options, at::Tensor initial_weights);
+  // `options.schedule` is sequential or splitfed (single runs no rounds). `now`: the clock that
+  // round deadlines are measured on; given one (tests), no deadline thread runs and the caller
+  // calls CheckDeadline() after moving it.
+  RoundCoordinator(RoundOptions options, at::Tensor initial_weights, Now now = {});
   ~RoundCoordinator();
   RoundCoordinator(const RoundCoordinator&) = delete;
   RoundCoordinator& operator=(const RoundCoordinator&) = delete;
@@ -167,6 +171,10 @@ class RoundCoordinator {
   UpdateOutcome Submit(const std::string& identity, int64_t base_version, int64_t round,
                        int64_t samples, const at::Tensor& delta);
 
+  // Ends or extends the round if its deadline has passed on the coordinator's clock (the deadline
+  // thread calls it; so do tests that move their own clock).
+  void CheckDeadline();
+
   int64_t version() const;
   int64_t round() const;
   bool finished() const;
@@ -198,6 +206,7 @@ class RoundCoordinator {
 
   const RoundOptions options_;
   const int64_t num_parameters_;
+  const Now now_;
   std::function<void(const RoundSummary&)> on_round_closed_;
 
   mutable std::mutex mutex_;

@@ -184,7 +184,6 @@ class RoundCoordinator {
   bool WaitForRound(int64_t round, std::chrono::milliseconds timeout) const;
 
  private:
-  using Clock = std::chrono::steady_clock;
   // What a hospital was told to train (by Sync) and the samples its steps brought since.
   struct Assignment {
     int64_t version = 0;

@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <functional>
 #include <future>
+#include <mutex>
 #include <thread>
 
 #include "cleave/client/round_participant.h"
@@ -234,8 +235,9 @@ class Attacker {
 
 struct AttackCase {
   const char* name;
-  // Runs against `server` while the honest hospital trains; checks its own statuses.
-  void (*attack)(server::SplitServer& server);
+  // Runs against `server` while the honest hospital trains; checks its own statuses. The honest
+  // hospital does not start round 3 before the attack calls `release` (or returns).
+  void (*attack)(server::SplitServer& server, const std::function<void()>& release);
 };
 
 class HostileHospitalTest : public ::testing::TestWithParam<AttackCase> {};
@@ -246,21 +248,24 @@ TEST_P(HostileHospitalTest, IsRefusedAndTheHonestHospitalFinishesAsWell) {
   server::SplitServerOptions options = RoundServer(1, kRounds);
   options.session_idle_timeout = 1h;  // expiry is driven by the test's clock
   server::SplitServer server(options);
-  // The honest hospital trains while the attack runs, but does not start its last round before
-  // the attack is over: every attack meets a hospital still training.
-  // It waits before round 3 until the attack has started and before the last round until it is
-  // over.
-  std::promise<void> attack_started, attack_over;
-  std::shared_future<void> started = attack_started.get_future().share();
+  // The honest hospital trains while the attack runs, but waits before round 3 until the attack
+  // releases it and before its last round until the attack is over: every attack meets a
+  // hospital still training.
+  std::promise<void> released, attack_over;
+  std::shared_future<void> go = released.get_future().share();
   std::shared_future<void> over = attack_over.get_future().share();
-  const Hospital honest{"st-mary", 1.0, [started, over](const v1::SyncReply& reply) {
+  const Hospital honest{"st-mary", 1.0, [go, over](const v1::SyncReply& reply) {
                           if (reply.action() != v1::SyncReply::TRAIN) return;
-                          if (reply.round() >= 3) started.wait();
+                          if (reply.round() >= 3) go.wait();
                           if (reply.round() >= kRounds) over.wait();
                         }};
+  std::once_flag once;
+  const std::function<void()> release = [&] {
+    std::call_once(once, [&] { released.set_value(); });
+  };
   const RunResult result = RunRounds(server, {honest}, [&] {
-    attack_started.set_value();
-    GetParam().attack(server);
+    GetParam().attack(server, release);
+    release();
     attack_over.set_value();
   });
   EXPECT_TRUE(result.finite);
@@ -274,7 +279,7 @@ void WaitForRound(server::SplitServer& server, int64_t round) {
 
 const AttackCase kAttacks[] = {
     {"HugeFiniteActivations",
-     [](server::SplitServer& server) {
+     [](server::SplitServer& server, const std::function<void()>&) {
        WaitForRound(server, 2);
        Attacker mallory(server, "mallory");
        ASSERT_EQ(mallory.Sync().action(), v1::SyncReply::TRAIN);
@@ -284,7 +289,7 @@ const AttackCase kAttacks[] = {
        EXPECT_GE(server.counters().refused_steps, 1);
      }},
     {"HugeDeltas",
-     [](server::SplitServer& server) {
+     [](server::SplitServer& server, const std::function<void()>&) {
        WaitForRound(server, 2);
        Attacker mallory(server, "mallory");
        const v1::SyncReply sync = mallory.Sync();
@@ -296,7 +301,7 @@ const AttackCase kAttacks[] = {
                  grpc::StatusCode::INVALID_ARGUMENT);
      }},
     {"InflatedSampleCountWithAnErasingDelta",
-     [](server::SplitServer& server) {
+     [](server::SplitServer& server, const std::function<void()>&) {
        WaitForRound(server, 2);
        Attacker mallory(server, "mallory");
        const v1::SyncReply sync = mallory.Sync();
@@ -309,7 +314,7 @@ const AttackCase kAttacks[] = {
        EXPECT_EQ(server.rounds()->Snapshot().updates_capped, 1);
      }},
     {"StepsFromOutsideTheRound",
-     [](server::SplitServer& server) {
+     [](server::SplitServer& server, const std::function<void()>&) {
        WaitForRound(server, 3);
        Attacker mallory(server, "mallory");  // joined, never synced
        const int64_t version = server.rounds()->version();
@@ -321,7 +326,7 @@ const AttackCase kAttacks[] = {
                  grpc::StatusCode::FAILED_PRECONDITION);
      }},
     {"SessionsLeftBehind",
-     [](server::SplitServer& server) {
+     [](server::SplitServer& server, const std::function<void()>& release) {
        // 100 hospitals join twice and vanish: the second Join replaces the first session, and
        // the idle ones expire while the honest hospital trains on.
        WaitForRound(server, 2);
@@ -329,8 +334,9 @@ const AttackCase kAttacks[] = {
        const auto joined = std::chrono::steady_clock::now();
        EXPECT_EQ(server.counters().replaced_sessions, 100);
        EXPECT_EQ(server.active_sessions(), 101u);
-       // Two rounds later the honest hospital has called since; the ghosts have not.
-       WaitForRound(server, server.rounds()->round() + 2);
+       // Two rounds after its release the honest hospital has called since; the ghosts have not.
+       release();
+       WaitForRound(server, 5);
        EXPECT_EQ(server.ExpireIdleSessions(joined + 1h + 1ms), 100);
        EXPECT_EQ(server.active_sessions(), 1u);
        EXPECT_EQ(server.counters().active_clients, 1);

@@ -203,7 +203,7 @@ v1::UpdateReply SplitTrainer::SubmitUpdate(int64_t base_version, int64_t round, 
   } else {
     if (!update_feedback_) {
       update_feedback_ = std::make_unique<ErrorFeedback>(
-          CompressorConfig{settings.method(), settings.density(), options_.seed});
+          CompressorConfig{ParseMethod(settings.method()), settings.density(), options_.seed});
     }
     // What is not sent now stays in the residual and goes with the next round's delta.
     const Selection selection = update_feedback_->Compress("client_model", delta);

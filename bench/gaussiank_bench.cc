@@ -46,7 +46,7 @@ void BM_MemoryFloorTwoReads(benchmark::State& state) {
   Report(state, static_cast<size_t>(std::round(Density(state) * N(state))));
 }
 
-void RunCompressor(benchmark::State& state, const char* method) {
+void RunCompressor(benchmark::State& state, cleave::Method method) {
   const auto& x = Data(N(state));
   const at::Tensor tensor =
       at::from_blob(const_cast<float*>(x.data()), {static_cast<int64_t>(x.size())}, at::kFloat);
@@ -56,8 +56,10 @@ void RunCompressor(benchmark::State& state, const char* method) {
   Report(state, selected);
 }
 
-void BM_GaussianK(benchmark::State& state) { RunCompressor(state, "gaussiank"); }
-void BM_GaussianKPlus(benchmark::State& state) { RunCompressor(state, "gaussiank+"); }
+void BM_GaussianK(benchmark::State& state) { RunCompressor(state, cleave::Method::kGaussianK); }
+void BM_GaussianKPlus(benchmark::State& state) {
+  RunCompressor(state, cleave::Method::kGaussianKPlus);
+}
 
 // The GPU's gaussiank+ method (histogram zoom + one selection) run on the CPU kernels.
 void BM_HistogramThreshold(benchmark::State& state) {

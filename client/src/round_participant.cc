@@ -7,8 +7,8 @@
 #include <thread>
 
 #include "cleave/core/error.h"
+#include "cleave/protocol/client_model_codec.h"
 #include "cleave/protocol/status_error.h"
-#include "cleave/protocol/tensor_message.h"
 
 namespace cleave::client {
 
@@ -29,15 +29,6 @@ bool Reconnectable(const StatusError& error) {
     default:
       return false;
   }
-}
-
-at::Tensor DecodeWeights(const v1::Tensor& message, int64_t expected) {
-  protocol::TensorSpec spec;
-  spec.max_batch = std::max<int64_t>(expected, 1);
-  const at::Tensor weights = protocol::DecodeTensor(message, spec).dense;
-  CLEAVE_CHECK_INPUT(weights.size(0) == expected, "server sent ", weights.size(0),
-                     " client-side weights, the model has ", expected);
-  return weights;
 }
 
 }  // namespace
@@ -82,7 +73,7 @@ ParticipationStats RoundParticipant::Run(const Dataset& train, int64_t num_train
       const v1::SyncReply sync = trainer_.Sync(have_version, options_.sync_wait_ms);
       failures = 0;
       if (sync.weights().payload_case() != v1::Tensor::PAYLOAD_NOT_SET) {
-        trainer_.LoadClientWeights(DecodeWeights(sync.weights(), num_parameters),
+        trainer_.LoadClientWeights(protocol::DecodeWeights(sync.weights(), num_parameters),
                                    sync.model_version());
         have_version = sync.model_version();
         base = trainer_.ClientWeights();

@@ -7,11 +7,11 @@
 #include <chrono>
 
 #include "cleave/client/activation_compressor.h"
-#include "cleave/compress/compressor.h"
-#include "cleave/compress/sparse_codec.h"
 #include "cleave/core/error.h"
 #include "cleave/core/optimizer_factory.h"
 #include "cleave/privacy/distance_correlation.h"
+#include "cleave/protocol/client_model_codec.h"
+#include "cleave/protocol/gradient_codec.h"
 #include "cleave/protocol/status_error.h"
 #include "cleave/protocol/tensor_message.h"
 
@@ -46,8 +46,9 @@ v1::JoinReply SplitTrainer::Join(int64_t num_train_samples) {
                     reply.server().max_batch());
   server_config_ = reply.server();
   session_id_ = reply.session_id();
-  compression_ = reply.compression();
-  compressor_ = std::make_unique<ActivationCompressor>(compression_.activations(), options_.seed);
+  link_spec_ = protocol::ParseLinkSpec(reply.compression());
+  compressor_ = std::make_unique<ActivationCompressor>(link_spec_.activations, options_.seed);
+  gradient_decoder_ = std::make_unique<protocol::GradientDecoder>(link_spec_.gradients);
   return reply;
 }
 
@@ -80,8 +81,9 @@ SplitTrainer::StepResult SplitTrainer::Step(const at::Tensor& inputs, const at::
   CLEAVE_CHECK_INPUT(reply.step() == step_, "server answered step ", reply.step(), ", expected ",
                      step_);
 
-  const at::Tensor gradient = compressor_->DecodeGradient(reply.gradients(), activations,
-                                                          selected, compression_.gradients());
+  const at::Tensor gradient = gradient_decoder_->Decode(
+      reply.gradients(),
+      std::vector<int64_t>(activations.sizes().begin(), activations.sizes().end()), selected);
   optimizer_->zero_grad();
   if (options_.nopeek_alpha > 0) {
     // One backward pass through both terms: the server's gradient at the cut and the local
@@ -197,20 +199,11 @@ v1::UpdateReply SplitTrainer::SubmitUpdate(int64_t base_version, int64_t round, 
   request.set_base_version(base_version);
   request.set_round(round);
   request.set_samples(samples);
-  const v1::CompressionSettings& settings = compression_.updates();
-  if (settings.method().empty() || settings.method() == "none") {
-    protocol::EncodeDense(delta, request.mutable_delta());
-  } else {
-    if (!update_feedback_) {
-      update_feedback_ = std::make_unique<ErrorFeedback>(
-          CompressorConfig{settings.method(), settings.density(), options_.seed});
-    }
-    // What is not sent now stays in the residual and goes with the next round's delta.
-    const Selection selection = update_feedback_->Compress("client_model", delta);
-    protocol::EncodeSparse(Decompress(selection), selection.indices,
-                           ParseValuePrecision(settings.value_precision()),
-                           request.mutable_delta());
+  if (!update_encoder_) {
+    update_encoder_ = std::make_unique<protocol::UpdateEncoder>(link_spec_.updates, options_.seed);
   }
+  // What is not sent now stays in the residual and goes with the next round's delta.
+  update_encoder_->Encode(delta, request.mutable_delta());
   const v1::UpdateReply reply = link_.SubmitUpdate(request);
   counters_.bytes_sent += static_cast<int64_t>(request.ByteSizeLong());
   counters_.bytes_received += static_cast<int64_t>(reply.ByteSizeLong());
@@ -220,7 +213,7 @@ v1::UpdateReply SplitTrainer::SubmitUpdate(int64_t base_version, int64_t round, 
 }
 
 void SplitTrainer::ResetUpdateFeedback() {
-  if (update_feedback_) update_feedback_->Reset();
+  if (update_encoder_) update_encoder_->Reset();
 }
 
 at::Tensor SplitTrainer::ClientWeights() const { return FlattenParameters(*model_.bottom); }

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "cleave/compress/sparse_codec.h"
+#include "cleave/protocol/gradient_codec.h"
 #include "cleave/protocol/tensor_message.h"
 
 namespace cleave::client {
@@ -17,13 +18,8 @@ namespace {
 constexpr int64_t kRows = 8;
 constexpr int64_t kRowNumel = 32 * 14 * 14;  // the CNN's cut layer
 
-v1::CompressionSettings Settings(const std::string& method, double density, bool per_sample) {
-  v1::CompressionSettings settings;
-  settings.set_method(method);
-  settings.set_density(density);
-  settings.set_value_precision("fp16");
-  settings.set_per_sample(per_sample);
-  return settings;
+protocol::DirectionSpec Settings(Method method, double density, bool per_sample) {
+  return {method, density, ValuePrecision::kFp16, per_sample};
 }
 
 // A batch whose first sample is 100x larger than the others: selected over the whole batch it
@@ -42,8 +38,8 @@ std::vector<int64_t> CountPerRow(const std::vector<uint32_t>& indices) {
 }
 
 TEST(ActivationCompressorTest, PerSampleGivesEveryRowItsShareInAscendingOrder) {
-  for (const std::string method : {"gaussiank+", "topk", "gaussiank"}) {
-    SCOPED_TRACE(method);
+  for (const Method method : {Method::kGaussianKPlus, Method::kTopK, Method::kGaussianK}) {
+    SCOPED_TRACE(MethodName(method));
     ActivationCompressor compressor(Settings(method, 0.05, /*per_sample=*/true), 1);
     const SelectedActivations selected = compressor.Select(LopsidedBatch());
     ASSERT_FALSE(selected.all);
@@ -52,7 +48,7 @@ TEST(ActivationCompressorTest, PerSampleGivesEveryRowItsShareInAscendingOrder) {
               selected.indices.end());
     const auto k = std::llround(0.05 * kRowNumel);  // 314
     for (int64_t count : CountPerRow(selected.indices)) {
-      if (method == "gaussiank") {
+      if (method == Method::kGaussianK) {
         // The paper's threshold rule lands near k, not on it.
         EXPECT_NEAR(count, k, 0.5 * k);
       } else {
@@ -63,7 +59,7 @@ TEST(ActivationCompressorTest, PerSampleGivesEveryRowItsShareInAscendingOrder) {
 }
 
 TEST(ActivationCompressorTest, PerSampleKeepsTheLargestOfEachRow) {
-  ActivationCompressor compressor(Settings("gaussiank+", 0.05, /*per_sample=*/true), 1);
+  ActivationCompressor compressor(Settings(Method::kGaussianKPlus, 0.05, /*per_sample=*/true), 1);
   const at::Tensor batch = LopsidedBatch();
   const SelectedActivations selected = compressor.Select(batch);
   const at::Tensor magnitude = batch.abs().reshape({kRows, kRowNumel});
@@ -77,7 +73,7 @@ TEST(ActivationCompressorTest, PerSampleKeepsTheLargestOfEachRow) {
 }
 
 TEST(ActivationCompressorTest, WholeBatchSelectionLetsOneLargeSampleTakeTheBudget) {
-  ActivationCompressor compressor(Settings("gaussiank+", 0.05, /*per_sample=*/false), 1);
+  ActivationCompressor compressor(Settings(Method::kGaussianKPlus, 0.05, /*per_sample=*/false), 1);
   const SelectedActivations selected = compressor.Select(LopsidedBatch());
   const std::vector<int64_t> counts = CountPerRow(selected.indices);
   const auto total = std::llround(0.05 * kRows * kRowNumel);
@@ -87,22 +83,38 @@ TEST(ActivationCompressorTest, WholeBatchSelectionLetsOneLargeSampleTakeTheBudge
 }
 
 TEST(ActivationCompressorTest, MaskMatchesTheIndicesAndGradientComesBackAtThem) {
-  ActivationCompressor compressor(Settings("gaussiank+", 0.1, /*per_sample=*/true), 1);
+  ActivationCompressor compressor(Settings(Method::kGaussianKPlus, 0.1, /*per_sample=*/true), 1);
   const at::Tensor batch = LopsidedBatch();
   const SelectedActivations selected = compressor.Select(batch);
   EXPECT_EQ(selected.mask.sum().item<int64_t>(), static_cast<int64_t>(selected.indices.size()));
+  const at::Tensor ones = selected.mask.reshape({-1}).nonzero().reshape({-1});
+  EXPECT_TRUE(at::equal(
+      ones, at::tensor(std::vector<int64_t>(selected.indices.begin(), selected.indices.end()),
+                       at::kLong)));
   v1::Tensor message;
   compressor.Encode(batch, selected, &message);
   ASSERT_EQ(message.payload_case(), v1::Tensor::kSparse);
 
   // The server's reply: gradient values at exactly the sent positions (here, the values sent).
-  v1::CompressionSettings gradient_settings;
-  gradient_settings.set_method("none");
-  gradient_settings.set_value_precision("fp32");
   v1::Tensor reply;
   protocol::EncodeValuesAt(batch, selected.indices, ValuePrecision::kFp32, &reply);
-  const at::Tensor gradient = compressor.DecodeGradient(reply, batch, selected, gradient_settings);
+  const at::Tensor gradient = protocol::GradientDecoder(protocol::DirectionSpec{})
+                                  .Decode(reply, {kRows, 32, 14, 14}, selected);
   EXPECT_TRUE(at::equal(gradient, batch * selected.mask));
+  EXPECT_TRUE(at::equal(selected.Apply(batch), batch * selected.mask));
+}
+
+// The mask is made on the activations' device: a CUDA bottom model keeps its forward pass there.
+TEST(ActivationCompressorTest, MaskLivesOnTheActivationsDevice) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "LibTorch without CUDA or no device";
+  ActivationCompressor compressor(Settings(Method::kTopK, 0.05, /*per_sample=*/false), 1);
+  const at::Tensor batch = LopsidedBatch();
+  const SelectedActivations on_cpu = compressor.Select(batch);
+  ActivationCompressor again(Settings(Method::kTopK, 0.05, /*per_sample=*/false), 1);
+  const SelectedActivations on_device = again.Select(batch.to(at::kCUDA));
+  EXPECT_TRUE(on_device.mask.is_cuda());
+  EXPECT_EQ(on_device.indices, on_cpu.indices);
+  EXPECT_TRUE(at::equal(on_device.mask.cpu(), on_cpu.mask));
 }
 
 }  // namespace

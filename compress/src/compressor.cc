@@ -138,13 +138,24 @@ Selection Compressor::Compress(const at::Tensor& dense) {
 }
 
 std::unique_ptr<Compressor> MakeCompressor(const CompressorConfig& config) {
-  if (config.method == "none") return std::make_unique<NoneCompressor>(config);
-  if (config.method == "topk") return std::make_unique<TopKCompressor>(config);
-  if (config.method == "gaussiank") return std::make_unique<GaussianKCompressor>(config);
-  if (config.method == "gaussiank+") return std::make_unique<GaussianKPlusCompressor>(config);
-  if (config.method == "randomk") return std::make_unique<RandomKCompressor>(config);
-  throw UserError("unknown compression method '" + config.method +
-                  "' (use none, topk, gaussiank, gaussiank+, randomk)");
+  switch (config.method) {
+    case Method::kNone:
+      return std::make_unique<NoneCompressor>(config);
+    case Method::kTopK:
+      return std::make_unique<TopKCompressor>(config);
+    case Method::kGaussianK:
+      return std::make_unique<GaussianKCompressor>(config);
+    case Method::kGaussianKPlus:
+      return std::make_unique<GaussianKPlusCompressor>(config);
+    case Method::kRandomK:
+      return std::make_unique<RandomKCompressor>(config);
+  }
+  throw Error(
+      detail::Concat("compression method ", static_cast<int>(config.method), " has no compressor"));
+}
+
+std::unique_ptr<Compressor> MakeCompressor(const NamedCompressorConfig& config) {
+  return MakeCompressor(CompressorConfig{ParseMethod(config.method), config.density, config.seed});
 }
 
 at::Tensor Decompress(const Selection& selection) {

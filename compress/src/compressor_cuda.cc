@@ -14,11 +14,10 @@ namespace cleave::detail {
 
 namespace kc = kernels::cuda;
 
-bool SelectOnCuda(const std::string& method, const at::Tensor& flat, size_t k, uint64_t seed,
-                  Selection* out) {
-  const bool topk = method == "topk", randomk = method == "randomk";
-  const bool gaussiank = method == "gaussiank", gaussiank_plus = method == "gaussiank+";
-  if (!(topk || randomk || gaussiank || gaussiank_plus)) return false;
+bool SelectOnCuda(Method method, const at::Tensor& flat, size_t k, uint64_t seed, Selection* out) {
+  const bool topk = method == Method::kTopK, randomk = method == Method::kRandomK;
+  const bool gaussiank = method == Method::kGaussianK;
+  if (method == Method::kNone) return false;
   const c10::cuda::CUDAGuard guard(flat.device());
   void* stream = c10::cuda::getCurrentCUDAStream(flat.device().index()).stream();
   const float* x = flat.data_ptr<float>();

@@ -7,7 +7,6 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <string>
 
 #include "cleave/compress/compressor.h"
 
@@ -15,7 +14,6 @@ namespace cleave::detail {
 
 // `flat` is a contiguous 1-d float32 CUDA tensor. Fills out->indices/values; false for a method
 // without a device path (the caller then copies to the CPU).
-bool SelectOnCuda(const std::string& method, const at::Tensor& flat, size_t k, uint64_t seed,
-                  Selection* out);
+bool SelectOnCuda(Method method, const at::Tensor& flat, size_t k, uint64_t seed, Selection* out);
 
 }  // namespace cleave::detail

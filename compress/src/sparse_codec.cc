@@ -130,6 +130,13 @@ ValuePrecision ParseValuePrecision(const std::string& text) {
   throw UserError("unknown value precision '" + text + "' (use fp32, fp16 or bf16)");
 }
 
+const std::vector<std::string>& ValuePrecisionNames() {
+  static const std::vector<std::string> names = {ToString(ValuePrecision::kFp32),
+                                                 ToString(ValuePrecision::kFp16),
+                                                 ToString(ValuePrecision::kBf16)};
+  return names;
+}
+
 size_t BytesPerValue(ValuePrecision precision) {
   return precision == ValuePrecision::kFp32 ? 4 : 2;
 }

@@ -35,7 +35,7 @@ TEST(NormalQuantileTest, KnownValues) {
 
 TEST(CompressorTest, TopKMatchesABruteForceSort) {
   const at::Tensor x = Sample("laplace", 5000, 1).view({50, 100});
-  auto topk = MakeCompressor({"topk", 0.03, 1});
+  auto topk = MakeCompressor({Method::kTopK, 0.03, 1});
   const Selection s = topk->Compress(x);
   ASSERT_EQ(s.indices.size(), 150u);
   EXPECT_EQ(s.shape, (std::vector<int64_t>{50, 100}));
@@ -62,13 +62,13 @@ TEST(CompressorTest, TargetCountRoundsToNearestAndKeepsAtLeastOne) {
 
 TEST(CompressorTest, NoneKeepsEverything) {
   const at::Tensor x = at::randn({3, 4});
-  EXPECT_TRUE(Decompress(MakeCompressor({"none", 1.0, 1})->Compress(x)).equal(x));
+  EXPECT_TRUE(Decompress(MakeCompressor({Method::kNone, 1.0, 1})->Compress(x)).equal(x));
 }
 
 TEST(CompressorTest, RandomKIsSeededAndChangesBetweenCalls) {
   const at::Tensor x = at::randn({10000});
-  auto a = MakeCompressor({"randomk", 0.01, 7});
-  auto b = MakeCompressor({"randomk", 0.01, 7});
+  auto a = MakeCompressor({Method::kRandomK, 0.01, 7});
+  auto b = MakeCompressor({Method::kRandomK, 0.01, 7});
   const Selection first = a->Compress(x);
   EXPECT_EQ(first.indices, b->Compress(x).indices);
   EXPECT_EQ(first.indices.size(), 100u);
@@ -85,7 +85,7 @@ TEST(CompressorTest, GaussianKSelectsExactlyAboveItsThreshold) {
   for (const char* distribution : {"normal", "laplace", "student_t2", "post_relu"}) {
     for (const double density : {0.001, 0.01, 0.1, 1.0}) {
       const at::Tensor x = Sample(distribution, n, 2);
-      auto gaussiank = MakeCompressor({"gaussiank", density, 1});
+      auto gaussiank = MakeCompressor({Method::kGaussianK, density, 1});
       const auto k = static_cast<size_t>(gaussiank->TargetCount(n));
       const Selection s = gaussiank->Compress(x);
       size_t count = 0;
@@ -104,10 +104,24 @@ TEST(CompressorTest, GaussianKSelectsExactlyAboveItsThreshold) {
   }
 }
 
+TEST(MethodTest, EveryNameParsesBackToItsMethod) {
+  ASSERT_EQ(MethodNames().size(), 5u);
+  for (const std::string& name : MethodNames()) EXPECT_EQ(MethodName(ParseMethod(name)), name);
+  EXPECT_EQ(MethodList(), "none, topk, gaussiank, gaussiank+, randomk");
+  try {
+    ParseMethod("top-k");
+    FAIL() << "'top-k' parsed";
+  } catch (const UserError& error) {
+    EXPECT_NE(std::string(error.what()).find("(use none, topk, gaussiank, gaussiank+, randomk)"),
+              std::string::npos)
+        << error.what();
+  }
+}
+
 TEST(CompressorTest, BadConfigsAreUserErrors) {
-  EXPECT_THROW(MakeCompressor({"fancy", 0.1, 1}), UserError);
-  EXPECT_THROW(MakeCompressor({"topk", 0.0, 1}), UserError);
-  EXPECT_THROW(MakeCompressor({"topk", 1.5, 1}), UserError);
+  EXPECT_THROW(ParseMethod("fancy"), UserError);
+  EXPECT_THROW(MakeCompressor({Method::kTopK, 0.0, 1}), UserError);
+  EXPECT_THROW(MakeCompressor({Method::kTopK, 1.5, 1}), UserError);
 }
 
 using LandingParam = std::tuple<std::string, double>;
@@ -117,7 +131,7 @@ TEST_P(GaussianKPlusLanding, WithinTenPercentOfK) {
   const auto [distribution, density] = GetParam();
   const int64_t n = 1 << 20;
   const at::Tensor x = Sample(distribution, n, 3);
-  auto plus = MakeCompressor({"gaussiank+", density, 1});
+  auto plus = MakeCompressor({Method::kGaussianKPlus, density, 1});
   const int64_t k = plus->TargetCount(n);
   const double landed = static_cast<double>(plus->Compress(x).indices.size()) / k;
   EXPECT_GE(landed, 0.9) << distribution;
@@ -154,20 +168,22 @@ TEST(CompressorTest, CudaTensorsSelectLikeTheCpu) {
   for (const int64_t n : {int64_t{1}, int64_t{1000}, int64_t{1} << 20}) {
     const at::Tensor x = Sample("laplace", n, 4);
     const at::Tensor on_device = x.to(at::kCUDA);
-    for (const char* method : {"topk", "randomk", "gaussiank", "gaussiank+"}) {
+    for (const Method method :
+         {Method::kTopK, Method::kRandomK, Method::kGaussianK, Method::kGaussianKPlus}) {
       const Selection cpu = MakeCompressor({method, 0.01, 3})->Compress(x);
       const Selection gpu = MakeCompressor({method, 0.01, 3})->Compress(on_device);
       EXPECT_EQ(gpu.shape, cpu.shape);
       const double k = static_cast<double>(std::max<int64_t>(1, std::llround(0.01 * n)));
-      if (std::string(method) == "gaussiank+") {
-        EXPECT_NEAR(static_cast<double>(gpu.indices.size()), k, 0.1 * k + 1) << method << n;
-      } else if (std::string(method) == "gaussiank") {
+      if (method == Method::kGaussianKPlus) {
+        EXPECT_NEAR(static_cast<double>(gpu.indices.size()), k, 0.1 * k + 1)
+            << MethodName(method) << n;
+      } else if (method == Method::kGaussianK) {
         EXPECT_NEAR(static_cast<double>(gpu.indices.size()),
                     static_cast<double>(cpu.indices.size()), 0.001 * k + 1)
-            << method << n;
+            << MethodName(method) << n;
       } else {
-        EXPECT_EQ(gpu.indices, cpu.indices) << method << n;
-        EXPECT_EQ(gpu.values, cpu.values) << method << n;
+        EXPECT_EQ(gpu.indices, cpu.indices) << MethodName(method) << n;
+        EXPECT_EQ(gpu.values, cpu.values) << MethodName(method) << n;
       }
       for (size_t i = 0; i < gpu.indices.size(); ++i) {
         ASSERT_EQ(gpu.values[i], x[gpu.indices[i]].item<float>());
@@ -180,14 +196,15 @@ TEST(CompressorTest, CudaTensorsSelectLikeTheCpu) {
 }
 
 TEST(ErrorFeedbackTest, SentPlusResidualIsUpdatePlusOldResidualExactly) {
-  for (const char* method : {"topk", "gaussiank", "gaussiank+", "randomk"}) {
+  for (const Method method :
+       {Method::kTopK, Method::kGaussianK, Method::kGaussianKPlus, Method::kRandomK}) {
     ErrorFeedback feedback({method, 0.05, 1});
     at::Tensor old_residual = at::zeros({40, 50});
     for (int step = 0; step < 4; ++step) {
       const at::Tensor update = at::randn({40, 50});
       const Selection sent = feedback.Compress("layer1.weight", update);
       const at::Tensor residual = feedback.Residual("layer1.weight");
-      EXPECT_TRUE((Decompress(sent) + residual).equal(update + old_residual)) << method;
+      EXPECT_TRUE((Decompress(sent) + residual).equal(update + old_residual)) << MethodName(method);
       for (uint32_t index : sent.indices) EXPECT_EQ(residual.view(-1)[index].item<float>(), 0.0f);
       old_residual = residual.clone();
     }

@@ -104,10 +104,8 @@ void EncodeDense(const at::Tensor& tensor, v1::Tensor* message) {
 
 namespace {
 
-// The float32 values of `tensor` at flat `indices`; starts `message` as a float32 tensor of the
-// same shape.
-std::vector<float> GatherInto(const at::Tensor& tensor, const std::vector<uint32_t>& indices,
-                              v1::Tensor* message) {
+// The float32 values of `tensor` at flat `indices`.
+std::vector<float> Gather(const at::Tensor& tensor, const std::vector<uint32_t>& indices) {
   const at::Tensor flat = tensor.detach().to(at::kCPU).contiguous().view(-1);
   CLEAVE_ENFORCE(flat.scalar_type() == at::kFloat, "sparse and value payloads are float32 only");
   const float* data = flat.data_ptr<float>();
@@ -116,24 +114,46 @@ std::vector<float> GatherInto(const at::Tensor& tensor, const std::vector<uint32
     CLEAVE_ENFORCE(static_cast<int64_t>(indices[i]) < flat.numel(), "index out of range");
     values[i] = data[indices[i]];
   }
+  return values;
+}
+
+// Starts `message` as a float32 tensor of `shape`.
+void StartFloatMessage(const std::vector<int64_t>& shape, v1::Tensor* message) {
   message->Clear();
   message->set_dtype(v1::Tensor::FLOAT32);
-  for (int64_t d : tensor.sizes()) message->add_shape(d);
-  return values;
+  for (int64_t d : shape) message->add_shape(d);
+}
+
+std::vector<int64_t> SizesOf(const at::Tensor& tensor) {
+  return std::vector<int64_t>(tensor.sizes().begin(), tensor.sizes().end());
 }
 
 }  // namespace
 
 void EncodeSparse(const at::Tensor& tensor, const std::vector<uint32_t>& indices,
                   ValuePrecision precision, v1::Tensor* message) {
-  const std::vector<float> values = GatherInto(tensor, indices, message);
-  message->set_sparse(::cleave::EncodeSparse(static_cast<uint64_t>(tensor.numel()), indices.data(),
-                                             values.data(), values.size(), precision));
+  EncodeGatheredSparse(SizesOf(tensor), static_cast<uint64_t>(tensor.numel()), indices,
+                       Gather(tensor, indices), precision, message);
 }
 
 void EncodeValuesAt(const at::Tensor& tensor, const std::vector<uint32_t>& indices,
                     ValuePrecision precision, v1::Tensor* message) {
-  const std::vector<float> values = GatherInto(tensor, indices, message);
+  EncodeGatheredValues(SizesOf(tensor), Gather(tensor, indices), precision, message);
+}
+
+void EncodeGatheredSparse(const std::vector<int64_t>& shape, uint64_t dense_numel,
+                          const std::vector<uint32_t>& indices, const std::vector<float>& values,
+                          ValuePrecision precision, v1::Tensor* message) {
+  CLEAVE_ENFORCE(indices.size() == values.size(), indices.size(), " indices, ", values.size(),
+                 " values");
+  StartFloatMessage(shape, message);
+  message->set_sparse(
+      ::cleave::EncodeSparse(dense_numel, indices.data(), values.data(), values.size(), precision));
+}
+
+void EncodeGatheredValues(const std::vector<int64_t>& shape, const std::vector<float>& values,
+                          ValuePrecision precision, v1::Tensor* message) {
+  StartFloatMessage(shape, message);
   message->set_values(::cleave::EncodeValues(values.data(), values.size(), precision));
 }
 

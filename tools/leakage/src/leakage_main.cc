@@ -7,9 +7,13 @@
 #include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
 
 #include "cleave/client/progress.h"
 #include "cleave/client/training_data.h"
+#include "cleave/compress/method.h"
+#include "cleave/compress/sparse_codec.h"
 #include "cleave/core/checkpoint.h"
 #include "cleave/core/command_line.h"
 #include "cleave/core/error.h"
@@ -53,6 +57,29 @@ Exit codes: 0 ok, 1 internal error, 2 bad flags or files.)";
 
 // Sized for a 2-core machine (about a minute per measurement on Fashion-MNIST); a determined
 // attacker has more pairs and compute, so treat the attack's scores as a lower bound.
+// The flags' choices come from the contract's name lists.
+std::string PrecisionList() {
+  std::string out;
+  for (const std::string& name : cleave::ValuePrecisionNames())
+    out += (out.empty() ? "" : ", ") + name;
+  return out;
+}
+
+// A sweep's densities below 1 need a compressor: every method but none.
+std::vector<std::string> SparseMethodNames() {
+  std::vector<std::string> names;
+  for (const std::string& name : cleave::MethodNames()) {
+    if (name != cleave::MethodName(cleave::Method::kNone)) names.push_back(name);
+  }
+  return names;
+}
+
+std::string SparseMethodList() {
+  std::string out;
+  for (const std::string& name : SparseMethodNames()) out += (out.empty() ? "" : ", ") + name;
+  return out;
+}
+
 cleave::privacy::ReconstructionAttackOptions DefaultAttack() {
   cleave::privacy::ReconstructionAttackOptions attack;
   attack.epochs = 4;
@@ -146,7 +173,9 @@ int main(int argc, char** argv) {
     cleave::ModelFlags measure_model;
     cleave::client::DataFlags measure_data;
     AttackFlags measure_attack;
-    cleave::leakage::TransmissionSettings transmission;
+    std::string measure_method = cleave::MethodName(cleave::Method::kNone);
+    std::string measure_precision = cleave::ToString(cleave::ValuePrecision::kFp32);
+    double measure_density = 1.0;
     std::string checkpoint_path, grid_path, json_path;
     int64_t send_batch_size = 64;
     uint64_t measure_seed = 1;
@@ -157,19 +186,18 @@ int main(int argc, char** argv) {
     measure_model.Register(*measure);
     measure_data.Register(*measure);
     measure
-        ->add_option("--method", transmission.method,
-                     "Activation compressor the server asks for: none, topk, gaussiank, "
-                     "gaussiank+ or randomk")
-        ->check(CLI::IsMember({"none", "topk", "gaussiank", "gaussiank+", "randomk"}))
+        ->add_option("--method", measure_method,
+                     "Activation compressor the server asks for: " + cleave::MethodList())
+        ->check(CLI::IsMember(cleave::MethodNames()))
         ->capture_default_str();
     measure
-        ->add_option("--density", transmission.density,
+        ->add_option("--density", measure_density,
                      "Fraction of activation elements sent (with a compressor other than none)")
         ->capture_default_str();
     measure
-        ->add_option("--precision", transmission.precision,
-                     "Value precision of sparse payloads: fp32, fp16 or bf16")
-        ->check(CLI::IsMember({"fp32", "fp16", "bf16"}))
+        ->add_option("--precision", measure_precision,
+                     "Value precision of sparse payloads: " + PrecisionList())
+        ->check(CLI::IsMember(cleave::ValuePrecisionNames()))
         ->capture_default_str();
     measure
         ->add_option("--batch-size", send_batch_size,
@@ -191,6 +219,8 @@ int main(int argc, char** argv) {
     cleave::client::DataFlags sweep_data;
     AttackFlags sweep_attack;
     cleave::leakage::SweepOptions sweep_options;
+    std::string sweep_method = cleave::MethodName(sweep_options.method);
+    std::string sweep_precision = cleave::ToString(sweep_options.precision);
     std::string out_dir, progress_mode = "lines";
     double client_lr = -1;
     sweep
@@ -203,14 +233,14 @@ int main(int argc, char** argv) {
                      "Fractions of activation elements sent (1 = dense)")
         ->capture_default_str();
     sweep
-        ->add_option("--method", sweep_options.method,
-                     "Compressor for densities below 1: topk, gaussiank, gaussiank+ or randomk")
-        ->check(CLI::IsMember({"topk", "gaussiank", "gaussiank+", "randomk"}))
+        ->add_option("--method", sweep_method,
+                     "Compressor for densities below 1: " + SparseMethodList())
+        ->check(CLI::IsMember(SparseMethodNames()))
         ->capture_default_str();
     sweep
-        ->add_option("--precision", sweep_options.precision,
-                     "Value precision of sparse payloads: fp32, fp16 or bf16")
-        ->check(CLI::IsMember({"fp32", "fp16", "bf16"}))
+        ->add_option("--precision", sweep_precision,
+                     "Value precision of sparse payloads: " + PrecisionList())
+        ->check(CLI::IsMember(cleave::ValuePrecisionNames()))
         ->capture_default_str();
     sweep_model.Register(*sweep);
     sweep_data.Register(*sweep);
@@ -264,12 +294,15 @@ int main(int argc, char** argv) {
       const cleave::leakage::ClientAndAuxiliary split = cleave::leakage::SplitOffAuxiliary(
           data.train, measure_attack.aux_samples, 0, measure_seed);
       if (!json_path.empty()) cleave::WriteFileAtomic(json_path, "{}\n");  // fail early
+      const cleave::leakage::TransmissionSettings transmission = {
+          cleave::ParseMethod(measure_method), measure_density,
+          cleave::ParseValuePrecision(measure_precision)};
       cleave::leakage::LeakageOptions options = measure_attack.Options(measure_seed);
       options.transmission = transmission;
       options.send_batch_size = send_batch_size;
       std::printf("measuring %s, transmission %s:%g:%s, %lld test samples\n",
-                  cleave::DescribeSpec(spec).c_str(), transmission.method.c_str(),
-                  transmission.density, transmission.precision.c_str(),
+                  cleave::DescribeSpec(spec).c_str(), cleave::MethodName(transmission.method),
+                  transmission.density, cleave::ToString(transmission.precision),
                   static_cast<long long>(data.test.size()));
       const cleave::leakage::LeakageReport report =
           cleave::leakage::MeasureLeakage(model.bottom, split.auxiliary, data.test, options);
@@ -283,9 +316,9 @@ int main(int argc, char** argv) {
         nlohmann::json json = ReportJson(report);
         json["checkpoint"] = checkpoint_path;
         json["model"] = cleave::DescribeSpec(spec);
-        json["method"] = transmission.method;
+        json["method"] = cleave::MethodName(transmission.method);
         json["density"] = transmission.density;
-        json["precision"] = transmission.precision;
+        json["precision"] = cleave::ToString(transmission.precision);
         json["send_batch_size"] = send_batch_size;
         json["seed"] = measure_seed;
         cleave::WriteFileAtomic(json_path, json.dump(2) + "\n");
@@ -294,6 +327,8 @@ int main(int argc, char** argv) {
     }
 
     // sweep
+    sweep_options.method = cleave::ParseMethod(sweep_method);
+    sweep_options.precision = cleave::ParseValuePrecision(sweep_precision);
     sweep_options.model = sweep_model.Spec();
     sweep_options.client_learning_rate =
         client_lr > 0 ? client_lr : sweep_options.server_learning_rate;

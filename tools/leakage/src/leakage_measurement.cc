@@ -7,7 +7,7 @@
 #include "cleave/client/activation_compressor.h"
 #include "cleave/core/error.h"
 #include "cleave/privacy/distance_correlation.h"
-#include "cleave/protocol/tensor_message.h"
+#include "cleave/protocol/activation_codec.h"
 
 namespace cleave::leakage {
 
@@ -15,12 +15,7 @@ at::Tensor TransmittedActivations(torch::nn::Sequential& bottom, const at::Tenso
                                   const TransmissionSettings& transmission, int64_t send_batch_size,
                                   uint64_t seed, double* density_sent) {
   CLEAVE_CHECK_USER(send_batch_size >= 1, "the send batch size must be at least 1");
-  v1::CompressionSettings settings;
-  settings.set_method(transmission.method);
-  settings.set_density(transmission.density);
-  settings.set_value_precision(transmission.precision);
-  ParseValuePrecision(transmission.precision);  // a UserError for an unknown precision
-  client::ActivationCompressor compressor(settings, seed);
+  client::ActivationCompressor compressor(transmission, seed);
 
   at::NoGradGuard no_grad;
   bottom->eval();
@@ -36,8 +31,7 @@ at::Tensor TransmittedActivations(torch::nn::Sequential& bottom, const at::Tenso
     protocol::TensorSpec spec;
     spec.sample_shape.assign(activations.sizes().begin() + 1, activations.sizes().end());
     spec.max_batch = activations.size(0);
-    spec.allow_sparse = true;
-    received.push_back(protocol::DecodeTensor(message, spec).dense);
+    received.push_back(protocol::ActivationDecoder(transmission, spec).Decode(message).dense);
     sent += selected.count(activations.numel());
     total += activations.numel();
   }

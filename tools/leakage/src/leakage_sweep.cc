@@ -11,6 +11,7 @@
 #include "cleave/client/split_trainer.h"
 #include "cleave/core/error.h"
 #include "cleave/privacy/png_grid.h"
+#include "cleave/protocol/link_spec.h"
 #include "cleave/server/in_process_link.h"
 #include "cleave/server/split_server.h"
 
@@ -70,12 +71,14 @@ std::vector<SweepRow> RunSweep(const Dataset& client_train, const Dataset& auxil
       SweepRow row;
       row.alpha = alpha;
       row.density = density;
-      row.method = density >= 1 ? "none" : options.method;
+      row.method = density >= 1 ? Method::kNone : options.method;
       row.precision = options.precision;
+      const TransmissionSettings transmission = {
+          row.method, row.method == Method::kNone ? 1.0 : density, row.precision};
       if (log) {
         std::fprintf(log, "[setting %zu/%lld] alpha %s, density %s (%s, %s): training\n",
                      rows.size() + 1, static_cast<long long>(settings), Short(alpha).c_str(),
-                     Short(density).c_str(), row.method.c_str(), row.precision.c_str());
+                     Short(density).c_str(), MethodName(row.method), ToString(row.precision));
         std::fflush(log);
       }
 
@@ -85,11 +88,9 @@ std::vector<SweepRow> RunSweep(const Dataset& client_train, const Dataset& auxil
       server_options.optimizer = options.optimizer;
       server_options.learning_rate = options.server_learning_rate;
       server_options.max_batch = std::max<int64_t>(4096, options.batch_size);
-      v1::CompressionSettings* activations = server_options.compression.mutable_activations();
-      activations->set_method(row.method);
-      activations->set_density(row.method == "none" ? 1.0 : density);
-      activations->set_value_precision(options.precision);
-      server_options.compression = server::NormalizeCompression(server_options.compression);
+      protocol::LinkSpec link_spec;
+      link_spec.activations = transmission;
+      server_options.compression = protocol::ToProto(link_spec);
       server::SplitServer split_server(server_options);
       server::InProcessLink link(split_server, "leakage-sweep");
 
@@ -134,8 +135,7 @@ std::vector<SweepRow> RunSweep(const Dataset& client_train, const Dataset& auxil
         std::fflush(log);
       }
       LeakageOptions leakage_options = options.leakage;
-      leakage_options.transmission = {row.method, row.method == "none" ? 1.0 : density,
-                                      options.precision};
+      leakage_options.transmission = transmission;
       leakage_options.send_batch_size = options.batch_size;
       leakage_options.seed = options.seed;
       row.leakage = MeasureLeakage(trainer.model().bottom, auxiliary, test, leakage_options);
@@ -173,14 +173,15 @@ std::string SweepCsv(const std::vector<SweepRow>& rows) {
          "train_dcor_last_epoch,grid\n";
   for (const SweepRow& row : rows) {
     const LeakageReport& l = row.leakage;
-    csv << Short(row.alpha) << ',' << Short(row.density) << ',' << row.method << ','
-        << row.precision << ',' << Number(l.density_sent, 5) << ',' << Number(row.test_accuracy, 5)
-        << ',' << Number(row.test_loss, 5) << ',' << Number(l.dcor.dcor, 5) << ','
-        << Number(l.dcor.dcor_bias_corrected, 5) << ',' << Number(l.dcor.baseline, 5) << ','
-        << l.dcor.batch_size << ',' << l.dcor.batches << ',' << Number(l.attack_mse, 6) << ','
-        << Number(l.attack_psnr, 3) << ',' << Number(l.attack_ssim, 5) << ',' << l.auxiliary_samples
-        << ',' << l.test_samples << ',' << row.train_samples << ',' << Number(row.train_seconds, 1)
-        << ',' << Number(row.train_dcor_last_epoch, 5) << ',' << row.grid_path << '\n';
+    csv << Short(row.alpha) << ',' << Short(row.density) << ',' << MethodName(row.method) << ','
+        << ToString(row.precision) << ',' << Number(l.density_sent, 5) << ','
+        << Number(row.test_accuracy, 5) << ',' << Number(row.test_loss, 5) << ','
+        << Number(l.dcor.dcor, 5) << ',' << Number(l.dcor.dcor_bias_corrected, 5) << ','
+        << Number(l.dcor.baseline, 5) << ',' << l.dcor.batch_size << ',' << l.dcor.batches << ','
+        << Number(l.attack_mse, 6) << ',' << Number(l.attack_psnr, 3) << ','
+        << Number(l.attack_ssim, 5) << ',' << l.auxiliary_samples << ',' << l.test_samples << ','
+        << row.train_samples << ',' << Number(row.train_seconds, 1) << ','
+        << Number(row.train_dcor_last_epoch, 5) << ',' << row.grid_path << '\n';
   }
   return csv.str();
 }

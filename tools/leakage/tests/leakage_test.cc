@@ -72,8 +72,9 @@ TEST(TransmittedActivationsTest, SparseKeepsTheSelectedValuesRoundedToThePrecisi
   SplitModel model = BuildSplitModel({}, 3);
   const Dataset data = SmoothImages(40, 2);
   double density = 0;
-  const at::Tensor sent = TransmittedActivations(model.bottom, data.inputs,
-                                                 {"gaussiank+", 0.05, "fp16"}, 20, 1, &density);
+  const at::Tensor sent = TransmittedActivations(
+      model.bottom, data.inputs, {Method::kGaussianKPlus, 0.05, ValuePrecision::kFp16}, 20, 1,
+      &density);
   at::NoGradGuard no_grad;
   model.bottom->eval();
   const at::Tensor dense = model.bottom->forward(data.inputs);
@@ -96,12 +97,14 @@ TEST(TransmittedActivationsTest, SparseKeepsTheSelectedValuesRoundedToThePrecisi
                   .item<bool>());
 }
 
-TEST(TransmittedActivationsTest, RejectsAnUnknownPrecisionOrMethod) {
+TEST(TransmittedActivationsTest, RejectsADensityOutsideTheUnitInterval) {
   SplitModel model = BuildSplitModel({}, 3);
   const Dataset data = SmoothImages(8, 2);
-  EXPECT_THROW(TransmittedActivations(model.bottom, data.inputs, {"topk", 0.1, "fp8"}, 8, 1),
+  EXPECT_THROW(TransmittedActivations(model.bottom, data.inputs,
+                                      {Method::kTopK, 1.5, ValuePrecision::kFp32}, 8, 1),
                UserError);
-  EXPECT_THROW(TransmittedActivations(model.bottom, data.inputs, {"top-k", 0.1, "fp32"}, 8, 1),
+  EXPECT_THROW(TransmittedActivations(model.bottom, data.inputs,
+                                      {Method::kTopK, 0.0, ValuePrecision::kFp32}, 8, 1),
                UserError);
 }
 
@@ -224,8 +227,8 @@ TEST_F(SweepTest, NoPeekLowersLeakageAndTheOutputsDescribeEverySetting) {
   std::fclose(log);
   ASSERT_EQ(rows.size(), 4u);
   EXPECT_EQ(seen, 4);
-  EXPECT_EQ(rows[0].method, "none");
-  EXPECT_EQ(rows[2].method, "gaussiank+");
+  EXPECT_EQ(rows[0].method, Method::kNone);
+  EXPECT_EQ(rows[2].method, Method::kGaussianKPlus);
   EXPECT_NEAR(rows[2].leakage.density_sent, 0.5, 0.01);
   for (const SweepRow& row : rows) {
     EXPECT_EQ(row.leakage.dcor.batch_size, 512);

@@ -14,15 +14,17 @@
 #include "cleave/core/dataset.h"
 #include "cleave/core/split_model.h"
 #include "cleave/protocol/cleave.pb.h"
+#include "cleave/protocol/link_spec.h"
 #include "cleave/protocol/split_link.h"
 
 namespace torch::optim {
 class Optimizer;
 }
 
-namespace cleave {
-class ErrorFeedback;
-}
+namespace cleave::protocol {
+class GradientDecoder;
+class UpdateEncoder;
+}  // namespace cleave::protocol
 
 namespace cleave::client {
 
@@ -90,7 +92,7 @@ class SplitTrainer {
   ~SplitTrainer();
 
   // Joins the server (FAILED_PRECONDITION if the model fingerprints differ) and adopts the
-  // compression configuration it advertises.
+  // compression configuration it advertises (UserError if this client does not know it).
   v1::JoinReply Join(int64_t num_train_samples);
   EpochStats TrainEpoch(const Dataset& train, int64_t epoch, int64_t epochs,
                         ProgressReporter* progress);
@@ -122,7 +124,7 @@ class SplitTrainer {
   const LinkCounters& counters() const { return counters_; }
   const std::vector<double>& step_losses() const { return step_losses_; }
   const std::string& fingerprint() const { return fingerprint_; }
-  const v1::CompressionConfig& compression() const { return compression_; }
+  const protocol::LinkSpec& link_spec() const { return link_spec_; }
 
  private:
   TrainerOptions options_;
@@ -132,13 +134,15 @@ class SplitTrainer {
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
   std::string session_id_;
   v1::ServerConfig server_config_;
-  v1::CompressionConfig compression_;
+  protocol::LinkSpec link_spec_;
   std::unique_ptr<ActivationCompressor> compressor_;
+  std::unique_ptr<protocol::GradientDecoder> gradient_decoder_;
   LinkCounters counters_;
   std::vector<double> step_losses_;
   int64_t step_ = 0;
   int64_t model_version_ = 0;
-  std::unique_ptr<ErrorFeedback> update_feedback_;
+  // Built at the first update and kept: its error-feedback residual spans rounds and Joins.
+  std::unique_ptr<protocol::UpdateEncoder> update_encoder_;
 
   struct StepResult {
     double loss = 0;

@@ -11,12 +11,14 @@
 #include <string>
 #include <vector>
 
+#include "cleave/compress/method.h"
+
 namespace cleave {
 
 struct CompressorConfig {
-  std::string method = "none";  // "none", "topk", "gaussiank", "gaussiank+", "randomk"
-  double density = 1.0;         // fraction of elements kept, (0, 1]
-  uint64_t seed = 1;            // randomk and gaussiank+'s sample
+  Method method = Method::kNone;
+  double density = 1.0;  // fraction of elements kept, (0, 1]
+  uint64_t seed = 1;     // randomk and gaussiank+'s sample
 };
 
 // The elements chosen from a dense tensor.
@@ -50,8 +52,17 @@ class Compressor {
   uint64_t calls_ = 0;
 };
 
-// Throws UserError for an unknown method or a density outside (0, 1].
+// Throws UserError for a density outside (0, 1].
 std::unique_ptr<Compressor> MakeCompressor(const CompressorConfig& config);
+
+// Transitional: the method by name, for server/src/split_server.cc until it holds the protocol's
+// built GradientEncoder. Throws UserError for an unknown name. Remove with that caller.
+struct NamedCompressorConfig {
+  std::string method;
+  double density = 1.0;
+  uint64_t seed = 1;
+};
+std::unique_ptr<Compressor> MakeCompressor(const NamedCompressorConfig& config);
 
 // A dense float32 tensor with the selected values in place and zeros elsewhere.
 at::Tensor Decompress(const Selection& selection);

@@ -17,6 +17,8 @@ enum class ValuePrecision : uint8_t { kFp32 = 0, kFp16 = 1, kBf16 = 2 };
 const char* ToString(ValuePrecision precision);
 // "fp32", "fp16", "bf16"; throws UserError otherwise.
 ValuePrecision ParseValuePrecision(const std::string& text);
+// Every precision's name, in the enum's order (for flag checks and help texts).
+const std::vector<std::string>& ValuePrecisionNames();
 size_t BytesPerValue(ValuePrecision precision);
 
 enum class IndexEncoding : uint8_t { kBitmap = 0, kDeltaVarint = 1 };

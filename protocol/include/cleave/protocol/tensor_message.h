@@ -48,6 +48,16 @@ void EncodeSparse(const at::Tensor& tensor, const std::vector<uint32_t>& indices
 void EncodeValuesAt(const at::Tensor& tensor, const std::vector<uint32_t>& indices,
                     ValuePrecision precision, v1::Tensor* message);
 
+// The same two payloads from values already gathered (a compressor's selection), so that they are
+// not read from the tensor again. The message is a float32 tensor of `shape`; a sparse payload
+// addresses `dense_numel` positions (the product of `shape`, or fewer when the indices are
+// relative to a known subset of the positions).
+void EncodeGatheredSparse(const std::vector<int64_t>& shape, uint64_t dense_numel,
+                          const std::vector<uint32_t>& indices, const std::vector<float>& values,
+                          ValuePrecision precision, v1::Tensor* message);
+void EncodeGatheredValues(const std::vector<int64_t>& shape, const std::vector<float>& values,
+                          ValuePrecision precision, v1::Tensor* message);
+
 // Decodes and validates; throws cleave::InvalidInput with a precise message on any violation.
 DecodedTensor DecodeTensor(const v1::Tensor& message, const TensorSpec& spec);
 

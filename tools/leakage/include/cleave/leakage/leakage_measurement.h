@@ -11,15 +11,13 @@
 
 #include "cleave/core/dataset.h"
 #include "cleave/privacy/reconstruction_attack.h"
+#include "cleave/protocol/link_spec.h"
 
 namespace cleave::leakage {
 
-// What the server asks the client to send (as in the Join reply): compressor, density, precision.
-struct TransmissionSettings {
-  std::string method = "none";     // "none", "topk", "gaussiank", "gaussiank+", "randomk"
-  double density = 1.0;            // fraction of activation elements sent, (0, 1]
-  std::string precision = "fp32";  // value precision of sparse payloads: fp32, fp16 or bf16
-};
+// What the server asks the client to send (the Join reply's activation direction): compressor,
+// density, value precision of sparse payloads, per-sample choice.
+using TransmissionSettings = protocol::DirectionSpec;
 
 // The activations the server receives for `inputs`: the bottom model's output (eval mode, no
 // gradient), selected by the client's ActivationCompressor in batches of `send_batch_size` (the

@@ -21,8 +21,8 @@ struct SweepOptions {
   ModelSpec model;
   std::vector<double> alphas = {0, 1, 3, 10, 30};
   std::vector<double> densities = {1.0, 0.05};
-  std::string method = "gaussiank+";  // compressor for densities below 1 (1.0 sends all: "none")
-  std::string precision = "fp32";
+  Method method = Method::kGaussianKPlus;  // compressor for densities below 1 (1.0 sends all)
+  ValuePrecision precision = ValuePrecision::kFp32;
   int64_t epochs = 1;
   int64_t batch_size = 64;
   int64_t max_steps_per_epoch = 0;  // 0: whole epochs
@@ -38,8 +38,8 @@ struct SweepOptions {
 struct SweepRow {
   double alpha = 0;
   double density = 1;  // requested
-  std::string method;  // compressor used ("none" at density 1)
-  std::string precision;
+  Method method = Method::kNone;  // compressor used (none at density 1)
+  ValuePrecision precision = ValuePrecision::kFp32;
   double test_accuracy = 0;
   double test_loss = 0;
   int64_t train_samples = 0;  // samples trained on, all epochs together

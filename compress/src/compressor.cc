@@ -154,10 +154,6 @@ std::unique_ptr<Compressor> MakeCompressor(const CompressorConfig& config) {
       detail::Concat("compression method ", static_cast<int>(config.method), " has no compressor"));
 }
 
-std::unique_ptr<Compressor> MakeCompressor(const NamedCompressorConfig& config) {
-  return MakeCompressor(CompressorConfig{ParseMethod(config.method), config.density, config.seed});
-}
-
 at::Tensor Decompress(const Selection& selection) {
   at::Tensor dense = at::zeros({selection.numel}, at::kFloat);
   float* data = dense.data_ptr<float>();

@@ -51,13 +51,13 @@ TEST(CompressorTest, TopKMatchesABruteForceSort) {
 // k = round(density * n), at least 1, at most n: what a server's density setting means in
 // elements (e2e: 314 of each sample's 6272 at 5%).
 TEST(CompressorTest, TargetCountRoundsToNearestAndKeepsAtLeastOne) {
-  EXPECT_EQ(MakeCompressor({"topk", 0.05, 1})->TargetCount(6272), 314);  // 313.6
-  EXPECT_EQ(MakeCompressor({"topk", 0.5, 1})->TargetCount(3), 2);        // 1.5
-  EXPECT_EQ(MakeCompressor({"topk", 0.3, 1})->TargetCount(10), 3);
-  EXPECT_EQ(MakeCompressor({"topk", 0.01, 1})->TargetCount(10), 1);  // 0.1, but never none
-  EXPECT_EQ(MakeCompressor({"topk", 1.0, 1})->TargetCount(7), 7);
-  EXPECT_EQ(MakeCompressor({"topk", 0.5, 1})->TargetCount(0), 0);
-  EXPECT_EQ(MakeCompressor({"topk", 0.05, 1})->Compress(at::randn({6272})).indices.size(), 314u);
+  EXPECT_EQ(MakeCompressor({Method::kTopK, 0.05, 1})->TargetCount(6272), 314);  // 313.6
+  EXPECT_EQ(MakeCompressor({Method::kTopK, 0.5, 1})->TargetCount(3), 2);        // 1.5
+  EXPECT_EQ(MakeCompressor({Method::kTopK, 0.3, 1})->TargetCount(10), 3);
+  EXPECT_EQ(MakeCompressor({Method::kTopK, 0.01, 1})->TargetCount(10), 1);  // 0.1, but never none
+  EXPECT_EQ(MakeCompressor({Method::kTopK, 1.0, 1})->TargetCount(7), 7);
+  EXPECT_EQ(MakeCompressor({Method::kTopK, 0.5, 1})->TargetCount(0), 0);
+  EXPECT_EQ(MakeCompressor({Method::kTopK, 0.05, 1})->Compress(at::randn({6272})).indices.size(), 314u);
 }
 
 TEST(CompressorTest, NoneKeepsEverything) {

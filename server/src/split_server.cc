@@ -9,11 +9,14 @@
 #include <chrono>
 #include <set>
 
-#include "cleave/compress/compressor.h"
 #include "cleave/core/error.h"
 #include "cleave/core/file_io.h"
 #include "cleave/core/optimizer_factory.h"
 #include "cleave/core/peer_text.h"
+#include "cleave/protocol/activation_codec.h"
+#include "cleave/protocol/client_model_codec.h"
+#include "cleave/protocol/gradient_codec.h"
+#include "cleave/protocol/link_spec.h"
 #include "cleave/protocol/status_error.h"
 #include "cleave/protocol/tensor_message.h"
 #include "cleave/server/server_checkpoint.h"
@@ -22,51 +25,6 @@ namespace cleave::server {
 
 using protocol::StatusError;
 using Clock = std::chrono::steady_clock;
-
-namespace {
-
-const std::set<std::string>& KnownMethods() {
-  static const std::set<std::string> methods = {"none", "topk", "gaussiank", "gaussiank+",
-                                                "randomk"};
-  return methods;
-}
-
-void NormalizeSettings(v1::CompressionSettings* settings, const char* direction) {
-  if (settings->method().empty()) settings->set_method("none");
-  if (settings->value_precision().empty()) settings->set_value_precision("fp32");
-  if (settings->method() == "none") {
-    settings->set_density(1.0);
-    settings->set_per_sample(false);
-  }
-  CLEAVE_CHECK_USER(KnownMethods().count(settings->method()) == 1, "unknown ", direction,
-                    " compression method '", settings->method(),
-                    "' (use none, topk, gaussiank, gaussiank+, randomk)");
-  CLEAVE_CHECK_USER(settings->density() > 0.0 && settings->density() <= 1.0, direction, " density ",
-                    settings->density(), " is outside (0, 1]");
-  ParseValuePrecision(settings->value_precision());  // throws UserError when unknown
-}
-
-}  // namespace
-
-v1::CompressionConfig NormalizeCompression(const v1::CompressionConfig& config) {
-  v1::CompressionConfig out = config;
-  NormalizeSettings(out.mutable_activations(), "activation");
-  NormalizeSettings(out.mutable_gradients(), "gradient");
-  NormalizeSettings(out.mutable_updates(), "update");
-  // The gradients travel at the positions the activations took; only those are chosen per sample.
-  CLEAVE_CHECK_USER(!out.gradients().per_sample(),
-                    "per-sample selection applies to the activations only");
-  return out;
-}
-
-std::string DescribeCompression(const v1::CompressionConfig& config) {
-  auto one = [](const v1::CompressionSettings& s) {
-    return s.method() + ":" + std::to_string(s.density()) + ":" + s.value_precision() +
-           (s.per_sample() ? ":per-sample" : "");
-  };
-  return "act=" + one(config.activations()) + ";grad=" + one(config.gradients()) +
-         ";update=" + one(config.updates());
-}
 
 double DeriveActivationBound(const ModelSpec& spec, SplitModel model, uint64_t seed) {
   at::NoGradGuard no_grad;
@@ -109,16 +67,14 @@ void CheckVersion(uint32_t version) {
 
 SplitServer::SplitServer(SplitServerOptions options)
     : options_(std::move(options)), sessions_(options_.max_sessions_per_identity) {
-  options_.compression = NormalizeCompression(options_.compression);
+  link_spec_ = protocol::ParseLinkSpec(options_.compression);
+  options_.compression = protocol::ToProto(link_spec_);  // advertised in Join
   CLEAVE_CHECK_USER(options_.max_activation_abs >= 0, "--max-activation-value must be >= 0");
   CLEAVE_CHECK_USER(options_.rounds.max_update_abs >= 0, "--max-update-value must be >= 0");
   CLEAVE_CHECK_USER(options_.session_idle_timeout.count() >= 0, "--session-idle must be >= 0");
   fingerprint_ = ModelFingerprint(options_.model);
-  if (options_.compression.gradients().method() != "none") {
-    gradient_compressor_ =
-        MakeCompressor({options_.compression.gradients().method(),
-                        options_.compression.gradients().density(), options_.seed});
-  }
+  gradient_encoder_ =
+      std::make_unique<protocol::GradientEncoder>(link_spec_.gradients, options_.seed);
   const SplitModel model = BuildSplitModel(options_.model, options_.seed);
   cut_shape_ = model.cut_shape;
   const at::Tensor client_weights = FlattenParameters(*model.bottom);
@@ -127,6 +83,8 @@ SplitServer::SplitServer(SplitServerOptions options)
                           ? options_.max_activation_abs
                           : DeriveActivationBound(options_.model, model, options_.seed);
   if (options_.rounds.max_update_abs == 0) options_.rounds.max_update_abs = DeriveUpdateBound(model);
+  activation_decoder_ =
+      std::make_unique<protocol::ActivationDecoder>(link_spec_.activations, ActivationSpec());
   top_ = std::make_unique<TopModel>(
       model.top,
       MakeOptimizer(options_.optimizer, model.top->parameters(), options_.learning_rate));
@@ -151,7 +109,7 @@ SplitServer::SplitServer(SplitServerOptions options)
                  AggregationName(options_.rounds.aggregation.method));
   }
   spdlog::info("model {} (fingerprint {}), compression {}", DescribeSpec(options_.model),
-               fingerprint_, DescribeCompression(options_.compression));
+               fingerprint_, protocol::Describe(link_spec_));
   spdlog::info("bounds: activation values {:g}, update values {:g}; sessions idle {} s expire, "
                "{} per identity",
                activation_bound_, options_.rounds.max_update_abs,
@@ -282,10 +240,10 @@ void SplitServer::Refused(const char* what, const std::exception& error,
 v1::TrainReply SplitServer::Train(const std::string& identity, const v1::TrainRequest& request) {
   CheckSession(identity, request.session_id(), request.protocol_version());
   // Decoding is the expensive, untrusted part: outside the model's lock.
-  protocol::DecodedTensor activations;
+  protocol::ReceivedActivations activations;
   at::Tensor labels;
   try {
-    activations = protocol::DecodeTensor(request.activations(), ActivationSpec());
+    activations = activation_decoder_->Decode(request.activations());
     labels = protocol::DecodeTensor(request.labels(), LabelSpec()).dense;
     CLEAVE_CHECK_INPUT(labels.size(0) == activations.dense.size(0), "labels have batch ",
                        labels.size(0), ", activations ", activations.dense.size(0));
@@ -328,7 +286,7 @@ v1::TrainReply SplitServer::Train(const std::string& identity, const v1::TrainRe
   reply.set_loss(step.loss);
   reply.set_correct(step.correct);
   reply.set_round_closing(round_closing);
-  EncodeGradient(step.cut_gradient, activations, reply.mutable_gradients());
+  gradient_encoder_->Encode(step.cut_gradient, activations.sent, reply.mutable_gradients());
   sessions_.Count(request.session_id(), 1, batch, 0, 0);
   CountBytes(request.session_id(), request.ByteSizeLong(), reply.ByteSizeLong());
   if (observer_) {
@@ -337,36 +295,10 @@ v1::TrainReply SplitServer::Train(const std::string& identity, const v1::TrainRe
   return reply;
 }
 
-void SplitServer::EncodeGradient(const at::Tensor& gradient,
-                                 const protocol::DecodedTensor& activations,
-                                 v1::Tensor* message) const {
-  const ValuePrecision precision =
-      ParseValuePrecision(options_.compression.gradients().value_precision());
-  if (gradient_compressor_) {
-    // Sparsify the gradient again: over the positions the client sent (indices relative to
-    // that set), or over the whole tensor when the activations came dense.
-    at::Tensor values = gradient.reshape({-1});
-    if (activations.was_sparse) {
-      std::vector<int64_t> sent(activations.sent_indices.begin(), activations.sent_indices.end());
-      values = values.index_select(0, at::tensor(sent, at::kLong));
-    }
-    const Selection selection = gradient_compressor_->Compress(values);
-    protocol::EncodeSparse(values, selection.indices, precision, message);
-    // The message's shape is the full gradient's; the payload's own size says how many values.
-    message->clear_shape();
-    for (int64_t d : gradient.sizes()) message->add_shape(d);
-  } else if (activations.was_sparse) {
-    protocol::EncodeValuesAt(gradient, activations.sent_indices, precision, message);
-  } else {
-    protocol::EncodeDense(gradient, message);
-  }
-}
-
 v1::EvaluateReply SplitServer::Evaluate(const std::string& identity,
                                         const v1::EvaluateRequest& request) {
   CheckSession(identity, request.session_id(), request.protocol_version());
-  const at::Tensor activations =
-      protocol::DecodeTensor(request.activations(), ActivationSpec()).dense;
+  const at::Tensor activations = activation_decoder_->Decode(request.activations()).dense;
   const at::Tensor labels = protocol::DecodeTensor(request.labels(), LabelSpec()).dense;
   CLEAVE_CHECK_INPUT(labels.size(0) == activations.size(0), "labels have batch ", labels.size(0),
                      ", activations ", activations.size(0));
@@ -388,8 +320,7 @@ protocol::TensorSpec SplitServer::ActivationSpec() const {
   protocol::TensorSpec spec;
   spec.sample_shape = cut_shape_;
   spec.max_batch = options_.max_batch;
-  spec.allow_sparse = options_.compression.activations().method() != "none";
-  spec.max_abs = activation_bound_;
+  spec.max_abs = activation_bound_;  // sparse payloads: as link_spec_ says (ActivationDecoder)
   return spec;
 }
 
@@ -462,7 +393,7 @@ v1::SyncReply SplitServer::Sync(const std::string& identity, const v1::SyncReque
   reply.set_round(decision.round);
   reply.set_model_version(decision.version);
   reply.set_rounds(options_.rounds.rounds);
-  if (decision.weights.defined()) protocol::EncodeDense(decision.weights, reply.mutable_weights());
+  if (decision.weights.defined()) protocol::EncodeWeights(decision.weights, reply.mutable_weights());
   CountBytes(request.session_id(), request.ByteSizeLong(), reply.ByteSizeLong());
   return reply;
 }
@@ -474,15 +405,11 @@ v1::UpdateReply SplitServer::SubmitUpdate(const std::string& identity,
     throw StatusError(grpc::StatusCode::FAILED_PRECONDITION,
                       "this server runs the single schedule: it takes no client-model updates");
   }
-  protocol::TensorSpec spec;
-  spec.max_batch = client_parameters_;
-  spec.allow_sparse = options_.compression.updates().method() != "none";
-  spec.max_abs = options_.rounds.max_update_abs;
+  const protocol::UpdateDecoder decoder(link_spec_.updates, client_parameters_,
+                                        options_.rounds.max_update_abs);
   UpdateOutcome outcome;
   try {
-    const at::Tensor delta = protocol::DecodeTensor(request.delta(), spec).dense;
-    CLEAVE_CHECK_INPUT(delta.size(0) == client_parameters_, "update has ", delta.size(0),
-                       " values, the client-side model has ", client_parameters_);
+    const at::Tensor delta = decoder.Decode(request.delta());
     outcome = coordinator_->Submit(identity, request.base_version(), request.round(),
                                    request.samples(), delta);
   } catch (const InvalidInput& error) {

@@ -55,15 +55,6 @@ class Compressor {
 // Throws UserError for a density outside (0, 1].
 std::unique_ptr<Compressor> MakeCompressor(const CompressorConfig& config);
 
-// Transitional: the method by name, for server/src/split_server.cc until it holds the protocol's
-// built GradientEncoder. Throws UserError for an unknown name. Remove with that caller.
-struct NamedCompressorConfig {
-  std::string method;
-  double density = 1.0;
-  uint64_t seed = 1;
-};
-std::unique_ptr<Compressor> MakeCompressor(const NamedCompressorConfig& config);
-
 // A dense float32 tensor with the selected values in place and zeros elsewhere.
 at::Tensor Decompress(const Selection& selection);
 

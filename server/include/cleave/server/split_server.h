@@ -19,15 +19,17 @@
 #include <vector>
 
 #include "cleave/core/split_model.h"
+#include "cleave/protocol/activation_codec.h"
 #include "cleave/protocol/cleave.pb.h"
+#include "cleave/protocol/link_spec.h"
 #include "cleave/protocol/tensor_message.h"
 #include "cleave/server/client_allowlist.h"
 #include "cleave/server/round_coordinator.h"
 #include "cleave/server/session_table.h"
 #include "cleave/server/top_model.h"
 
-namespace cleave {
-class Compressor;
+namespace cleave::protocol {
+class GradientEncoder;
 }
 
 namespace cleave::server {
@@ -98,10 +100,9 @@ class ServerObserver {
   virtual void OnRound(const RoundSummary& summary) = 0;
 };
 
-// Fills an unset compression config with "none" in both directions and checks it.
-v1::CompressionConfig NormalizeCompression(const v1::CompressionConfig& config);
-// "act=gaussiank:0.01:fp16;grad=none:1:fp32"
-std::string DescribeCompression(const v1::CompressionConfig& config);
+// The link contract's (protocol/link_spec.h), here for the server's callers and tests.
+using protocol::DescribeCompression;
+using protocol::NormalizeCompression;
 
 class SplitServer {
  public:
@@ -162,10 +163,6 @@ class SplitServer {
   // of the current round. The caller rethrows.
   void Refused(const char* what, const std::exception& error, const std::string& identity,
                bool exclude);
-  // The gradient at the cut as the link's settings want it back: dense, values at the positions
-  // the client sent, or sparsified again relative to those.
-  void EncodeGradient(const at::Tensor& gradient, const protocol::DecodedTensor& activations,
-                      v1::Tensor* message) const;
   void Resume();  // from options_.checkpoint_path
   void ReapLoop();
   void SaveCheckpointLocked();
@@ -184,7 +181,9 @@ class SplitServer {
   double activation_bound_ = 0;
   SessionTable sessions_;
   std::unique_ptr<TopModel> top_;
-  std::unique_ptr<Compressor> gradient_compressor_;  // null: gradients go back uncompressed
+  protocol::LinkSpec link_spec_;  // parsed once from options_.compression
+  std::unique_ptr<protocol::ActivationDecoder> activation_decoder_;
+  std::unique_ptr<protocol::GradientEncoder> gradient_encoder_;
   std::unique_ptr<RoundCoordinator> coordinator_;    // null: schedule single
   ServerObserver* observer_ = nullptr;
 

@@ -169,13 +169,14 @@ TEST(RoundParticipantTest, AnUpdateRefusedAsStaleResynchronisesFromTheServersWei
   const Dataset data = Data();
   const ParticipationStats stats = participant.Run(data, data.size(), nullptr);
 
-  // A new session, and a Sync that asks for the weights again (have_version -1), not version 0.
-  EXPECT_EQ(link.joins, 2);
+  // The same session (an ABORTED refusal keeps it), and a Sync that asks for the weights again
+  // (have_version -1), not version 0.
+  EXPECT_EQ(link.joins, 1);
   EXPECT_EQ(link.sync_have_versions, (std::vector<int64_t>{-1, -1, 3}));
-  EXPECT_EQ(link.sync_sessions, (std::vector<std::string>{"session-1", "session-2", "session-2"}));
-  // The second update is based on the version the server sent, in the new session.
+  EXPECT_EQ(link.sync_sessions, (std::vector<std::string>{"session-1", "session-1", "session-1"}));
+  // The second update is based on the version the server sent.
   EXPECT_EQ(link.update_base_versions, (std::vector<int64_t>{0, 3}));
-  EXPECT_EQ(link.update_sessions, (std::vector<std::string>{"session-1", "session-2"}));
+  EXPECT_EQ(link.update_sessions, (std::vector<std::string>{"session-1", "session-1"}));
   EXPECT_EQ(stats.updates_refused, 1);
   EXPECT_EQ(stats.updates_sent, 1);
   EXPECT_EQ(stats.errors_recovered, 1);

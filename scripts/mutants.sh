@@ -82,8 +82,8 @@ mutant batch-bound-off-by-one protocol/src/tensor_message.cc protocol_tests '*' 
 mutant label-bound-off-by-one protocol/src/tensor_message.cc protocol_tests '*' \
   'data[i] >= 0 && data[i] < spec.int_upper_bound' \
   'data[i] >= 0 && data[i] <= spec.int_upper_bound'
-mutant sparse-at-ignores-positions protocol/src/tensor_message.cc client_tests '*GradientStep*' \
-  'const uint32_t position = positions.empty() ? sparse.indices[i] : positions[sparse.indices[i]];' \
+mutant sparse-gradient-ignores-positions protocol/src/gradient_codec.cc protocol_tests '*' \
+  'const uint32_t position = positions ? (*positions)[sparse.indices[i]] : sparse.indices[i];' \
   'const uint32_t position = sparse.indices[i];'
 
 # --- server/ -----------------------------------------------------------------------------------
@@ -107,7 +107,7 @@ mutant nonfinite-loss-stepped server/src/top_model.cc server_tests '*' \
   '    if (false) {'
 
 # --- client/ -----------------------------------------------------------------------------------
-mutant per-sample-offset-lost client/src/activation_compressor.cc client_tests 'ActivationCompressor*' \
+mutant per-sample-offset-lost protocol/src/activation_codec.cc protocol_tests '*' \
   'for (uint32_t index : selection.indices) indices.push_back(offset + index);' \
   'for (uint32_t index : selection.indices) indices.push_back(index);'
 mutant resync-keeps-stale-version client/src/round_participant.cc client_tests 'RoundParticipant*' \

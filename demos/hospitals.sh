@@ -134,7 +134,10 @@ for ((i = 0; i < HOSPITALS; i++)); do
       -v per="$(field "$m" train_bytes_per_sample)" -v ratio="$(field "$m" compression_ratio)" \
       -v dcor="$(field "$m" test_dcor)" 'BEGIN {
     printf "%14s: test accuracy %.2f%% (global model), %.2f%% weighted by its own label mix\n", name, 100 * acc, 100 * local
-    printf "%14s  trained %d samples in %d round(s) after its last start; %.0f bytes per training sample on the wire (%.1fx fewer than dense fp32)", "", samples, rounds, per, 50176 / per
+    if (samples > 0)
+      printf "%14s  trained %d samples in %d round(s) after its last start; %.0f bytes per training sample on the wire (%.1fx fewer than dense fp32)", "", samples, rounds, per, 50176 / per
+    else
+      printf "%14s  trained no samples after its last start (training had ended)", ""
     if (dcor != "") printf "; test dCor %.3f", dcor
     printf "\n"
   }'

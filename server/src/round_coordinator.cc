@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 #include "cleave/core/error.h"
 #include "cleave/core/peer_text.h"
@@ -267,6 +268,26 @@ double RoundCoordinator::OnTrainStep(const std::string& identity, int64_t model_
   return 1.0 / (1.0 + static_cast<double>(staleness));
 }
 
+std::optional<RoundRefusal> RoundCoordinator::CheckUpdate(const at::Tensor& flat,
+                                                          int64_t counted) const {
+  const double largest = flat.abs().max().item<double>();
+  if (!std::isfinite(largest)) {
+    return RoundRefusal(grpc::StatusCode::INVALID_ARGUMENT, "nonfinite",
+                        "the update has values that are not finite");
+  }
+  if (options_.max_update_abs > 0 && largest > options_.max_update_abs) {
+    return RoundRefusal(grpc::StatusCode::INVALID_ARGUMENT, "out_of_bounds",
+                        detail::Concat("the update has a value of magnitude ", largest,
+                                       ", beyond the bound of ", options_.max_update_abs));
+  }
+  if (counted == 0) {
+    return RoundRefusal(
+        grpc::StatusCode::FAILED_PRECONDITION, "no_samples",
+        "no training step of this hospital was counted for this update: Sync and train");
+  }
+  return std::nullopt;
+}
+
 UpdateOutcome RoundCoordinator::Submit(const std::string& identity, int64_t base_version,
                                        int64_t round, int64_t samples, const at::Tensor& delta) {
   RoundSummary summary;
@@ -310,22 +331,7 @@ UpdateOutcome RoundCoordinator::Submit(const std::string& identity, int64_t base
     }
     const int64_t counted = assignment->second.samples;
     const at::Tensor flat = delta.detach().to(at::kFloat).reshape({-1});
-    std::string refusal, reason;
-    grpc::StatusCode code = grpc::StatusCode::INVALID_ARGUMENT;
-    const double largest = flat.abs().max().item<double>();
-    if (!std::isfinite(largest)) {
-      reason = "nonfinite";
-      refusal = "the update has values that are not finite";
-    } else if (options_.max_update_abs > 0 && largest > options_.max_update_abs) {
-      reason = "out_of_bounds";
-      refusal = detail::Concat("the update has a value of magnitude ", largest,
-                               ", beyond the bound of ", options_.max_update_abs);
-    } else if (counted == 0) {
-      code = grpc::StatusCode::FAILED_PRECONDITION;
-      reason = "no_samples";
-      refusal = "no training step of this hospital was counted for this update: Sync and train";
-    }
-    if (!refusal.empty()) {
+    if (std::optional<RoundRefusal> refusal = CheckUpdate(flat, counted)) {
       // A refused hospital does not hold the round up; what it trained is lost.
       assignments_.erase(assignment);
       closed = DropParticipantLocked(identity, /*skip_turn=*/true, &summary);
@@ -333,7 +339,7 @@ UpdateOutcome RoundCoordinator::Submit(const std::string& identity, int64_t base
       changed_.notify_all();
       lock.unlock();
       if (closed && callback) callback(summary);
-      throw RoundRefusal(code, reason, refusal);
+      throw *refusal;
     }
     if (samples > counted) {
       ++state_.updates_capped;

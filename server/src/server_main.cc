@@ -84,9 +84,8 @@ void Fill(const CompressionFlags& flags, cleave::v1::CompressionSettings* settin
   settings->set_per_sample(flags.per_sample);
 }
 
-int Run(int argc, char** argv) {
-  CLI::App app(kDescription, "cleave-server");
-  app.get_formatter()->column_width(36);
+// Every flag's destination; ServerOptions() turns them into the server's options.
+struct Flags {
   std::string listen = "0.0.0.0:50051";
   std::string ca_path = "pki/ca.crt", cert_path = "pki/server.crt", key_path = "pki/server.key";
   bool insecure = false;
@@ -95,7 +94,25 @@ int Run(int argc, char** argv) {
   double max_message_mb = 64;
   std::string log_level = "info";
   CompressionFlags act, grad;
+  CompressionFlags update{cleave::MethodName(cleave::Method::kGaussianKPlus), 0.1,
+                          cleave::ToString(cleave::ValuePrecision::kFp32)};
+  std::string allowlist_path;
+  // Limits that keep one hostile hospital from flooding the server (see README).
+  cleave::server::ListenOptions limits;
+  double max_client_request_mb = 0, max_large_requests_mb = 0;
+  std::string schedule = "single";
+  double round_deadline_seconds = 600;
+  std::string metrics_listen;
+  std::string aggregation = "mean";
+  double session_idle_seconds = 180;
+};
 
+// Where to listen, the certificates, who may join, and the limits against flooding.
+void AddConnectionFlags(CLI::App& app, Flags* f) {
+  auto& [listen, ca_path, cert_path, key_path, insecure, model_flags, options, max_message_mb,
+         log_level, act, grad, update, allowlist_path, limits, max_client_request_mb,
+         max_large_requests_mb, schedule, round_deadline_seconds, metrics_listen, aggregation,
+         session_idle_seconds] = *f;
   app.add_option("--listen", listen, "Address to listen on (port 0 picks a free port)")
       ->capture_default_str();
   app.add_option("--ca", ca_path, "CA certificate that signs client certificates (PEM)")
@@ -105,13 +122,10 @@ int Run(int argc, char** argv) {
   app.add_flag("--insecure", insecure,
                "Plaintext without client authentication. For debugging only: anyone can connect");
   model_flags.Register(app);
-  std::string allowlist_path;
   app.add_option("--clients", allowlist_path,
                  "Allowlist: one client name (certificate CN) per line; others are refused with "
                  "PERMISSION_DENIED even with a valid certificate");
   // Limits that keep one hostile hospital from flooding the server (see README).
-  cleave::server::ListenOptions limits;
-  double max_client_request_mb = 0, max_large_requests_mb = 0;
   app.add_option("--max-threads", limits.max_threads,
                  "Threads serving calls; each open call holds one (a Train stream for its whole "
                  "life); calls beyond get RESOURCE_EXHAUSTED")
@@ -135,6 +149,14 @@ int Run(int argc, char** argv) {
                  "x --max-message-mb)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
+}
+
+// The server's layers, their checkpoint, message sizes and the link's compression.
+void AddTrainingFlags(CLI::App& app, Flags* f) {
+  auto& [listen, ca_path, cert_path, key_path, insecure, model_flags, options, max_message_mb,
+         log_level, act, grad, update, allowlist_path, limits, max_client_request_mb,
+         max_large_requests_mb, schedule, round_deadline_seconds, metrics_listen, aggregation,
+         session_idle_seconds] = *f;
   app.add_option("--optimizer", options.optimizer, "Server-side optimizer: adam or sgd")
       ->check(CLI::IsMember({"adam", "sgd"}))
       ->capture_default_str();
@@ -156,13 +178,16 @@ int Run(int argc, char** argv) {
       ->capture_default_str();
   AddCompressionFlags(app, "act", "activations (client to server)", &act);
   AddCompressionFlags(app, "grad", "gradients (server to client)", &grad);
-  CompressionFlags update{cleave::MethodName(cleave::Method::kGaussianKPlus), 0.1,
-                          cleave::ToString(cleave::ValuePrecision::kFp32)};
   AddCompressionFlags(app, "update", "client-model weight deltas (rounds; with error feedback)",
                       &update);
-  std::string schedule = "single";
-  double round_deadline_seconds = 600;
-  std::string metrics_listen;
+}
+
+// Rounds, aggregation, bounds on what hospitals send, sessions, metrics and logging.
+void AddRoundFlags(CLI::App& app, Flags* f) {
+  auto& [listen, ca_path, cert_path, key_path, insecure, model_flags, options, max_message_mb,
+         log_level, act, grad, update, allowlist_path, limits, max_client_request_mb,
+         max_large_requests_mb, schedule, round_deadline_seconds, metrics_listen, aggregation,
+         session_idle_seconds] = *f;
   app.add_option("--schedule", schedule, "single, sequential or splitfed (see above)")
       ->capture_default_str();
   app.add_option("--rounds", options.rounds.rounds,
@@ -187,7 +212,6 @@ int Run(int argc, char** argv) {
                  "Oldest client-model version (in versions behind) whose updates and steps are "
                  "still applied, scaled by 1/(1+staleness)")
       ->capture_default_str();
-  std::string aggregation = "mean";
   app.add_option("--aggregation", aggregation,
                  "How a round's client-model updates are combined: mean (weighted by samples), "
                  "clipped-mean (each update's norm clipped to --clip-factor x the round's median "
@@ -219,7 +243,6 @@ int Run(int argc, char** argv) {
                  "Largest magnitude of a value in a client-model update; larger ones are refused. "
                  "0: derived, 100 x the largest initial client-side weight, at least 1 (logged)")
       ->capture_default_str();
-  double session_idle_seconds = 180;
   app.add_option("--session-idle", session_idle_seconds,
                  "Seconds without a call after which a session is released (0: never). Keep it "
                  "above the longest pause of an honest hospital (a Sync waits at most 30 s) and "
@@ -233,8 +256,14 @@ int Run(int argc, char** argv) {
                  "Serve Prometheus metrics at http://ADDRESS/metrics (e.g. 127.0.0.1:9464)");
   app.add_option("--log-level", log_level, "trace, debug, info, warn or error")
       ->capture_default_str();
-  if (const auto code = cleave::ParseCommandLine(app, argc, argv)) return *code;
+}
 
+// The parsed flags as the server's and the listener's options (files read, names checked).
+void Resolve(Flags* f) {
+  auto& [listen, ca_path, cert_path, key_path, insecure, model_flags, options, max_message_mb,
+         log_level, act, grad, update, allowlist_path, limits, max_client_request_mb,
+         max_large_requests_mb, schedule, round_deadline_seconds, metrics_listen, aggregation,
+         session_idle_seconds] = *f;
   cleave::SetupLogging(log_level);
   cleave::server::RouteGrpcLogsToSpdlog();
   options.model = model_flags.Spec();
@@ -255,7 +284,7 @@ int Run(int argc, char** argv) {
   options.rounds.round_deadline =
       std::chrono::milliseconds(static_cast<int64_t>(round_deadline_seconds * 1000));
 
-  cleave::server::ListenOptions listen_options = limits;
+  cleave::server::ListenOptions& listen_options = f->limits;
   listen_options.address = listen;
   listen_options.allowed_clients = options.allowed_clients;
   listen_options.max_client_request_bytes =
@@ -272,7 +301,11 @@ int Run(int argc, char** argv) {
   } else {
     listen_options.tls = cleave::LoadTlsFiles(ca_path, cert_path, key_path);
   }
+}
 
+// Serves until SIGINT/SIGTERM, then writes the checkpoint.
+int Serve(const cleave::server::SplitServerOptions& options,
+          const cleave::server::ListenOptions& listen_options, const std::string& metrics_listen) {
   // Block the stop signals in every thread; the main thread waits for them with sigwait.
   sigset_t stop_signals;
   sigemptyset(&stop_signals);
@@ -304,6 +337,18 @@ int Run(int argc, char** argv) {
   spdlog::info("stopped after {} steps; received {} bytes, sent {} bytes", server.step(),
                server.bytes_received(), server.bytes_sent());
   return 0;
+}
+
+int Run(int argc, char** argv) {
+  CLI::App app(kDescription, "cleave-server");
+  app.get_formatter()->column_width(36);
+  Flags flags;
+  AddConnectionFlags(app, &flags);
+  AddTrainingFlags(app, &flags);
+  AddRoundFlags(app, &flags);
+  if (const auto code = cleave::ParseCommandLine(app, argc, argv)) return *code;
+  Resolve(&flags);
+  return Serve(flags.options, flags.limits, flags.metrics_listen);
 }
 
 }  // namespace

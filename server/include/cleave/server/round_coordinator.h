@@ -16,6 +16,7 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -190,6 +191,9 @@ class RoundCoordinator {
     int64_t samples = 0;
   };
   std::string TurnHolderLocked() const;
+  // Why an update of `counted` samples with these values is refused, if it is (not finite, beyond
+  // max_update_abs, no step counted).
+  std::optional<RoundRefusal> CheckUpdate(const at::Tensor& flat, int64_t counted) const;
   void AssignLocked(const std::string& identity);
   // The hospital no longer takes part in the current round (left, rejoined or refused); returns
   // true and fills *summary when that closed the round. `skip_turn`: in sequential, a turn

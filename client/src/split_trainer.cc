@@ -29,6 +29,17 @@ SplitTrainer::SplitTrainer(TrainerOptions options, protocol::SplitLink& link)
 
 SplitTrainer::~SplitTrainer() = default;
 
+namespace {
+
+// Every reply says its protocol version; one from another version is not trusted.
+void CheckReplyVersion(uint32_t version, const char* call) {
+  CLEAVE_CHECK_INPUT(version == protocol::kProtocolVersion, "server answered ", call,
+                     " with protocol version ", version, "; this client speaks ",
+                     protocol::kProtocolVersion);
+}
+
+}  // namespace
+
 v1::JoinReply SplitTrainer::Join(int64_t num_train_samples) {
   v1::JoinRequest request;
   request.set_protocol_version(protocol::kProtocolVersion);
@@ -73,6 +84,7 @@ SplitTrainer::StepResult SplitTrainer::Step(const at::Tensor& inputs, const at::
   compressor_->Encode(activations, selected, request.mutable_activations());
   protocol::EncodeDense(labels, request.mutable_labels());
   const v1::TrainReply reply = link_.TrainStep(request);
+  CheckReplyVersion(reply.protocol_version(), "Train");
   counters_.bytes_sent += static_cast<int64_t>(request.ByteSizeLong());
   counters_.bytes_received += static_cast<int64_t>(reply.ByteSizeLong());
   counters_.dense_fp32_bytes += activations.numel() * 4;
@@ -157,9 +169,9 @@ EpochStats SplitTrainer::TrainEpoch(const Dataset& train, int64_t epoch, int64_t
   if (options_.max_steps_per_epoch > 0)
     total_steps = std::min(total_steps, options_.max_steps_per_epoch);
   if (progress) progress->StartEpoch(epoch + 1, epochs, total_steps);
-  return RunSteps([&batches](at::Tensor* inputs,
-                             at::Tensor* labels) { return batches.Next(inputs, labels); },
-                  total_steps, /*until_round_closes=*/false, progress);
+  return RunSteps(
+      [&batches](at::Tensor* inputs, at::Tensor* labels) { return batches.Next(inputs, labels); },
+      total_steps, /*until_round_closes=*/false, progress);
 }
 
 EpochStats SplitTrainer::TrainRound(BatchCursor& cursor, int64_t round, int64_t rounds,
@@ -184,8 +196,7 @@ v1::SyncReply SplitTrainer::Sync(int64_t have_version, int64_t wait_ms) {
   v1::SyncReply reply = link_.Sync(request);
   counters_.bytes_sent += static_cast<int64_t>(request.ByteSizeLong());
   counters_.bytes_received += static_cast<int64_t>(reply.ByteSizeLong());
-  CLEAVE_CHECK_INPUT(reply.protocol_version() == protocol::kProtocolVersion,
-                     "server answered Sync with protocol version ", reply.protocol_version());
+  CheckReplyVersion(reply.protocol_version(), "Sync");
   return reply;
 }
 
@@ -205,6 +216,7 @@ v1::UpdateReply SplitTrainer::SubmitUpdate(int64_t base_version, int64_t round, 
   // What is not sent now stays in the residual and goes with the next round's delta.
   update_encoder_->Encode(delta, request.mutable_delta());
   const v1::UpdateReply reply = link_.SubmitUpdate(request);
+  CheckReplyVersion(reply.protocol_version(), "SubmitUpdate");
   counters_.bytes_sent += static_cast<int64_t>(request.ByteSizeLong());
   counters_.bytes_received += static_cast<int64_t>(reply.ByteSizeLong());
   counters_.update_bytes += static_cast<int64_t>(request.ByteSizeLong());
@@ -259,6 +271,7 @@ EvalStats SplitTrainer::Evaluate(const Dataset& test, int64_t batch_size) {
     compressor_->Encode(activations, selected, request.mutable_activations());
     protocol::EncodeDense(labels, request.mutable_labels());
     const v1::EvaluateReply reply = link_.Evaluate(request);
+    CheckReplyVersion(reply.protocol_version(), "Evaluate");
     counters_.bytes_sent += static_cast<int64_t>(request.ByteSizeLong());
     counters_.bytes_received += static_cast<int64_t>(reply.ByteSizeLong());
     counters_.dense_fp32_bytes += activations.numel() * 4;

@@ -15,6 +15,7 @@
 
 #include "cleave/client/split_trainer.h"
 #include "cleave/core/dataset.h"
+#include "cleave/core/error.h"
 #include "cleave/core/split_model.h"
 #include "cleave/protocol/split_link.h"
 #include "cleave/protocol/tensor_message.h"
@@ -90,7 +91,7 @@ class FakeServerLink final : public protocol::SplitLink {
     received_ = received.dense;
     sent_ = received.sent_indices;
     v1::TrainReply reply;
-    reply.set_protocol_version(protocol::kProtocolVersion);
+    reply.set_protocol_version(reply_version);
     reply.set_step(request.step());
     reply.set_model_version(request.model_version());
     reply.set_loss(1.0);
@@ -141,6 +142,7 @@ class FakeServerLink final : public protocol::SplitLink {
   v1::SyncReply Sync(const v1::SyncRequest&) override { return {}; }
   v1::UpdateReply SubmitUpdate(const v1::UpdateRequest&) override { return {}; }
 
+  uint32_t reply_version = protocol::kProtocolVersion;  // what the Train replies say
   const at::Tensor& received() const { return received_; }
   const std::vector<uint32_t>& sent() const { return sent_; }
   const at::Tensor& applied() const { return applied_; }
@@ -162,6 +164,22 @@ Dataset Data() {
 }
 
 class GradientStepTest : public ::testing::TestWithParam<EncodingCase> {};
+
+TEST(ReplyVersionTest, ATrainReplyOfAnotherProtocolVersionIsNotApplied) {
+  const Dataset data = Data();
+  FakeServerLink link(Encoding::kDense, at::ones({kRows, kWidth}));
+  link.reply_version = protocol::kProtocolVersion + 1;
+  client::TrainerOptions options;
+  options.model = Mlp();
+  options.optimizer = "sgd";
+  options.batch_size = kRows;
+  options.max_steps_per_epoch = 1;
+  client::SplitTrainer trainer(options, link);
+  trainer.Join(data.size());
+  const at::Tensor before = trainer.ClientWeights();
+  EXPECT_THROW(trainer.TrainEpoch(data, 0, 1, nullptr), InvalidInput);
+  EXPECT_TRUE(at::equal(before, trainer.ClientWeights()));
+}
 
 TEST_P(GradientStepTest, OneSgdStepMovesTheBottomByLearningRateTimesTheSentGradient) {
   const Encoding encoding = GetParam().encoding;

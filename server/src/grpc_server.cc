@@ -128,7 +128,7 @@ class SplitLearningService final : public grpc::Service {
     AddUnary<v1::LeaveRequest, v1::LeaveReply>(
         kLeave, "Leave",
         [this](const std::string& identity, const v1::LeaveRequest& request, grpc::ServerContext*) {
-          server_.Leave(identity, request.session_id());
+          server_.Leave(identity, request.session_id(), request.protocol_version());
           v1::LeaveReply reply;
           reply.set_protocol_version(protocol::kProtocolVersion);
           return reply;

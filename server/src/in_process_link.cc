@@ -30,7 +30,8 @@ v1::EvaluateReply InProcessLink::Evaluate(const v1::EvaluateRequest& request) {
 }
 
 void InProcessLink::Leave(const v1::LeaveRequest& request) {
-  server_.Leave(identity_, OverTheWire(request).session_id());
+  const v1::LeaveRequest received = OverTheWire(request);
+  server_.Leave(identity_, received.session_id(), received.protocol_version());
 }
 
 v1::SyncReply InProcessLink::Sync(const v1::SyncRequest& request) {

@@ -345,8 +345,9 @@ void SplitServer::NotifySessions() {
   }
 }
 
-void SplitServer::Leave(const std::string& identity, const std::string& session_id) {
-  CheckSession(identity, session_id, protocol::kProtocolVersion);
+void SplitServer::Leave(const std::string& identity, const std::string& session_id,
+                        uint32_t protocol_version) {
+  CheckSession(identity, session_id, protocol_version);
   const std::optional<Session> session = sessions_.Release(identity, session_id);
   if (!session) return;  // ended meanwhile
   spdlog::info("client '{}' left after {} steps, {} samples; received {} bytes, sent {} bytes",

@@ -324,6 +324,16 @@ TEST(HostileInputTest, HugeOrNonFiniteDeltasAreRefusedAndDoNotHoldTheRoundUp) {
   EXPECT_EQ(server.counters().refused_updates, 1);
 }
 
+TEST(HostileInputTest, LeaveChecksTheProtocolVersionToo) {
+  SplitServer server(MlpOptions());
+  const std::string session = server.Join("a", JoinFor(server)).session_id();
+  EXPECT_EQ(CodeOf([&] { server.Leave("a", session, protocol::kProtocolVersion + 1); }),
+            grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(server.active_sessions(), 1u);
+  server.Leave("a", session);
+  EXPECT_EQ(server.active_sessions(), 0u);
+}
+
 TEST(HostileInputTest, IdleSessionsExpireAndNoLongerCountAsConnected) {
   SplitServerOptions options = SplitFed(1);
   options.session_idle_timeout = std::chrono::hours(1);  // the test moves the clock, not time

@@ -117,7 +117,8 @@ class SplitServer {
   // One training step on a client's batch. Throws StatusError / InvalidInput.
   v1::TrainReply Train(const std::string& identity, const v1::TrainRequest& request);
   v1::EvaluateReply Evaluate(const std::string& identity, const v1::EvaluateRequest& request);
-  void Leave(const std::string& identity, const std::string& session_id);
+  void Leave(const std::string& identity, const std::string& session_id,
+             uint32_t protocol_version = protocol::kProtocolVersion);
   // Rounds: what this hospital should do next (blocks up to the request's wait, capped by
   // options.max_sync_wait), and its client-model update. Throw StatusError / InvalidInput.
   v1::SyncReply Sync(const std::string& identity, const v1::SyncRequest& request);

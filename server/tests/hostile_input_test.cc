@@ -19,9 +19,14 @@
 #include "cleave/protocol/status_error.h"
 #include "cleave/protocol/tensor_message.h"
 #include "cleave/server/split_server.h"
+#include "server_requests.h"
 
 namespace cleave::server {
 namespace {
+
+using test::JoinFor;
+using test::SyncFor;
+using test::UpdateFor;
 
 using protocol::StatusError;
 constexpr int64_t kWidth = 128;  // cut width of the mlp below
@@ -45,13 +50,6 @@ SplitServerOptions SplitFed(int min_clients) {
   return options;
 }
 
-v1::JoinRequest JoinFor(const SplitServer& server) {
-  v1::JoinRequest request;
-  request.set_protocol_version(protocol::kProtocolVersion);
-  request.set_model_fingerprint(server.fingerprint());
-  return request;
-}
-
 v1::TrainRequest Batch(const std::string& session, const at::Tensor& activations,
                        int64_t model_version = 0) {
   v1::TrainRequest request;
@@ -66,26 +64,6 @@ v1::TrainRequest Batch(const std::string& session, const at::Tensor& activations
 
 v1::TrainRequest Honest(const std::string& session, int64_t model_version = 0) {
   return Batch(session, at::randn({4, kWidth}), model_version);
-}
-
-v1::SyncRequest SyncFor(const std::string& session, int64_t have_version) {
-  v1::SyncRequest request;
-  request.set_protocol_version(protocol::kProtocolVersion);
-  request.set_session_id(session);
-  request.set_have_version(have_version);
-  return request;
-}
-
-v1::UpdateRequest UpdateFor(const std::string& session, int64_t base_version, int64_t round,
-                            int64_t samples, const at::Tensor& delta) {
-  v1::UpdateRequest request;
-  request.set_protocol_version(protocol::kProtocolVersion);
-  request.set_session_id(session);
-  request.set_base_version(base_version);
-  request.set_round(round);
-  request.set_samples(samples);
-  protocol::EncodeDense(delta, request.mutable_delta());
-  return request;
 }
 
 // The server's layers, copied.

@@ -1,6 +1,7 @@
 // SplitServer without a network: Join checks, validation of what clients send, sessions owned by
 // identities, checkpoints and resume.
 #include "cleave/server/split_server.h"
+#include "server_requests.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -19,6 +20,10 @@
 namespace cleave::server {
 namespace {
 
+using test::JoinFor;
+using test::SyncFor;
+using test::UpdateFor;
+
 using protocol::StatusError;
 
 SplitServerOptions MlpOptions() {
@@ -29,13 +34,6 @@ SplitServerOptions MlpOptions() {
   options.model.cut = 1;
   options.max_batch = 16;
   return options;
-}
-
-v1::JoinRequest JoinFor(const SplitServer& server) {
-  v1::JoinRequest request;
-  request.set_protocol_version(protocol::kProtocolVersion);
-  request.set_model_fingerprint(server.fingerprint());
-  return request;
 }
 
 v1::TrainRequest Batch(const std::string& session, int64_t width, int64_t batch = 4) {
@@ -210,26 +208,6 @@ TEST(SplitServerTest, CorruptCheckpointIsRefusedAndKept) {
     EXPECT_NE(std::string(error.what()).find(path), std::string::npos) << error.what();
   }
   EXPECT_EQ(ReadFile(path, "checkpoint"), bytes);  // left as it was, for inspection
-}
-
-v1::SyncRequest SyncFor(const std::string& session, int64_t have_version) {
-  v1::SyncRequest request;
-  request.set_protocol_version(protocol::kProtocolVersion);
-  request.set_session_id(session);
-  request.set_have_version(have_version);
-  return request;
-}
-
-v1::UpdateRequest UpdateFor(const std::string& session, int64_t base_version, int64_t round,
-                            int64_t samples, const at::Tensor& delta) {
-  v1::UpdateRequest request;
-  request.set_protocol_version(protocol::kProtocolVersion);
-  request.set_session_id(session);
-  request.set_base_version(base_version);
-  request.set_round(round);
-  request.set_samples(samples);
-  protocol::EncodeDense(delta, request.mutable_delta());
-  return request;
 }
 
 TEST(SplitServerTest, RestartedServerResumesTheRoundFromItsCheckpoint) {

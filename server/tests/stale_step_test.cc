@@ -15,9 +15,13 @@
 #include "cleave/protocol/status_error.h"
 #include "cleave/protocol/tensor_message.h"
 #include "cleave/server/split_server.h"
+#include "server_requests.h"
 
 namespace cleave::server {
 namespace {
+
+using test::JoinFor;
+using test::SyncFor;
 
 constexpr int64_t kWidth = 128;  // cut width of the mlp below
 constexpr int64_t kBatch = 4;
@@ -54,13 +58,6 @@ std::vector<Batch> Batches(int count) {
   return batches;
 }
 
-v1::JoinRequest JoinFor(const SplitServer& server) {
-  v1::JoinRequest request;
-  request.set_protocol_version(protocol::kProtocolVersion);
-  request.set_model_fingerprint(server.fingerprint());
-  return request;
-}
-
 v1::TrainRequest TrainFor(const std::string& session, const Batch& batch, int64_t version) {
   v1::TrainRequest request;
   request.set_protocol_version(protocol::kProtocolVersion);
@@ -71,24 +68,9 @@ v1::TrainRequest TrainFor(const std::string& session, const Batch& batch, int64_
   return request;
 }
 
-v1::SyncRequest SyncFor(const std::string& session, int64_t have_version) {
-  v1::SyncRequest request;
-  request.set_protocol_version(protocol::kProtocolVersion);
-  request.set_session_id(session);
-  request.set_have_version(have_version);
-  return request;
-}
-
 v1::UpdateRequest UpdateFor(const std::string& session, int64_t base_version, int64_t round,
                             const at::Tensor& delta) {
-  v1::UpdateRequest request;
-  request.set_protocol_version(protocol::kProtocolVersion);
-  request.set_session_id(session);
-  request.set_base_version(base_version);
-  request.set_round(round);
-  request.set_samples(kBatch);
-  protocol::EncodeDense(delta, request.mutable_delta());
-  return request;
+  return test::UpdateFor(session, base_version, round, kBatch, delta);
 }
 
 // Two hospitals; `a` holds an assignment to train version 0 in a session that outlived `rounds`

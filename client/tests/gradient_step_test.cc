@@ -1,6 +1,6 @@
 // The client learns from the gradient the server sends, in every encoding the server can send:
 // dense; values only, at the positions the client sent; re-sparsified with indices relative to the
-// sent positions (protocol::DecodeSparseAt); and sparsified over the whole tensor when the
+// sent positions (protocol::GradientDecoder); and sparsified over the whole tensor when the
 // activations went dense. After one SGD step the bottom's weights must be W - lr * dL/dW with
 // L = <activations, G>, G the gradient the server meant. The test knows G (it plays the server
 // over a fake link and encodes G with the server's encoders) and computes the reference on its

@@ -23,6 +23,7 @@
 #include "cleave/protocol/cleave.pb.h"
 #include "cleave/protocol/link_spec.h"
 #include "cleave/protocol/tensor_message.h"
+#include "cleave/protocol/version.h"
 #include "cleave/server/client_allowlist.h"
 #include "cleave/server/round_coordinator.h"
 #include "cleave/server/session_table.h"
@@ -40,7 +41,7 @@ struct SplitServerOptions {
   std::string optimizer = "adam";  // "adam" or "sgd"
   double learning_rate = 1e-3;
   int64_t max_batch = 4096;
-  int64_t max_message_bytes = 64LL << 20;
+  int64_t max_message_bytes = protocol::kDefaultMaxMessageBytes;
   v1::CompressionConfig compression;  // advertised to clients in Join
   std::string checkpoint_path;        // empty: no checkpoints
   int64_t checkpoint_every = 0;       // steps between checkpoints (0: only on request)

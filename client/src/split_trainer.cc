@@ -20,7 +20,7 @@ namespace cleave::client {
 SplitTrainer::SplitTrainer(TrainerOptions options, protocol::SplitLink& link)
     : options_(std::move(options)), link_(link) {
   CLEAVE_CHECK_USER(options_.batch_size >= 1, "batch size must be at least 1");
-  CLEAVE_CHECK_USER(options_.nopeek_alpha >= 0, "--nopeek-alpha must be >= 0");
+  CLEAVE_CHECK_USER(options_.nopeek_alpha >= 0, "the NoPeek weight alpha must be >= 0, got ", options_.nopeek_alpha);
   model_ = BuildSplitModel(options_.model, options_.seed);
   fingerprint_ = ModelFingerprint(options_.model);
   optimizer_ =

@@ -302,9 +302,10 @@ EvalStats SplitTrainer::Evaluate(const Dataset& test, int64_t batch_size) {
     // (the plain estimator's bias depends on it), unless the test set fits in one batch.
     const int64_t rows = inputs.size(0);
     if ((rows == batch_size || (dcor_batches == 0 && rows == test.size())) && rows >= 4) {
-      const at::Tensor sent = selected.Apply(activations);
-      dcor_sum += privacy::DistanceCorrelation(inputs, sent).item<double>();
-      dcor_corrected_sum += privacy::BiasCorrectedDistanceCorrelation(inputs, sent).item<double>();
+      const privacy::DistanceCorrelations dcor =
+          privacy::BothDistanceCorrelations(inputs, selected.Apply(activations));
+      dcor_sum += dcor.plain.item<double>();
+      dcor_corrected_sum += dcor.bias_corrected.item<double>();
       stats.dcor_batch_size = rows;
       ++dcor_batches;
     }

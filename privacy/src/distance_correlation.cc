@@ -120,8 +120,11 @@ double IndependenceBaseline(const at::Tensor& x, const at::Tensor& z, uint64_t s
   CheckBatches(x, z, bias_corrected ? 4 : 2);
   const std::vector<int64_t> order = SeededPermutation(z.size(0), seed);
   const at::Tensor shuffled = z.index_select(0, at::tensor(order, at::kLong).to(z.device()));
-  const at::Tensor value = bias_corrected ? BiasCorrectedDistanceCorrelation(x, shuffled)
-                                          : DistanceCorrelation(x, shuffled);
+  // A measurement, taken like BothDistanceCorrelations' (row products in float on the CPU).
+  const at::Tensor dx = PairwiseDistances(x, /*float_gram=*/true);
+  const at::Tensor dz = PairwiseDistances(shuffled, /*float_gram=*/true);
+  const at::Tensor value =
+      bias_corrected ? BiasCorrectedFromDistances(dx, dz) : PlainFromDistances(dx, dz);
   return value.item<double>();
 }
 

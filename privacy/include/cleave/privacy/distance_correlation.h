@@ -32,7 +32,8 @@ struct DistanceCorrelations {
 };
 DistanceCorrelations BothDistanceCorrelations(const at::Tensor& x, const at::Tensor& z);
 
-// The independence baseline: the same estimator with Z's rows shuffled (seeded).
+// The independence baseline: the same estimator with Z's rows shuffled (seeded), computed as
+// BothDistanceCorrelations computes it (a measurement).
 double IndependenceBaseline(const at::Tensor& x, const at::Tensor& z, uint64_t seed,
                             bool bias_corrected = false);
 

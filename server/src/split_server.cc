@@ -312,6 +312,8 @@ v1::EvaluateReply SplitServer::Evaluate(const std::string& identity,
   reply.set_loss_sum(evaluation.loss_sum);
   reply.set_correct(evaluation.correct);
   reply.set_count(labels.size(0));
+  reply.mutable_correct_per_class()->Add(evaluation.correct_per_class.begin(),
+                                         evaluation.correct_per_class.end());
   CountBytes(request.session_id(), request.ByteSizeLong(), reply.ByteSizeLong());
   return reply;
 }

@@ -13,6 +13,7 @@
 
 #include "cleave/core/error.h"
 #include "cleave/core/file_io.h"
+#include "cleave/core/split_model.h"
 #include "cleave/protocol/status_error.h"
 #include "cleave/protocol/tensor_message.h"
 #include "cleave/server/in_process_link.h"
@@ -170,6 +171,40 @@ TEST(SplitServerTest, InProcessLinkRoundTripsMessages) {
   EXPECT_EQ(joined.client_name(), "local");
   link.TrainStep(Batch(joined.session_id(), 128));
   EXPECT_EQ(server.step(), 1);
+}
+
+TEST(SplitServerTest, EvaluateCountsTheCorrectSamplesOfEachClass) {
+  const SplitServerOptions options = MlpOptions();
+  SplitServer server(options);
+  const auto session = server.Join("a", JoinFor(server)).session_id();
+  // The reference: the same top layers, run here on the same activations.
+  SplitModel reference = BuildSplitModel(options.model, options.seed);
+  const std::vector<at::Tensor> weights = server.top_parameters();
+  ASSERT_EQ(reference.top->parameters().size(), weights.size());
+  {
+    at::NoGradGuard no_grad;
+    for (size_t i = 0; i < weights.size(); ++i) reference.top->parameters()[i].copy_(weights[i]);
+  }
+  reference.top->eval();
+  const at::Tensor activations = at::randn({16, 128});
+  const at::Tensor predicted = reference.top->forward(activations).argmax(1);
+  // Rows 0..9 labelled as predicted (correct), the rest as another class (wrong).
+  at::Tensor labels = predicted.clone();
+  labels.slice(0, 10) = (labels.slice(0, 10) + 1) % 3;
+  std::vector<int64_t> expected(3, 0);
+  for (int64_t row = 0; row < 10; ++row) ++expected[labels[row].item<int64_t>()];
+
+  v1::EvaluateRequest request;
+  request.set_protocol_version(protocol::kProtocolVersion);
+  request.set_session_id(session);
+  protocol::EncodeDense(activations, request.mutable_activations());
+  protocol::EncodeDense(labels, request.mutable_labels());
+  const v1::EvaluateReply reply = server.Evaluate("a", request);
+  EXPECT_EQ(reply.count(), 16);
+  EXPECT_EQ(reply.correct(), 10);
+  const std::vector<int64_t> per_class(reply.correct_per_class().begin(),
+                                       reply.correct_per_class().end());
+  EXPECT_EQ(per_class, expected);
 }
 
 TEST(SplitServerTest, CheckpointEveryNStepsAndResume) {

@@ -319,11 +319,11 @@ const AttackCase kAttacks[] = {
        Attacker mallory(server, "mallory");  // joined, never synced
        const int64_t version = server.rounds()->version();
        EXPECT_EQ(mallory.Train(at::randn({8, kCutWidth}), version - 1),
-                 grpc::StatusCode::FAILED_PRECONDITION);
+                 grpc::StatusCode::ABORTED);
        EXPECT_EQ(mallory.Train(at::randn({8, kCutWidth}), version),
-                 grpc::StatusCode::FAILED_PRECONDITION);
+                 grpc::StatusCode::ABORTED);
        EXPECT_EQ(mallory.Submit(version - 1, 1, 64, at::zeros({server.rounds()->num_parameters()})),
-                 grpc::StatusCode::FAILED_PRECONDITION);
+                 grpc::StatusCode::ABORTED);
      }},
     {"SessionsLeftBehind",
      [](server::SplitServer& server, const std::function<void()>& release) {

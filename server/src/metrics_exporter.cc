@@ -73,7 +73,7 @@ struct MetricsExporter::Metrics {
                     .Add({})),
         expired(prometheus::BuildCounter()
                     .Name("cleave_sessions_expired_total")
-                    .Help("Sessions released after --session-idle seconds without a call")
+                    .Help("Sessions released after the session idle timeout without a call")
                     .Register(registry)
                     .Add({})),
         rounds(prometheus::BuildCounter()

@@ -22,6 +22,7 @@
 #include "cleave/protocol/tensor_message.h"
 #include "cleave/server/in_process_link.h"
 #include "cleave/server/split_server.h"
+#include "cleave/server/status_mapping.h"
 
 namespace cleave {
 namespace {
@@ -222,7 +223,7 @@ class Attacker {
     try {
       fn();
     } catch (const std::exception& error) {
-      return protocol::ToGrpcStatus(error).error_code();
+      return server::StatusFor(error).error_code();
     }
     return grpc::StatusCode::OK;
   }

@@ -33,9 +33,7 @@ bool Reconnectable(const StatusError& error) {
 
 // ABORTED: the server refused a step or an update as too stale, or from outside the current
 // round; Sync and go on. (FAILED_PRECONDITION is a fatal mismatch: never resynchronised.)
-bool Resynchronises(const StatusError& error) {
-  return error.code() == grpc::StatusCode::ABORTED;
-}
+bool Resynchronises(const StatusError& error) { return error.code() == grpc::StatusCode::ABORTED; }
 
 }  // namespace
 

@@ -319,10 +319,8 @@ const AttackCase kAttacks[] = {
        WaitForRound(server, 3);
        Attacker mallory(server, "mallory");  // joined, never synced
        const int64_t version = server.rounds()->version();
-       EXPECT_EQ(mallory.Train(at::randn({8, kCutWidth}), version - 1),
-                 grpc::StatusCode::ABORTED);
-       EXPECT_EQ(mallory.Train(at::randn({8, kCutWidth}), version),
-                 grpc::StatusCode::ABORTED);
+       EXPECT_EQ(mallory.Train(at::randn({8, kCutWidth}), version - 1), grpc::StatusCode::ABORTED);
+       EXPECT_EQ(mallory.Train(at::randn({8, kCutWidth}), version), grpc::StatusCode::ABORTED);
        EXPECT_EQ(mallory.Submit(version - 1, 1, 64, at::zeros({server.rounds()->num_parameters()})),
                  grpc::StatusCode::ABORTED);
      }},

@@ -11,9 +11,9 @@ namespace cleave::server {
 
 void CheckProtocolVersion(uint32_t version) {
   if (version != protocol::kProtocolVersion) {
-    throw Refusal(RefusalKind::kMismatch, detail::Concat("protocol version ", version,
-                                                         ", server speaks ",
-                                                         protocol::kProtocolVersion));
+    throw Refusal(RefusalKind::kMismatch,
+                  detail::Concat("protocol version ", version, ", server speaks ",
+                                 protocol::kProtocolVersion));
   }
 }
 
@@ -33,8 +33,7 @@ void AdmitJoin(const std::string& identity, const v1::JoinRequest& request,
     // Peer text is escaped and capped: it cannot forge a log line or blow up the status.
     spdlog::warn("refused Join from '{}': model fingerprint {} ({}) != server's {} ({})",
                  PeerText(identity), PeerText(request.model_fingerprint(), 64),
-                 PeerText(request.model_description()), rules.fingerprint,
-                 rules.model_description);
+                 PeerText(request.model_description()), rules.fingerprint, rules.model_description);
     throw Refusal(RefusalKind::kMismatch,
                   detail::Concat("model fingerprint mismatch: client ",
                                  PeerText(request.model_fingerprint(), 64), " (",

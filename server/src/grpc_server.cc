@@ -319,7 +319,8 @@ void CheckLimits(const ListenOptions& options, const CallLimits& limits) {
   CLEAVE_CHECK_USER(options.max_threads >= 2, "the server needs at least 2 threads");
   CLEAVE_CHECK_USER(options.max_streams_per_connection >= 1,
                     "the streams allowed per connection must be at least 1");
-  CLEAVE_CHECK_USER(limits.max_calls_per_client >= 1, "the calls allowed per client must be at least 1");
+  CLEAVE_CHECK_USER(limits.max_calls_per_client >= 1,
+                    "the calls allowed per client must be at least 1");
   // Below one message, a hospital's largest honest request would always be refused.
   CLEAVE_CHECK_USER(limits.max_client_request_bytes >= options.max_message_bytes,
                     "the request bytes allowed per client must be at least one message");

@@ -38,8 +38,7 @@ v1::TrainReply InProcessLink::TrainStep(const v1::TrainRequest& request) {
 }
 
 v1::EvaluateReply InProcessLink::Evaluate(const v1::EvaluateRequest& request) {
-  return AsServed(
-      [&] { return OverTheWire(server_.Evaluate(identity_, OverTheWire(request))); });
+  return AsServed([&] { return OverTheWire(server_.Evaluate(identity_, OverTheWire(request))); });
 }
 
 void InProcessLink::Leave(const v1::LeaveRequest& request) {

@@ -197,8 +197,8 @@ RoundCoordinator::Assignment& RoundCoordinator::AssignmentForLocked(const std::s
     assignments_.erase(identity);
     throw Refusal(RefusalKind::kStale,
                   detail::Concat(what, version, " is ", staleness, " versions old (at most ",
-                                 options_.max_staleness, " allowed): Sync and continue from version ",
-                                 state_.version));
+                                 options_.max_staleness,
+                                 " allowed): Sync and continue from version ", state_.version));
   }
   const auto assignment = assignments_.find(identity);
   if (assignment == assignments_.end() || assignment->second.version != version) {
@@ -272,8 +272,8 @@ UpdateOutcome RoundCoordinator::Submit(const std::string& identity, int64_t base
       outcome.version = state_.version;
       return outcome;
     }
-    const int64_t counted = AssignmentForLocked(identity, base_version, "update from version ")
-                                .samples;
+    const int64_t counted =
+        AssignmentForLocked(identity, base_version, "update from version ").samples;
     const at::Tensor flat = delta.detach().to(at::kFloat).reshape({-1});
     if (std::optional<Refusal> refusal = CheckUpdate(flat, counted)) {
       // A refused hospital does not hold the round up; what it trained is lost.
@@ -298,9 +298,10 @@ UpdateOutcome RoundCoordinator::AcceptLocked(const std::string& identity, int64_
                                              const at::Tensor& flat) {
   if (samples > counted) {
     ++state_.updates_capped;
-    spdlog::warn("update of '{}' for round {} claims {} samples, the server counted {}: "
-                 "weighted by {}",
-                 PeerText(identity), round, samples, counted, counted);
+    spdlog::warn(
+        "update of '{}' for round {} claims {} samples, the server counted {}: "
+        "weighted by {}",
+        PeerText(identity), round, samples, counted, counted);
   }
   assignments_.erase(identity);
   UpdateOutcome outcome;

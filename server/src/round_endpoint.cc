@@ -34,8 +34,8 @@ RoundEndpoint::RoundEndpoint(RoundCoordinator& rounds, const protocol::Direction
 v1::SyncReply RoundEndpoint::Sync(const std::string& identity, const v1::SyncRequest& request) {
   CLEAVE_CHECK_INPUT(request.have_version() >= -1, "have_version ", request.have_version(),
                      " is not a version");
-  const auto wait = std::min(std::chrono::milliseconds(std::max<int64_t>(0, request.wait_ms())),
-                             max_sync_wait_);
+  const auto wait =
+      std::min(std::chrono::milliseconds(std::max<int64_t>(0, request.wait_ms())), max_sync_wait_);
   const SyncDecision decision = rounds_.Sync(identity, request.have_version(), wait);
   v1::SyncReply reply;
   reply.set_protocol_version(protocol::kProtocolVersion);
@@ -43,15 +43,16 @@ v1::SyncReply RoundEndpoint::Sync(const std::string& identity, const v1::SyncReq
   reply.set_round(decision.round);
   reply.set_model_version(decision.version);
   reply.set_rounds(rounds_.options().rounds);
-  if (decision.weights.defined()) protocol::EncodeWeights(decision.weights, reply.mutable_weights());
+  if (decision.weights.defined())
+    protocol::EncodeWeights(decision.weights, reply.mutable_weights());
   return reply;
 }
 
 v1::UpdateReply RoundEndpoint::Submit(const std::string& identity,
                                       const v1::UpdateRequest& request) {
   const at::Tensor delta = decoder_.Decode(request.delta());
-  const UpdateOutcome outcome = rounds_.Submit(identity, request.base_version(), request.round(),
-                                               request.samples(), delta);
+  const UpdateOutcome outcome =
+      rounds_.Submit(identity, request.base_version(), request.round(), request.samples(), delta);
   v1::UpdateReply reply;
   reply.set_protocol_version(protocol::kProtocolVersion);
   reply.set_duplicate(outcome.duplicate);

@@ -35,12 +35,11 @@ void CheckRoundOptions(const RoundOptions& options) {
 }
 
 std::string DescribeRoundOptions(const RoundOptions& options) {
-  return detail::Concat("schedule ", ScheduleName(options.schedule), ": ", options.rounds,
-                        " round(s) of ", options.round_samples, " samples, deadline ",
-                        options.round_deadline.count(), " ms, quorum ", options.quorum, ", ",
-                        options.min_clients, " hospital(s) to start, max staleness ",
-                        options.max_staleness, ", aggregation ",
-                        AggregationName(options.aggregation.method));
+  return detail::Concat(
+      "schedule ", ScheduleName(options.schedule), ": ", options.rounds, " round(s) of ",
+      options.round_samples, " samples, deadline ", options.round_deadline.count(), " ms, quorum ",
+      options.quorum, ", ", options.min_clients, " hospital(s) to start, max staleness ",
+      options.max_staleness, ", aggregation ", AggregationName(options.aggregation.method));
 }
 
 const char* PhaseName(RoundPhase phase) {

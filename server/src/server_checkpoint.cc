@@ -198,8 +198,7 @@ int64_t ResumeServer(const std::string& path, const std::string& fingerprint, To
   if (rounds && loaded.round) {
     rounds->Restore(*loaded.round);
     spdlog::info("resumed from checkpoint '{}' at step {}, round {} ({}), client model version {}",
-                 path, loaded.step, rounds->round(), PhaseName(rounds->phase()),
-                 rounds->version());
+                 path, loaded.step, rounds->round(), PhaseName(rounds->phase()), rounds->version());
   } else {
     spdlog::info("resumed from checkpoint '{}' at step {}", path, loaded.step);
   }

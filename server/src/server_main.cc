@@ -164,9 +164,9 @@ void AddTrainingFlags(CLI::App& app, Flags* f) {
       ->capture_default_str();
   app.add_option("--seed", options.seed, "Seed of the server-side weight initialisation")
       ->capture_default_str();
-  CLI::Option* checkpoint = app.add_option(
-      "--checkpoint", options.checkpoint_path,
-      "Checkpoint file of the server-side model and optimizer (written atomically)");
+  CLI::Option* checkpoint =
+      app.add_option("--checkpoint", options.checkpoint_path,
+                     "Checkpoint file of the server-side model and optimizer (written atomically)");
   app.add_option("--checkpoint-every", options.checkpoint_every,
                  "Write the checkpoint every N training steps (0: only at shutdown)")
       ->capture_default_str();

@@ -34,9 +34,9 @@ SplitServer::SplitServer(SplitServerOptions options)
   cut_shape_ = model.cut_shape;
   const at::Tensor client_weights = FlattenParameters(*model.bottom);
   client_parameters_ = client_weights.numel();
-  const ValueBounds bounds = ResolveValueBounds(
-      {options_.max_activation_abs, options_.rounds.max_update_abs}, options_.model, model,
-      options_.seed);
+  const ValueBounds bounds =
+      ResolveValueBounds({options_.max_activation_abs, options_.rounds.max_update_abs},
+                         options_.model, model, options_.seed);
   activation_bound_ = bounds.activation_abs;
   options_.rounds.max_update_abs = bounds.update_abs;
   activation_decoder_ =
@@ -48,8 +48,8 @@ SplitServer::SplitServer(SplitServerOptions options)
       MakeOptimizer(options_.optimizer, model.top->parameters(), options_.learning_rate));
   if (options_.rounds.schedule != Schedule::kSingle) {
     coordinator_ = std::make_unique<RoundCoordinator>(options_.rounds, client_weights);
-    round_endpoint_ = std::make_unique<RoundEndpoint>(*coordinator_, link_spec_.updates,
-                                                      options_.max_sync_wait);
+    round_endpoint_ =
+        std::make_unique<RoundEndpoint>(*coordinator_, link_spec_.updates, options_.max_sync_wait);
   }
   CLEAVE_CHECK_USER(!options_.resume || !options_.checkpoint_path.empty(),
                     "resuming needs a checkpoint file");
@@ -57,7 +57,7 @@ SplitServer::SplitServer(SplitServerOptions options)
     ReadFile(options_.checkpoint_path, "checkpoint");  // names the file if it is missing
   }
   join_rules_ = JoinRules{options_.allowed_clients, fingerprint_, DescribeSpec(options_.model),
-                         options_.compression, {}};
+                          options_.compression, v1::ServerConfig()};
   v1::ServerConfig& told = join_rules_.server;  // what a client learns at Join
   told.set_max_message_bytes(options_.max_message_bytes);
   told.set_model_description(DescribeSpec(options_.model));
@@ -74,14 +74,15 @@ SplitServer::SplitServer(SplitServerOptions options)
         [this](const RoundSummary& summary) { OnRoundClosed(summary); });
     spdlog::info("{}", DescribeRoundOptions(options_.rounds));
   }
-  spdlog::info("model {} (fingerprint {}), compression {}; bounds: activation values {:g}, "
-               "update values {:g}; sessions idle {} s expire, {} per identity",
-               DescribeSpec(options_.model), fingerprint_, protocol::Describe(link_spec_),
-               activation_bound_, options_.rounds.max_update_abs,
-               options_.session_idle_timeout.count() / 1000.0, options_.max_sessions_per_identity);
+  spdlog::info(
+      "model {} (fingerprint {}), compression {}; bounds: activation values {:g}, "
+      "update values {:g}; sessions idle {} s expire, {} per identity",
+      DescribeSpec(options_.model), fingerprint_, protocol::Describe(link_spec_), activation_bound_,
+      options_.rounds.max_update_abs, options_.session_idle_timeout.count() / 1000.0,
+      options_.max_sessions_per_identity);
   if (options_.session_idle_timeout.count() > 0) {
-    const auto period = std::clamp(options_.session_idle_timeout / 4,
-                                   std::chrono::milliseconds(10), std::chrono::milliseconds(5000));
+    const auto period = std::clamp(options_.session_idle_timeout / 4, std::chrono::milliseconds(10),
+                                   std::chrono::milliseconds(5000));
     reaper_ = std::make_unique<PeriodicTask>(period, [this] { ExpireIdleSessions(Clock::now()); });
   }
 }
@@ -96,14 +97,12 @@ int SplitServer::ExpireIdleSessions(Clock::time_point now) {
   if (options_.session_idle_timeout.count() <= 0) return 0;
   const std::vector<Session> gone = sessions_.ExpireBefore(now - options_.session_idle_timeout);
   if (gone.empty()) return 0;
+  NotifySessions();
+  if (observer_) observer_->OnSessionsExpired(static_cast<int64_t>(gone.size()));
   for (const Session& session : gone) {
     spdlog::warn("session of '{}' expired after {} s without a call", PeerText(session.identity),
                  options_.session_idle_timeout.count() / 1000.0);
-  }
-  NotifySessions();
-  if (observer_) observer_->OnSessionsExpired(static_cast<int64_t>(gone.size()));
-  if (coordinator_) {
-    for (const Session& session : gone) coordinator_->OnLeave(session.identity);
+    if (coordinator_) coordinator_->OnLeave(session.identity);
   }
   return static_cast<int>(gone.size());
 }
@@ -258,9 +257,8 @@ void SplitServer::SessionEnded(const std::string& identity) {
 
 RoundEndpoint& SplitServer::Rounds(const char* call) {
   if (!round_endpoint_) {
-    throw Refusal(RefusalKind::kMismatch,
-                  detail::Concat("this server runs the single schedule: ", call,
-                                 " has no rounds to take part in"));
+    throw Refusal(RefusalKind::kMismatch, detail::Concat("this server runs the single schedule: ",
+                                                         call, " has no rounds to take part in"));
   }
   return *round_endpoint_;
 }

@@ -237,8 +237,7 @@ TEST(HostileInputTest, StepsAndUpdatesFromOutsideTheRoundAreRefusedWhateverTheir
         << "version " << version;
   }
   // Nor may a, once its round's update is in, train on in the old version.
-  EXPECT_EQ(CodeOf([&] { server.Train("a", Honest(round.a, 0)); }),
-            grpc::StatusCode::ABORTED);
+  EXPECT_EQ(CodeOf([&] { server.Train("a", Honest(round.a, 0)); }), grpc::StatusCode::ABORTED);
   EXPECT_EQ(server.step(), steps);
   EXPECT_TRUE(Same(before, TopWeights(server)));
   EXPECT_EQ(server.counters().refused_steps, 3);

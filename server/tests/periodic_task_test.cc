@@ -38,7 +38,9 @@ TEST(PeriodicTaskTest, RunsEveryPeriodUntilDestroyed) {
 TEST(PeriodicTaskTest, ALongPeriodDoesNotDelayDestruction) {
   int runs = 0;
   const auto started = std::chrono::steady_clock::now();
-  { PeriodicTask task(std::chrono::hours(1), [&] { ++runs; }); }
+  {
+    PeriodicTask task(std::chrono::hours(1), [&] { ++runs; });
+  }
   EXPECT_EQ(runs, 0);
   EXPECT_LT(std::chrono::steady_clock::now() - started, 30s);
 }

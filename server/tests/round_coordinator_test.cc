@@ -10,7 +10,6 @@
 
 #include "cleave/server/server_checkpoint.h"
 
-
 namespace cleave::server {
 namespace {
 
@@ -406,8 +405,8 @@ TEST(RoundPhaseTest, ADeadlineWithoutAQuorumTellsStragglersToSendOrReopens) {
   Train(rounds, "a", 10);
   clock.now += 100ms;
   rounds.CheckDeadline();
-  EXPECT_EQ(rounds.phase(), RoundPhase::kClosing);  // a is told to send what it has
-  rounds.OnLeave("a");                              // ... and vanishes without sending
+  EXPECT_EQ(rounds.phase(), RoundPhase::kClosing);   // a is told to send what it has
+  rounds.OnLeave("a");                               // ... and vanishes without sending
   EXPECT_EQ(rounds.phase(), RoundPhase::kTraining);  // open again for whoever (re)joins
   clock.now += 100ms;
   rounds.CheckDeadline();  // nobody training, nothing sent: extended, still open
@@ -435,8 +434,8 @@ TEST(RoundPhaseTest, RestoreResumesThePhaseSavedExceptClosing) {
     resumed.OnJoin("a");
     EXPECT_EQ(resumed.Sync("a", -1, 0ms).action, Action::kTrain);
   }
-  for (RoundPhase phase : {RoundPhase::kWaitingForClients, RoundPhase::kTraining,
-                           RoundPhase::kFinished}) {
+  for (RoundPhase phase :
+       {RoundPhase::kWaitingForClients, RoundPhase::kTraining, RoundPhase::kFinished}) {
     saved.phase = phase;
     RoundCoordinator resumed(options, at::zeros({kParameters}));
     resumed.Restore(saved);

@@ -73,8 +73,7 @@ TEST(SequentialPolicyTest, AHolderThatLeavesWithoutItsUpdateLosesTheTurn) {
   SequentialPolicy policy;
   Round round;
   round.Connect({"a", "b"});
-  EXPECT_EQ(policy.OnParticipantGone(round.View(), "a", /*lost_turn=*/true).action,
-            Action::kClose);
+  EXPECT_EQ(policy.OnParticipantGone(round.View(), "a", /*lost_turn=*/true).action, Action::kClose);
   // Rejoined (not lost): it takes the turn again through Sync.
   EXPECT_EQ(policy.OnParticipantGone(round.View(), "a", /*lost_turn=*/false).action,
             Action::kKeepOpen);

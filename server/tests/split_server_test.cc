@@ -24,7 +24,6 @@ using test::JoinFor;
 using test::SyncFor;
 using test::UpdateFor;
 
-
 SplitServerOptions MlpOptions() {
   SplitServerOptions options;
   options.model.architecture = "mlp";

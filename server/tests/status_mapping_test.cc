@@ -18,10 +18,10 @@ namespace {
 using test::JoinFor;
 using test::SyncFor;
 
-constexpr RefusalKind kAllKinds[] = {
-    RefusalKind::kMismatch,   RefusalKind::kNotAllowed, RefusalKind::kUnknownSession,
-    RefusalKind::kNotInRound, RefusalKind::kStale,      RefusalKind::kNoSamples,
-    RefusalKind::kOutOfBounds, RefusalKind::kNonFinite};
+constexpr RefusalKind kAllKinds[] = {RefusalKind::kMismatch,       RefusalKind::kNotAllowed,
+                                     RefusalKind::kUnknownSession, RefusalKind::kNotInRound,
+                                     RefusalKind::kStale,          RefusalKind::kNoSamples,
+                                     RefusalKind::kOutOfBounds,    RefusalKind::kNonFinite};
 
 TEST(StatusMappingTest, FatalMismatchAndResynchronisingRefusalsHaveDistinctCodes) {
   EXPECT_EQ(StatusCodeFor(RefusalKind::kMismatch), grpc::StatusCode::FAILED_PRECONDITION);
@@ -44,8 +44,7 @@ TEST(StatusMappingTest, TheStatusCarriesTheMessageAndOtherErrorsKeepTheirCodes) 
   const grpc::Status refused = StatusFor(Refusal(RefusalKind::kStale, "3 versions old"));
   EXPECT_EQ(refused.error_code(), grpc::StatusCode::ABORTED);
   EXPECT_EQ(refused.error_message(), "3 versions old");
-  EXPECT_EQ(StatusFor(InvalidInput("bad shape")).error_code(),
-            grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(StatusFor(InvalidInput("bad shape")).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(StatusFor(protocol::StatusError(grpc::StatusCode::CANCELLED, "gone")).error_code(),
             grpc::StatusCode::CANCELLED);
   EXPECT_EQ(StatusFor(std::runtime_error("bug")).error_code(), grpc::StatusCode::INTERNAL);

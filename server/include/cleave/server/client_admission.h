@@ -19,14 +19,13 @@ struct JoinRules {
   std::set<std::string> allowed_clients;  // empty: any client the CA signed
   std::string fingerprint;                // the server's model fingerprint
   std::string model_description;          // for the refusal and the log
-  v1::CompressionConfig compression;       // told to the client in the reply
-  v1::ServerConfig server;                 // likewise
+  v1::CompressionConfig compression;      // told to the client in the reply
+  v1::ServerConfig server;                // likewise
 };
 
 // Throws Refusal: kMismatch for another protocol version or model fingerprint (naming both),
 // kNotAllowed for an identity not on the allowlist.
-void AdmitJoin(const std::string& identity, const v1::JoinRequest& request,
-               const JoinRules& rules);
+void AdmitJoin(const std::string& identity, const v1::JoinRequest& request, const JoinRules& rules);
 
 // The reply to an admitted Join that opened `session_id`.
 v1::JoinReply JoinReplyFor(const JoinRules& rules, const std::string& identity,

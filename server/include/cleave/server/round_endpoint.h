@@ -7,8 +7,8 @@
 #include <cstdint>
 #include <string>
 
-#include "cleave/protocol/client_model_codec.h"
 #include "cleave/protocol/cleave.pb.h"
+#include "cleave/protocol/client_model_codec.h"
 #include "cleave/server/round_coordinator.h"
 
 namespace cleave::server {

@@ -44,8 +44,8 @@ std::string DescribeRoundOptions(const RoundOptions& options);
 //   kWaitingForClients -> kTraining   min_clients hospitals connected
 //   kTraining -> kClosing             the round's sample target reached, or its deadline passed
 //                                     without a quorum while hospitals are still training
-//   kClosing -> kTraining             reopened: too few updates for the quorum and nobody left
-//                                     training, or hospitals that have not taken part may add theirs
+//   kClosing -> kTraining             reopened: below the quorum, and nobody is left training
+//                                     or hospitals that have not taken part may add an update
 //   kTraining / kClosing -> kTraining the round closed (aggregated); the next one opens
 //   kTraining / kClosing -> kFinished the round closed was the last one
 // Restored from a checkpoint: kClosing resumes as kTraining (the hospitals that were training lost

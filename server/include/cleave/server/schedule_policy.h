@@ -18,7 +18,7 @@ namespace cleave::server {
 struct RoundView {
   const RoundOptions& options;
   const RoundState& state;
-  const std::set<std::string>& participants;  // assigned to train in this round
+  const std::set<std::string>& participants;    // assigned to train in this round
   const std::map<std::string, int>& connected;  // identity -> sessions
   bool deadline_passed = false;
 };

@@ -120,8 +120,8 @@ mutant reconnects-unbounded client/src/round_participant.cc client_tests 'RoundP
   '      if (++failures >= options_.max_reconnects) throw;' \
   '      if (++failures >= 1000 * options_.max_reconnects) throw;'
 mutant fatal-mismatch-resyncs client/src/round_participant.cc client_tests 'RoundParticipant*' \
-  '  return error.code() == grpc::StatusCode::ABORTED;' \
-  '  return error.code() == grpc::StatusCode::ABORTED || error.code() == grpc::StatusCode::FAILED_PRECONDITION;'
+  'bool Resynchronises(const StatusError& error) { return error.code() == grpc::StatusCode::ABORTED; }' \
+  'bool Resynchronises(const StatusError& error) { return error.code() == grpc::StatusCode::ABORTED || error.code() == grpc::StatusCode::FAILED_PRECONDITION; }'
 
 # --- privacy/ ----------------------------------------------------------------------------------
 mutant dcor-no-double-centring privacy/src/distance_correlation.cc privacy_tests '*' \

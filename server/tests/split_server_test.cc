@@ -25,8 +25,6 @@ using test::JoinFor;
 using test::SyncFor;
 using test::UpdateFor;
 
-using protocol::StatusError;
-
 SplitServerOptions MlpOptions() {
   SplitServerOptions options;
   options.model.architecture = "mlp";
@@ -84,8 +82,8 @@ TEST(SplitServerTest, JoinRefusesOtherFingerprintNamingBoth) {
   try {
     server.Join("a", request);
     FAIL();
-  } catch (const StatusError& error) {
-    EXPECT_EQ(error.code(), grpc::StatusCode::FAILED_PRECONDITION);
+  } catch (const Refusal& error) {
+    EXPECT_EQ(error.kind(), RefusalKind::kMismatch);
     EXPECT_NE(std::string(error.what()).find("0123456789abcdef"), std::string::npos);
     EXPECT_NE(std::string(error.what()).find(server.fingerprint()), std::string::npos);
   }
@@ -95,7 +93,12 @@ TEST(SplitServerTest, JoinRefusesOtherProtocolVersion) {
   SplitServer server(MlpOptions());
   v1::JoinRequest request = JoinFor(server);
   request.set_protocol_version(99);
-  EXPECT_THROW(server.Join("a", request), StatusError);
+  try {
+    server.Join("a", request);
+    FAIL() << "a client of another protocol version joined";
+  } catch (const Refusal& error) {
+    EXPECT_EQ(error.kind(), RefusalKind::kMismatch);
+  }
 }
 
 TEST(SplitServerTest, AllowlistRefusesOthersWithPermissionDenied) {
@@ -109,8 +112,8 @@ TEST(SplitServerTest, AllowlistRefusesOthersWithPermissionDenied) {
   try {
     server.Join("mallory", JoinFor(server));
     FAIL() << "an unlisted client joined";
-  } catch (const StatusError& error) {
-    EXPECT_EQ(error.code(), grpc::StatusCode::PERMISSION_DENIED);
+  } catch (const Refusal& error) {
+    EXPECT_EQ(error.kind(), RefusalKind::kNotAllowed);
   }
   EXPECT_EQ(server.active_sessions(), 1u);
   WriteFileAtomic(path, "st mary\n");
@@ -150,15 +153,15 @@ TEST(SplitServerTest, SessionsBelongToTheirIdentity) {
   try {
     server.Train("bob", Batch(session, 128));
     FAIL();
-  } catch (const StatusError& error) {
-    EXPECT_EQ(error.code(), grpc::StatusCode::PERMISSION_DENIED);
+  } catch (const Refusal& error) {
+    EXPECT_EQ(error.kind(), RefusalKind::kNotAllowed);
   }
-  EXPECT_THROW(server.Leave("bob", session), StatusError);
+  EXPECT_THROW(server.Leave("bob", session), Refusal);
   try {
     server.Train("alice", Batch("no-such-session", 128));
     FAIL();
-  } catch (const StatusError& error) {
-    EXPECT_EQ(error.code(), grpc::StatusCode::NOT_FOUND);
+  } catch (const Refusal& error) {
+    EXPECT_EQ(error.kind(), RefusalKind::kUnknownSession);
   }
   server.Leave("alice", session);
   EXPECT_EQ(server.active_sessions(), 0u);
@@ -319,8 +322,8 @@ TEST(SplitServerTest, AnotherHospitalCannotSyncOrUpdateThroughASession) {
         server.SubmitUpdate("b", UpdateFor(a, 0, 1, 4, at::zeros({4})));
       }
       FAIL() << "b used a's session";
-    } catch (const StatusError& error) {
-      EXPECT_EQ(error.code(), grpc::StatusCode::PERMISSION_DENIED);
+    } catch (const Refusal& error) {
+      EXPECT_EQ(error.kind(), RefusalKind::kNotAllowed);
     }
   }
 }
@@ -341,8 +344,8 @@ TEST(SplitServerTest, SingleScheduleHasNoRounds) {
   try {
     server.Sync("a", SyncFor(a, -1));
     FAIL() << "Sync worked without rounds";
-  } catch (const StatusError& error) {
-    EXPECT_EQ(error.code(), grpc::StatusCode::FAILED_PRECONDITION);
+  } catch (const Refusal& error) {
+    EXPECT_EQ(error.kind(), RefusalKind::kMismatch);
   }
 }
 

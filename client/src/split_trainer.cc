@@ -85,8 +85,6 @@ SplitTrainer::StepResult SplitTrainer::Step(const at::Tensor& inputs, const at::
   protocol::EncodeDense(labels, request.mutable_labels());
   const v1::TrainReply reply = link_.TrainStep(request);
   CheckReplyVersion(reply.protocol_version(), "Train");
-  counters_.bytes_sent += static_cast<int64_t>(request.ByteSizeLong());
-  counters_.bytes_received += static_cast<int64_t>(reply.ByteSizeLong());
   counters_.dense_fp32_bytes += activations.numel() * 4;
   counters_.elements_total += activations.numel();
   counters_.elements_sent += selected.count(activations.numel());
@@ -122,8 +120,9 @@ ProgressStats SplitTrainer::Shown(const EpochStats& stats, double loss_sum, int6
   shown.loss = stats.steps > 0 ? loss_sum / stats.steps : 0;
   shown.accuracy = stats.samples > 0 ? static_cast<double>(correct) / stats.samples : 0;
   shown.samples_per_second = seconds > 0 ? stats.samples / seconds : 0;
-  shown.bytes_sent = counters_.bytes_sent;
-  shown.bytes_received = counters_.bytes_received;
+  const MessageBytes bytes = link_.bytes().Total();
+  shown.bytes_sent = bytes.sent;
+  shown.bytes_received = bytes.received;
   shown.density = counters_.elements_total > 0
                       ? static_cast<double>(counters_.elements_sent) / counters_.elements_total
                       : 1.0;
@@ -194,8 +193,6 @@ v1::SyncReply SplitTrainer::Sync(int64_t have_version, int64_t wait_ms) {
   request.set_have_version(have_version);
   request.set_wait_ms(wait_ms);
   v1::SyncReply reply = link_.Sync(request);
-  counters_.bytes_sent += static_cast<int64_t>(request.ByteSizeLong());
-  counters_.bytes_received += static_cast<int64_t>(reply.ByteSizeLong());
   CheckReplyVersion(reply.protocol_version(), "Sync");
   return reply;
 }
@@ -217,9 +214,6 @@ v1::UpdateReply SplitTrainer::SubmitUpdate(int64_t base_version, int64_t round, 
   update_encoder_->Encode(delta, request.mutable_delta());
   const v1::UpdateReply reply = link_.SubmitUpdate(request);
   CheckReplyVersion(reply.protocol_version(), "SubmitUpdate");
-  counters_.bytes_sent += static_cast<int64_t>(request.ByteSizeLong());
-  counters_.bytes_received += static_cast<int64_t>(reply.ByteSizeLong());
-  counters_.update_bytes += static_cast<int64_t>(request.ByteSizeLong());
   counters_.update_dense_bytes += delta.numel() * 4;
   return reply;
 }
@@ -233,6 +227,15 @@ at::Tensor SplitTrainer::ClientWeights() const { return FlattenParameters(*model
 void SplitTrainer::LoadClientWeights(const at::Tensor& flat, int64_t version) {
   AssignFlatParameters(*model_.bottom, flat);
   model_version_ = version;
+}
+
+LinkCounters SplitTrainer::counters() const {
+  LinkCounters counters = counters_;
+  const MessageBytes total = link_.bytes().Total();
+  counters.bytes_sent = total.sent;
+  counters.bytes_received = total.received;
+  counters.update_bytes = link_.bytes().update.sent;
+  return counters;
 }
 
 int64_t SplitTrainer::EvaluationBatchSize(int64_t requested) const {
@@ -255,8 +258,6 @@ v1::EvaluateReply SplitTrainer::EvaluateBatch(const at::Tensor& activations,
   protocol::EncodeDense(labels, request.mutable_labels());
   const v1::EvaluateReply reply = link_.Evaluate(request);
   CheckReplyVersion(reply.protocol_version(), "Evaluate");
-  counters_.bytes_sent += static_cast<int64_t>(request.ByteSizeLong());
-  counters_.bytes_received += static_cast<int64_t>(reply.ByteSizeLong());
   counters_.dense_fp32_bytes += activations.numel() * 4;
   CLEAVE_CHECK_INPUT(reply.count() == labels.size(0), "server evaluated ", reply.count(),
                      " samples, sent ", labels.size(0));

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "cleave/client/byte_counting_link.h"
 #include "cleave/client/progress.h"
 #include "cleave/core/dataset.h"
 #include "cleave/core/split_model.h"
@@ -88,12 +89,12 @@ struct EvalStats {
 double AccuracyWeightedByLabelMix(const EvalStats& test, const at::Tensor& train_labels);
 
 struct LinkCounters {
-  int64_t bytes_sent = 0;        // protobuf bytes of requests
-  int64_t bytes_received = 0;    // protobuf bytes of replies
+  int64_t bytes_sent = 0;        // protobuf bytes of every request (ByteCountingLink)
+  int64_t bytes_received = 0;    // protobuf bytes of every reply
   int64_t dense_fp32_bytes = 0;  // what the activations sent would take as dense fp32
   int64_t elements_total = 0;    // activation elements computed
   int64_t elements_sent = 0;     // activation elements sent
-  int64_t update_bytes = 0;       // protobuf bytes of client-model updates (rounds)
+  int64_t update_bytes = 0;       // protobuf bytes of client-model update requests (rounds)
   int64_t update_dense_bytes = 0;  // what those updates would take as dense fp32
 };
 
@@ -132,14 +133,16 @@ class SplitTrainer {
   SplitModel& model() { return model_; }
   const TrainerOptions& options() const { return options_; }
   torch::optim::Optimizer& optimizer() { return *optimizer_; }
-  const LinkCounters& counters() const { return counters_; }
+  // What went over the link so far (bytes from the ByteCountingLink every call goes through).
+  LinkCounters counters() const;
+  const LinkBytes& link_bytes() const { return link_.bytes(); }
   const std::vector<double>& step_losses() const { return step_losses_; }
   const std::string& fingerprint() const { return fingerprint_; }
   const protocol::LinkSpec& link_spec() const { return link_spec_; }
 
  private:
   TrainerOptions options_;
-  protocol::SplitLink& link_;
+  ByteCountingLink link_;  // every call to the server goes through it
   SplitModel model_;
   std::string fingerprint_;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <memory>
+#include <ostream>
 #include <string>
 
 #include "cleave/client/grpc_link.h"
@@ -17,6 +18,8 @@ enum class LinkKind { kGrpc, kInProcess };
 
 // "Grpc" or "InProcess": the name of a test parameter.
 std::string LinkName(LinkKind kind);
+// How GoogleTest prints the parameter in a failure.
+inline void PrintTo(LinkKind kind, std::ostream* out) { *out << LinkName(kind); }
 
 class TestServer {
  public:

@@ -208,8 +208,10 @@ class EndToEndTest : public ::testing::Test {
   }
 
   ConnectOptions Connect(const TlsFiles& tls) const {
-    ConnectOptions connect = server_->Connect("unused");
+    ConnectOptions connect;
+    connect.target = "localhost:" + std::to_string(server_->port());
     connect.tls = tls;
+    connect.max_message_bytes = 4 << 20;
     connect.connect_timeout_seconds = 2;
     return connect;
   }

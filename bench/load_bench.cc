@@ -173,8 +173,8 @@ HospitalResult RunHospital(const Flags& flags, const cleave::client::ConnectOpti
         participant.Run(data, data.size(), nullptr);
     result.samples = stats.samples;
     result.updates_acknowledged = stats.updates_sent - stats.duplicates;
-    // Too stale (ABORTED) is the protocol working, not an error; every other failure the
-    // participant recovered from (a lost connection, a refusal) is one.
+    // Too stale or not in the round (ABORTED) is the protocol working, not an error; every other
+    // failure the participant recovered from (a lost connection, a refusal) is one.
     result.errors = stats.errors_recovered - stats.updates_refused;
     if (result.errors > 0) result.first_error = "recovered from failed calls (see the log)";
     trainer.Leave();

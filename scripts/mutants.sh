@@ -96,6 +96,9 @@ mutant duplicate-update-applied-twice server/src/round_coordinator.cc server_tes
 mutant stale-step-not-refused server/src/round_coordinator.cc server_tests '*' \
   '  if (staleness > options_.max_staleness) {' \
   '  if (false) {'
+mutant not-in-round-is-fatal server/src/status_mapping.cc server_tests '*' \
+  '    case RefusalKind::kNotInRound:' \
+  '    case RefusalKind::kNotInRound: return grpc::StatusCode::FAILED_PRECONDITION;'
 mutant session-owner-not-checked server/src/session_table.cc server_tests '*' \
   '  if (it->second.identity != identity) {' \
   '  if (false) {'
@@ -116,6 +119,9 @@ mutant resync-keeps-stale-version client/src/round_participant.cc client_tests '
 mutant reconnects-unbounded client/src/round_participant.cc client_tests 'RoundParticipant*' \
   '      if (++failures >= options_.max_reconnects) throw;' \
   '      if (++failures >= 1000 * options_.max_reconnects) throw;'
+mutant fatal-mismatch-resyncs client/src/round_participant.cc client_tests 'RoundParticipant*' \
+  'bool Resynchronises(const StatusError& error) { return error.code() == grpc::StatusCode::ABORTED; }' \
+  'bool Resynchronises(const StatusError& error) { return error.code() == grpc::StatusCode::ABORTED || error.code() == grpc::StatusCode::FAILED_PRECONDITION; }'
 
 # --- privacy/ ----------------------------------------------------------------------------------
 mutant dcor-no-double-centring privacy/src/distance_correlation.cc privacy_tests '*' \

@@ -13,6 +13,7 @@ packages=(
   prometheus-cpp-dev zlib1g-dev libpng-dev       # metrics endpoint, gzip IDX files, PNG output
   gnuplot-nox                                    # leakage-vs-accuracy plots
   clang-16 libfuzzer-16-dev libclang-rt-16-dev  # the codec fuzzer (+ sanitizer runtimes)
+  universal-ctags                                # function lengths (check_function_length.sh)
 )
 
 missing=()

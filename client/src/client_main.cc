@@ -1,5 +1,4 @@
 // cleave-client: a hospital's side of split learning over mutual-TLS gRPC.
-#include <ATen/ATen.h>
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
@@ -41,51 +40,41 @@ carries on; if its update is too stale it resynchronises.
 
 Exit codes: 0 ok, 1 internal error, 2 bad flags or files, 3 refused or failed by the server.)";
 
-// Test accuracy as this hospital's own patients would see it: per-class test accuracy weighted by
-// the label mix of its training shard (non-IID shards differ from the balanced test set).
-double LocalTestAccuracy(cleave::client::SplitTrainer& trainer, const cleave::Dataset& train,
-                         const cleave::Dataset& test) {
-  const at::Tensor train_counts = at::bincount(train.labels, {}, test.num_classes);
-  double accuracy = 0;
-  for (int64_t c = 0; c < test.num_classes; ++c) {
-    const double share = train_counts[c].item<double>() / static_cast<double>(train.size());
-    if (share == 0) continue;
-    const at::Tensor rows = (test.labels == c).nonzero().reshape({-1});
-    if (rows.numel() == 0) continue;
-    std::vector<int64_t> indices(rows.data_ptr<int64_t>(), rows.data_ptr<int64_t>() + rows.numel());
-    accuracy += share * trainer.Evaluate(test.Subset(indices)).accuracy;
-  }
-  return accuracy;
-}
-
-int Run(int argc, char** argv) {
-  CLI::App app(kDescription, "cleave-client");
-  app.get_formatter()->column_width(36);
+// Every flag's destination, registered by concern in the order --help shows them.
+struct Flags {
   std::string server = "localhost:50051";
   std::string ca_path = "pki/ca.crt", cert_path, key_path, server_name;
   bool insecure = false;
   cleave::ModelFlags model_flags;
-  cleave::client::TrainerOptions options;
   cleave::client::DataFlags data_flags;
+  cleave::client::TrainerOptions options;
   int64_t epochs = 1;
   std::string metrics_out, checkpoint_path, progress_mode = "auto", log_level = "info";
   double max_message_mb = 64;
   int connect_timeout = 30;
+};
 
-  app.add_option("--server", server, "Server address host:port")->capture_default_str();
-  app.add_option("--ca", ca_path, "CA certificate that signed the server's certificate (PEM)")
+// Which server, and how this hospital proves who it is.
+void AddConnectionFlags(CLI::App& app, Flags* f) {
+  app.add_option("--server", f->server, "Server address host:port")->capture_default_str();
+  app.add_option("--ca", f->ca_path, "CA certificate that signed the server's certificate (PEM)")
       ->capture_default_str();
-  app.add_option("--cert", cert_path, "This hospital's client certificate (PEM)");
-  app.add_option("--key", key_path, "This hospital's private key (PEM)");
+  app.add_option("--cert", f->cert_path, "This hospital's client certificate (PEM)");
+  app.add_option("--key", f->key_path, "This hospital's private key (PEM)");
   app.add_option(
-      "--server-name", server_name,
+      "--server-name", f->server_name,
       "Name to check in the server certificate when it differs from the host in --server");
-  app.add_flag("--insecure", insecure,
+  app.add_flag("--insecure", f->insecure,
                "Plaintext without certificates. For debugging only: anyone on the path reads "
                "activations and labels");
-  model_flags.Register(app);
-  data_flags.Register(app);
-  app.add_option("--epochs", epochs, "Training epochs")->capture_default_str();
+}
+
+// The model, the data and how the client-side layers train.
+void AddTrainingFlags(CLI::App& app, Flags* f) {
+  cleave::client::TrainerOptions& options = f->options;
+  f->model_flags.Register(app);
+  f->data_flags.Register(app);
+  app.add_option("--epochs", f->epochs, "Training epochs")->capture_default_str();
   app.add_option("--batch-size", options.batch_size, "Mini-batch size")->capture_default_str();
   app.add_option("--max-steps-per-epoch", options.max_steps_per_epoch,
                  "Stop each epoch after N steps (0: whole epoch)")
@@ -101,45 +90,226 @@ int Run(int argc, char** argv) {
                  "NoPeek weight: adds alpha * dCor(inputs, sent activations) to the client loss "
                  "(0 = vanilla split learning)")
       ->capture_default_str();
-  app.add_option("--metrics-out", metrics_out, "Write final figures as JSON to this file");
-  app.add_option("--checkpoint", checkpoint_path,
-                 "Write the client-side model here after every epoch (atomically)");
-  app.add_option("--progress", progress_mode, "auto (bar on a terminal), bar, lines or none")
-      ->capture_default_str();
-  app.add_option("--max-message-mb", max_message_mb, "Largest gRPC message sent or accepted, MiB")
-      ->capture_default_str();
-  app.add_option("--connect-timeout", connect_timeout, "Seconds to wait for the server at Join")
-      ->capture_default_str();
-  app.add_option("--log-level", log_level, "trace, debug, info, warn or error")
-      ->capture_default_str();
-  if (const auto code = cleave::ParseCommandLine(app, argc, argv)) return *code;
-  cleave::SetupLogging(log_level);
-  const auto progress = cleave::client::ParseProgressMode(progress_mode);
-  options.model = model_flags.Spec();
+}
 
+// What the run writes (metrics, checkpoints, progress, logs) and the link's limits.
+void AddOutputFlags(CLI::App& app, Flags* f) {
+  app.add_option("--metrics-out", f->metrics_out, "Write final figures as JSON to this file");
+  app.add_option("--checkpoint", f->checkpoint_path,
+                 "Write the client-side model here after every epoch (atomically)");
+  app.add_option("--progress", f->progress_mode, "auto (bar on a terminal), bar, lines or none")
+      ->capture_default_str();
+  app.add_option("--max-message-mb", f->max_message_mb,
+                 "Largest gRPC message sent or accepted, MiB")
+      ->capture_default_str();
+  app.add_option("--connect-timeout", f->connect_timeout, "Seconds to wait for the server at Join")
+      ->capture_default_str();
+  app.add_option("--log-level", f->log_level, "trace, debug, info, warn or error")
+      ->capture_default_str();
+}
+
+// The link's options from the flags: address, limits and (unless --insecure) the TLS files,
+// loaded and checked now.
+cleave::client::ConnectOptions ResolveConnection(const Flags& f) {
   cleave::client::ConnectOptions connect;
-  connect.target = server;
-  connect.insecure = insecure;
-  connect.server_name_override = server_name;
-  connect.max_message_bytes = static_cast<int64_t>(max_message_mb * 1024 * 1024);
-  connect.connect_timeout_seconds = connect_timeout;
-  if (insecure) {
+  connect.target = f.server;
+  connect.insecure = f.insecure;
+  connect.server_name_override = f.server_name;
+  connect.max_message_bytes = static_cast<int64_t>(f.max_message_mb * 1024 * 1024);
+  connect.connect_timeout_seconds = f.connect_timeout;
+  if (f.insecure) {
     spdlog::warn(
         "--insecure: plaintext, the server is not authenticated and anyone on the path "
         "can read what is sent. Use only for local debugging.");
   } else {
-    CLEAVE_CHECK_USER(!cert_path.empty() && !key_path.empty(),
+    CLEAVE_CHECK_USER(!f.cert_path.empty() && !f.key_path.empty(),
                       "--cert and --key are required (or --insecure for debugging)");
-    connect.tls = cleave::LoadTlsFiles(ca_path, cert_path, key_path);
+    connect.tls = cleave::LoadTlsFiles(f.ca_path, f.cert_path, f.key_path);
   }
-  const cleave::client::TrainingData data = cleave::client::LoadTrainingData(data_flags);
-  if (!metrics_out.empty()) {
+  return connect;
+}
+
+void SaveClientCheckpoint(cleave::client::SplitTrainer& trainer, const std::string& path,
+                          const std::string& counter, int64_t value) {
+  if (path.empty()) return;
+  cleave::CheckpointMeta meta;
+  meta.fingerprint = trainer.fingerprint();
+  meta.counters[counter] = value;
+  cleave::SaveCheckpoint(path, *trainer.model().bottom, &trainer.optimizer(), meta);
+}
+
+// What training did, whichever way it ran.
+struct Training {
+  bool rounds = false;
+  cleave::client::EpochStats last;  // the last epoch or round
+  double seconds = 0;
+  int64_t samples = 0;
+  cleave::client::ParticipationStats participation;  // rounds only
+};
+
+// The server runs rounds: follow them until it says training is over (--epochs is ignored).
+Training TrainRounds(cleave::client::SplitTrainer& trainer, const cleave::Dataset& train,
+                     const cleave::v1::JoinReply& joined, const Flags& f,
+                     cleave::client::ProgressReporter* reporter) {
+  spdlog::info("server runs the {} schedule ({} rounds); following its rounds",
+               joined.server().schedule(), joined.server().rounds());
+  cleave::client::RoundParticipantOptions round_options;
+  round_options.seed = f.options.seed;
+  cleave::client::RoundParticipant participant(trainer, round_options);
+  Training training;
+  training.rounds = true;
+  training.participation = participant.Run(train, train.size(), reporter);
+  const cleave::client::ParticipationStats& p = training.participation;
+  training.last = p.last_round;
+  training.seconds = p.seconds;
+  training.samples = p.samples;
+  spdlog::info(
+      "training over after round {} (client model version {}): trained {} round(s), "
+      "sent {} update(s), {} refused as stale, {} reconnect(s)",
+      p.final_round, p.final_version, p.rounds_trained, p.updates_sent, p.updates_refused,
+      p.reconnects);
+  SaveClientCheckpoint(trainer, f.checkpoint_path, "version", p.final_version);
+  return training;
+}
+
+// No rounds: --epochs over the local training data, checkpointing after each.
+Training TrainEpochs(cleave::client::SplitTrainer& trainer, const cleave::Dataset& train,
+                     const Flags& f, cleave::client::ProgressReporter* reporter) {
+  Training training;
+  for (int64_t epoch = 0; epoch < f.epochs; ++epoch) {
+    training.last = trainer.TrainEpoch(train, epoch, f.epochs, reporter);
+    training.seconds += training.last.seconds;
+    training.samples += training.last.samples;
+    if (f.options.nopeek_alpha > 0) {
+      spdlog::info("epoch {} mean dCor {:.4f}", epoch + 1, training.last.dcor);
+    }
+    SaveClientCheckpoint(trainer, f.checkpoint_path, "epoch", epoch + 1);
+  }
+  return training;
+}
+
+// What the test set says after training, from one evaluation pass.
+struct Results {
+  cleave::client::LinkCounters training_counters;  // before evaluation
+  cleave::client::EvalStats test;
+  // Test accuracy as this hospital's own patients would see it: per-class test accuracy weighted
+  // by the label mix of its training shard (non-IID shards differ from the balanced test set).
+  double local_accuracy = 0;  // rounds only
+};
+
+Results EvaluateAndLeave(cleave::client::SplitTrainer& trainer,
+                         const cleave::client::TrainingData& data, const Training& training) {
+  Results results;
+  results.training_counters = trainer.counters();
+  results.test = trainer.Evaluate(data.test);
+  if (training.rounds) {
+    results.local_accuracy =
+        cleave::client::AccuracyWeightedByLabelMix(results.test, data.train.labels);
+  }
+  trainer.Leave();
+  return results;
+}
+
+void PrintResults(const cleave::client::SplitTrainer& trainer, const Training& training,
+                  const Results& results) {
+  const cleave::client::EvalStats& test = results.test;
+  const auto& counters = trainer.counters();
+  std::printf("test accuracy %.2f%%  test loss %.4f  (%lld test samples)\n", 100 * test.accuracy,
+              test.loss, static_cast<long long>(test.samples));
+  if (training.rounds) {
+    std::printf(
+        "test accuracy weighted by this hospital's label mix %.2f%%; client model version "
+        "%lld after %lld round(s) trained here\n",
+        100 * results.local_accuracy, static_cast<long long>(training.participation.final_version),
+        static_cast<long long>(training.participation.rounds_trained));
+  }
+  std::printf(
+      "test dCor(inputs, sent activations) %.4f, bias-corrected dCor^2 %.4f (batches of %lld; "
+      "1 = activations reveal the inputs up to a similarity transform, 0 = independent)\n",
+      test.dcor, test.dcor_bias_corrected, static_cast<long long>(test.dcor_batch_size));
+  const double seconds = training.seconds;
+  const int64_t samples = training.samples;
+  std::printf("trained %lld samples in %.1f s (%.0f samples/s), sent %s, received %s\n",
+              static_cast<long long>(samples), seconds, seconds > 0 ? samples / seconds : 0,
+              cleave::client::HumanBytes(counters.bytes_sent).c_str(),
+              cleave::client::HumanBytes(counters.bytes_received).c_str());
+}
+
+nlohmann::json MetricsJson(const cleave::client::SplitTrainer& trainer,
+                           const cleave::v1::JoinReply& joined, const Flags& f,
+                           const Training& training, const Results& results) {
+  const auto& counters = trainer.counters();
+  const auto& train_counters = results.training_counters;
+  const cleave::client::EvalStats& test = results.test;
+  const cleave::client::ParticipationStats& participation = training.participation;
+  const double seconds = training.seconds;
+  const int64_t samples = training.samples;
+  const double density = counters.elements_total > 0
+                             ? static_cast<double>(counters.elements_sent) / counters.elements_total
+                             : 1.0;
+  return {
+      {"client_name", joined.client_name()},
+      {"model", joined.server().model_description()},
+      {"fingerprint", trainer.fingerprint()},
+      {"test_accuracy", test.accuracy},
+      {"test_loss", test.loss},
+      {"test_samples", test.samples},
+      {"train_loss_last_epoch", training.last.loss},
+      {"train_accuracy_last_epoch", training.last.accuracy},
+      {"epochs", f.epochs},
+      {"samples", samples},
+      {"seconds", seconds},
+      {"samples_per_second", seconds > 0 ? samples / seconds : 0},
+      {"bytes_sent", counters.bytes_sent},
+      {"bytes_received", counters.bytes_received},
+      {"train_bytes_sent", train_counters.bytes_sent},
+      {"train_bytes_received", train_counters.bytes_received},
+      {"train_bytes_per_sample", samples > 0 ? static_cast<double>(train_counters.bytes_sent +
+                                                                   train_counters.bytes_received) /
+                                                   samples
+                                             : 0.0},
+      {"activation_density", density},
+      {"compression_ratio",
+       counters.bytes_sent > 0
+           ? static_cast<double>(counters.dense_fp32_bytes) / counters.bytes_sent
+           : 0.0},
+      {"schedule", joined.server().schedule()},
+      {"rounds_trained", participation.rounds_trained},
+      {"final_model_version", participation.final_version},
+      {"updates_sent", participation.updates_sent},
+      {"updates_refused", participation.updates_refused},
+      {"reconnects", participation.reconnects},
+      {"local_test_accuracy", results.local_accuracy},
+      {"update_bytes", counters.update_bytes},
+      {"update_dense_fp32_bytes", counters.update_dense_bytes},
+      {"nopeek_alpha", f.options.nopeek_alpha},
+      {"train_dcor_last_epoch", training.last.dcor},
+      {"test_dcor", test.dcor},
+      {"test_dcor_bias_corrected", test.dcor_bias_corrected},
+      {"test_dcor_batch_size", test.dcor_batch_size},
+  };
+}
+
+int Run(int argc, char** argv) {
+  CLI::App app(kDescription, "cleave-client");
+  app.get_formatter()->column_width(36);
+  Flags f;
+  AddConnectionFlags(app, &f);
+  AddTrainingFlags(app, &f);
+  AddOutputFlags(app, &f);
+  if (const auto code = cleave::ParseCommandLine(app, argc, argv)) return *code;
+  cleave::SetupLogging(f.log_level);
+  const auto progress = cleave::client::ParseProgressMode(f.progress_mode);
+  f.options.model = f.model_flags.Spec();
+  const cleave::client::ConnectOptions connect = ResolveConnection(f);
+  const cleave::client::TrainingData data = cleave::client::LoadTrainingData(f.data_flags);
+  if (!f.metrics_out.empty()) {
     // Fail on an unwritable metrics path now, not after hours of training.
-    cleave::WriteFileAtomic(metrics_out, "{}\n");
+    cleave::WriteFileAtomic(f.metrics_out, "{}\n");
   }
 
   cleave::client::GrpcLink link(connect);
-  cleave::client::SplitTrainer trainer(options, link);
+  cleave::client::SplitTrainer trainer(f.options, link);
   const cleave::v1::JoinReply joined = trainer.Join(data.train.size());
   spdlog::info("joined as '{}' (session {}), model {}, compression act={}:{}:{}",
                joined.client_name(), joined.session_id().substr(0, 8),
@@ -148,113 +318,15 @@ int Run(int argc, char** argv) {
                joined.compression().activations().value_precision());
 
   cleave::client::ProgressReporter reporter(progress);
-  cleave::client::EpochStats last;
-  double seconds = 0;
-  int64_t samples = 0;
-  const bool rounds = joined.server().schedule() != "single";
-  cleave::client::ParticipationStats participation;
-  if (rounds) {
-    spdlog::info("server runs the {} schedule ({} rounds); following its rounds",
-                 joined.server().schedule(), joined.server().rounds());
-    cleave::client::RoundParticipantOptions round_options;
-    round_options.seed = options.seed;
-    cleave::client::RoundParticipant participant(trainer, round_options);
-    participation = participant.Run(data.train, data.train.size(), &reporter);
-    last = participation.last_round;
-    seconds = participation.seconds;
-    samples = participation.samples;
-    spdlog::info("training over after round {} (client model version {}): trained {} round(s), "
-                 "sent {} update(s), {} refused as stale, {} reconnect(s)",
-                 participation.final_round, participation.final_version,
-                 participation.rounds_trained, participation.updates_sent,
-                 participation.updates_refused, participation.reconnects);
-    if (!checkpoint_path.empty()) {
-      cleave::CheckpointMeta meta;
-      meta.fingerprint = trainer.fingerprint();
-      meta.counters["version"] = participation.final_version;
-      cleave::SaveCheckpoint(checkpoint_path, *trainer.model().bottom, &trainer.optimizer(), meta);
-    }
-  }
-  for (int64_t epoch = 0; !rounds && epoch < epochs; ++epoch) {
-    last = trainer.TrainEpoch(data.train, epoch, epochs, &reporter);
-    seconds += last.seconds;
-    samples += last.samples;
-    if (options.nopeek_alpha > 0) spdlog::info("epoch {} mean dCor {:.4f}", epoch + 1, last.dcor);
-    if (!checkpoint_path.empty()) {
-      cleave::CheckpointMeta meta;
-      meta.fingerprint = trainer.fingerprint();
-      meta.counters["epoch"] = epoch + 1;
-      cleave::SaveCheckpoint(checkpoint_path, *trainer.model().bottom, &trainer.optimizer(), meta);
-    }
-  }
-  const cleave::client::LinkCounters training = trainer.counters();  // before evaluation
-  const cleave::client::EvalStats test = trainer.Evaluate(data.test);
-  const double local_accuracy = rounds ? LocalTestAccuracy(trainer, data.train, data.test) : 0;
-  trainer.Leave();
-
-  const auto& counters = trainer.counters();
-  const double density = counters.elements_total > 0
-                             ? static_cast<double>(counters.elements_sent) / counters.elements_total
-                             : 1.0;
-  std::printf("test accuracy %.2f%%  test loss %.4f  (%lld test samples)\n", 100 * test.accuracy,
-              test.loss, static_cast<long long>(test.samples));
-  if (rounds) {
-    std::printf("test accuracy weighted by this hospital's label mix %.2f%%; client model version "
-                "%lld after %lld round(s) trained here\n",
-                100 * local_accuracy, static_cast<long long>(participation.final_version),
-                static_cast<long long>(participation.rounds_trained));
-  }
-  std::printf(
-      "test dCor(inputs, sent activations) %.4f, bias-corrected dCor^2 %.4f (batches of %lld; "
-      "1 = activations reveal the inputs up to a similarity transform, 0 = independent)\n",
-      test.dcor, test.dcor_bias_corrected, static_cast<long long>(test.dcor_batch_size));
-  std::printf("trained %lld samples in %.1f s (%.0f samples/s), sent %s, received %s\n",
-              static_cast<long long>(samples), seconds, seconds > 0 ? samples / seconds : 0,
-              cleave::client::HumanBytes(counters.bytes_sent).c_str(),
-              cleave::client::HumanBytes(counters.bytes_received).c_str());
-  if (!metrics_out.empty()) {
-    nlohmann::json metrics = {
-        {"client_name", joined.client_name()},
-        {"model", joined.server().model_description()},
-        {"fingerprint", trainer.fingerprint()},
-        {"test_accuracy", test.accuracy},
-        {"test_loss", test.loss},
-        {"test_samples", test.samples},
-        {"train_loss_last_epoch", last.loss},
-        {"train_accuracy_last_epoch", last.accuracy},
-        {"epochs", epochs},
-        {"samples", samples},
-        {"seconds", seconds},
-        {"samples_per_second", seconds > 0 ? samples / seconds : 0},
-        {"bytes_sent", counters.bytes_sent},
-        {"bytes_received", counters.bytes_received},
-        {"train_bytes_sent", training.bytes_sent},
-        {"train_bytes_received", training.bytes_received},
-        {"train_bytes_per_sample",
-         samples > 0 ? static_cast<double>(training.bytes_sent + training.bytes_received) / samples
-                     : 0.0},
-        {"activation_density", density},
-        {"compression_ratio",
-         counters.bytes_sent > 0
-             ? static_cast<double>(counters.dense_fp32_bytes) / counters.bytes_sent
-             : 0.0},
-        {"schedule", joined.server().schedule()},
-        {"rounds_trained", participation.rounds_trained},
-        {"final_model_version", participation.final_version},
-        {"updates_sent", participation.updates_sent},
-        {"updates_refused", participation.updates_refused},
-        {"reconnects", participation.reconnects},
-        {"local_test_accuracy", local_accuracy},
-        {"update_bytes", counters.update_bytes},
-        {"update_dense_fp32_bytes", counters.update_dense_bytes},
-        {"nopeek_alpha", options.nopeek_alpha},
-        {"train_dcor_last_epoch", last.dcor},
-        {"test_dcor", test.dcor},
-        {"test_dcor_bias_corrected", test.dcor_bias_corrected},
-        {"test_dcor_batch_size", test.dcor_batch_size},
-    };
-    cleave::WriteFileAtomic(metrics_out, metrics.dump(2) + "\n");
-    spdlog::info("metrics written to '{}'", metrics_out);
+  const Training training = joined.server().schedule() != "single"
+                                ? TrainRounds(trainer, data.train, joined, f, &reporter)
+                                : TrainEpochs(trainer, data.train, f, &reporter);
+  const Results results = EvaluateAndLeave(trainer, data, training);
+  PrintResults(trainer, training, results);
+  if (!f.metrics_out.empty()) {
+    cleave::WriteFileAtomic(f.metrics_out,
+                            MetricsJson(trainer, joined, f, training, results).dump(2) + "\n");
+    spdlog::info("metrics written to '{}'", f.metrics_out);
   }
   return 0;
 }

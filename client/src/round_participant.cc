@@ -31,6 +31,10 @@ bool Reconnectable(const StatusError& error) {
   }
 }
 
+// ABORTED: the server refused a step or an update as too stale, or from outside the current
+// round; Sync and go on. (FAILED_PRECONDITION is a fatal mismatch: never resynchronised.)
+bool Resynchronises(const StatusError& error) { return error.code() == grpc::StatusCode::ABORTED; }
+
 }  // namespace
 
 RoundParticipant::RoundParticipant(SplitTrainer& trainer, RoundParticipantOptions options)
@@ -100,20 +104,20 @@ ParticipationStats RoundParticipant::Run(const Dataset& train, int64_t num_train
                      sync.round(), update.staleness(), update.scale());
       }
     } catch (const StatusError& error) {
-      // Every failure counts towards the limit until a Sync succeeds again, so that a refusal
-      // that resynchronising cannot cure does not loop for ever.
+      // A fatal mismatch (FAILED_PRECONDITION: protocol version, model fingerprint) or a refusal
+      // no retry cures ends the run at once; every other failure counts towards the limit until
+      // a Sync succeeds again, so that a refusal that keeps coming does not loop for ever.
+      if (!Resynchronises(error) && !Reconnectable(error)) throw;
       if (++failures >= options_.max_reconnects) throw;
       ++stats.errors_recovered;
-      if (error.code() == grpc::StatusCode::ABORTED ||
-          error.code() == grpc::StatusCode::FAILED_PRECONDITION) {
+      if (Resynchronises(error)) {
         // Too stale, or not part of the round: start again from the server's current weights.
         spdlog::warn("resynchronising: {}", error.what());
-        if (error.code() == grpc::StatusCode::ABORTED) ++stats.updates_refused;
+        ++stats.updates_refused;
         trainer_.ResetUpdateFeedback();
         have_version = -1;
         continue;
       }
-      if (!Reconnectable(error)) throw;
       spdlog::warn("lost the server ({}); reconnecting", error.what());
       ++stats.reconnects;
       Backoff(failures - 1);

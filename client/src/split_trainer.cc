@@ -20,7 +20,7 @@ namespace cleave::client {
 SplitTrainer::SplitTrainer(TrainerOptions options, protocol::SplitLink& link)
     : options_(std::move(options)), link_(link) {
   CLEAVE_CHECK_USER(options_.batch_size >= 1, "batch size must be at least 1");
-  CLEAVE_CHECK_USER(options_.nopeek_alpha >= 0, "--nopeek-alpha must be >= 0");
+  CLEAVE_CHECK_USER(options_.nopeek_alpha >= 0, "the NoPeek weight alpha must be >= 0, got ", options_.nopeek_alpha);
   model_ = BuildSplitModel(options_.model, options_.seed);
   fingerprint_ = ModelFingerprint(options_.model);
   optimizer_ =
@@ -235,22 +235,65 @@ void SplitTrainer::LoadClientWeights(const at::Tensor& flat, int64_t version) {
   model_version_ = version;
 }
 
+int64_t SplitTrainer::EvaluationBatchSize(int64_t requested) const {
+  int64_t sample_bytes = 4;  // fp32 activations of one sample ...
+  for (int64_t d : model_.cut_shape) sample_bytes *= d;
+  sample_bytes += 8;  // ... and its int64 label
+  // Room for framing: 10% and 16 bytes a sample.
+  const int64_t fits =
+      std::max<int64_t>(1, server_config_.max_message_bytes() * 9 / 10 / (sample_bytes + 16));
+  return std::min({requested, server_config_.max_batch(), fits});
+}
+
+v1::EvaluateReply SplitTrainer::EvaluateBatch(const at::Tensor& activations,
+                                              const SelectedActivations& selected,
+                                              const at::Tensor& labels, EvalStats* stats) {
+  v1::EvaluateRequest request;
+  request.set_protocol_version(protocol::kProtocolVersion);
+  request.set_session_id(session_id_);
+  compressor_->Encode(activations, selected, request.mutable_activations());
+  protocol::EncodeDense(labels, request.mutable_labels());
+  const v1::EvaluateReply reply = link_.Evaluate(request);
+  CheckReplyVersion(reply.protocol_version(), "Evaluate");
+  counters_.bytes_sent += static_cast<int64_t>(request.ByteSizeLong());
+  counters_.bytes_received += static_cast<int64_t>(reply.ByteSizeLong());
+  counters_.dense_fp32_bytes += activations.numel() * 4;
+  CLEAVE_CHECK_INPUT(reply.count() == labels.size(0), "server evaluated ", reply.count(),
+                     " samples, sent ", labels.size(0));
+  // Per-class counts: one per class, each within the batch's samples of that class, summing to
+  // the correct count (which therefore lies within the batch too).
+  const int64_t classes = options_.model.num_classes;
+  CLEAVE_CHECK_INPUT(reply.correct_per_class_size() == classes, "server sent ",
+                     reply.correct_per_class_size(), " per-class counts for ", classes, " classes");
+  const at::Tensor batch_counts = at::bincount(labels.to(at::kLong), {}, classes).contiguous();
+  const int64_t* in_batch = batch_counts.data_ptr<int64_t>();
+  int64_t sum = 0;
+  for (int64_t c = 0; c < classes; ++c) {
+    const int64_t correct = reply.correct_per_class(static_cast<int>(c));
+    CLEAVE_CHECK_INPUT(correct >= 0 && correct <= in_batch[c], "server counted ", correct,
+                       " correct of class ", c, ", the batch has ", in_batch[c]);
+    sum += correct;
+    stats->samples_per_class[c] += in_batch[c];
+    stats->correct_per_class[c] += correct;
+  }
+  CLEAVE_CHECK_INPUT(sum == reply.correct(), "server's per-class counts sum to ", sum,
+                     ", its correct count is ", reply.correct());
+  stats->samples += reply.count();
+  return reply;
+}
+
 EvalStats SplitTrainer::Evaluate(const Dataset& test, int64_t batch_size) {
   CLEAVE_ENFORCE(!session_id_.empty(), "Join before evaluating");
   at::NoGradGuard no_grad;
   model_.bottom->eval();
-  // Largest batch whose dense message fits the server's limits (with room for framing).
-  int64_t sample_bytes = 4;  // fp32 activations of one sample ...
-  for (int64_t d : model_.cut_shape) sample_bytes *= d;
-  sample_bytes += 8;  // ... and its int64 label
-  const int64_t fits =
-      std::max<int64_t>(1, server_config_.max_message_bytes() * 9 / 10 / (sample_bytes + 16));
-  batch_size = std::min({batch_size, server_config_.max_batch(), fits});
+  batch_size = EvaluationBatchSize(batch_size);
   BatchIterator batches(test, batch_size, options_.seed, /*shuffle=*/false);
   batches.StartEpoch(0);
   EvalStats stats;
+  stats.samples_per_class.assign(options_.model.num_classes, 0);
+  stats.correct_per_class.assign(options_.model.num_classes, 0);
   double loss_sum = 0, dcor_sum = 0, dcor_corrected_sum = 0;
-  int64_t correct = 0, dcor_batches = 0;
+  int64_t dcor_batches = 0;
   at::Tensor inputs, labels;
   while (batches.Next(&inputs, &labels)) {
     const at::Tensor activations = model_.bottom->forward(inputs);
@@ -259,28 +302,17 @@ EvalStats SplitTrainer::Evaluate(const Dataset& test, int64_t batch_size) {
     // (the plain estimator's bias depends on it), unless the test set fits in one batch.
     const int64_t rows = inputs.size(0);
     if ((rows == batch_size || (dcor_batches == 0 && rows == test.size())) && rows >= 4) {
-      const at::Tensor sent = selected.Apply(activations);
-      dcor_sum += privacy::DistanceCorrelation(inputs, sent).item<double>();
-      dcor_corrected_sum += privacy::BiasCorrectedDistanceCorrelation(inputs, sent).item<double>();
+      const privacy::DistanceCorrelations dcor =
+          privacy::BothDistanceCorrelations(inputs, selected.Apply(activations));
+      dcor_sum += dcor.plain.item<double>();
+      dcor_corrected_sum += dcor.bias_corrected.item<double>();
       stats.dcor_batch_size = rows;
       ++dcor_batches;
     }
-    v1::EvaluateRequest request;
-    request.set_protocol_version(protocol::kProtocolVersion);
-    request.set_session_id(session_id_);
-    compressor_->Encode(activations, selected, request.mutable_activations());
-    protocol::EncodeDense(labels, request.mutable_labels());
-    const v1::EvaluateReply reply = link_.Evaluate(request);
-    CheckReplyVersion(reply.protocol_version(), "Evaluate");
-    counters_.bytes_sent += static_cast<int64_t>(request.ByteSizeLong());
-    counters_.bytes_received += static_cast<int64_t>(reply.ByteSizeLong());
-    counters_.dense_fp32_bytes += activations.numel() * 4;
-    CLEAVE_CHECK_INPUT(reply.count() == labels.size(0), "server evaluated ", reply.count(),
-                       " samples, sent ", labels.size(0));
-    loss_sum += reply.loss_sum();
-    correct += reply.correct();
-    stats.samples += reply.count();
+    loss_sum += EvaluateBatch(activations, selected, labels, &stats).loss_sum();
   }
+  int64_t correct = 0;
+  for (int64_t c : stats.correct_per_class) correct += c;
   stats.loss = stats.samples > 0 ? loss_sum / stats.samples : 0;
   stats.accuracy = stats.samples > 0 ? static_cast<double>(correct) / stats.samples : 0;
   if (dcor_batches > 0) {
@@ -297,6 +329,25 @@ void SplitTrainer::Leave() {
   request.set_session_id(session_id_);
   link_.Leave(request);
   session_id_.clear();
+}
+
+double AccuracyWeightedByLabelMix(const EvalStats& test, const at::Tensor& train_labels) {
+  const int64_t classes = static_cast<int64_t>(test.correct_per_class.size());
+  CLEAVE_ENFORCE(static_cast<int64_t>(test.samples_per_class.size()) == classes,
+                 "per-class counts of different lengths");
+  const int64_t total = train_labels.numel();
+  if (total == 0 || classes == 0) return 0;
+  const at::Tensor train_counts =
+      at::bincount(train_labels.reshape({-1}).to(at::kLong), {}, classes).contiguous();
+  const int64_t* in_train = train_counts.data_ptr<int64_t>();
+  double accuracy = 0;
+  for (int64_t c = 0; c < classes; ++c) {
+    if (in_train[c] == 0 || test.samples_per_class[c] == 0) continue;
+    const double share = static_cast<double>(in_train[c]) / static_cast<double>(total);
+    accuracy += share * static_cast<double>(test.correct_per_class[c]) /
+                static_cast<double>(test.samples_per_class[c]);
+  }
+  return accuracy;
 }
 
 }  // namespace cleave::client

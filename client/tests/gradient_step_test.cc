@@ -1,6 +1,6 @@
 // The client learns from the gradient the server sends, in every encoding the server can send:
 // dense; values only, at the positions the client sent; re-sparsified with indices relative to the
-// sent positions (protocol::DecodeSparseAt); and sparsified over the whole tensor when the
+// sent positions (protocol::GradientDecoder); and sparsified over the whole tensor when the
 // activations went dense. After one SGD step the bottom's weights must be W - lr * dL/dW with
 // L = <activations, G>, G the gradient the server meant. The test knows G (it plays the server
 // over a fake link and encodes G with the server's encoders) and computes the reference on its
@@ -130,12 +130,22 @@ class FakeServerLink final : public protocol::SplitLink {
     return reply;
   }
 
-  v1::EvaluateReply Evaluate(const v1::EvaluateRequest&) override { return {}; }
+  // Answers every evaluation batch with `evaluate_correct` and `evaluate_per_class`.
+  v1::EvaluateReply Evaluate(const v1::EvaluateRequest& request) override {
+    v1::EvaluateReply reply;
+    reply.set_protocol_version(protocol::kProtocolVersion);
+    reply.set_count(request.labels().shape(0));
+    reply.set_correct(evaluate_correct);
+    for (int64_t count : evaluate_per_class) reply.add_correct_per_class(count);
+    return reply;
+  }
   void Leave(const v1::LeaveRequest&) override {}
   v1::SyncReply Sync(const v1::SyncRequest&) override { return {}; }
   v1::UpdateReply SubmitUpdate(const v1::UpdateRequest&) override { return {}; }
 
   uint32_t reply_version = protocol::kProtocolVersion;  // what the Train replies say
+  int64_t evaluate_correct = 0;
+  std::vector<int64_t> evaluate_per_class;
   const at::Tensor& received() const { return received_; }
   const std::vector<uint32_t>& sent() const { return sent_; }
   const at::Tensor& applied() const { return applied_; }
@@ -165,6 +175,53 @@ TEST(ReplyVersionTest, ATrainReplyOfAnotherProtocolVersionIsNotApplied) {
   const at::Tensor before = trainer.ClientWeights();
   EXPECT_THROW(trainer.TrainEpoch(data, 0, 1, nullptr), InvalidInput);
   EXPECT_TRUE(at::equal(before, trainer.ClientWeights()));
+}
+
+// An Evaluate reply's per-class counts are checked against the labels sent before they are
+// used: one per class, each within the batch's samples of that class, summing to the correct
+// count. A reply that fails is refused (InvalidInput), like any other malformed reply.
+TEST(EvaluateReplyTest, PerClassCountsAreCheckedAgainstTheLabelsSent) {
+  const Dataset data = Data();
+  std::vector<int64_t> n(3, 0);  // samples of each class in the one evaluation batch
+  for (int64_t row = 0; row < kRows; ++row) ++n[data.labels[row].item<int64_t>()];
+  ASSERT_GT(n[0], 0);
+  ASSERT_GT(n[1], 0);
+  ASSERT_GT(n[2], 0);
+  struct Case {
+    const char* what;
+    std::vector<int64_t> per_class;
+    int64_t correct;
+    bool accepted;
+  };
+  const std::vector<Case> cases = {
+      {"all correct", n, kRows, true},
+      {"none correct", {0, 0, 0}, 0, true},
+      {"one of class 1 wrong", {n[0], n[1] - 1, n[2]}, kRows - 1, true},
+      {"a class missing", {n[0], n[1]}, n[0] + n[1], false},
+      {"a class too many", {n[0], n[1], n[2], 0}, kRows, false},
+      {"more than class 0 has", {n[0] + 1, n[1] - 1, n[2]}, kRows, false},
+      {"negative", {-1, n[1], n[2]}, kRows - n[0] - 1, false},
+      {"sum is not the correct count", {n[0], 0, 0}, n[0] + 1, false},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    FakeServerLink link(Encoding::kDense, at::zeros({kRows, kWidth}));
+    link.evaluate_per_class = c.per_class;
+    link.evaluate_correct = c.correct;
+    client::TrainerOptions options;
+    options.model = Mlp();
+    client::SplitTrainer trainer(options, link);
+    trainer.Join(data.size());
+    if (!c.accepted) {
+      EXPECT_THROW(trainer.Evaluate(data, kRows), InvalidInput);
+      continue;
+    }
+    const client::EvalStats stats = trainer.Evaluate(data, kRows);
+    EXPECT_EQ(stats.correct_per_class, c.per_class);
+    EXPECT_EQ(stats.samples_per_class, n);
+    EXPECT_EQ(stats.samples, kRows);
+    EXPECT_DOUBLE_EQ(stats.accuracy, static_cast<double>(c.correct) / kRows);
+  }
 }
 
 TEST_P(GradientStepTest, OneSgdStepMovesTheBottomByLearningRateTimesTheSentGradient) {

@@ -1,5 +1,6 @@
-// RoundParticipant against a scripted server: an update refused as stale (ABORTED) makes it start
-// again from the server's current weights in a new session; a lost connection makes it reconnect
+// RoundParticipant against a scripted server: an update refused as stale or from outside the round
+// (ABORTED) makes it start again from the server's current weights in the same session; a fatal
+// mismatch (FAILED_PRECONDITION) ends it at once; a lost connection makes it reconnect
 // and keep the version it has; failures in a row beyond max_reconnects make it give up with the
 // last error, and a refusal that retrying cannot cure ends it at once.
 #include "cleave/client/round_participant.h"
@@ -250,6 +251,65 @@ TEST(RoundParticipantTest, ARefusalThatRetryingCannotCureEndsItAtOnce) {
   }
   EXPECT_EQ(link.syncs, 1);
   EXPECT_EQ(link.joins, 1);
+}
+
+TEST(RoundParticipantTest, AStepOrUpdateFromOutsideTheRoundResynchronises) {
+  ScriptedLink link;
+  SplitTrainer trainer(Trainer(), link);
+  const at::Tensor v0 = trainer.ClientWeights();
+  link.join = Joined;
+  link.sync = [&](const v1::SyncRequest&, int call) {
+    if (call == 0) return Train(1, 0, v0);
+    if (call == 1) return Train(1, 0, v0);
+    return Done(1);
+  };
+  link.update = [&](const v1::UpdateRequest&, int call) -> v1::UpdateReply {
+    // The server restarted meanwhile and forgot that it told this hospital to train.
+    if (call == 0) {
+      throw StatusError(grpc::StatusCode::ABORTED,
+                        "this hospital was not told to train client model version 0 (round 1): "
+                        "Sync first");
+    }
+    return Accepted(1);
+  };
+  RoundParticipant participant(trainer, Fast(5));
+  const Dataset data = Data();
+  const ParticipationStats stats = participant.Run(data, data.size(), nullptr);
+  EXPECT_EQ(link.syncs, 3);
+  EXPECT_EQ(link.sync_have_versions, (std::vector<int64_t>{-1, -1, 0}));  // weights asked again
+  EXPECT_EQ(link.updates, 2);
+  EXPECT_EQ(stats.updates_refused, 1);
+  EXPECT_EQ(stats.updates_sent, 1);
+  EXPECT_EQ(stats.reconnects, 0);
+}
+
+TEST(RoundParticipantTest, AFatalMismatchEndsItWithoutResynchronising) {
+  for (const bool in_sync : {true, false}) {
+    ScriptedLink link;
+    SplitTrainer trainer(Trainer(), link);
+    const at::Tensor v0 = trainer.ClientWeights();
+    const StatusError mismatch(grpc::StatusCode::FAILED_PRECONDITION,
+                               "model fingerprint mismatch: client 0123, server 4567");
+    link.join = Joined;
+    link.sync = [&](const v1::SyncRequest&, int call) -> v1::SyncReply {
+      if (call >= 3) return Done(0);  // a client that resynchronised ends here, not in a loop
+      if (in_sync) throw mismatch;
+      return Train(1, 0, v0);
+    };
+    link.update = [&](const v1::UpdateRequest&, int) -> v1::UpdateReply { throw mismatch; };
+    RoundParticipant participant(trainer, Fast(40));
+    const Dataset data = Data();
+    try {
+      participant.Run(data, data.size(), nullptr);
+      FAIL() << "Run went on after a fatal mismatch";
+    } catch (const StatusError& error) {
+      EXPECT_EQ(error.code(), grpc::StatusCode::FAILED_PRECONDITION);
+      EXPECT_NE(std::string(error.what()).find("fingerprint"), std::string::npos);
+    }
+    EXPECT_EQ(link.syncs, 1) << (in_sync ? "in Sync" : "in SubmitUpdate");
+    EXPECT_EQ(link.updates, in_sync ? 0 : 1);
+    EXPECT_EQ(link.joins, 1);
+  }
 }
 
 }  // namespace

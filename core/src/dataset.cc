@@ -216,7 +216,7 @@ Dataset LoadCsv(const std::string& path, const CsvOptions& options) {
   const std::vector<std::string> header = SplitLine(line, options.delimiter);
   const auto label_it = std::find(header.begin(), header.end(), options.label_column);
   CLEAVE_CHECK_USER(label_it != header.end(), "CSV file '", path, "' has no column '",
-                    options.label_column, "' (use --label-column)");
+                    options.label_column, "' (the label column)");
   const size_t label_index = static_cast<size_t>(label_it - header.begin());
   std::set<std::string> names;
   for (const std::string& name : header) {

@@ -164,7 +164,7 @@ std::string DescribeSpec(const ModelSpec& spec) {
   return out.str();
 }
 
-std::string ModelFingerprint(const ModelSpec& spec, const std::string& extra) {
+std::string ModelFingerprint(const ModelSpec& spec) {
   // The cut shape follows from the spec, but hashing it guards against model zoo changes that
   // keep the spec text and change the layers.
   SplitModel model;
@@ -174,7 +174,8 @@ std::string ModelFingerprint(const ModelSpec& spec, const std::string& extra) {
   }
   std::string canonical = "cleave-model-v1|" + DescribeSpec(spec) +
                           "|cut_shape=" + JoinShape(model.cut_shape) +
-                          "|blocks=" + std::to_string(model.num_blocks) + "|" + extra;
+                          "|blocks=" + std::to_string(model.num_blocks) +
+                          "|";  // the trailing '|' keeps fingerprints of earlier versions
   char hex[17];
   std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(Fnv1a64(canonical)));
   return hex;

@@ -135,22 +135,6 @@ Moments ComputeMoments(const float* x, size_t n) {
       n, [x](size_t i) { return detail::LoadFloat4(x + i); }, [x](size_t i) { return x[i]; });
 }
 
-Moments ComputeMomentsOfSum(const float* a, const float* b, size_t n) {
-  return MomentsOf(
-      n, [a, b](size_t i) { return detail::LoadFloat4(a + i) + detail::LoadFloat4(b + i); },
-      [a, b](size_t i) { return a[i] + b[i]; });
-}
-
-Moments ComputeAbsMoments(const float* x, size_t n) {
-  return MomentsOf(
-      n,
-      [x](size_t i) {
-        const detail::Float4 v = detail::LoadFloat4(x + i);
-        return v < 0 ? -v : v;
-      },
-      [x](size_t i) { return std::fabs(x[i]); });
-}
-
 size_t CountAbove(const float* x, size_t n, float threshold) {
   const int threads = detail::ThreadsFor(n);
   std::vector<size_t> partial(static_cast<size_t>(threads), 0);
@@ -336,25 +320,6 @@ size_t RandomK(const float* x, size_t n, size_t k, uint64_t seed, uint32_t* indi
     values[i] = x[chosen[i]];
   }
   return k;
-}
-
-size_t ErrorFeedbackSelect(const float* grad, float* residual, size_t n, float threshold,
-                           uint32_t* indices, float* values, size_t capacity) {
-  const int threads = detail::ThreadsFor(n);
-  std::vector<ChunkSelection> chunks(static_cast<size_t>(threads));
-  detail::ParallelChunks(n, threads, [&](int c, size_t begin, size_t end) {
-    ChunkSelection& out = chunks[static_cast<size_t>(c)];
-    for (size_t i = begin; i < end; ++i) {
-      const float acc = grad[i] + residual[i];
-      const bool send = std::fabs(acc) > threshold;
-      if (send) {
-        out.indices.push_back(static_cast<uint32_t>(i));
-        out.values.push_back(acc);
-      }
-      residual[i] = send ? 0.0f : acc;
-    }
-  });
-  return Concatenate(chunks, indices, values, capacity);
 }
 
 size_t SelectTopKBySampling(const float* x, size_t n, size_t k, uint64_t seed, uint32_t* indices,

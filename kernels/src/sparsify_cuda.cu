@@ -58,15 +58,15 @@ struct MomentSums {
 
 // Sums of (v - shift) and its square in double, v = x or |x|, shift = the first v: the variance
 // then comes from sums of size ~n * std rather than n * mean, so no catastrophic cancellation.
-__global__ void MomentsKernel(const float* x, size_t n, bool magnitudes, MomentSums* out) {
+__global__ void MomentsKernel(const float* x, size_t n, MomentSums* out) {
   using BlockReduce = cub::BlockReduce<double, kThreads>;
   __shared__ typename BlockReduce::TempStorage storage;
-  const double shift = magnitudes ? fabsf(x[0]) : x[0];
+  const double shift = x[0];
   double sum = 0, squares = 0;
   float max_abs = 0;
   for (size_t i = blockIdx.x * size_t{kThreads} + threadIdx.x; i < n;
        i += size_t{gridDim.x} * kThreads) {
-    const double v = (magnitudes ? fabsf(x[i]) : x[i]) - shift;
+    const double v = x[i] - shift;
     sum += v;
     squares += v * v;
     max_abs = fmaxf(max_abs, fabsf(x[i]));
@@ -130,20 +130,6 @@ __global__ void GatherKernel(const float* x, const uint32_t* indices, size_t cou
   }
 }
 
-__global__ void AccumulateKernel(const float* grad, float* residual, size_t n) {
-  for (size_t i = blockIdx.x * size_t{kThreads} + threadIdx.x; i < n;
-       i += size_t{gridDim.x} * kThreads) {
-    residual[i] = grad[i] + residual[i];
-  }
-}
-
-__global__ void ZeroAtKernel(float* residual, const uint32_t* indices, size_t count) {
-  for (size_t i = blockIdx.x * size_t{kThreads} + threadIdx.x; i < count;
-       i += size_t{gridDim.x} * kThreads) {
-    residual[indices[i]] = 0.0f;
-  }
-}
-
 __global__ void AbsKernel(const float* x, size_t n, float* out, uint32_t* iota) {
   for (size_t i = blockIdx.x * size_t{kThreads} + threadIdx.x; i < n;
        i += size_t{gridDim.x} * kThreads) {
@@ -194,20 +180,20 @@ bool DeviceAvailable() {
 
 namespace {
 
-Moments MomentsOf(const float* x, size_t n, bool magnitudes, cudaStream_t s) {
+Moments MomentsOf(const float* x, size_t n, cudaStream_t s) {
   Moments out;
   out.n = n;
   if (n == 0) return out;
   DeviceBuffer<MomentSums> sums(1);
   CLEAVE_CUDA_CHECK(cudaMemsetAsync(sums.ptr, 0, sizeof(MomentSums), s));
-  MomentsKernel<<<BlocksFor(n), kThreads, 0, s>>>(x, n, magnitudes, sums.ptr);
+  MomentsKernel<<<BlocksFor(n), kThreads, 0, s>>>(x, n, sums.ptr);
   CLEAVE_CUDA_CHECK(cudaGetLastError());
   MomentSums host{};
   float first = 0;
   CLEAVE_CUDA_CHECK(cudaMemcpyAsync(&host, sums.ptr, sizeof(host), cudaMemcpyDeviceToHost, s));
   CLEAVE_CUDA_CHECK(cudaMemcpyAsync(&first, x, sizeof(float), cudaMemcpyDeviceToHost, s));
   CLEAVE_CUDA_CHECK(cudaStreamSynchronize(s));
-  const double shift = magnitudes ? std::fabs(first) : first;
+  const double shift = first;
   const double shifted_mean = host.sum / static_cast<double>(n);
   out.mean = shift + shifted_mean;
   const double variance = host.sum_squares / static_cast<double>(n) - shifted_mean * shifted_mean;
@@ -219,11 +205,7 @@ Moments MomentsOf(const float* x, size_t n, bool magnitudes, cudaStream_t s) {
 }  // namespace
 
 Moments ComputeMoments(const float* x, size_t n, Stream stream) {
-  return MomentsOf(x, n, false, AsStream(stream));
-}
-
-Moments ComputeAbsMoments(const float* x, size_t n, Stream stream) {
-  return MomentsOf(x, n, true, AsStream(stream));
+  return MomentsOf(x, n, AsStream(stream));
 }
 
 void AbsHistogram(const float* x, size_t n, float lo, float hi, size_t bins, uint64_t* counts,
@@ -326,22 +308,6 @@ size_t RandomK(const float* x, size_t n, size_t k, uint64_t seed, uint32_t* indi
   CLEAVE_CUDA_CHECK(cudaGetLastError());
   CLEAVE_CUDA_CHECK(cudaStreamSynchronize(s));
   return k;
-}
-
-size_t ErrorFeedbackSelect(const float* grad, float* residual, size_t n, float threshold,
-                           uint32_t* indices, float* values, size_t capacity, Stream stream) {
-  const cudaStream_t s = AsStream(stream);
-  if (n == 0) return 0;
-  AccumulateKernel<<<BlocksFor(n), kThreads, 0, s>>>(grad, residual, n);  // residual = acc
-  CLEAVE_CUDA_CHECK(cudaGetLastError());
-  DeviceBuffer<uint32_t> selected(n);
-  const size_t count = SelectIndices(residual, n, threshold, selected.ptr, s);
-  const size_t take = std::min(count, capacity);
-  Emit(residual, selected.ptr, count, indices, values, capacity, s);
-  ZeroAtKernel<<<BlocksFor(take), kThreads, 0, s>>>(residual, selected.ptr, take);
-  CLEAVE_CUDA_CHECK(cudaGetLastError());
-  CLEAVE_CUDA_CHECK(cudaStreamSynchronize(s));
-  return count;
 }
 
 }  // namespace cleave::kernels::cuda

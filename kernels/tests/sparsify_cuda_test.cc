@@ -63,10 +63,6 @@ TEST_P(CudaVsCpu, EveryOperationMatches) {
   EXPECT_NEAR(gpu.mean, cpu.mean, 1e-6 * (1 + std::fabs(cpu.mean)));
   EXPECT_NEAR(gpu.stddev, cpu.stddev, 1e-5 * (1 + cpu.stddev));
   EXPECT_EQ(gpu.max_abs, cpu.max_abs);
-  const Moments cpu_abs = ComputeAbsMoments(x.data(), n);
-  const Moments gpu_abs = cuda::ComputeAbsMoments(dx.ptr, n);
-  EXPECT_NEAR(gpu_abs.mean, cpu_abs.mean, 1e-6 * (1 + cpu_abs.mean));
-  EXPECT_NEAR(gpu_abs.stddev, cpu_abs.stddev, 1e-5 * (1 + cpu_abs.stddev));
 
   std::vector<uint64_t> cpu_counts(kHistogramBins), gpu_counts(kHistogramBins);
   AbsHistogram(x.data(), n, 0.25f, 3.0f, kHistogramBins, cpu_counts.data());
@@ -89,8 +85,6 @@ TEST_P(CudaVsCpu, EveryOperationMatches) {
     EXPECT_EQ(gi.Host(count), std::vector<uint32_t>(ci.begin(), ci.begin() + count));
     EXPECT_EQ(gv.Host(count), std::vector<float>(cv.begin(), cv.begin() + count));
   }
-  const float t = 1.3f;
-
   for (size_t k : {size_t{1}, n / 7 + 1, n}) {
     const size_t kk = TopK(x.data(), n, k, ci.data(), cv.data());
     ASSERT_EQ(cuda::TopK(dx.ptr, n, k, gi.ptr, gv.ptr), kk);
@@ -99,15 +93,6 @@ TEST_P(CudaVsCpu, EveryOperationMatches) {
     ASSERT_EQ(cuda::RandomK(dx.ptr, n, k, 5, gi.ptr, gv.ptr), rk);
     EXPECT_EQ(gv.Host(rk), std::vector<float>(cv.begin(), cv.begin() + rk));
   }
-
-  const auto grad = RandomData(n, Distribution::kNormal, 1);
-  auto residual = RandomData(n, Distribution::kNormal, 2);
-  Device<float> dgrad(grad), dres(residual);
-  const size_t ef =
-      ErrorFeedbackSelect(grad.data(), residual.data(), n, t, ci.data(), cv.data(), n);
-  ASSERT_EQ(cuda::ErrorFeedbackSelect(dgrad.ptr, dres.ptr, n, t, gi.ptr, gv.ptr, n), ef);
-  EXPECT_EQ(dres.Host(n), residual);
-  EXPECT_EQ(gv.Host(ef), std::vector<float>(cv.begin(), cv.begin() + ef));
 #endif
 }
 

@@ -22,13 +22,29 @@ constexpr double kRelativeVarianceFloor = 1e-12;
 // Euclidean pairwise distances of the flattened rows, in double and from column-centred rows:
 // |a|^2 + |b|^2 - 2ab cancels badly for rows with large norms (images, wide activations, a
 // common offset); centring removes the offset, which distances do not depend on.
-at::Tensor PairwiseDistances(const at::Tensor& batch) {
+// With `float_gram` (measurement) on the CPU, the row products alone are taken in float, as a 1x1
+// convolution: oneDNN's float kernels do it about ten times faster than the reference BLAS's
+// dgemm (what Debian's LibTorch links by default; 0.04 s against 0.5 s at 500 x 6272 on this
+// 2-core machine), and the centred rows keep its rounding small (2.8e-7 of the largest product
+// measured there).
+at::Tensor PairwiseDistances(const at::Tensor& batch, bool float_gram = false) {
   at::Tensor flat = batch.reshape({batch.size(0), -1}).to(at::kDouble);
   flat = flat - flat.mean(0, /*keepdim=*/true);
-  const at::Tensor norms = flat.pow(2).sum(1, /*keepdim=*/true);
-  const at::Tensor squared = (norms + norms.t() - 2 * flat.matmul(flat.t()));
+  at::Tensor gram, norms;
+  // Not on CUDA: its convolutions may round through TF32, and its dgemm is fast.
+  if (float_gram && flat.is_cpu()) {
+    const at::Tensor rows = flat.to(at::kFloat).view({flat.size(0), flat.size(1), 1, 1});
+    gram = at::conv2d(rows, rows).view({flat.size(0), flat.size(0)}).to(at::kDouble);
+    // The norms from the same products, so that the diagonal cancels exactly.
+    norms = gram.diagonal().unsqueeze(1);
+  } else {
+    // The transpose made contiguous: the reference BLAS multiplies untransposed operands about
+    // twice as fast, with the same sums in the same order.
+    gram = flat.matmul(flat.t().contiguous());
+    norms = flat.pow(2).sum(1, /*keepdim=*/true);
+  }
   // The floor keeps the gradient of sqrt finite on the diagonal and for duplicate rows.
-  return squared.clamp_min(kSquaredDistanceFloor).sqrt();
+  return (norms + norms.t() - 2 * gram).clamp_min(kSquaredDistanceFloor).sqrt();
 }
 
 at::Tensor DoubleCentred(const at::Tensor& distances) {
@@ -67,22 +83,36 @@ at::Tensor Correlation(const at::Tensor& dx, const at::Tensor& dz, const at::Ten
   return at::where(varies, dcov2 / safe, at::zeros_like(dcov2));
 }
 
+at::Tensor PlainFromDistances(const at::Tensor& dx, const at::Tensor& dz) {
+  const double n = static_cast<double>(dx.size(0));
+  const at::Tensor dcor2 = Correlation(dx, dz, DoubleCentred(dx), DoubleCentred(dz), n * n);
+  // sqrt with a floor: dCor^2 >= 0 in exact arithmetic, tiny negatives come from rounding.
+  return dcor2.clamp_min(kSquaredDistanceFloor).sqrt();
+}
+
+at::Tensor BiasCorrectedFromDistances(const at::Tensor& dx, const at::Tensor& dz) {
+  const double n = static_cast<double>(dx.size(0));
+  return Correlation(dx, dz, UCentred(dx), UCentred(dz), n * (n - 3));
+}
+
 }  // namespace
 
 at::Tensor DistanceCorrelation(const at::Tensor& x, const at::Tensor& z) {
   CheckBatches(x, z, 2);
-  const at::Tensor dx = PairwiseDistances(x), dz = PairwiseDistances(z);
-  const double n = static_cast<double>(x.size(0));
-  const at::Tensor dcor2 = Correlation(dx, dz, DoubleCentred(dx), DoubleCentred(dz), n * n);
-  // sqrt with a floor: dCor^2 >= 0 in exact arithmetic, tiny negatives come from rounding.
-  return dcor2.clamp_min(kSquaredDistanceFloor).sqrt().to(z.scalar_type());
+  return PlainFromDistances(PairwiseDistances(x), PairwiseDistances(z)).to(z.scalar_type());
 }
 
 at::Tensor BiasCorrectedDistanceCorrelation(const at::Tensor& x, const at::Tensor& z) {
   CheckBatches(x, z, 4);
-  const at::Tensor dx = PairwiseDistances(x), dz = PairwiseDistances(z);
-  const double n = static_cast<double>(x.size(0));
-  return Correlation(dx, dz, UCentred(dx), UCentred(dz), n * (n - 3)).to(z.scalar_type());
+  return BiasCorrectedFromDistances(PairwiseDistances(x), PairwiseDistances(z)).to(z.scalar_type());
+}
+
+DistanceCorrelations BothDistanceCorrelations(const at::Tensor& x, const at::Tensor& z) {
+  CheckBatches(x, z, 4);
+  const at::Tensor dx = PairwiseDistances(x, /*float_gram=*/true);
+  const at::Tensor dz = PairwiseDistances(z, /*float_gram=*/true);
+  return {PlainFromDistances(dx, dz).to(z.scalar_type()),
+          BiasCorrectedFromDistances(dx, dz).to(z.scalar_type())};
 }
 
 double IndependenceBaseline(const at::Tensor& x, const at::Tensor& z, uint64_t seed,
@@ -90,8 +120,11 @@ double IndependenceBaseline(const at::Tensor& x, const at::Tensor& z, uint64_t s
   CheckBatches(x, z, bias_corrected ? 4 : 2);
   const std::vector<int64_t> order = SeededPermutation(z.size(0), seed);
   const at::Tensor shuffled = z.index_select(0, at::tensor(order, at::kLong).to(z.device()));
-  const at::Tensor value = bias_corrected ? BiasCorrectedDistanceCorrelation(x, shuffled)
-                                          : DistanceCorrelation(x, shuffled);
+  // A measurement, taken like BothDistanceCorrelations' (row products in float on the CPU).
+  const at::Tensor dx = PairwiseDistances(x, /*float_gram=*/true);
+  const at::Tensor dz = PairwiseDistances(shuffled, /*float_gram=*/true);
+  const at::Tensor value =
+      bias_corrected ? BiasCorrectedFromDistances(dx, dz) : PlainFromDistances(dx, dz);
   return value.item<double>();
 }
 

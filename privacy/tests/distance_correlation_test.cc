@@ -137,6 +137,10 @@ TEST_P(DistanceCorrelationSizeTest, MatchesLoopReferences) {
   EXPECT_NEAR(plain, ReferenceDcor(x, z), 1e-9);
   EXPECT_NEAR(BiasCorrectedDistanceCorrelation(ToTensor(x), ToTensor(z)).item<double>(),
               ReferenceBiasCorrectedDcor2(x, z), 1e-9);
+  // Both from one computation of the distances (row products in float): the same two values.
+  const DistanceCorrelations both = BothDistanceCorrelations(ToTensor(x), ToTensor(z));
+  EXPECT_NEAR(both.plain.item<double>(), ReferenceDcor(x, z), 1e-6);
+  EXPECT_NEAR(both.bias_corrected.item<double>(), ReferenceBiasCorrectedDcor2(x, z), 1e-6);
   // Float inputs: same value (computed in double inside), float result.
   const at::Tensor as_float =
       DistanceCorrelation(ToTensor(x).to(at::kFloat), ToTensor(z).to(at::kFloat));
@@ -213,6 +217,24 @@ TEST(DistanceCorrelationTest, IgnoresALargeCommonOffsetInFloat) {
   const double reference = DistanceCorrelation(x.to(at::kDouble), z.to(at::kDouble)).item<double>();
   EXPECT_NEAR(DistanceCorrelation(x + 1000.0f, z).item<double>(), reference, 1e-4);
   EXPECT_NEAR(DistanceCorrelation(x, z - 500.0f).item<double>(), reference, 1e-4);
+}
+
+// The measurement path (row products in float) at the size cleave-client evaluates: 500
+// Fashion-MNIST-like inputs against 500 wide, sparse, post-ReLU activations that depend on them,
+// with a common offset on the inputs; the same values as the double computation.
+TEST(DistanceCorrelationTest, BothEstimatesMatchTheDoubleComputationAtEvaluationSize) {
+  at::manual_seed(12);
+  const at::Tensor pixels = at::rand({500, 784});
+  const at::Tensor z = at::relu((pixels - 0.5f).matmul(at::randn({784, 6272}) * 0.05f)) *
+                       (at::rand({500, 6272}) < 0.25f).to(at::kFloat);
+  const at::Tensor x = pixels + 3.0f;
+  const DistanceCorrelations both = BothDistanceCorrelations(x, z);
+  EXPECT_EQ(both.plain.scalar_type(), at::kFloat);
+  const double plain = DistanceCorrelation(x, z).item<double>();
+  const double corrected = BiasCorrectedDistanceCorrelation(x, z).item<double>();
+  EXPECT_GT(corrected, 0.05);  // dependent, so the comparison is not between two zeros
+  EXPECT_NEAR(both.plain.item<double>(), plain, 1e-6);
+  EXPECT_NEAR(both.bias_corrected.item<double>(), corrected, 1e-6);
 }
 
 TEST(DistanceCorrelationTest, BiasCorrectedIsNearZeroForSmallIndependentBatches) {

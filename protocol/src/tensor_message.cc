@@ -231,32 +231,4 @@ at::Tensor DecodeValuesAt(const v1::Tensor& message, const std::vector<int64_t>&
   return dense;
 }
 
-at::Tensor DecodeSparseAt(const v1::Tensor& message, const std::vector<int64_t>& shape,
-                          const std::vector<uint32_t>& positions) {
-  CLEAVE_CHECK_INPUT(
-      message.dtype() == v1::Tensor::FLOAT32 && message.payload_case() == v1::Tensor::kSparse,
-      "expected a float32 sparse payload");
-  std::vector<int64_t> got(message.shape().begin(), message.shape().end());
-  CLEAVE_CHECK_INPUT(got == shape, "sparse payload has shape ", ShapeToString(got), ", expected ",
-                     ShapeToString(shape));
-  at::Tensor dense = at::zeros(shape, at::TensorOptions().dtype(at::kFloat));
-  const uint64_t numel = static_cast<uint64_t>(dense.numel());
-  DecodeLimits limits;
-  limits.expected_dense_numel = positions.empty() ? numel : positions.size();
-  limits.max_dense_numel = limits.expected_dense_numel;
-  limits.max_count = limits.expected_dense_numel;
-  const DecodedSparse sparse = DecodeSparse(message.sparse(), limits);
-  float* data = dense.data_ptr<float>();
-  for (size_t i = 0; i < sparse.indices.size(); ++i) {
-    const uint32_t position = positions.empty() ? sparse.indices[i] : positions[sparse.indices[i]];
-    CLEAVE_ENFORCE(position < numel, "position out of range");
-    data[position] = sparse.values[i];
-  }
-  return dense;
-}
-
-int64_t WireBytes(const v1::Tensor& message) {
-  return static_cast<int64_t>(message.ByteSizeLong());
-}
-
 }  // namespace cleave::protocol

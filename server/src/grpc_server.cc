@@ -28,6 +28,7 @@
 #include "cleave/server/allowlist_auth.h"
 #include "cleave/server/call_limiter.h"
 #include "cleave/server/split_server.h"
+#include "cleave/server/status_mapping.h"
 
 namespace cleave::server {
 
@@ -75,7 +76,7 @@ grpc::Status Guarded(const char* what, const std::string& identity, Fn&& fn) {
     fn();
     return grpc::Status::OK;
   } catch (const std::exception& error) {
-    grpc::Status status = protocol::ToGrpcStatus(error);
+    grpc::Status status = StatusFor(error);
     spdlog::warn("{} from '{}' failed: {}: {}", what, PeerText(identity),
                  protocol::StatusCodeName(status.error_code()),
                  PeerText(status.error_message(), kMaxLoggedMessageBytes));
@@ -84,10 +85,10 @@ grpc::Status Guarded(const char* what, const std::string& identity, Fn&& fn) {
 }
 
 // Codes with which a Train stream ends but the hospital's session stays: the protocol tells it to
-// Sync and go on with the same session (a step too stale, or not part of the current round).
+// Sync and go on with the same session (ABORTED: a step too stale, or not part of the current
+// round). A fatal mismatch (FAILED_PRECONDITION) ends the hospital, and its session with it.
 bool KeepsSession(grpc::StatusCode code) {
-  return code == grpc::StatusCode::OK || code == grpc::StatusCode::ABORTED ||
-         code == grpc::StatusCode::FAILED_PRECONDITION;
+  return code == grpc::StatusCode::OK || code == grpc::StatusCode::ABORTED;
 }
 
 // Method paths, as the generated stubs name them.
@@ -315,15 +316,16 @@ void CheckLimits(const ListenOptions& options, const CallLimits& limits) {
   CLEAVE_CHECK_USER(options.max_message_bytes > 0 && options.max_message_bytes <= INT_MAX,
                     "the largest message must be between 1 byte and 2 GiB");
   // The sync server keeps one polling thread; fewer than two would serve nothing.
-  CLEAVE_CHECK_USER(options.max_threads >= 2, "--max-threads must be at least 2");
+  CLEAVE_CHECK_USER(options.max_threads >= 2, "the server needs at least 2 threads");
   CLEAVE_CHECK_USER(options.max_streams_per_connection >= 1,
-                    "--max-streams-per-connection must be at least 1");
-  CLEAVE_CHECK_USER(limits.max_calls_per_client >= 1, "--max-calls-per-client must be at least 1");
+                    "the streams allowed per connection must be at least 1");
+  CLEAVE_CHECK_USER(limits.max_calls_per_client >= 1,
+                    "the calls allowed per client must be at least 1");
   // Below one message, a hospital's largest honest request would always be refused.
   CLEAVE_CHECK_USER(limits.max_client_request_bytes >= options.max_message_bytes,
-                    "--max-client-request-mb must be at least --max-message-mb");
+                    "the request bytes allowed per client must be at least one message");
   CLEAVE_CHECK_USER(limits.max_large_request_bytes >= options.max_message_bytes,
-                    "--max-large-requests-mb must be at least --max-message-mb");
+                    "the bytes of large requests allowed at once must be at least one message");
 }
 
 }  // namespace

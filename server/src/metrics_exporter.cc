@@ -38,18 +38,19 @@ struct MetricsExporter::Metrics {
                     .Help("Hospitals (certificate identities) with an open session")
                     .Register(registry)
                     .Add({})),
-        step_seconds(prometheus::BuildHistogram()
-                         .Name("cleave_step_duration_seconds")
-                         .Help("Server time of one training step (forward, backward, update)")
-                         .Register(registry)
-                         .Add({}, prometheus::Histogram::BucketBoundaries{
-                                      0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1})),
+        step_seconds(
+            prometheus::BuildHistogram()
+                .Name("cleave_step_duration_seconds")
+                .Help("Server time of one training step (forward, backward, update)")
+                .Register(registry)
+                .Add({}, prometheus::Histogram::BucketBoundaries{0.001, 0.002, 0.005, 0.01, 0.02,
+                                                                 0.05, 0.1, 0.2, 0.5, 1})),
         round_seconds(prometheus::BuildHistogram()
                           .Name("cleave_round_duration_seconds")
                           .Help("Wall time of a round, first Sync to applied average")
                           .Register(registry)
-                          .Add({}, prometheus::Histogram::BucketBoundaries{
-                                       1, 2, 5, 10, 20, 30, 60, 120, 300, 600})),
+                          .Add({}, prometheus::Histogram::BucketBoundaries{1, 2, 5, 10, 20, 30, 60,
+                                                                           120, 300, 600})),
         staleness(prometheus::BuildHistogram()
                       .Name("cleave_update_staleness")
                       .Help("Versions between an accepted update's base and the current model")
@@ -73,7 +74,7 @@ struct MetricsExporter::Metrics {
                     .Add({})),
         expired(prometheus::BuildCounter()
                     .Name("cleave_sessions_expired_total")
-                    .Help("Sessions released after --session-idle seconds without a call")
+                    .Help("Sessions released after the session idle timeout without a call")
                     .Register(registry)
                     .Add({})),
         rounds(prometheus::BuildCounter()

@@ -1,6 +1,7 @@
 #include "cleave/server/server_checkpoint.h"
 
 #include <ATen/ATen.h>
+#include <spdlog/spdlog.h>
 #include <torch/nn/module.h>
 
 #include <cstring>
@@ -44,6 +45,24 @@ int64_t PendingCount(const CheckpointMeta& meta) {
   return count;
 }
 
+// The phase is written as its enum value; anything else is a corrupt file.
+RoundPhase PhaseFromCounter(int64_t value) {
+  CLEAVE_CHECK_USER(value >= static_cast<int64_t>(RoundPhase::kWaitingForClients) &&
+                        value <= static_cast<int64_t>(RoundPhase::kFinished),
+                    "checkpoint has an unknown round phase ", value);
+  return static_cast<RoundPhase>(value);
+}
+
+// Checkpoints written before the phase was saved: finished, or training once anything happened
+// in the rounds (as those servers decided), else waiting for hospitals.
+RoundPhase LegacyPhase(const CheckpointMeta& meta, const RoundState& state) {
+  const auto finished = meta.counters.find("finished");
+  if (finished != meta.counters.end() && finished->second != 0) return RoundPhase::kFinished;
+  const bool started =
+      state.round > 1 || state.updates_accepted > 0 || state.round_samples_trained > 0;
+  return started ? RoundPhase::kTraining : RoundPhase::kWaitingForClients;
+}
+
 }  // namespace
 
 void WriteRoundState(const RoundState& state, CheckpointMeta* meta) {
@@ -57,13 +76,11 @@ void WriteRoundState(const RoundState& state, CheckpointMeta* meta) {
   }
   c["round_samples_trained"] = state.round_samples_trained;
   c["turn"] = state.turn;
-  c["finished"] = state.finished ? 1 : 0;
+  c["phase"] = static_cast<int64_t>(state.phase);
   c["updates_accepted"] = state.updates_accepted;
   c["updates_applied"] = state.updates_applied;
-  c["updates_refused"] = state.updates_refused;
   c["updates_duplicate"] = state.updates_duplicate;
   c["updates_capped"] = state.updates_capped;
-  c["steps_refused"] = state.steps_refused;
   for (size_t s = 0; s < state.staleness_histogram.size(); ++s) {
     c[kStalenessPrefix + std::to_string(s)] = state.staleness_histogram[s];
   }
@@ -99,20 +116,16 @@ RoundState ReadRoundState(const CheckpointMeta& meta) {
       state.round_samples_trained = value;
     else if (name == "turn")
       state.turn = value;
-    else if (name == "finished")
-      state.finished = value != 0;
+    else if (name == "phase")
+      state.phase = PhaseFromCounter(value);
     else if (name == "updates_accepted")
       state.updates_accepted = value;
     else if (name == "updates_applied")
       state.updates_applied = value;
-    else if (name == "updates_refused")
-      state.updates_refused = value;
     else if (name == "updates_duplicate")
       state.updates_duplicate = value;
     else if (name == "updates_capped")
       state.updates_capped = value;
-    else if (name == "steps_refused")
-      state.steps_refused = value;
     else if (StartsWith(name, kLastRoundPrefix))
       state.last_round_submitted[name.substr(std::strlen(kLastRoundPrefix))] = value;
     else if (StartsWith(name, kSubmittedPrefix))
@@ -128,6 +141,7 @@ RoundState ReadRoundState(const CheckpointMeta& meta) {
     }
   }
   for (const auto& [index, identity] : joined) state.join_order.push_back(identity);
+  if (meta.counters.count("phase") == 0) state.phase = LegacyPhase(meta, state);
   CLEAVE_CHECK_USER(state.round >= 1 && state.version >= 0,
                     "checkpoint has an impossible round state (round ", state.round, ", version ",
                     state.version, ")");
@@ -175,6 +189,20 @@ ServerCheckpoint LoadServerCheckpoint(const std::string& path, const std::string
     loaded.round = std::move(round);
   }
   return loaded;
+}
+
+int64_t ResumeServer(const std::string& path, const std::string& fingerprint, TopModel& top,
+                     RoundCoordinator* rounds, int64_t client_parameters) {
+  const ServerCheckpoint loaded =
+      LoadServerCheckpoint(path, fingerprint, top.layers(), &top.optimizer(), client_parameters);
+  if (rounds && loaded.round) {
+    rounds->Restore(*loaded.round);
+    spdlog::info("resumed from checkpoint '{}' at step {}, round {} ({}), client model version {}",
+                 path, loaded.step, rounds->round(), PhaseName(rounds->phase()), rounds->version());
+  } else {
+    spdlog::info("resumed from checkpoint '{}' at step {}", path, loaded.step);
+  }
+  return loaded.step;
 }
 
 }  // namespace cleave::server

@@ -164,12 +164,14 @@ void AddTrainingFlags(CLI::App& app, Flags* f) {
       ->capture_default_str();
   app.add_option("--seed", options.seed, "Seed of the server-side weight initialisation")
       ->capture_default_str();
-  app.add_option("--checkpoint", options.checkpoint_path,
-                 "Checkpoint file of the server-side model and optimizer (written atomically)");
+  CLI::Option* checkpoint =
+      app.add_option("--checkpoint", options.checkpoint_path,
+                     "Checkpoint file of the server-side model and optimizer (written atomically)");
   app.add_option("--checkpoint-every", options.checkpoint_every,
                  "Write the checkpoint every N training steps (0: only at shutdown)")
       ->capture_default_str();
-  app.add_flag("--resume", options.resume, "Load --checkpoint at start if it exists");
+  app.add_flag("--resume", options.resume, "Load --checkpoint at start if it exists")
+      ->needs(checkpoint);
   app.add_flag("--require-checkpoint", options.require_checkpoint,
                "With --resume: refuse to start when the checkpoint is missing");
   app.add_option("--max-message-mb", max_message_mb, "Largest gRPC message accepted or sent, MiB")
@@ -258,6 +260,23 @@ void AddRoundFlags(CLI::App& app, Flags* f) {
       ->capture_default_str();
 }
 
+// The flags' ranges, named by their flags (the libraries check them too, in their own terms).
+void CheckRanges(const Flags& f) {
+  const cleave::server::RoundOptions& rounds = f.options.rounds;
+  CLEAVE_CHECK_USER(rounds.rounds >= 0, "--rounds must be >= 0");
+  CLEAVE_CHECK_USER(rounds.round_samples >= 1, "--round-samples must be >= 1");
+  CLEAVE_CHECK_USER(rounds.quorum >= 1, "--quorum must be >= 1");
+  CLEAVE_CHECK_USER(rounds.min_clients >= 1, "--min-clients must be >= 1");
+  CLEAVE_CHECK_USER(rounds.max_staleness >= 0, "--max-staleness must be >= 0");
+  CLEAVE_CHECK_USER(rounds.max_update_abs >= 0, "--max-update-value must be >= 0");
+  CLEAVE_CHECK_USER(f.options.max_activation_abs >= 0, "--max-activation-value must be >= 0");
+  CLEAVE_CHECK_USER(f.options.max_sessions_per_identity >= 1, "--max-sessions must be >= 1");
+  CLEAVE_CHECK_USER(f.max_client_request_mb == 0 || f.max_client_request_mb >= f.max_message_mb,
+                    "--max-client-request-mb must be at least --max-message-mb");
+  CLEAVE_CHECK_USER(f.max_large_requests_mb == 0 || f.max_large_requests_mb >= f.max_message_mb,
+                    "--max-large-requests-mb must be at least --max-message-mb");
+}
+
 // The parsed flags as the server's and the listener's options (files read, names checked).
 void Resolve(Flags* f) {
   auto& [listen, ca_path, cert_path, key_path, insecure, model_flags, options, max_message_mb,
@@ -283,6 +302,8 @@ void Resolve(Flags* f) {
   CLEAVE_CHECK_USER(round_deadline_seconds >= 0, "--round-deadline must be >= 0");
   options.rounds.round_deadline =
       std::chrono::milliseconds(static_cast<int64_t>(round_deadline_seconds * 1000));
+
+  CheckRanges(*f);
 
   cleave::server::ListenOptions& listen_options = f->limits;
   listen_options.address = listen;

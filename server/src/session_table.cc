@@ -9,7 +9,7 @@
 
 #include "cleave/core/error.h"
 #include "cleave/core/peer_text.h"
-#include "cleave/protocol/status_error.h"
+#include "cleave/server/refusal.h"
 
 namespace cleave::server {
 
@@ -27,7 +27,7 @@ std::string NewSessionId() {
 }  // namespace
 
 SessionTable::SessionTable(int max_per_identity) : max_per_identity_(max_per_identity) {
-  CLEAVE_CHECK_USER(max_per_identity >= 1, "--max-sessions must be >= 1");
+  CLEAVE_CHECK_USER(max_per_identity >= 1, "the sessions allowed per identity must be >= 1");
 }
 
 SessionTable::Opened SessionTable::Open(const std::string& identity, Clock::time_point now) {
@@ -58,14 +58,12 @@ Session SessionTable::Touch(const std::string& identity, const std::string& id,
   std::lock_guard<std::mutex> lock(mutex_);
   const auto it = sessions_.find(id);
   if (it == sessions_.end()) {
-    throw protocol::StatusError(grpc::StatusCode::NOT_FOUND,
-                                "unknown or expired session; Join again");
+    throw Refusal(RefusalKind::kUnknownSession, "unknown or expired session; Join again");
   }
   if (it->second.identity != identity) {
     spdlog::warn("'{}' tried to use a session of '{}'", PeerText(identity),
                  PeerText(it->second.identity));
-    throw protocol::StatusError(grpc::StatusCode::PERMISSION_DENIED,
-                                "this session belongs to another client");
+    throw Refusal(RefusalKind::kNotAllowed, "this session belongs to another client");
   }
   it->second.last_call = now;
   return it->second;

@@ -86,7 +86,15 @@ TopModel::Evaluation TopModel::Evaluate(const at::Tensor& activations, const at:
   const at::Tensor logits = layers_->forward(activations);
   const at::Tensor loss = torch::nn::functional::cross_entropy(
       logits, labels, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
-  return {loss.item<double>(), logits.argmax(1).eq(labels).sum().item<int64_t>()};
+  Evaluation evaluation;
+  evaluation.loss_sum = loss.item<double>();
+  const at::Tensor hits = logits.argmax(1).eq(labels);
+  const at::Tensor per_class =
+      at::bincount(labels.masked_select(hits), {}, logits.size(1)).to(at::kLong).contiguous();
+  const int64_t* counts = per_class.data_ptr<int64_t>();
+  evaluation.correct_per_class.assign(counts, counts + per_class.numel());
+  evaluation.correct = hits.sum().item<int64_t>();
+  return evaluation;
 }
 
 std::vector<at::Tensor> TopModel::ParameterCopies() const {

@@ -18,6 +18,7 @@
 #include "cleave/protocol/status_error.h"
 #include "cleave/protocol/tensor_message.h"
 #include "cleave/server/split_server.h"
+#include "cleave/server/status_mapping.h"
 #include "cleave/test_support/temp_dir.h"
 #include "server_requests.h"
 
@@ -28,7 +29,6 @@ using test::JoinFor;
 using test::SyncFor;
 using test::UpdateFor;
 
-using protocol::StatusError;
 constexpr int64_t kWidth = 128;  // cut width of the mlp below
 
 SplitServerOptions MlpOptions() {
@@ -93,7 +93,7 @@ grpc::StatusCode CodeOf(Fn&& fn) {
   try {
     fn();
   } catch (const std::exception& error) {
-    return protocol::ToGrpcStatus(error).error_code();
+    return StatusFor(error).error_code();
   }
   return grpc::StatusCode::OK;
 }
@@ -224,18 +224,17 @@ TEST(HostileInputTest, StepsAndUpdatesFromOutsideTheRoundAreRefusedWhateverTheir
   // m never synced: a step one version old (within --max-staleness) or current is refused.
   for (int64_t version : {0, 1}) {
     EXPECT_EQ(CodeOf([&] { server.Train("m", Honest(round.m, version)); }),
-              grpc::StatusCode::FAILED_PRECONDITION)
+              grpc::StatusCode::ABORTED)
         << "version " << version;
     EXPECT_EQ(CodeOf([&] {
                 server.SubmitUpdate(
                     "m", UpdateFor(round.m, version, version + 1, 4, at::zeros({parameters})));
               }),
-              grpc::StatusCode::FAILED_PRECONDITION)
+              grpc::StatusCode::ABORTED)
         << "version " << version;
   }
   // Nor may a, once its round's update is in, train on in the old version.
-  EXPECT_EQ(CodeOf([&] { server.Train("a", Honest(round.a, 0)); }),
-            grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(CodeOf([&] { server.Train("a", Honest(round.a, 0)); }), grpc::StatusCode::ABORTED);
   EXPECT_EQ(server.step(), steps);
   EXPECT_TRUE(Same(before, TopWeights(server)));
   EXPECT_EQ(server.counters().refused_steps, 3);
@@ -272,7 +271,7 @@ TEST(HostileInputTest, AnUpdateWithoutCountedStepsIsRefused) {
   EXPECT_EQ(CodeOf([&] {
               server.SubmitUpdate("m", UpdateFor(round.m, 0, 1, 64, at::zeros({parameters})));
             }),
-            grpc::StatusCode::FAILED_PRECONDITION);
+            grpc::StatusCode::ABORTED);
   EXPECT_EQ(server.rounds()->Snapshot().updates_accepted, 0);
 }
 
@@ -425,7 +424,7 @@ TEST(HostileInputTest, EveryRefusalReachesTheMetricsWithItsReason) {
   server.SetObserver(&observer);
   const int64_t parameters = server.rounds()->num_parameters();
   server.Sync("a", SyncFor(round.a, -1));
-  EXPECT_THROW(server.Train("m", Honest(round.m)), StatusError);  // never synced
+  EXPECT_THROW(server.Train("m", Honest(round.m)), Refusal);  // never synced
   EXPECT_THROW(server.Train("a", Batch(round.a, at::full({4, kWidth}, 1e6))), OutOfBounds);
   server.Sync("a", SyncFor(round.a, -1));  // excluded by the refusal above: take part again
   server.Train("a", Honest(round.a));
@@ -453,7 +452,7 @@ TEST(HostileInputTest, PeerTextReachesTheLogEscapedAndCapped) {
   std::string status;
   try {
     server.Join("mallory\nroot", request);
-  } catch (const StatusError& error) {
+  } catch (const Refusal& error) {
     status = error.what();
   }
   logger->flush();

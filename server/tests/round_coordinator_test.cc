@@ -8,14 +8,13 @@
 #include <chrono>
 #include <thread>
 
-#include "cleave/protocol/status_error.h"
+#include "cleave/server/server_checkpoint.h"
 
 namespace cleave::server {
 namespace {
 
 using namespace std::chrono_literals;
 using Action = SyncDecision::Action;
-using protocol::StatusError;
 
 constexpr int64_t kParameters = 37;
 
@@ -41,8 +40,7 @@ SyncDecision Train(RoundCoordinator& rounds, const std::string& identity, int64_
                    int64_t have_version = -1) {
   const SyncDecision decision = rounds.Sync(identity, have_version, 0ms);
   EXPECT_EQ(decision.action, Action::kTrain) << identity;
-  bool closing = false;
-  rounds.OnTrainStep(identity, decision.version, samples, &closing);
+  rounds.AdmitStep(identity, decision.version, samples);
   return decision;
 }
 
@@ -76,9 +74,7 @@ TEST(RoundCoordinatorTest, SplitFedAveragesThreeHospitalsWeightedBySamples) {
     deltas.push_back(at::randn({kParameters}));
   }
   // 120 samples >= 100: the round is closing; a step says so.
-  bool closing = false;
-  rounds.OnTrainStep("a", 0, 1, &closing);
-  EXPECT_TRUE(closing);
+  EXPECT_TRUE(rounds.AdmitStep("a", 0, 1).round_closing);
   EXPECT_EQ(rounds.Sync("d-not-joined", -1, 0ms).action, Action::kWait);
   for (size_t i = 0; i < 3; ++i) {
     const UpdateOutcome outcome = rounds.Submit(names[i], 0, 1, samples[i], deltas[i]);
@@ -168,7 +164,7 @@ TEST(RoundCoordinatorTest, StaleUpdateWithinTheBoundIsAppliedWithAScaledRate) {
   EXPECT_EQ(state.updates_accepted, state.updates_applied);
 }
 
-TEST(RoundCoordinatorTest, TooStaleUpdatesAndStepsAreRefusedWithAborted) {
+TEST(RoundCoordinatorTest, TooStaleUpdatesAndStepsAreRefusedAsStale) {
   RoundOptions options = SplitFed(1);
   options.max_staleness = 0;
   RoundCoordinator rounds(options, at::zeros({kParameters}));
@@ -179,18 +175,22 @@ TEST(RoundCoordinatorTest, TooStaleUpdatesAndStepsAreRefusedWithAborted) {
   try {
     rounds.Submit("b", 0, 1, 10, at::ones({kParameters}));
     FAIL() << "a stale update was accepted";
-  } catch (const StatusError& error) {
-    EXPECT_EQ(error.code(), grpc::StatusCode::ABORTED);
+  } catch (const Refusal& error) {
+    EXPECT_EQ(error.kind(), RefusalKind::kStale);
+    EXPECT_STREQ(error.reason(), "stale");
     EXPECT_NE(std::string(error.what()).find("Sync"), std::string::npos) << error.what();
   }
-  bool closing = false;
-  EXPECT_THROW(rounds.OnTrainStep("b", 0, 10, &closing), StatusError);
+  try {
+    rounds.AdmitStep("b", 0, 10);
+    FAIL() << "a stale step was admitted";
+  } catch (const Refusal& error) {
+    EXPECT_EQ(error.kind(), RefusalKind::kStale);
+  }
   const RoundState state = rounds.Snapshot();
-  EXPECT_EQ(state.updates_refused, 1);
-  EXPECT_EQ(state.steps_refused, 1);
+  EXPECT_EQ(state.updates_accepted, 1);
   ExpectAllClose(state.weights, at::ones({kParameters}));  // untouched by the refused update
   // A version the server never issued is bad input, not staleness.
-  EXPECT_THROW(rounds.OnTrainStep("a", 7, 1, &closing), InvalidInput);
+  EXPECT_THROW(rounds.AdmitStep("a", 7, 1), InvalidInput);
 }
 
 TEST(RoundCoordinatorTest, AResentUpdateIsAppliedOnce) {
@@ -245,9 +245,7 @@ TEST(RoundCoordinatorTest, WithoutAQuorumTheDeadlineWaitsForTheHospitalsStillTra
   clock.now += 400ms;  // the deadline: one update is no quorum
   rounds.CheckDeadline();
   EXPECT_EQ(rounds.round(), 1);
-  bool closing = false;
-  rounds.OnTrainStep("b", 0, 10, &closing);
-  EXPECT_TRUE(closing);  // b is told to send what it has
+  EXPECT_TRUE(rounds.AdmitStep("b", 0, 10).round_closing);  // b is told to send what it has
   rounds.Submit("b", 0, 1, 10, at::ones({kParameters}));
   EXPECT_EQ(rounds.round(), 2);
 }
@@ -353,6 +351,121 @@ TEST(RoundCoordinatorTest, BadUpdatesAreInvalidInput) {
   EXPECT_THROW(rounds.Submit("a", 3, 1, 10, at::zeros({kParameters})), InvalidInput);
   EXPECT_THROW(rounds.Submit("a", 0, 1, 10, at::zeros({kParameters + 1})), InvalidInput);
   EXPECT_EQ(rounds.Snapshot().updates_accepted, 0);
+}
+
+TEST(RoundPhaseTest, ARoundGoesFromWaitingToTrainingToClosingAndOn) {
+  RoundOptions options = SplitFed(2);
+  options.rounds = 2;
+  RoundCoordinator rounds(options, at::zeros({kParameters}));
+  EXPECT_EQ(rounds.phase(), RoundPhase::kWaitingForClients);
+  rounds.OnJoin("a");
+  EXPECT_EQ(rounds.phase(), RoundPhase::kWaitingForClients);
+  rounds.OnJoin("b");
+  EXPECT_EQ(rounds.phase(), RoundPhase::kTraining);
+  ASSERT_EQ(rounds.Sync("a", -1, 0ms).action, Action::kTrain);
+  EXPECT_FALSE(rounds.AdmitStep("a", 0, 99).round_closing);
+  EXPECT_TRUE(rounds.AdmitStep("a", 0, 1).round_closing);  // the target of 100 samples
+  EXPECT_EQ(rounds.phase(), RoundPhase::kClosing);
+  EXPECT_EQ(rounds.Sync("b", -1, 0ms).action, Action::kWait);  // nobody new starts
+  rounds.Submit("a", 0, 1, 100, at::ones({kParameters}));
+  // Only a's update, and b is connected without having taken part: the quorum of 1 is met.
+  EXPECT_EQ(rounds.phase(), RoundPhase::kTraining);
+  EXPECT_EQ(rounds.round(), 2);
+  Train(rounds, "b", 100, 1);
+  rounds.Submit("b", 1, 2, 100, at::ones({kParameters}));
+  EXPECT_EQ(rounds.phase(), RoundPhase::kFinished);
+  EXPECT_EQ(rounds.Sync("a", 2, 0ms).action, Action::kDone);
+}
+
+TEST(RoundPhaseTest, BelowTheQuorumAClosingRoundReopensForTheOthers) {
+  RoundOptions options = SplitFed(2);
+  options.quorum = 2;
+  RoundCoordinator rounds(options, at::zeros({kParameters}));
+  rounds.OnJoin("a");
+  rounds.OnJoin("b");
+  Train(rounds, "a", 100);  // the target: closing before b took part
+  EXPECT_EQ(rounds.phase(), RoundPhase::kClosing);
+  rounds.Submit("a", 0, 1, 100, at::ones({kParameters}));
+  EXPECT_EQ(rounds.phase(), RoundPhase::kTraining);  // reopened for b, a's update kept
+  EXPECT_EQ(rounds.round(), 1);
+  Train(rounds, "b", 10);
+  rounds.Submit("b", 0, 1, 10, at::ones({kParameters}));
+  EXPECT_EQ(rounds.round(), 2);
+  EXPECT_EQ(rounds.Snapshot().updates_applied, 2);
+}
+
+TEST(RoundPhaseTest, ADeadlineWithoutAQuorumTellsStragglersToSendOrReopens) {
+  RoundOptions options = SplitFed(2);
+  options.quorum = 2;
+  options.round_deadline = 100ms;
+  TestClock clock;
+  RoundCoordinator rounds(options, at::zeros({kParameters}), clock.Function());
+  rounds.OnJoin("a");
+  rounds.OnJoin("b");
+  Train(rounds, "a", 10);
+  clock.now += 100ms;
+  rounds.CheckDeadline();
+  EXPECT_EQ(rounds.phase(), RoundPhase::kClosing);   // a is told to send what it has
+  rounds.OnLeave("a");                               // ... and vanishes without sending
+  EXPECT_EQ(rounds.phase(), RoundPhase::kTraining);  // open again for whoever (re)joins
+  clock.now += 100ms;
+  rounds.CheckDeadline();  // nobody training, nothing sent: extended, still open
+  EXPECT_EQ(rounds.phase(), RoundPhase::kTraining);
+  EXPECT_EQ(rounds.Sync("b", -1, 0ms).action, Action::kTrain);
+}
+
+TEST(RoundPhaseTest, RestoreResumesThePhaseSavedExceptClosing) {
+  RoundOptions options = SplitFed(2);
+  RoundState saved;
+  {
+    RoundCoordinator rounds(options, at::zeros({kParameters}));
+    rounds.OnJoin("a");
+    rounds.OnJoin("b");
+    Train(rounds, "a", 100);
+    saved = rounds.Snapshot();
+  }
+  ASSERT_EQ(saved.phase, RoundPhase::kClosing);
+  {
+    // Those training lost their assignment with the server: the round is open to them again,
+    // without waiting for min_clients a second time.
+    RoundCoordinator resumed(options, at::zeros({kParameters}));
+    resumed.Restore(saved);
+    EXPECT_EQ(resumed.phase(), RoundPhase::kTraining);
+    resumed.OnJoin("a");
+    EXPECT_EQ(resumed.Sync("a", -1, 0ms).action, Action::kTrain);
+  }
+  for (RoundPhase phase :
+       {RoundPhase::kWaitingForClients, RoundPhase::kTraining, RoundPhase::kFinished}) {
+    saved.phase = phase;
+    RoundCoordinator resumed(options, at::zeros({kParameters}));
+    resumed.Restore(saved);
+    EXPECT_EQ(resumed.phase(), phase) << PhaseName(phase);
+    resumed.OnJoin("a");
+    const Action want = phase == RoundPhase::kFinished   ? Action::kDone
+                        : phase == RoundPhase::kTraining ? Action::kTrain
+                                                         : Action::kWait;  // 1 of 2 hospitals
+    EXPECT_EQ(resumed.Sync("a", -1, 0ms).action, want) << PhaseName(phase);
+  }
+}
+
+TEST(RoundPhaseTest, TheCheckpointKeepsThePhaseAndDerivesItForOlderFiles) {
+  RoundState state;
+  state.phase = RoundPhase::kClosing;
+  state.round = 3;
+  CheckpointMeta meta;
+  WriteRoundState(state, &meta);
+  EXPECT_EQ(ReadRoundState(meta).phase, RoundPhase::kClosing);
+  meta.counters["phase"] = 17;
+  EXPECT_THROW(ReadRoundState(meta), UserError);
+  // Written before the phase was: finished, or training once the rounds had moved.
+  meta.counters.erase("phase");
+  EXPECT_EQ(ReadRoundState(meta).phase, RoundPhase::kTraining);
+  meta.counters["finished"] = 1;
+  EXPECT_EQ(ReadRoundState(meta).phase, RoundPhase::kFinished);
+  CheckpointMeta fresh;
+  WriteRoundState(RoundState{}, &fresh);
+  fresh.counters.erase("phase");
+  EXPECT_EQ(ReadRoundState(fresh).phase, RoundPhase::kWaitingForClients);
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 
 #include "cleave/core/error.h"
 #include "cleave/core/file_io.h"
+#include "cleave/core/split_model.h"
 #include "cleave/protocol/status_error.h"
 #include "cleave/protocol/tensor_message.h"
 #include "cleave/server/in_process_link.h"
@@ -23,8 +24,6 @@ namespace {
 using test::JoinFor;
 using test::SyncFor;
 using test::UpdateFor;
-
-using protocol::StatusError;
 
 SplitServerOptions MlpOptions() {
   SplitServerOptions options;
@@ -82,8 +81,8 @@ TEST(SplitServerTest, JoinRefusesOtherFingerprintNamingBoth) {
   try {
     server.Join("a", request);
     FAIL();
-  } catch (const StatusError& error) {
-    EXPECT_EQ(error.code(), grpc::StatusCode::FAILED_PRECONDITION);
+  } catch (const Refusal& error) {
+    EXPECT_EQ(error.kind(), RefusalKind::kMismatch);
     EXPECT_NE(std::string(error.what()).find("0123456789abcdef"), std::string::npos);
     EXPECT_NE(std::string(error.what()).find(server.fingerprint()), std::string::npos);
   }
@@ -93,7 +92,12 @@ TEST(SplitServerTest, JoinRefusesOtherProtocolVersion) {
   SplitServer server(MlpOptions());
   v1::JoinRequest request = JoinFor(server);
   request.set_protocol_version(99);
-  EXPECT_THROW(server.Join("a", request), StatusError);
+  try {
+    server.Join("a", request);
+    FAIL() << "a client of another protocol version joined";
+  } catch (const Refusal& error) {
+    EXPECT_EQ(error.kind(), RefusalKind::kMismatch);
+  }
 }
 
 TEST(SplitServerTest, AllowlistRefusesOthersWithPermissionDenied) {
@@ -107,8 +111,8 @@ TEST(SplitServerTest, AllowlistRefusesOthersWithPermissionDenied) {
   try {
     server.Join("mallory", JoinFor(server));
     FAIL() << "an unlisted client joined";
-  } catch (const StatusError& error) {
-    EXPECT_EQ(error.code(), grpc::StatusCode::PERMISSION_DENIED);
+  } catch (const Refusal& error) {
+    EXPECT_EQ(error.kind(), RefusalKind::kNotAllowed);
   }
   EXPECT_EQ(server.active_sessions(), 1u);
   WriteFileAtomic(path, "st mary\n");
@@ -148,15 +152,15 @@ TEST(SplitServerTest, SessionsBelongToTheirIdentity) {
   try {
     server.Train("bob", Batch(session, 128));
     FAIL();
-  } catch (const StatusError& error) {
-    EXPECT_EQ(error.code(), grpc::StatusCode::PERMISSION_DENIED);
+  } catch (const Refusal& error) {
+    EXPECT_EQ(error.kind(), RefusalKind::kNotAllowed);
   }
-  EXPECT_THROW(server.Leave("bob", session), StatusError);
+  EXPECT_THROW(server.Leave("bob", session), Refusal);
   try {
     server.Train("alice", Batch("no-such-session", 128));
     FAIL();
-  } catch (const StatusError& error) {
-    EXPECT_EQ(error.code(), grpc::StatusCode::NOT_FOUND);
+  } catch (const Refusal& error) {
+    EXPECT_EQ(error.kind(), RefusalKind::kUnknownSession);
   }
   server.Leave("alice", session);
   EXPECT_EQ(server.active_sessions(), 0u);
@@ -169,6 +173,40 @@ TEST(SplitServerTest, InProcessLinkRoundTripsMessages) {
   EXPECT_EQ(joined.client_name(), "local");
   link.TrainStep(Batch(joined.session_id(), 128));
   EXPECT_EQ(server.step(), 1);
+}
+
+TEST(SplitServerTest, EvaluateCountsTheCorrectSamplesOfEachClass) {
+  const SplitServerOptions options = MlpOptions();
+  SplitServer server(options);
+  const auto session = server.Join("a", JoinFor(server)).session_id();
+  // The reference: the same top layers, run here on the same activations.
+  SplitModel reference = BuildSplitModel(options.model, options.seed);
+  const std::vector<at::Tensor> weights = server.top_parameters();
+  ASSERT_EQ(reference.top->parameters().size(), weights.size());
+  {
+    at::NoGradGuard no_grad;
+    for (size_t i = 0; i < weights.size(); ++i) reference.top->parameters()[i].copy_(weights[i]);
+  }
+  reference.top->eval();
+  const at::Tensor activations = at::randn({16, 128});
+  const at::Tensor predicted = reference.top->forward(activations).argmax(1);
+  // Rows 0..9 labelled as predicted (correct), the rest as another class (wrong).
+  at::Tensor labels = predicted.clone();
+  labels.slice(0, 10) = (labels.slice(0, 10) + 1) % 3;
+  std::vector<int64_t> expected(3, 0);
+  for (int64_t row = 0; row < 10; ++row) ++expected[labels[row].item<int64_t>()];
+
+  v1::EvaluateRequest request;
+  request.set_protocol_version(protocol::kProtocolVersion);
+  request.set_session_id(session);
+  protocol::EncodeDense(activations, request.mutable_activations());
+  protocol::EncodeDense(labels, request.mutable_labels());
+  const v1::EvaluateReply reply = server.Evaluate("a", request);
+  EXPECT_EQ(reply.count(), 16);
+  EXPECT_EQ(reply.correct(), 10);
+  const std::vector<int64_t> per_class(reply.correct_per_class().begin(),
+                                       reply.correct_per_class().end());
+  EXPECT_EQ(per_class, expected);
 }
 
 TEST(SplitServerTest, CheckpointEveryNStepsAndResume) {
@@ -283,8 +321,8 @@ TEST(SplitServerTest, AnotherHospitalCannotSyncOrUpdateThroughASession) {
         server.SubmitUpdate("b", UpdateFor(a, 0, 1, 4, at::zeros({4})));
       }
       FAIL() << "b used a's session";
-    } catch (const StatusError& error) {
-      EXPECT_EQ(error.code(), grpc::StatusCode::PERMISSION_DENIED);
+    } catch (const Refusal& error) {
+      EXPECT_EQ(error.kind(), RefusalKind::kNotAllowed);
     }
   }
 }
@@ -305,8 +343,8 @@ TEST(SplitServerTest, SingleScheduleHasNoRounds) {
   try {
     server.Sync("a", SyncFor(a, -1));
     FAIL() << "Sync worked without rounds";
-  } catch (const StatusError& error) {
-    EXPECT_EQ(error.code(), grpc::StatusCode::FAILED_PRECONDITION);
+  } catch (const Refusal& error) {
+    EXPECT_EQ(error.kind(), RefusalKind::kMismatch);
   }
 }
 

@@ -159,8 +159,8 @@ TEST(StaleStepTest, AStepOlderThanMaxStalenessIsAbortedAndMovesNothing) {
   try {
     aged.server.Train("a", TrainFor(aged.a, batches.back(), 0));
     FAIL() << "a step 3 versions old was taken";
-  } catch (const protocol::StatusError& error) {
-    EXPECT_EQ(error.code(), grpc::StatusCode::ABORTED) << error.what();
+  } catch (const Refusal& error) {
+    EXPECT_EQ(error.kind(), RefusalKind::kStale) << error.what();
   }
   const auto after = aged.server.top_parameters();
   for (size_t i = 0; i < before.size(); ++i) EXPECT_TRUE(at::equal(before[i], after[i]));

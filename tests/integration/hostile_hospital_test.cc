@@ -24,6 +24,7 @@
 #include "cleave/protocol/status_error.h"
 #include "cleave/protocol/tensor_message.h"
 #include "cleave/server/split_server.h"
+#include "cleave/server/status_mapping.h"
 #include "cleave/test_support/test_server.h"
 #include "cleave/test_support/tiny_data.h"
 
@@ -216,7 +217,7 @@ class Attacker {
     try {
       fn();
     } catch (const std::exception& error) {
-      return protocol::ToGrpcStatus(error).error_code();
+      return server::StatusFor(error).error_code();
     }
     return grpc::StatusCode::OK;
   }
@@ -313,12 +314,10 @@ const AttackCase kAttacks[] = {
        WaitForRound(server, 3);
        Attacker mallory(server, "mallory");  // joined, never synced
        const int64_t version = server.rounds()->version();
-       EXPECT_EQ(mallory.Train(at::randn({8, kCutWidth}), version - 1),
-                 grpc::StatusCode::FAILED_PRECONDITION);
-       EXPECT_EQ(mallory.Train(at::randn({8, kCutWidth}), version),
-                 grpc::StatusCode::FAILED_PRECONDITION);
+       EXPECT_EQ(mallory.Train(at::randn({8, kCutWidth}), version - 1), grpc::StatusCode::ABORTED);
+       EXPECT_EQ(mallory.Train(at::randn({8, kCutWidth}), version), grpc::StatusCode::ABORTED);
        EXPECT_EQ(mallory.Submit(version - 1, 1, 64, at::zeros({server.rounds()->num_parameters()})),
-                 grpc::StatusCode::FAILED_PRECONDITION);
+                 grpc::StatusCode::ABORTED);
      }},
     {"SessionsLeftBehind",
      [](server::SplitServer& server, const std::function<void()>& release) {

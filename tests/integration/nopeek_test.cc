@@ -10,7 +10,9 @@
 
 #include "cleave/client/split_trainer.h"
 #include "cleave/core/dataset.h"
+#include "cleave/core/split_model.h"
 #include "cleave/privacy/distance_correlation.h"
+#include "cleave/server/in_process_link.h"
 #include "cleave/server/split_server.h"
 #include "cleave/test_support/test_server.h"
 #include "cleave/test_support/tiny_data.h"
@@ -102,6 +104,98 @@ TEST_P(NoPeekTest, LowersDistanceCorrelationAndKeepsAccuracy) {
 INSTANTIATE_TEST_SUITE_P(Links, NoPeekTest,
                          ::testing::Values(LinkKind::kGrpc, LinkKind::kInProcess),
                          [](const auto& info) { return test_support::LinkName(info.param); });
+
+// Three classes by bands of the first feature, so that a briefly trained model gets some of
+// each right and some wrong.
+Dataset ThreeBands(int64_t rows, uint64_t seed) {
+  at::manual_seed(seed);
+  Dataset data;
+  data.inputs = at::randn({rows, 20});
+  const at::Tensor x0 = data.inputs.select(1, 0);
+  data.labels = (x0 > -0.4).to(at::kLong) + (x0 > 0.4).to(at::kLong);
+  data.num_classes = 3;
+  return data;
+}
+
+// What cleave-client computed before per-class counts came in the reply: one evaluation pass per
+// class over that class's test rows, weighted by the class's share of the training labels.
+double LabelMixAccuracyByClassPasses(client::SplitTrainer& trainer, const at::Tensor& train_labels,
+                                     const Dataset& test) {
+  const at::Tensor train_counts = at::bincount(train_labels, {}, test.num_classes);
+  double accuracy = 0;
+  for (int64_t c = 0; c < test.num_classes; ++c) {
+    const double share = train_counts[c].item<double>() / static_cast<double>(train_labels.size(0));
+    if (share == 0) continue;
+    const at::Tensor rows = (test.labels == c).nonzero().reshape({-1});
+    if (rows.numel() == 0) continue;
+    std::vector<int64_t> indices(rows.data_ptr<int64_t>(), rows.data_ptr<int64_t>() + rows.numel());
+    accuracy += share * trainer.Evaluate(test.Subset(indices)).accuracy;
+  }
+  return accuracy;
+}
+
+// One evaluation pass gives each class's samples and correct predictions (equal to a reference
+// computed here from the same bottom and top layers), and from them the accuracy weighted by a
+// hospital's label mix, equal to the per-class passes it replaces.
+TEST(EvaluateTest, OnePassCountsEachClassAndWeightsAccuracyByTheLabelMix) {
+  server::SplitServerOptions server_options;
+  server_options.model.architecture = "mlp";
+  server_options.model.input_shape = {20};
+  server_options.model.hidden = {16, 8};
+  server_options.model.num_classes = 3;
+  server_options.model.cut = 1;
+  server::SplitServer split_server(server_options);
+  server::InProcessLink link(split_server, "local");
+  client::TrainerOptions options;
+  options.model = server_options.model;
+  options.learning_rate = 1e-2;
+  client::SplitTrainer trainer(options, link);
+  const Dataset train = ThreeBands(2000, 3), test = ThreeBands(1100, 4);  // batches 500, 500, 100
+  trainer.Join(train.size());
+  for (int epoch = 0; epoch < 2; ++epoch) trainer.TrainEpoch(train, epoch, 2, nullptr);
+  const client::EvalStats stats = trainer.Evaluate(test);
+  std::printf("[ evaluate ] per class correct/samples: %lld/%lld %lld/%lld %lld/%lld\n",
+              static_cast<long long>(stats.correct_per_class[0]),
+              static_cast<long long>(stats.samples_per_class[0]),
+              static_cast<long long>(stats.correct_per_class[1]),
+              static_cast<long long>(stats.samples_per_class[1]),
+              static_cast<long long>(stats.correct_per_class[2]),
+              static_cast<long long>(stats.samples_per_class[2]));
+
+  // Reference: the server's top layers copied into a model of the same spec, run here.
+  SplitModel reference = BuildSplitModel(server_options.model, server_options.seed);
+  const std::vector<at::Tensor> top = split_server.top_parameters();
+  ASSERT_EQ(reference.top->parameters().size(), top.size());
+  at::NoGradGuard no_grad;
+  for (size_t i = 0; i < top.size(); ++i) reference.top->parameters()[i].copy_(top[i]);
+  reference.top->eval();
+  trainer.model().bottom->eval();
+  const at::Tensor predicted =
+      reference.top->forward(trainer.model().bottom->forward(test.inputs)).argmax(1);
+  std::vector<int64_t> samples(3, 0), correct(3, 0);
+  for (int64_t row = 0; row < test.size(); ++row) {
+    const int64_t label = test.labels[row].item<int64_t>();
+    ++samples[label];
+    if (predicted[row].item<int64_t>() == label) ++correct[label];
+  }
+  EXPECT_EQ(stats.samples_per_class, samples);
+  EXPECT_EQ(stats.correct_per_class, correct);
+  EXPECT_EQ(stats.samples, test.size());
+  // Not a trivial model: some right and some wrong in every class.
+  for (int64_t c = 0; c < 3; ++c) {
+    EXPECT_GT(correct[c], 0) << "class " << c;
+    EXPECT_LT(correct[c], samples[c]) << "class " << c;
+  }
+
+  // A hospital with 7 of class 0, none of class 1, 3 of class 2 in every 10 samples.
+  const at::Tensor mix = at::tensor(std::vector<int64_t>{0, 0, 0, 0, 0, 0, 0, 2, 2, 2});
+  const double weighted = client::AccuracyWeightedByLabelMix(stats, mix);
+  const double expected = 0.7 * correct[0] / samples[0] + 0.3 * correct[2] / samples[2];
+  EXPECT_NEAR(weighted, expected, 1e-12);
+  EXPECT_NEAR(weighted, LabelMixAccuracyByClassPasses(trainer, mix, test), 1e-12);
+  EXPECT_NEAR(client::AccuracyWeightedByLabelMix(stats, train.labels),
+              LabelMixAccuracyByClassPasses(trainer, train.labels, test), 1e-12);
+}
 
 }  // namespace
 }  // namespace cleave

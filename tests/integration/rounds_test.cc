@@ -196,7 +196,7 @@ TEST_P(ScheduledRoundsTest, ThreeHospitalsSplitFedAverageMatchesTheReference) {
   RunHospitals({"st-mary", "riverside", "general-east"}, shards);
 
   const server::RoundState state = split_server_->rounds()->Snapshot();
-  EXPECT_TRUE(state.finished);
+  EXPECT_TRUE(state.finished());
   EXPECT_EQ(state.round, 5);
   EXPECT_EQ(state.version, 4);
   // Every accepted update was applied exactly once, and each one the hospitals sent was counted.
@@ -224,7 +224,7 @@ TEST_P(ScheduledRoundsTest, ThreeHospitalsSequentialPassTheWeightsOn) {
   RunHospitals({"st-mary", "riverside", "general-east"}, shards);
 
   const server::RoundState state = split_server_->rounds()->Snapshot();
-  EXPECT_TRUE(state.finished);
+  EXPECT_TRUE(state.finished());
   EXPECT_EQ(state.version, 6);
   EXPECT_EQ(state.updates_accepted, 6);
   EXPECT_EQ(state.updates_applied, 6);
@@ -336,7 +336,7 @@ TEST_F(RoundsTest, HospitalsReconnectToARestartedServerThatResumesItsRound) {
   for (auto& thread : threads) thread.join();
 
   const server::RoundState state = split_server_->rounds()->Snapshot();
-  EXPECT_TRUE(state.finished);
+  EXPECT_TRUE(state.finished());
   EXPECT_EQ(state.round, 13);
   EXPECT_EQ(state.updates_accepted, state.updates_applied);
   EXPECT_GE(stats_[0].reconnects + stats_[1].reconnects, 2);

@@ -156,221 +156,258 @@ nlohmann::json ReportJson(const cleave::leakage::LeakageReport& report) {
           {"test_samples", report.test_samples}};
 }
 
-}  // namespace
+// `measure`: one trained client's checkpoint, under the transmission the server asks for.
+struct MeasureFlags {
+  cleave::ModelFlags model;
+  cleave::client::DataFlags data;
+  AttackFlags attack;
+  std::string method = cleave::MethodName(cleave::Method::kNone);
+  std::string precision = cleave::ToString(cleave::ValuePrecision::kFp32);
+  double density = 1.0;
+  std::string checkpoint_path, grid_path, json_path;
+  int64_t send_batch_size = 64;
+  uint64_t seed = 1;
 
-int main(int argc, char** argv) {
-  return cleave::RunCommand("cleave-leakage", [&] {
-    CLI::App app(kDescription, "cleave-leakage");
-    app.get_formatter()->column_width(36);
-    app.require_subcommand(1);
-    int threads = 0;
-    app.add_option("--threads", threads, "LibTorch intra-op threads (0: LibTorch's default)")
-        ->capture_default_str();
-
-    // measure
-    CLI::App* measure = app.add_subcommand(
-        "measure", "Leakage of one trained client: dCor and a reconstruction attack");
-    cleave::ModelFlags measure_model;
-    cleave::client::DataFlags measure_data;
-    AttackFlags measure_attack;
-    std::string measure_method = cleave::MethodName(cleave::Method::kNone);
-    std::string measure_precision = cleave::ToString(cleave::ValuePrecision::kFp32);
-    double measure_density = 1.0;
-    std::string checkpoint_path, grid_path, json_path;
-    int64_t send_batch_size = 64;
-    uint64_t measure_seed = 1;
+  void Register(CLI::App& measure) {
     measure
-        ->add_option("--checkpoint", checkpoint_path,
-                     "Client-side model written by cleave-client --checkpoint")
+        .add_option("--checkpoint", checkpoint_path,
+                    "Client-side model written by cleave-client --checkpoint")
         ->required();
-    measure_model.Register(*measure);
-    measure_data.Register(*measure);
+    model.Register(measure);
+    data.Register(measure);
     measure
-        ->add_option("--method", measure_method,
-                     "Activation compressor the server asks for: " + cleave::MethodList())
+        .add_option("--method", method,
+                    "Activation compressor the server asks for: " + cleave::MethodList())
         ->check(CLI::IsMember(cleave::MethodNames()))
         ->capture_default_str();
     measure
-        ->add_option("--density", measure_density,
-                     "Fraction of activation elements sent (with a compressor other than none)")
+        .add_option("--density", density,
+                    "Fraction of activation elements sent (with a compressor other than none)")
         ->capture_default_str();
     measure
-        ->add_option("--precision", measure_precision,
-                     "Value precision of sparse payloads: " + PrecisionList())
+        .add_option("--precision", precision,
+                    "Value precision of sparse payloads: " + PrecisionList())
         ->check(CLI::IsMember(cleave::ValuePrecisionNames()))
         ->capture_default_str();
     measure
-        ->add_option("--batch-size", send_batch_size,
-                     "Batch the client sends (the compressor selects per sent batch)")
+        .add_option("--batch-size", send_batch_size,
+                    "Batch the client sends (the compressor selects per sent batch)")
         ->capture_default_str();
-    measure_attack.Register(*measure);
-    measure->add_option("--grid", grid_path,
-                        "Write originals above their reconstructions to this PNG");
-    measure->add_option("--json", json_path, "Write the figures as JSON to this file");
+    attack.Register(measure);
+    measure.add_option("--grid", grid_path,
+                       "Write originals above their reconstructions to this PNG");
+    measure.add_option("--json", json_path, "Write the figures as JSON to this file");
     measure
-        ->add_option("--seed", measure_seed,
-                     "Seed of the model skeleton, data split, decoder and sampling")
+        .add_option("--seed", seed, "Seed of the model skeleton, data split, decoder and sampling")
         ->capture_default_str();
+  }
+};
 
-    // sweep
-    CLI::App* sweep = app.add_subcommand(
-        "sweep", "Train locally per NoPeek alpha and density; measure accuracy and leakage");
-    cleave::ModelFlags sweep_model;
-    cleave::client::DataFlags sweep_data;
-    AttackFlags sweep_attack;
-    cleave::leakage::SweepOptions sweep_options;
-    std::string sweep_method = cleave::MethodName(sweep_options.method);
-    std::string sweep_precision = cleave::ToString(sweep_options.precision);
-    std::string out_dir, progress_mode = "lines";
-    double client_lr = -1;
-    sweep
-        ->add_option("--alphas", sweep_options.alphas,
-                     "NoPeek weights: the client adds alpha * dCor(inputs, sent activations) to "
-                     "its loss (0 = vanilla split learning)")
-        ->capture_default_str();
-    sweep
-        ->add_option("--densities", sweep_options.densities,
-                     "Fractions of activation elements sent (1 = dense)")
-        ->capture_default_str();
-    sweep
-        ->add_option("--method", sweep_method,
-                     "Compressor for densities below 1: " + SparseMethodList())
-        ->check(CLI::IsMember(SparseMethodNames()))
-        ->capture_default_str();
-    sweep
-        ->add_option("--precision", sweep_precision,
-                     "Value precision of sparse payloads: " + PrecisionList())
-        ->check(CLI::IsMember(cleave::ValuePrecisionNames()))
-        ->capture_default_str();
-    sweep_model.Register(*sweep);
-    sweep_data.Register(*sweep);
-    sweep->get_option("--train-limit")
+// `sweep`: one local training per (density, alpha), then accuracy and leakage of each.
+struct SweepFlags {
+  cleave::ModelFlags model;
+  cleave::client::DataFlags data;
+  AttackFlags attack;
+  cleave::leakage::SweepOptions options;
+  std::string method = cleave::MethodName(options.method);
+  std::string precision = cleave::ToString(options.precision);
+  std::string out_dir, progress_mode = "lines";
+  double client_lr = -1;
+
+  void Register(CLI::App& sweep) {
+    RegisterSettings(sweep);
+    model.Register(sweep);
+    data.Register(sweep);
+    sweep.get_option("--train-limit")
         ->description(
             "Samples the client trains on, drawn (seeded) from what is left after the "
             "attacker's --aux-samples (0: all of it)");
-    sweep->add_option("--epochs", sweep_options.epochs, "Training epochs per setting")
+    RegisterTraining(sweep);
+    attack.Register(sweep);
+    sweep
+        .add_option("--out", out_dir,
+                    "Directory for leakage.csv, leakage.md, leakage.png, leakage.gp and the "
+                    "reconstruction grids")
+        ->required();
+    sweep.add_option("--progress", progress_mode, "auto (bar on a terminal), bar, lines or none")
         ->capture_default_str();
     sweep
-        ->add_option("--batch-size", sweep_options.batch_size,
-                     "Training batch (also the batch NoPeek's dCor is computed on)")
+        .add_option("--seed", options.seed,
+                    "Seed of weights, shuffling, data split, decoder and sampling")
+        ->capture_default_str();
+  }
+
+  // The grid of settings: alphas x densities, and how sparse payloads are sent.
+  void RegisterSettings(CLI::App& sweep) {
+    sweep
+        .add_option("--alphas", options.alphas,
+                    "NoPeek weights: the client adds alpha * dCor(inputs, sent activations) to "
+                    "its loss (0 = vanilla split learning)")
         ->capture_default_str();
     sweep
-        ->add_option("--max-steps-per-epoch", sweep_options.max_steps_per_epoch,
-                     "Stop each epoch after N steps (0: whole epoch)")
+        .add_option("--densities", options.densities,
+                    "Fractions of activation elements sent (1 = dense)")
         ->capture_default_str();
-    sweep->add_option("--optimizer", sweep_options.optimizer, "adam or sgd (both halves)")
+    sweep.add_option("--method", method, "Compressor for densities below 1: " + SparseMethodList())
+        ->check(CLI::IsMember(SparseMethodNames()))
+        ->capture_default_str();
+    sweep
+        .add_option("--precision", precision,
+                    "Value precision of sparse payloads: " + PrecisionList())
+        ->check(CLI::IsMember(cleave::ValuePrecisionNames()))
+        ->capture_default_str();
+  }
+
+  // How each setting trains.
+  void RegisterTraining(CLI::App& sweep) {
+    sweep.add_option("--epochs", options.epochs, "Training epochs per setting")
+        ->capture_default_str();
+    sweep
+        .add_option("--batch-size", options.batch_size,
+                    "Training batch (also the batch NoPeek's dCor is computed on)")
+        ->capture_default_str();
+    sweep
+        .add_option("--max-steps-per-epoch", options.max_steps_per_epoch,
+                    "Stop each epoch after N steps (0: whole epoch)")
+        ->capture_default_str();
+    sweep.add_option("--optimizer", options.optimizer, "adam or sgd (both halves)")
         ->check(CLI::IsMember({"adam", "sgd"}))
         ->capture_default_str();
     sweep
-        ->add_option("--lr", sweep_options.server_learning_rate,
-                     "Learning rate of the server-side layers (and the client's, unless "
-                     "--client-lr)")
+        .add_option("--lr", options.server_learning_rate,
+                    "Learning rate of the server-side layers (and the client's, unless "
+                    "--client-lr)")
         ->capture_default_str();
-    sweep->add_option("--client-lr", client_lr,
-                      "Learning rate of the client-side layers (default: --lr)");
-    sweep_attack.Register(*sweep);
-    sweep
-        ->add_option("--out", out_dir,
-                     "Directory for leakage.csv, leakage.md, leakage.png, leakage.gp and the "
-                     "reconstruction grids")
-        ->required();
-    sweep->add_option("--progress", progress_mode, "auto (bar on a terminal), bar, lines or none")
-        ->capture_default_str();
-    sweep
-        ->add_option("--seed", sweep_options.seed,
-                     "Seed of weights, shuffling, data split, decoder and sampling")
-        ->capture_default_str();
+    sweep.add_option("--client-lr", client_lr,
+                     "Learning rate of the client-side layers (default: --lr)");
+  }
+};
 
-    if (const auto code = cleave::ParseCommandLine(app, argc, argv)) return *code;
-    CLEAVE_CHECK_USER(threads >= 0, "--threads must be >= 0");
-    if (threads > 0) at::set_num_threads(threads);
+void WriteMeasureJson(const MeasureFlags& f, const cleave::ModelSpec& spec,
+                      const cleave::leakage::TransmissionSettings& transmission,
+                      const cleave::leakage::LeakageReport& report) {
+  nlohmann::json json = ReportJson(report);
+  json["checkpoint"] = f.checkpoint_path;
+  json["model"] = cleave::DescribeSpec(spec);
+  json["method"] = cleave::MethodName(transmission.method);
+  json["density"] = transmission.density;
+  json["precision"] = cleave::ToString(transmission.precision);
+  json["send_batch_size"] = f.send_batch_size;
+  json["seed"] = f.seed;
+  cleave::WriteFileAtomic(f.json_path, json.dump(2) + "\n");
+}
 
-    if (measure->parsed()) {
-      const cleave::ModelSpec spec = measure_model.Spec();
-      cleave::SplitModel model = cleave::BuildSplitModel(spec, measure_seed);
-      cleave::LoadCheckpoint(checkpoint_path, *model.bottom, nullptr,
-                             cleave::ModelFingerprint(spec));
-      const cleave::client::TrainingData data = cleave::client::LoadTrainingData(measure_data);
-      const cleave::leakage::ClientAndAuxiliary split = cleave::leakage::SplitOffAuxiliary(
-          data.train, measure_attack.aux_samples, 0, measure_seed);
-      if (!json_path.empty()) cleave::WriteFileAtomic(json_path, "{}\n");  // fail early
-      const cleave::leakage::TransmissionSettings transmission = {
-          cleave::ParseMethod(measure_method), measure_density,
-          cleave::ParseValuePrecision(measure_precision)};
-      cleave::leakage::LeakageOptions options = measure_attack.Options(measure_seed);
-      options.transmission = transmission;
-      options.send_batch_size = send_batch_size;
-      std::printf("measuring %s, transmission %s:%g:%s, %lld test samples\n",
-                  cleave::DescribeSpec(spec).c_str(), cleave::MethodName(transmission.method),
-                  transmission.density, cleave::ToString(transmission.precision),
-                  static_cast<long long>(data.test.size()));
-      const cleave::leakage::LeakageReport report =
-          cleave::leakage::MeasureLeakage(model.bottom, split.auxiliary, data.test, options);
-      PrintReport(report);
-      if (!grid_path.empty()) {
-        cleave::privacy::WritePngGrid(grid_path,
-                                      {report.grid_originals, report.grid_reconstructions}, 2);
-        std::printf("grid (originals above reconstructions) written to %s\n", grid_path.c_str());
-      }
-      if (!json_path.empty()) {
-        nlohmann::json json = ReportJson(report);
-        json["checkpoint"] = checkpoint_path;
-        json["model"] = cleave::DescribeSpec(spec);
-        json["method"] = cleave::MethodName(transmission.method);
-        json["density"] = transmission.density;
-        json["precision"] = cleave::ToString(transmission.precision);
-        json["send_batch_size"] = send_batch_size;
-        json["seed"] = measure_seed;
-        cleave::WriteFileAtomic(json_path, json.dump(2) + "\n");
-      }
-      return 0;
-    }
+int Measure(const MeasureFlags& f) {
+  const cleave::ModelSpec spec = f.model.Spec();
+  cleave::SplitModel model = cleave::BuildSplitModel(spec, f.seed);
+  cleave::LoadCheckpoint(f.checkpoint_path, *model.bottom, nullptr, cleave::ModelFingerprint(spec));
+  const cleave::client::TrainingData data = cleave::client::LoadTrainingData(f.data);
+  const cleave::leakage::ClientAndAuxiliary split =
+      cleave::leakage::SplitOffAuxiliary(data.train, f.attack.aux_samples, 0, f.seed);
+  if (!f.json_path.empty()) cleave::WriteFileAtomic(f.json_path, "{}\n");  // fail early
+  const cleave::leakage::TransmissionSettings transmission = {
+      cleave::ParseMethod(f.method), f.density, cleave::ParseValuePrecision(f.precision)};
+  cleave::leakage::LeakageOptions options = f.attack.Options(f.seed);
+  options.transmission = transmission;
+  options.send_batch_size = f.send_batch_size;
+  std::printf("measuring %s, transmission %s:%g:%s, %lld test samples\n",
+              cleave::DescribeSpec(spec).c_str(), cleave::MethodName(transmission.method),
+              transmission.density, cleave::ToString(transmission.precision),
+              static_cast<long long>(data.test.size()));
+  const cleave::leakage::LeakageReport report =
+      cleave::leakage::MeasureLeakage(model.bottom, split.auxiliary, data.test, options);
+  PrintReport(report);
+  if (!f.grid_path.empty()) {
+    cleave::privacy::WritePngGrid(f.grid_path, {report.grid_originals, report.grid_reconstructions},
+                                  2);
+    std::printf("grid (originals above reconstructions) written to %s\n", f.grid_path.c_str());
+  }
+  if (!f.json_path.empty()) WriteMeasureJson(f, spec, transmission, report);
+  return 0;
+}
 
-    // sweep
-    sweep_options.method = cleave::ParseMethod(sweep_method);
-    sweep_options.precision = cleave::ParseValuePrecision(sweep_precision);
-    sweep_options.model = sweep_model.Spec();
-    sweep_options.client_learning_rate =
-        client_lr > 0 ? client_lr : sweep_options.server_learning_rate;
-    CLEAVE_CHECK_USER(sweep_options.server_learning_rate > 0, "--lr must be > 0");
-    cleave::leakage::CheckSweepOptions(sweep_options);
-    std::error_code error;
-    std::filesystem::create_directories(out_dir, error);
-    CLEAVE_CHECK_USER(!error && std::filesystem::is_directory(out_dir), "cannot create --out '",
-                      out_dir, "'", error ? ": " + error.message() : std::string());
-    const int64_t client_limit = sweep_data.train_limit;
-    sweep_data.train_limit = 0;  // the limit applies after the attacker's share is taken
-    const cleave::client::TrainingData data = cleave::client::LoadTrainingData(sweep_data);
-    const cleave::leakage::ClientAndAuxiliary split = cleave::leakage::SplitOffAuxiliary(
-        data.train, sweep_attack.aux_samples, client_limit, sweep_options.seed);
-    sweep_options.leakage = sweep_attack.Options(sweep_options.seed);
-    sweep_options.grid_dir = out_dir;
-    const std::string csv_path = out_dir + "/leakage.csv", md_path = out_dir + "/leakage.md";
-    cleave::WriteFileAtomic(csv_path, cleave::leakage::SweepCsv({}));  // fail early
-    std::printf("sweep: %s, client trains on %lld samples, attacker holds %lld, %lld test\n",
-                cleave::DescribeSpec(sweep_options.model).c_str(),
-                static_cast<long long>(split.client.size()),
-                static_cast<long long>(split.auxiliary.size()),
-                static_cast<long long>(data.test.size()));
-    std::fflush(stdout);
-    cleave::client::ProgressReporter progress(cleave::client::ParseProgressMode(progress_mode));
-    std::vector<cleave::leakage::SweepRow> done;
-    const auto rows = cleave::leakage::RunSweep(
-        split.client, split.auxiliary, data.test, sweep_options, &progress, stdout,
-        [&](const cleave::leakage::SweepRow& row) {
-          done.push_back(row);
-          cleave::WriteFileAtomic(csv_path, cleave::leakage::SweepCsv(done));
-          cleave::WriteFileAtomic(md_path, cleave::leakage::SweepMarkdown(done));
-        });
-    const std::string plot_path = out_dir + "/leakage.png", script_path = out_dir + "/leakage.gp";
-    cleave::WriteFileAtomic(script_path, cleave::leakage::SweepGnuplotScript(rows, plot_path));
-    std::string why_not;
-    if (cleave::leakage::RunGnuplot(script_path, &why_not)) {
-      std::printf("wrote %s, %s, %s\n", csv_path.c_str(), md_path.c_str(), plot_path.c_str());
-    } else {
-      std::printf("%s\nwrote %s, %s\n", why_not.c_str(), csv_path.c_str(), md_path.c_str());
-    }
-    std::printf("%s", cleave::leakage::SweepMarkdown(rows).c_str());
-    return 0;
-  });
+// The sweep's options from the flags, checked; the output directory exists afterwards.
+cleave::leakage::SweepOptions ResolveSweep(const SweepFlags& f) {
+  cleave::leakage::SweepOptions options = f.options;
+  options.method = cleave::ParseMethod(f.method);
+  options.precision = cleave::ParseValuePrecision(f.precision);
+  options.model = f.model.Spec();
+  options.client_learning_rate = f.client_lr > 0 ? f.client_lr : options.server_learning_rate;
+  CLEAVE_CHECK_USER(options.server_learning_rate > 0, "--lr must be > 0");
+  cleave::leakage::CheckSweepOptions(options);
+  std::error_code error;
+  std::filesystem::create_directories(f.out_dir, error);
+  CLEAVE_CHECK_USER(!error && std::filesystem::is_directory(f.out_dir), "cannot create --out '",
+                    f.out_dir, "'", error ? ": " + error.message() : std::string());
+  options.leakage = f.attack.Options(options.seed);
+  options.grid_dir = f.out_dir;
+  return options;
+}
+
+// leakage.gp and, when gnuplot runs, leakage.png; then the table on stdout.
+void WriteSweepPlot(const std::string& out_dir, const std::vector<cleave::leakage::SweepRow>& rows,
+                    const std::string& csv_path, const std::string& md_path) {
+  const std::string plot_path = out_dir + "/leakage.png", script_path = out_dir + "/leakage.gp";
+  cleave::WriteFileAtomic(script_path, cleave::leakage::SweepGnuplotScript(rows, plot_path));
+  std::string why_not;
+  if (cleave::leakage::RunGnuplot(script_path, &why_not)) {
+    std::printf("wrote %s, %s, %s\n", csv_path.c_str(), md_path.c_str(), plot_path.c_str());
+  } else {
+    std::printf("%s\nwrote %s, %s\n", why_not.c_str(), csv_path.c_str(), md_path.c_str());
+  }
+  std::printf("%s", cleave::leakage::SweepMarkdown(rows).c_str());
+}
+
+int Sweep(const SweepFlags& f) {
+  const cleave::leakage::SweepOptions options = ResolveSweep(f);
+  cleave::client::DataFlags data_flags = f.data;
+  data_flags.train_limit = 0;  // the limit applies after the attacker's share is taken
+  const cleave::client::TrainingData data = cleave::client::LoadTrainingData(data_flags);
+  const cleave::leakage::ClientAndAuxiliary split = cleave::leakage::SplitOffAuxiliary(
+      data.train, f.attack.aux_samples, f.data.train_limit, options.seed);
+  const std::string csv_path = f.out_dir + "/leakage.csv", md_path = f.out_dir + "/leakage.md";
+  cleave::WriteFileAtomic(csv_path, cleave::leakage::SweepCsv({}));  // fail early
+  std::printf(
+      "sweep: %s, client trains on %lld samples, attacker holds %lld, %lld test\n",
+      cleave::DescribeSpec(options.model).c_str(), static_cast<long long>(split.client.size()),
+      static_cast<long long>(split.auxiliary.size()), static_cast<long long>(data.test.size()));
+  std::fflush(stdout);
+  cleave::client::ProgressReporter progress(cleave::client::ParseProgressMode(f.progress_mode));
+  std::vector<cleave::leakage::SweepRow> done;
+  const auto rows = cleave::leakage::RunSweep(
+      split.client, split.auxiliary, data.test, options, &progress, stdout,
+      [&](const cleave::leakage::SweepRow& row) {
+        done.push_back(row);
+        cleave::WriteFileAtomic(csv_path, cleave::leakage::SweepCsv(done));
+        cleave::WriteFileAtomic(md_path, cleave::leakage::SweepMarkdown(done));
+      });
+  WriteSweepPlot(f.out_dir, rows, csv_path, md_path);
+  return 0;
+}
+
+int Run(int argc, char** argv) {
+  CLI::App app(kDescription, "cleave-leakage");
+  app.get_formatter()->column_width(36);
+  app.require_subcommand(1);
+  int threads = 0;
+  app.add_option("--threads", threads, "LibTorch intra-op threads (0: LibTorch's default)")
+      ->capture_default_str();
+  CLI::App* measure = app.add_subcommand(
+      "measure", "Leakage of one trained client: dCor and a reconstruction attack");
+  MeasureFlags measure_flags;
+  measure_flags.Register(*measure);
+  CLI::App* sweep = app.add_subcommand(
+      "sweep", "Train locally per NoPeek alpha and density; measure accuracy and leakage");
+  SweepFlags sweep_flags;
+  sweep_flags.Register(*sweep);
+  if (const auto code = cleave::ParseCommandLine(app, argc, argv)) return *code;
+  CLEAVE_CHECK_USER(threads >= 0, "--threads must be >= 0");
+  if (threads > 0) at::set_num_threads(threads);
+  return measure->parsed() ? Measure(measure_flags) : Sweep(sweep_flags);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  return cleave::RunCommand("cleave-leakage", [&] { return Run(argc, argv); });
 }

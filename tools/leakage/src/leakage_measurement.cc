@@ -54,8 +54,9 @@ DistanceCorrelationEstimate MeasureDistanceCorrelation(const at::Tensor& inputs,
   for (int64_t start = 0; start + estimate.batch_size <= rows; start += estimate.batch_size) {
     const at::Tensor x = inputs.slice(0, start, start + estimate.batch_size);
     const at::Tensor z = activations.slice(0, start, start + estimate.batch_size);
-    estimate.dcor += privacy::DistanceCorrelation(x, z).item<double>();
-    estimate.dcor_bias_corrected += privacy::BiasCorrectedDistanceCorrelation(x, z).item<double>();
+    const privacy::DistanceCorrelations dcor = privacy::BothDistanceCorrelations(x, z);
+    estimate.dcor += dcor.plain.item<double>();
+    estimate.dcor_bias_corrected += dcor.bias_corrected.item<double>();
     estimate.baseline += privacy::IndependenceBaseline(x, z, seed + estimate.batches);
     ++estimate.batches;
   }

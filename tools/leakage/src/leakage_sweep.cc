@@ -59,6 +59,114 @@ void CheckSweepOptions(const SweepOptions& options) {
   CLEAVE_CHECK_USER(options.epochs >= 1, "--epochs must be at least 1");
 }
 
+namespace {
+
+server::SplitServerOptions ServerOptionsFor(const SweepOptions& options,
+                                            const TransmissionSettings& transmission) {
+  server::SplitServerOptions server_options;
+  server_options.model = options.model;
+  server_options.seed = options.seed;
+  server_options.optimizer = options.optimizer;
+  server_options.learning_rate = options.server_learning_rate;
+  server_options.max_batch = std::max<int64_t>(4096, options.batch_size);
+  protocol::LinkSpec link_spec;
+  link_spec.activations = transmission;
+  server_options.compression = protocol::ToProto(link_spec);
+  return server_options;
+}
+
+client::TrainerOptions TrainerOptionsFor(const SweepOptions& options, double alpha) {
+  client::TrainerOptions trainer_options;
+  trainer_options.model = options.model;
+  trainer_options.seed = options.seed;
+  trainer_options.optimizer = options.optimizer;
+  trainer_options.learning_rate = options.client_learning_rate;
+  trainer_options.batch_size = options.batch_size;
+  trainer_options.max_steps_per_epoch = options.max_steps_per_epoch;
+  trainer_options.nopeek_alpha = alpha;
+  return trainer_options;
+}
+
+void LogEpoch(std::FILE* log, int64_t epoch, const SweepOptions& options,
+              const client::EpochStats& stats) {
+  if (!log) return;
+  std::fprintf(log,
+               "  epoch %lld/%lld: loss %.4f, train accuracy %.2f%%, %.0f samples/s, "
+               "NoPeek dCor %.4f (batches of %lld)\n",
+               static_cast<long long>(epoch + 1), static_cast<long long>(options.epochs),
+               stats.loss, 100 * stats.accuracy,
+               stats.seconds > 0 ? stats.samples / stats.seconds : 0.0, stats.dcor,
+               static_cast<long long>(options.batch_size));
+  std::fflush(log);
+}
+
+// Trains the setting's split model from scratch through SplitServer + InProcessLink +
+// SplitTrainer and evaluates it; fills the row's training and test figures and returns the
+// trained client-side model.
+torch::nn::Sequential TrainAndEvaluate(const Dataset& client_train, const Dataset& test,
+                                       const SweepOptions& options,
+                                       const TransmissionSettings& transmission,
+                                       client::ProgressReporter* progress, std::FILE* log,
+                                       SweepRow* row) {
+  server::SplitServer split_server(ServerOptionsFor(options, transmission));
+  server::InProcessLink link(split_server, "leakage-sweep");
+  client::SplitTrainer trainer(TrainerOptionsFor(options, row->alpha), link);
+  trainer.Join(client_train.size());
+  for (int64_t epoch = 0; epoch < options.epochs; ++epoch) {
+    const client::EpochStats stats =
+        trainer.TrainEpoch(client_train, epoch, options.epochs, progress);
+    row->train_samples += stats.samples;
+    row->train_seconds += stats.seconds;
+    row->train_dcor_last_epoch = stats.dcor;
+    LogEpoch(log, epoch, options, stats);
+  }
+  const client::EvalStats evaluation = trainer.Evaluate(test);
+  trainer.Leave();
+  row->test_accuracy = evaluation.accuracy;
+  row->test_loss = evaluation.loss;
+  return trainer.model().bottom;
+}
+
+// dCor and the reconstruction attack on what the trained bottom sends; the grid PNG if asked.
+void MeasureSetting(torch::nn::Sequential& bottom, const Dataset& auxiliary, const Dataset& test,
+                    const SweepOptions& options, const TransmissionSettings& transmission,
+                    std::FILE* log, SweepRow* row) {
+  if (log) {
+    std::fprintf(log,
+                 "  measuring: dCor on %lld test inputs, attack decoder on %lld auxiliary "
+                 "pairs for %d epochs\n",
+                 static_cast<long long>(test.size()), static_cast<long long>(auxiliary.size()),
+                 options.leakage.attack.epochs);
+    std::fflush(log);
+  }
+  LeakageOptions leakage_options = options.leakage;
+  leakage_options.transmission = transmission;
+  leakage_options.send_batch_size = options.batch_size;
+  leakage_options.seed = options.seed;
+  row->leakage = MeasureLeakage(bottom, auxiliary, test, leakage_options);
+  if (!options.grid_dir.empty()) {
+    row->grid_path = options.grid_dir + "/grid_alpha" + Short(row->alpha) + "_density" +
+                     Short(row->density) + ".png";
+    privacy::WritePngGrid(row->grid_path,
+                          {row->leakage.grid_originals, row->leakage.grid_reconstructions},
+                          options.grid_scale);
+  }
+  row->leakage.grid_originals = at::Tensor();
+  row->leakage.grid_reconstructions = at::Tensor();
+  if (log) {
+    std::fprintf(log,
+                 "  test accuracy %.2f%%, dCor %.4f (bias-corrected dCor^2 %.4f, baseline "
+                 "%.4f, batches of %lld), attack SSIM %.4f PSNR %.2f dB MSE %.5f\n",
+                 100 * row->test_accuracy, row->leakage.dcor.dcor,
+                 row->leakage.dcor.dcor_bias_corrected, row->leakage.dcor.baseline,
+                 static_cast<long long>(row->leakage.dcor.batch_size), row->leakage.attack_ssim,
+                 row->leakage.attack_psnr, row->leakage.attack_mse);
+    std::fflush(log);
+  }
+}
+
+}  // namespace
+
 std::vector<SweepRow> RunSweep(const Dataset& client_train, const Dataset& auxiliary,
                                const Dataset& test, const SweepOptions& options,
                                client::ProgressReporter* progress, std::FILE* log,
@@ -81,83 +189,9 @@ std::vector<SweepRow> RunSweep(const Dataset& client_train, const Dataset& auxil
                      Short(density).c_str(), MethodName(row.method), ToString(row.precision));
         std::fflush(log);
       }
-
-      server::SplitServerOptions server_options;
-      server_options.model = options.model;
-      server_options.seed = options.seed;
-      server_options.optimizer = options.optimizer;
-      server_options.learning_rate = options.server_learning_rate;
-      server_options.max_batch = std::max<int64_t>(4096, options.batch_size);
-      protocol::LinkSpec link_spec;
-      link_spec.activations = transmission;
-      server_options.compression = protocol::ToProto(link_spec);
-      server::SplitServer split_server(server_options);
-      server::InProcessLink link(split_server, "leakage-sweep");
-
-      client::TrainerOptions trainer_options;
-      trainer_options.model = options.model;
-      trainer_options.seed = options.seed;
-      trainer_options.optimizer = options.optimizer;
-      trainer_options.learning_rate = options.client_learning_rate;
-      trainer_options.batch_size = options.batch_size;
-      trainer_options.max_steps_per_epoch = options.max_steps_per_epoch;
-      trainer_options.nopeek_alpha = alpha;
-      client::SplitTrainer trainer(trainer_options, link);
-      trainer.Join(client_train.size());
-      for (int64_t epoch = 0; epoch < options.epochs; ++epoch) {
-        const client::EpochStats stats =
-            trainer.TrainEpoch(client_train, epoch, options.epochs, progress);
-        row.train_samples += stats.samples;
-        row.train_seconds += stats.seconds;
-        row.train_dcor_last_epoch = stats.dcor;
-        if (log) {
-          std::fprintf(log,
-                       "  epoch %lld/%lld: loss %.4f, train accuracy %.2f%%, %.0f samples/s, "
-                       "NoPeek dCor %.4f (batches of %lld)\n",
-                       static_cast<long long>(epoch + 1), static_cast<long long>(options.epochs),
-                       stats.loss, 100 * stats.accuracy,
-                       stats.seconds > 0 ? stats.samples / stats.seconds : 0.0, stats.dcor,
-                       static_cast<long long>(options.batch_size));
-          std::fflush(log);
-        }
-      }
-      const client::EvalStats evaluation = trainer.Evaluate(test);
-      trainer.Leave();
-      row.test_accuracy = evaluation.accuracy;
-      row.test_loss = evaluation.loss;
-
-      if (log) {
-        std::fprintf(log,
-                     "  measuring: dCor on %lld test inputs, attack decoder on %lld auxiliary "
-                     "pairs for %d epochs\n",
-                     static_cast<long long>(test.size()), static_cast<long long>(auxiliary.size()),
-                     options.leakage.attack.epochs);
-        std::fflush(log);
-      }
-      LeakageOptions leakage_options = options.leakage;
-      leakage_options.transmission = transmission;
-      leakage_options.send_batch_size = options.batch_size;
-      leakage_options.seed = options.seed;
-      row.leakage = MeasureLeakage(trainer.model().bottom, auxiliary, test, leakage_options);
-      if (!options.grid_dir.empty()) {
-        row.grid_path =
-            options.grid_dir + "/grid_alpha" + Short(alpha) + "_density" + Short(density) + ".png";
-        privacy::WritePngGrid(row.grid_path,
-                              {row.leakage.grid_originals, row.leakage.grid_reconstructions},
-                              options.grid_scale);
-      }
-      row.leakage.grid_originals = at::Tensor();
-      row.leakage.grid_reconstructions = at::Tensor();
-      if (log) {
-        std::fprintf(log,
-                     "  test accuracy %.2f%%, dCor %.4f (bias-corrected dCor^2 %.4f, baseline "
-                     "%.4f, batches of %lld), attack SSIM %.4f PSNR %.2f dB MSE %.5f\n",
-                     100 * row.test_accuracy, row.leakage.dcor.dcor,
-                     row.leakage.dcor.dcor_bias_corrected, row.leakage.dcor.baseline,
-                     static_cast<long long>(row.leakage.dcor.batch_size), row.leakage.attack_ssim,
-                     row.leakage.attack_psnr, row.leakage.attack_mse);
-        std::fflush(log);
-      }
+      torch::nn::Sequential bottom =
+          TrainAndEvaluate(client_train, test, options, transmission, progress, log, &row);
+      MeasureSetting(bottom, auxiliary, test, options, transmission, log, &row);
       rows.push_back(row);
       if (on_row) on_row(rows.back());
     }

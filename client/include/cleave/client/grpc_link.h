@@ -8,6 +8,7 @@
 
 #include "cleave/core/certificates.h"
 #include "cleave/protocol/split_link.h"
+#include "cleave/protocol/version.h"
 
 namespace grpc {
 class Channel;
@@ -24,7 +25,7 @@ struct ConnectOptions {
   TlsFiles tls;  // CA that signs the server, our client certificate and key
   // Name checked against the server certificate's SANs when it differs from the target host.
   std::string server_name_override;
-  int64_t max_message_bytes = 64LL << 20;
+  int64_t max_message_bytes = protocol::kDefaultMaxMessageBytes;
   int connect_timeout_seconds = 30;
 };
 

@@ -2,7 +2,8 @@
 // server what to do, train the round from the current client-side weights, send the weight
 // delta, repeat until the server says training is over. Survives a server restart or a network
 // drop by reconnecting with exponential backoff and jitter, and resynchronises when the server
-// refuses a stale update.
+// refuses a step or update as stale or outside the round (ABORTED); a fatal mismatch
+// (FAILED_PRECONDITION) ends the run.
 #pragma once
 
 #include <ATen/Tensor.h>
@@ -30,7 +31,7 @@ struct RoundParticipantOptions {
 struct ParticipationStats {
   int64_t rounds_trained = 0;
   int64_t updates_sent = 0;
-  int64_t updates_refused = 0;  // too stale: resynchronised
+  int64_t updates_refused = 0;  // refused as stale or outside the round (ABORTED): resynchronised
   int64_t duplicates = 0;       // the server had this round's update already
   int64_t reconnects = 0;
   int64_t errors_recovered = 0;  // failed calls retried or resynchronised (refusals included)
@@ -46,7 +47,8 @@ class RoundParticipant {
   RoundParticipant(SplitTrainer& trainer, RoundParticipantOptions options = {});
   // Joins unless the trainer has joined already, then runs until the server says DONE (or
   // options.stop_at); after DONE the trainer holds the final client-side weights.
-  // Throws StatusError for refusals that retrying cannot fix (fingerprint, permission) or after
+  // Throws StatusError at once for refusals that retrying cannot fix (FAILED_PRECONDITION:
+  // protocol version or fingerprint; PERMISSION_DENIED, INVALID_ARGUMENT, ...), and after
   // max_reconnects failed attempts in a row.
   ParticipationStats Run(const Dataset& train, int64_t num_train_samples,
                          ProgressReporter* progress);

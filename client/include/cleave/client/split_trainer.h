@@ -29,6 +29,7 @@ class UpdateEncoder;
 namespace cleave::client {
 
 class ActivationCompressor;
+struct SelectedActivations;
 
 // Mini-batches drawn without end: a new seeded order each time the data is used up (rounds are
 // not aligned with epochs).
@@ -74,7 +75,17 @@ struct EvalStats {
   double dcor = 0;
   double dcor_bias_corrected = 0;
   int64_t dcor_batch_size = 0;
+  // Per class (index = label, one entry per class of the model): test samples evaluated, and
+  // those the server classified correctly (its per-class counts, checked against the labels).
+  std::vector<int64_t> samples_per_class;
+  std::vector<int64_t> correct_per_class;
 };
+
+// Per-class test accuracy weighted by the label mix of `train_labels` (each class's share of
+// them): test accuracy as patients with that mix would see it. Classes absent from the training
+// labels or from the test set add nothing. From `test`'s per-class counts, so one evaluation
+// pass gives both this and the overall accuracy.
+double AccuracyWeightedByLabelMix(const EvalStats& test, const at::Tensor& train_labels);
 
 struct LinkCounters {
   int64_t bytes_sent = 0;        // protobuf bytes of requests
@@ -159,6 +170,12 @@ class SplitTrainer {
   // Progress figures for the steps so far.
   ProgressStats Shown(const EpochStats& stats, double loss_sum, int64_t correct,
                       std::chrono::steady_clock::time_point start) const;
+  // The largest evaluation batch, up to `requested`, whose dense message fits the server's limits.
+  int64_t EvaluationBatchSize(int64_t requested) const;
+  // Sends one evaluation batch and adds the server's checked answer to `stats`.
+  v1::EvaluateReply EvaluateBatch(const at::Tensor& activations,
+                                  const SelectedActivations& selected, const at::Tensor& labels,
+                                  EvalStats* stats);
 };
 
 }  // namespace cleave::client

@@ -46,10 +46,10 @@ void AssignFlatParameters(torch::nn::Module& module, const at::Tensor& flat);
 // Number of blocks of the full model (valid cuts are 1..n-1). Builds nothing.
 int NumBlocks(const ModelSpec& spec);
 
-// A short hex digest (16 chars) over the architecture, cut, input shape, classes, hidden widths,
-// the cut-layer shape and `extra` (the compression configuration). Equal specs give equal
-// fingerprints on every machine. Leaves LibTorch's global generator as it was.
-std::string ModelFingerprint(const ModelSpec& spec, const std::string& extra = "");
+// A short hex digest (16 chars) over the architecture, cut, input shape, classes, hidden widths
+// and the cut-layer shape (not the link's compression: the server's JoinReply sets that). Equal
+// specs give equal fingerprints on every machine. Leaves LibTorch's global generator as it was.
+std::string ModelFingerprint(const ModelSpec& spec);
 
 // Human-readable description, e.g. "cnn cut=1 input=1x28x28 classes=10".
 std::string DescribeSpec(const ModelSpec& spec);

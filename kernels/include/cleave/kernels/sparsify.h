@@ -19,10 +19,6 @@ struct Moments {
 
 // One pass; per-thread Welford accumulators merged with Chan's formula (stable for large n).
 Moments ComputeMoments(const float* x, size_t n);
-// Moments of (a + b) without materialising the sum (error feedback: grad + residual).
-Moments ComputeMomentsOfSum(const float* a, const float* b, size_t n);
-// Moments of |x| (mean and standard deviation of the magnitudes), one pass.
-Moments ComputeAbsMoments(const float* x, size_t n);
 
 // Number of elements with |x| > threshold.
 size_t CountAbove(const float* x, size_t n, float threshold);
@@ -39,13 +35,6 @@ size_t TopK(const float* x, size_t n, size_t k, uint32_t* indices, float* values
 
 // k distinct positions drawn uniformly with `seed`, ascending. k is clamped to n; returns k.
 size_t RandomK(const float* x, size_t n, size_t k, uint64_t seed, uint32_t* indices, float* values);
-
-// Fused error feedback, one pass: acc = grad + residual; entries with |acc| > threshold are
-// written out (ascending) and zeroed in `residual`; all others are kept in `residual` = acc.
-// Invariant: sent + new residual == grad + old residual, exactly. Returns the number selected
-// (at most `capacity` are written; the caller sizes the buffers from a count).
-size_t ErrorFeedbackSelect(const float* grad, float* residual, size_t n, float threshold,
-                           uint32_t* indices, float* values, size_t capacity);
 
 // The threshold t such that about k elements have |x| > t, found robustly for any
 // distribution: a sampled quantile brackets it, one selection pass collects the candidates

@@ -18,7 +18,6 @@ bool DeviceAvailable();
 // All pointers are device pointers; results that are sizes come back to the host (the call
 // synchronises the stream for them).
 Moments ComputeMoments(const float* x, size_t n, Stream stream = nullptr);
-Moments ComputeAbsMoments(const float* x, size_t n, Stream stream = nullptr);
 size_t CountAbove(const float* x, size_t n, float threshold, Stream stream = nullptr);
 size_t SelectAbove(const float* x, size_t n, float threshold, uint32_t* indices, float* values,
                    size_t capacity, Stream stream = nullptr);
@@ -26,9 +25,6 @@ size_t TopK(const float* x, size_t n, size_t k, uint32_t* indices, float* values
             Stream stream = nullptr);
 size_t RandomK(const float* x, size_t n, size_t k, uint64_t seed, uint32_t* indices, float* values,
                Stream stream = nullptr);
-size_t ErrorFeedbackSelect(const float* grad, float* residual, size_t n, float threshold,
-                           uint32_t* indices, float* values, size_t capacity,
-                           Stream stream = nullptr);
 // `counts` is a host array of `bins` entries; the bins are exactly the CPU kernel's.
 void AbsHistogram(const float* x, size_t n, float lo, float hi, size_t bins, uint64_t* counts,
                   Stream stream = nullptr);

@@ -65,16 +65,7 @@ DecodedTensor DecodeTensor(const v1::Tensor& message, const TensorSpec& spec);
 at::Tensor DecodeValuesAt(const v1::Tensor& message, const std::vector<int64_t>& shape,
                           const std::vector<uint32_t>& indices, ValuePrecision precision);
 
-// Decodes a `sparse` gradient payload into a dense tensor of `shape`. With `positions` empty the
-// payload's indices are flat positions of `shape`; otherwise they index into `positions` (the
-// server sparsified the values at the positions the client sent).
-at::Tensor DecodeSparseAt(const v1::Tensor& message, const std::vector<int64_t>& shape,
-                          const std::vector<uint32_t>& positions);
-
 // "2x32x14x14"
 std::string ShapeToString(const std::vector<int64_t>& shape);
-
-// Bytes this tensor message takes on the wire (protobuf encoding).
-int64_t WireBytes(const v1::Tensor& message);
 
 }  // namespace cleave::protocol

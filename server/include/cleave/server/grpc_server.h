@@ -11,6 +11,7 @@
 #include <string>
 
 #include "cleave/core/certificates.h"
+#include "cleave/protocol/version.h"
 
 namespace grpc {
 class Server;
@@ -26,7 +27,7 @@ struct ListenOptions {
   std::string address = "0.0.0.0:50051";  // port 0 picks a free port (see GrpcServer::port)
   bool insecure = false;                  // plaintext, no client identity (never by default)
   TlsFiles tls;                           // CA (signs clients), server certificate and key
-  int64_t max_message_bytes = 64LL << 20;
+  int64_t max_message_bytes = protocol::kDefaultMaxMessageBytes;
   // Certificate CNs that may call at all, checked when a call's headers arrive, before its
   // request is read; empty: any CN our CA signed. Not checked with `insecure` (no certificates).
   // Give it the same set as SplitServerOptions::allowed_clients.

@@ -1,11 +1,12 @@
-// Rounds of multi-hospital training over one server-side model: who trains when (schedules
-// "sequential" and "splitfed"), when a round ends (sample target, or deadline with a quorum), how
-// client-model updates are combined (an AggregationOptions rule over the round's deltas, scaled
-// down by staleness, each applied exactly once), who may send steps and updates (only a hospital
-// told to train a version, and only for that version), how much weight an update gets (the
-// samples the server counted, not what the hospital claims), and the state a checkpoint must keep
-// to resume a round. No networking: the server (split_server.h) calls it, tests drive it
-// directly.
+// Rounds of multi-hospital training over one server-side model: who trains when (a
+// SchedulePolicy per schedule, schedule_policy.h), when a round ends (sample target, or deadline
+// with a quorum), how client-model updates are combined (an AggregationOptions rule over the
+// round's deltas, scaled down by staleness, each applied exactly once), who may send steps and
+// updates (only a hospital told to train a version, and only for that version), how much weight
+// an update gets (the samples the server counted, not what the hospital claims), and the state a
+// checkpoint must keep to resume a round. The round's phase is explicit (RoundPhase,
+// round_state.h). No networking: the server (split_server.h) calls it, tests drive it directly;
+// what it refuses it refuses with a Refusal (refusal.h).
 #pragma once
 
 #include <ATen/Tensor.h>
@@ -15,79 +16,18 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <set>
 #include <string>
 #include <thread>
-#include <vector>
 
-#include "cleave/protocol/status_error.h"
-#include "cleave/server/robust_aggregation.h"
+#include "cleave/server/refusal.h"
+#include "cleave/server/round_state.h"
+#include "cleave/server/schedule_policy.h"
 
 namespace cleave::server {
-
-// A step or update the rounds refuse, with a short reason for metrics ("stale",
-// "not_participant", "out_of_bounds", "nonfinite", "no_samples").
-class RoundRefusal : public protocol::StatusError {
- public:
-  RoundRefusal(grpc::StatusCode code, std::string reason, const std::string& message)
-      : StatusError(code, message), reason_(std::move(reason)) {}
-  const std::string& reason() const { return reason_; }
-
- private:
-  std::string reason_;
-};
-
-enum class Schedule {
-  kSingle,      // one client at a time, no rounds (the spine)
-  kSequential,  // hospitals take turns; the client-side weights pass from one to the next
-  kSplitFed,    // all train at once; client-side models averaged at the end of each round
-};
-// "single", "sequential", "splitfed"; throws UserError otherwise.
-Schedule ParseSchedule(const std::string& name);
-const char* ScheduleName(Schedule schedule);
-
-struct RoundOptions {
-  Schedule schedule = Schedule::kSingle;
-  int64_t rounds = 0;            // rounds to run, then training is over (0: no limit)
-  int64_t round_samples = 6400;  // training samples (all hospitals together) that end a round
-  std::chrono::milliseconds round_deadline{0};  // a round ends by then if a quorum sent updates
-  int quorum = 1;                               // updates needed to end a round at its deadline
-  int min_clients = 1;                          // hospitals connected before the first round starts
-  int64_t max_staleness = 2;       // older updates and steps are refused (resynchronise)
-  AggregationOptions aggregation;  // how a round's updates are combined
-  double max_update_abs = 0;       // a delta value beyond this magnitude is refused (0: no bound)
-};
-
-// An accepted update that the round has not applied yet.
-struct PendingUpdate {
-  int64_t samples = 0;    // the weight it counts with: min(claimed, counted by the server)
-  int64_t staleness = 0;  // versions between its base and the version it was accepted at
-  at::Tensor delta;       // [P] float32, as sent
-};
-
-// Everything a checkpoint keeps so that a restarted server resumes the round where it was.
-struct RoundState {
-  int64_t round = 1;
-  int64_t version = 0;  // client-model version: +1 each time a round's average is applied
-  at::Tensor weights;   // client-side model parameters, flattened [P], float32
-  std::vector<PendingUpdate> pending;  // accepted this round, applied when it closes
-  int64_t round_samples_trained = 0;
-  std::map<std::string, int64_t> last_round_submitted;  // per hospital: duplicates are refused
-  std::set<std::string> submitted;                      // hospitals that sent this round's update
-  int64_t turn = 0;                     // sequential: index into the join order of whose turn it is
-  std::vector<std::string> join_order;  // sequential: hospitals in the order they first joined
-  bool finished = false;
-  // Counters (each accepted update is applied exactly once: accepted == applied + pending).
-  int64_t updates_accepted = 0;
-  int64_t updates_applied = 0;
-  int64_t updates_refused = 0;               // too stale
-  int64_t updates_duplicate = 0;             // resubmitted for a round already counted
-  int64_t updates_capped = 0;                // claimed more samples than the server counted
-  int64_t steps_refused = 0;                 // training steps from a too old client-model version
-  std::vector<int64_t> staleness_histogram;  // [s] = accepted updates s versions old
-};
 
 struct SyncDecision {
   enum class Action { kWait, kTrain, kDone };
@@ -95,6 +35,12 @@ struct SyncDecision {
   int64_t round = 0;
   int64_t version = 0;
   at::Tensor weights;  // defined when the caller's version differs
+};
+
+// A training step the rounds admitted.
+struct StepAdmission {
+  double scale = 1.0;          // for the server's step: 1 / (1 + staleness)
+  bool round_closing = false;  // the hospital should stop training and send its update
 };
 
 struct UpdateOutcome {
@@ -134,8 +80,8 @@ class RoundCoordinator {
   void SetRoundClosedCallback(std::function<void(const RoundSummary&)> callback);
 
   RoundState Snapshot() const;
-  // Resumes from a checkpoint's state (the round goes on with the hospitals that reconnect).
-  // Throws UserError if the weights do not fit.
+  // Resumes from a checkpoint's state in RestoredPhase(state.phase) (the round goes on with the
+  // hospitals that reconnect). Throws UserError if the weights do not fit.
   void Restore(RoundState state);
 
   void OnJoin(const std::string& identity);
@@ -154,21 +100,18 @@ class RoundCoordinator {
   SyncDecision Sync(const std::string& identity, int64_t have_version,
                     std::chrono::milliseconds wait);
 
-  // A training step of `samples` samples computed with client-model `model_version`. Returns the
-  // learning-rate scale for the server's step (1 / (1 + staleness)) and sets *round_closing.
-  // Throws StatusError: ABORTED when the version is too old (resynchronise), FAILED_PRECONDITION
-  // when Sync did not tell this hospital to train that version (whatever its staleness),
-  // INVALID_ARGUMENT for a version the server never issued. The samples count towards the weight
-  // of the hospital's next update.
-  double OnTrainStep(const std::string& identity, int64_t model_version, int64_t samples,
-                     bool* round_closing);
+  // Admits a training step of `samples` samples computed with client-model `model_version`; the
+  // samples count towards the weight of the hospital's next update. Throws Refusal kStale when
+  // the version is too old, kNotInRound when Sync did not tell this hospital to train that
+  // version (whatever its staleness); InvalidInput for a version the server never issued.
+  StepAdmission AdmitStep(const std::string& identity, int64_t model_version, int64_t samples);
 
-  // A client-model update (delta from base_version's weights, shape [P], finite: checked by the
-  // caller). Throws StatusError ABORTED when older than max_staleness; FAILED_PRECONDITION when
-  // the hospital was not told to train base_version or no step of it was counted;
-  // INVALID_ARGUMENT for a bad version, round or sample count or a value beyond max_update_abs.
-  // Its weight is min(samples, the samples the server counted from its steps). May close the
-  // round.
+  // A client-model update (delta from base_version's weights, shape [P]). Throws Refusal kStale
+  // when older than max_staleness, kNotInRound when the hospital was not told to train
+  // base_version, kNoSamples when no step of it was counted, kNonFinite / kOutOfBounds for a
+  // value that is not finite or beyond max_update_abs (the hospital leaves the round);
+  // InvalidInput for a bad version, round, sample count or size. Its weight is min(samples, the
+  // samples the server counted from its steps). May close the round.
   UpdateOutcome Submit(const std::string& identity, int64_t base_version, int64_t round,
                        int64_t samples, const at::Tensor& delta);
 
@@ -176,6 +119,7 @@ class RoundCoordinator {
   // thread calls it; so do tests that move their own clock).
   void CheckDeadline();
 
+  RoundPhase phase() const;
   int64_t version() const;
   int64_t round() const;
   bool finished() const;
@@ -190,42 +134,63 @@ class RoundCoordinator {
     int64_t version = 0;
     int64_t samples = 0;
   };
-  std::string TurnHolderLocked() const;
-  // Why an update of `counted` samples with these values is refused, if it is (not finite, beyond
-  // max_update_abs, no step counted).
-  std::optional<RoundRefusal> CheckUpdate(const at::Tensor& flat, int64_t counted) const;
+  // A round that closed under the lock: the callback runs once the lock is released.
+  struct Closed {
+    bool closed = false;
+    RoundSummary summary;
+  };
+  bool ActiveLocked() const;
+  RoundView ViewLocked() const;
   void AssignLocked(const std::string& identity);
-  // The hospital no longer takes part in the current round (left, rejoined or refused); returns
-  // true and fills *summary when that closed the round. `skip_turn`: in sequential, a turn
-  // holder that has not sent its update loses the turn.
-  bool DropParticipantLocked(const std::string& identity, bool skip_turn, RoundSummary* summary);
-  // DropParticipantLocked under the lock, then the round-closed callback outside it.
-  void Drop(const std::string& identity, bool skip_turn, bool forget_assignment);
-  // Closes the round if its rule says so; returns true and fills *summary when it did.
-  bool MaybeCloseLocked(RoundSummary* summary);
-  void CloseLocked(const std::string& why, RoundSummary* summary);
+  // The assignment that admits a step or an update of `version` (throws kStale / kNotInRound).
+  Assignment& AssignmentForLocked(const std::string& identity, int64_t version, const char* what);
+  // Why an update of `counted` samples with these values is refused, if it is.
+  std::optional<Refusal> CheckUpdate(const at::Tensor& flat, int64_t counted) const;
+  UpdateOutcome AcceptLocked(const std::string& identity, int64_t round, int64_t samples,
+                             int64_t counted, int64_t staleness, const at::Tensor& flat);
+  // The hospital no longer takes part in the current round (left, rejoined or refused).
+  // `lost_turn`: it left or was refused (in sequential, a turn holder that has not sent loses the
+  // turn).
+  void LeaveRoundLocked(const std::string& identity, bool lost_turn, Closed* closed);
+  // LeaveRoundLocked under the lock, then the round-closed callback outside it.
+  void Drop(const std::string& identity, bool lost_turn, bool forget_assignment);
+  void Notify(const Closed& closed);
+
+  // Each a single job, under the lock:
+  // asks the policy what the round does now, and does it;
+  void ReviewRoundLocked(Closed* closed);
+  void CarryOutLocked(const RoundVerdict& verdict, Closed* closed);
+  // aggregates the pending updates, starts the next round (or finishes);
+  void CloseRoundLocked(const std::string& why, RoundSummary* summary);
+  // back to kTraining with the round's sample count reset (the updates in are kept);
+  void ReopenRoundLocked(const std::string& why);
+  // a participant that had what the round needed is gone and nothing was sent: reopen;
+  void ReopenIfAbandonedLocked();
+  // the deadline passed without a quorum: another deadline, stragglers told to send;
+  void ExtendDeadlineLocked(const RoundVerdict& verdict);
+  // resets the per-round bookkeeping (participants, clock, deadline).
   void StartRoundLocked();
   void DeadlineLoop();
 
   const RoundOptions options_;
   const int64_t num_parameters_;
   const Now now_;
+  const std::unique_ptr<SchedulePolicy> policy_;
   std::function<void(const RoundSummary&)> on_round_closed_;
 
   mutable std::mutex mutex_;
   mutable std::condition_variable changed_;
-  RoundState state_;
+  RoundState state_;                      // state_.phase is the round's phase
   std::map<std::string, int> connected_;  // identity -> sessions
   std::set<std::string> participants_;    // training in the current round
   // Survives a lost session (an update computed before it may still arrive); replaced by the
   // next Sync that says TRAIN, ended by the update.
   std::map<std::string, Assignment> assignments_;
-  bool started_ = false;  // min_clients reached once
-  bool closing_ = false;  // sample target or deadline reached
   int64_t stale_in_round_ = 0;
   Clock::time_point round_start_;
   Clock::time_point deadline_;
-  bool stopping_ = false;
+  // The deadline thread's own lifetime (not a phase of the rounds): set by the destructor.
+  bool stop_deadline_thread_ = false;
   std::thread deadline_thread_;
 };
 

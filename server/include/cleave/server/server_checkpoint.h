@@ -11,6 +11,8 @@
 #include "cleave/core/checkpoint.h"
 #include "cleave/core/split_model.h"
 #include "cleave/server/round_coordinator.h"
+#include "cleave/server/round_state.h"
+#include "cleave/server/top_model.h"
 
 namespace cleave::server {
 
@@ -36,5 +38,11 @@ ServerCheckpoint LoadServerCheckpoint(const std::string& path, const std::string
                                       const torch::nn::Sequential& top,
                                       torch::optim::Optimizer* optimizer,
                                       int64_t client_parameters);
+
+// Resumes a server from `path`: the layers and optimizer of `top`, and the round state into
+// `rounds` (when the server runs rounds and the file has them). Returns the step; logs what it
+// resumed. Throws as LoadServerCheckpoint.
+int64_t ResumeServer(const std::string& path, const std::string& fingerprint, TopModel& top,
+                     RoundCoordinator* rounds, int64_t client_parameters);
 
 }  // namespace cleave::server

@@ -35,8 +35,8 @@ class SessionTable {
     int replaced = 0;  // sessions of the same identity it replaced
   };
   Opened Open(const std::string& identity, Clock::time_point now);
-  // The session, marked as active at `now`. Throws protocol::StatusError: NOT_FOUND for an
-  // unknown (or expired) id, PERMISSION_DENIED for another identity's.
+  // The session, marked as active at `now`. Throws Refusal: kUnknownSession for an
+  // unknown (or expired) id, kNotAllowed for another identity's.
   Session Touch(const std::string& identity, const std::string& id, Clock::time_point now);
   bool Contains(const std::string& id) const;
   // Adds a call's figures to the session, if it still exists.

@@ -23,14 +23,17 @@
 #include "cleave/protocol/cleave.pb.h"
 #include "cleave/protocol/link_spec.h"
 #include "cleave/protocol/tensor_message.h"
+#include "cleave/protocol/version.h"
+#include "cleave/server/client_admission.h"
 #include "cleave/server/client_allowlist.h"
+#include "cleave/server/periodic_task.h"
+#include "cleave/server/refusal.h"
 #include "cleave/server/round_coordinator.h"
+#include "cleave/server/round_endpoint.h"
 #include "cleave/server/session_table.h"
+#include "cleave/server/step_codec.h"
 #include "cleave/server/top_model.h"
-
-namespace cleave::protocol {
-class GradientEncoder;
-}
+#include "cleave/server/value_bounds.h"
 
 namespace cleave::server {
 
@@ -40,7 +43,7 @@ struct SplitServerOptions {
   std::string optimizer = "adam";  // "adam" or "sgd"
   double learning_rate = 1e-3;
   int64_t max_batch = 4096;
-  int64_t max_message_bytes = 64LL << 20;
+  int64_t max_message_bytes = protocol::kDefaultMaxMessageBytes;
   v1::CompressionConfig compression;  // advertised to clients in Join
   std::string checkpoint_path;        // empty: no checkpoints
   int64_t checkpoint_every = 0;       // steps between checkpoints (0: only on request)
@@ -61,15 +64,6 @@ struct SplitServerOptions {
   // Sessions one identity may hold; a Join beyond it replaces the identity's oldest session.
   int max_sessions_per_identity = 1;
 };
-
-// The activation bound derived from the model: 1000 x the largest cut activation of the initial
-// client-side model on a batch of standard-normal inputs (at least 100). Honest activations stay
-// far below it; values near float's range, which overflow the server's layers, do not.
-// (`model` by value: it shares the modules, and running them needs a non-const holder.)
-double DeriveActivationBound(const ModelSpec& spec, SplitModel model, uint64_t seed);
-// The per-value bound on a client-model update: 100 x the largest initial client-side weight
-// (at least 1). An honest round moves a weight by a small fraction of that.
-double DeriveUpdateBound(const SplitModel& model);
 
 // Counts the server keeps for observability (metrics endpoint, tests).
 struct ServerCounters {
@@ -93,8 +87,8 @@ class ServerObserver {
   virtual void OnBytes(int64_t received, int64_t sent) = 0;
   virtual void OnSessions(int64_t sessions, int64_t clients) = 0;
   virtual void OnUpdate(int64_t staleness) = 0;  // an update accepted into a round
-  // `what`: "update" or "step"; `reason`: "stale", "not_participant", "out_of_bounds",
-  // "nonfinite", "no_samples" or "invalid".
+  // `what`: "update" or "step"; `reason`: RefusalReason's label ("stale", "not_participant",
+  // "out_of_bounds", "nonfinite", "no_samples") or "invalid".
   virtual void OnRefused(const std::string& what, const std::string& reason) = 0;
   virtual void OnSessionsExpired(int64_t count) = 0;
   virtual void OnRound(const RoundSummary& summary) = 0;
@@ -111,16 +105,19 @@ class SplitServer {
   SplitServer(const SplitServer&) = delete;
   SplitServer& operator=(const SplitServer&) = delete;
 
-  // `identity` is the client certificate's CN (or a peer address in insecure mode). Throws
-  // protocol::StatusError (FAILED_PRECONDITION on a fingerprint or version mismatch).
+  // Every call throws Refusal (refusal.h; status_mapping.h maps it to a status at the service
+  // boundary) or InvalidInput for what it refuses: a request of another protocol version is
+  // kMismatch, an unknown session kUnknownSession, another identity's kNotAllowed.
+  // `identity` is the client certificate's CN (or a peer address in insecure mode). A model
+  // fingerprint mismatch is kMismatch, an identity not on the allowlist kNotAllowed.
   v1::JoinReply Join(const std::string& identity, const v1::JoinRequest& request);
-  // One training step on a client's batch. Throws StatusError / InvalidInput.
+  // One training step on a client's batch.
   v1::TrainReply Train(const std::string& identity, const v1::TrainRequest& request);
   v1::EvaluateReply Evaluate(const std::string& identity, const v1::EvaluateRequest& request);
   void Leave(const std::string& identity, const std::string& session_id,
              uint32_t protocol_version = protocol::kProtocolVersion);
   // Rounds: what this hospital should do next (blocks up to the request's wait, capped by
-  // options.max_sync_wait), and its client-model update. Throw StatusError / InvalidInput.
+  // options.max_sync_wait), and its client-model update. kMismatch with the single schedule.
   v1::SyncReply Sync(const std::string& identity, const v1::SyncRequest& request);
   v1::UpdateReply SubmitUpdate(const std::string& identity, const v1::UpdateRequest& request);
   // Releases a session whose client vanished (its stream or Sync was cancelled). Only a session
@@ -160,12 +157,15 @@ class SplitServer {
   // Checks the protocol version and that `identity` owns the session, and marks it active.
   void CheckSession(const std::string& identity, const std::string& session_id,
                     uint32_t protocol_version);
+  // Runs `call`; a step or update (`what`) it refuses is counted (Refused) and rethrown.
+  template <typename Call>
+  auto Refusable(const char* what, const std::string& identity, Call&& call);
   // Counts a refused step or update, tells the observer, and (`exclude`) takes the hospital out
-  // of the current round. The caller rethrows.
+  // of the current round.
   void Refused(const char* what, const std::exception& error, const std::string& identity,
                bool exclude);
-  void Resume();  // from options_.checkpoint_path
-  void ReapLoop();
+  // The rounds' side of `call`; Refusal kMismatch when the server runs no rounds.
+  RoundEndpoint& Rounds(const char* call);
   void SaveCheckpointLocked();
   // What a client's activations and labels must look like.
   protocol::TensorSpec ActivationSpec() const;
@@ -173,6 +173,8 @@ class SplitServer {
   // Adds a call's protobuf bytes to the totals and to its session's (if it still exists).
   void CountBytes(const std::string& session_id, size_t received, size_t sent);
   void NotifySessions();
+  // A session of `identity` ended (left, released or expired).
+  void SessionEnded(const std::string& identity);
   void OnRoundClosed(const RoundSummary& summary);
 
   SplitServerOptions options_;
@@ -183,9 +185,11 @@ class SplitServer {
   SessionTable sessions_;
   std::unique_ptr<TopModel> top_;
   protocol::LinkSpec link_spec_;  // parsed once from options_.compression
-  std::unique_ptr<protocol::ActivationDecoder> activation_decoder_;
-  std::unique_ptr<protocol::GradientEncoder> gradient_encoder_;
+  JoinRules join_rules_;
+  std::unique_ptr<protocol::ActivationDecoder> activation_decoder_;  // Evaluate
+  std::unique_ptr<StepCodec> step_codec_;                            // Train
   std::unique_ptr<RoundCoordinator> coordinator_;    // null: schedule single
+  std::unique_ptr<RoundEndpoint> round_endpoint_;    // likewise
   ServerObserver* observer_ = nullptr;
 
   mutable std::mutex mutex_;  // guards the top model and the two below
@@ -196,10 +200,7 @@ class SplitServer {
   std::atomic<int64_t> refused_steps_{0};
   std::atomic<int64_t> refused_updates_{0};
 
-  std::mutex reaper_mutex_;
-  std::condition_variable reaper_wake_;
-  bool reaper_stop_ = false;
-  std::thread reaper_;
+  std::unique_ptr<PeriodicTask> reaper_;  // expires idle sessions
 };
 
 }  // namespace cleave::server

@@ -41,6 +41,7 @@ class TopModel {
   struct Evaluation {
     double loss_sum = 0;
     int64_t correct = 0;
+    std::vector<int64_t> correct_per_class;  // index = label, one entry per logit; sums to correct
   };
   Evaluation Evaluate(const at::Tensor& activations, const at::Tensor& labels);
 

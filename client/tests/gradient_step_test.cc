@@ -19,6 +19,7 @@
 #include "cleave/core/split_model.h"
 #include "cleave/protocol/split_link.h"
 #include "cleave/protocol/tensor_message.h"
+#include "cleave/test_support/tiny_data.h"
 
 namespace cleave {
 namespace {
@@ -27,15 +28,7 @@ constexpr int64_t kRows = 16;   // one batch
 constexpr int64_t kWidth = 64;  // cut width of the mlp below
 constexpr double kLearningRate = 0.1;
 
-ModelSpec Mlp() {
-  ModelSpec spec;
-  spec.architecture = "mlp";
-  spec.input_shape = {8};
-  spec.hidden = {kWidth, 16};
-  spec.num_classes = 3;
-  spec.cut = 1;
-  return spec;
-}
+ModelSpec Mlp() { return test_support::MlpSpec(8, {kWidth, 16}, 3); }
 
 enum class Encoding {
   kDense,         // activations dense, gradient dense
@@ -164,14 +157,7 @@ class FakeServerLink final : public protocol::SplitLink {
   std::vector<uint32_t> sent_;
 };
 
-Dataset Data() {
-  const at::Generator generator = at::detail::createCPUGenerator(11);
-  Dataset data;
-  data.inputs = at::randn({kRows, 8}, generator, at::kFloat);
-  data.labels = at::randint(0, 3, {kRows}, generator, at::kLong);
-  data.num_classes = 3;
-  return data;
-}
+Dataset Data() { return test_support::RandomData(kRows, 8, 3, 11); }
 
 class GradientStepTest : public ::testing::TestWithParam<EncodingCase> {};
 

@@ -18,30 +18,16 @@
 #include "cleave/protocol/split_link.h"
 #include "cleave/protocol/status_error.h"
 #include "cleave/protocol/tensor_message.h"
+#include "cleave/test_support/tiny_data.h"
 
 namespace cleave::client {
 namespace {
 
 using protocol::StatusError;
 
-ModelSpec Mlp() {
-  ModelSpec spec;
-  spec.architecture = "mlp";
-  spec.input_shape = {6};
-  spec.hidden = {8};
-  spec.num_classes = 2;
-  spec.cut = 1;
-  return spec;
-}
+ModelSpec Mlp() { return test_support::MlpSpec(6, {8}, 2); }
 
-Dataset Data() {
-  at::manual_seed(1);
-  Dataset data;
-  data.inputs = at::randn({32, 6});
-  data.labels = at::randint(0, 2, {32}, at::kLong);
-  data.num_classes = 2;
-  return data;
-}
+Dataset Data() { return test_support::RandomData(32, 6, 2, 1); }
 
 // A server whose Join, Sync and SubmitUpdate answers come from the test, one call at a time;
 // training steps get a zero gradient and "the round is closing". Records what the client asked.

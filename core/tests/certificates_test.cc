@@ -14,7 +14,7 @@
 
 #include "cleave/core/error.h"
 #include "cleave/core/file_io.h"
-#include "test_temp_dir.h"
+#include "cleave/test_support/temp_dir.h"
 
 namespace cleave {
 namespace {
@@ -251,7 +251,7 @@ TEST_F(CertificatesTest, GoodNamesAreAccepted) {
 }
 
 TEST_F(CertificatesTest, LoadTlsFilesChecksEveryFile) {
-  testing::TempDir dir;
+  test_support::TempDir dir;
   const PemPair client = IssueClientCertificate(*ca_, "st-mary");
   const PemPair other = IssueClientCertificate(*ca_, "riverside");
   const PemPair foreign = IssueClientCertificate(*other_ca_, "st-mary");

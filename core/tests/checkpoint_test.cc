@@ -21,8 +21,8 @@
 #include "cleave/core/error.h"
 #include "cleave/core/file_io.h"
 #include "cleave/core/split_model.h"
+#include "cleave/test_support/temp_dir.h"
 #include "resource_limit.h"
-#include "test_temp_dir.h"
 
 namespace cleave {
 namespace {
@@ -61,7 +61,7 @@ Trained TrainFewSteps(uint64_t seed, std::vector<int> optimized = {}) {
 }
 
 TEST(CheckpointTest, RoundTripIncludingOptimizerState) {
-  testing::TempDir dir;
+  test_support::TempDir dir;
   const std::string path = dir.File("top.ckpt");
   Trained saved = TrainFewSteps(1);
   CheckpointMeta meta{"fp1", {{"step", 3}, {"epoch", 1}}};
@@ -130,7 +130,7 @@ void ExpectRefusedUntouched(const std::string& path, Trained& target,
 class CorruptCheckpointTest : public ::testing::TestWithParam<int> {};
 
 TEST_P(CorruptCheckpointTest, IsRefusedAndTheModuleIsUntouched) {
-  testing::TempDir dir;
+  test_support::TempDir dir;
   const std::string path = dir.File("top.ckpt");
   Trained saved = TrainFewSteps(1);
   SaveCheckpoint(path, *saved.model.top, saved.optimizer.get(), {"fp1", {{"step", 3}}});
@@ -167,7 +167,7 @@ TEST_P(CorruptCheckpointTest, IsRefusedAndTheModuleIsUntouched) {
 INSTANTIATE_TEST_SUITE_P(Damage, CorruptCheckpointTest, ::testing::Values(0, 1, 2, 3));
 
 TEST(CheckpointTest, ModelWithOtherShapesIsRefusedAndNothingChanges) {
-  testing::TempDir dir;
+  test_support::TempDir dir;
   const std::string path = dir.File("top.ckpt");
   ModelSpec narrow = Mlp();
   narrow.hidden = {128, 32};  // the top's first Linear is 128 -> 32 instead of 128 -> 64
@@ -178,7 +178,7 @@ TEST(CheckpointTest, ModelWithOtherShapesIsRefusedAndNothingChanges) {
 }
 
 TEST(CheckpointTest, OptimizerThatDoesNotFitIsRefusedAndNothingChanges) {
-  testing::TempDir dir;
+  test_support::TempDir dir;
   const std::string path = dir.File("top.ckpt");
   // Saved: Adam over all four top tensors. Loaded: Adam over two of them.
   Trained saved = TrainFewSteps(1);
@@ -194,7 +194,7 @@ TEST(CheckpointTest, OptimizerThatDoesNotFitIsRefusedAndNothingChanges) {
 }
 
 TEST(CheckpointTest, WrongFingerprintIsRefusedNamingBoth) {
-  testing::TempDir dir;
+  test_support::TempDir dir;
   const std::string path = dir.File("top.ckpt");
   Trained saved = TrainFewSteps(1);
   SaveCheckpoint(path, *saved.model.top, nullptr, {"aaaa", {}});
@@ -209,7 +209,7 @@ TEST(CheckpointTest, WrongFingerprintIsRefusedNamingBoth) {
 }
 
 TEST(CheckpointTest, MetaIsReadWithoutAModule) {
-  testing::TempDir dir;
+  test_support::TempDir dir;
   const std::string path = dir.File("top.ckpt");
   Trained saved = TrainFewSteps(1);
   const CheckpointMeta meta{"fp1", {{"step", 1200}, {"epoch", 3}, {"round.weights", -7}}};
@@ -225,7 +225,7 @@ TEST(CheckpointTest, MetaIsReadWithoutAModule) {
 }
 
 TEST(CheckpointTest, MetaOfAnotherModelOrAMissingFileIsRefused) {
-  testing::TempDir dir;
+  test_support::TempDir dir;
   const std::string path = dir.File("top.ckpt");
   Trained saved = TrainFewSteps(1);
   SaveCheckpoint(path, *saved.model.top, nullptr, {"aaaa", {{"step", 1}}});
@@ -247,7 +247,7 @@ TEST(CheckpointTest, MissingCheckpointNamesTheFile) {
 }
 
 TEST(CheckpointTest, IsPrivateToItsOwner) {
-  testing::TempDir dir;
+  test_support::TempDir dir;
   const std::string path = dir.File("top.ckpt");
   Trained t = TrainFewSteps(1);
   SaveCheckpoint(path, *t.model.top, t.optimizer.get(), {"fp", {}});
@@ -257,7 +257,7 @@ TEST(CheckpointTest, IsPrivateToItsOwner) {
 }
 
 TEST(CheckpointTest, PreviousCheckpointSurvivesAFailedSave) {
-  testing::TempDir dir;
+  test_support::TempDir dir;
   const std::string path = dir.File("top.ckpt");
   Trained t = TrainFewSteps(1);
   SaveCheckpoint(path, *t.model.top, nullptr, {"fp", {{"step", 1}}});
@@ -361,7 +361,7 @@ void WriteUnguardedCheckpoint(const std::string& path, const Net& n) {
 }
 
 TEST(NonFiniteCheckpointTest, WrittenUnguardedFiniteLoads) {
-  testing::TempDir dir;
+  test_support::TempDir dir;
   const std::string path = dir.File("net.ckpt");
   const Net saved = TrainedNet(1);
   WriteUnguardedCheckpoint(path, saved);
@@ -377,7 +377,7 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 class NonFiniteCheckpointTest : public ::testing::TestWithParam<std::tuple<Where, float>> {};
 
 TEST_P(NonFiniteCheckpointTest, IsNotWrittenAndThePreviousFileStays) {
-  testing::TempDir dir;
+  test_support::TempDir dir;
   const std::string path = dir.File("net.ckpt");
   Net n = TrainedNet(1);
   SaveCheckpoint(path, *n.net, n.optimizer.get(), {"fp", {{"step", 2}}});
@@ -398,7 +398,7 @@ TEST_P(NonFiniteCheckpointTest, IsNotWrittenAndThePreviousFileStays) {
 }
 
 TEST_P(NonFiniteCheckpointTest, IsRefusedOnLoadAndNothingChanges) {
-  testing::TempDir dir;
+  test_support::TempDir dir;
   const std::string path = dir.File("net.ckpt");
   Net poisoned = TrainedNet(1);
   const std::string name = Poison(poisoned, std::get<0>(GetParam()), std::get<1>(GetParam()));

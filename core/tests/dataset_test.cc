@@ -9,28 +9,10 @@
 
 #include "cleave/core/error.h"
 #include "cleave/core/file_io.h"
-#include "test_temp_dir.h"
+#include "cleave/test_support/temp_dir.h"
 
 namespace cleave {
 namespace {
-
-const Dataset& FashionTest() {
-  static const Dataset data = LoadFashionMnist(kDefaultFashionMnistDir, FashionMnistSplit::kTest);
-  return data;
-}
-
-TEST(FashionMnistTest, LoadsBothSplits) {
-  const Dataset train = LoadFashionMnist(kDefaultFashionMnistDir, FashionMnistSplit::kTrain);
-  EXPECT_EQ(train.size(), 60000);
-  EXPECT_EQ(FashionTest().size(), 10000);
-  EXPECT_EQ(FashionTest().inputs.sizes(), (std::vector<int64_t>{10000, 1, 28, 28}));
-  EXPECT_EQ(FashionTest().labels.scalar_type(), at::kLong);
-  EXPECT_GE(FashionTest().inputs.min().item<float>(), 0.0f);
-  EXPECT_LE(FashionTest().inputs.max().item<float>(), 1.0f);
-  EXPECT_EQ(FashionTest().labels.min().item<int64_t>(), 0);
-  EXPECT_EQ(FashionTest().labels.max().item<int64_t>(), 9);
-  EXPECT_EQ(FashionTest().num_classes, 10);
-}
 
 void WriteGzip(const std::string& path, const std::string& bytes) {
   gzFile file = gzopen(path.c_str(), "wb");
@@ -49,7 +31,7 @@ std::string Header(uint32_t magic, std::vector<uint32_t> dims) {
 }
 
 TEST(FashionMnistTest, TruncatedImagesAreRefusedNamingTheFile) {
-  testing::TempDir dir;
+  test_support::TempDir dir;
   WriteGzip(dir.File("t10k-images-idx3-ubyte.gz"),
             Header(0x803, {2, 28, 28}) + std::string(28 * 28, '\0'));  // one image short
   WriteGzip(dir.File("t10k-labels-idx1-ubyte.gz"), Header(0x801, {2}) + std::string(2, '\1'));
@@ -63,7 +45,7 @@ TEST(FashionMnistTest, TruncatedImagesAreRefusedNamingTheFile) {
 }
 
 TEST(FashionMnistTest, BadMagicAndBadLabelsAreRefused) {
-  testing::TempDir dir;
+  test_support::TempDir dir;
   WriteGzip(dir.File("t10k-images-idx3-ubyte.gz"),
             Header(0x801, {1, 28, 28}) + std::string(28 * 28, '\0'));
   WriteGzip(dir.File("t10k-labels-idx1-ubyte.gz"), Header(0x801, {1}) + std::string(1, '\x0b'));
@@ -97,7 +79,7 @@ std::string Pixels(uint32_t count) {
 class SmallIdxTest : public ::testing::TestWithParam<bool> {};  // param: gzip
 
 TEST_P(SmallIdxTest, LoadsGzipAndPlainFilesAndScalesPixels) {
-  testing::TempDir dir;
+  test_support::TempDir dir;
   const std::string suffix = GetParam() ? ".gz" : "";
   WriteIdxFile(dir.File("t10k-images-idx3-ubyte" + suffix), Header(0x803, {3, 28, 28}) + Pixels(3),
                GetParam());
@@ -130,7 +112,7 @@ TEST_P(SmallIdxTest, HeaderAndPayloadMistakesAreRefusedNamingTheFile) {
       {"label 10", good_images, Header(0x801, {2}) + "\x01\x0a", labels},
   };
   for (const Case& c : cases) {
-    testing::TempDir dir;
+    test_support::TempDir dir;
     WriteIdxFile(dir.File(images), c.image_bytes, GetParam());
     WriteIdxFile(dir.File(labels), c.label_bytes, GetParam());
     try {
@@ -146,7 +128,7 @@ TEST_P(SmallIdxTest, HeaderAndPayloadMistakesAreRefusedNamingTheFile) {
 INSTANTIATE_TEST_SUITE_P(GzipOrPlain, SmallIdxTest, ::testing::Bool());
 
 TEST(FashionMnistTest, DamagedGzipStreamIsRefusedNamingTheFile) {
-  testing::TempDir dir;
+  test_support::TempDir dir;
   const std::string images = dir.File("t10k-images-idx3-ubyte.gz");
   WriteGzip(dir.File("t10k-labels-idx1-ubyte.gz"), Header(0x801, {50}) + std::string(50, '\1'));
   WriteGzip(images, Header(0x803, {50, 28, 28}) + Pixels(50));
@@ -170,7 +152,7 @@ TEST(FashionMnistTest, MissingDirectoryIsAUserError) {
 }
 
 TEST(CsvTest, LoadsFeaturesAndRemapsLabels) {
-  testing::TempDir dir;
+  test_support::TempDir dir;
   WriteFileAtomic(dir.File("a.csv"), "age,outcome,bp\n50,7,120.5\n60,3,130\n70,7,140\n");
   CsvOptions options;
   options.label_column = "outcome";
@@ -184,7 +166,7 @@ TEST(CsvTest, LoadsFeaturesAndRemapsLabels) {
 }
 
 TEST(CsvTest, AcceptsCrLfBlankLinesAndSpaces) {
-  testing::TempDir dir;
+  test_support::TempDir dir;
   WriteFileAtomic(dir.File("b.csv"), "label; a ; b\r\n-1; 1.5 ;2\r\n\r\n4;3;-4e1\r\n");
   CsvOptions options;
   options.delimiter = ';';
@@ -196,7 +178,7 @@ TEST(CsvTest, AcceptsCrLfBlankLinesAndSpaces) {
 }
 
 TEST(CsvTest, ErrorsNameFileAndLine) {
-  testing::TempDir dir;
+  test_support::TempDir dir;
   CsvOptions options;
   WriteFileAtomic(dir.File("ragged.csv"), "x,label\n1,0\n2\n");
   try {

@@ -7,13 +7,13 @@
 #include <ios>
 
 #include "cleave/core/error.h"
+#include "cleave/test_support/temp_dir.h"
 #include "resource_limit.h"
-#include "test_temp_dir.h"
 
 namespace cleave {
 namespace {
 
-int Entries(const testing::TempDir& dir) {
+int Entries(const test_support::TempDir& dir) {
   int entries = 0;
   for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator(dir.path())) {
     ++entries;
@@ -25,7 +25,7 @@ int Entries(const testing::TempDir& dir) {
 // fchmod. A private file under a umask that removes the owner's write bit, and a certificate under
 // a umask that removes everyone else's read bit, each get exactly the mode asked for.
 TEST(FileIoTest, ANewFileGetsExactlyItsModeWhateverTheUmask) {
-  testing::TempDir dir;
+  test_support::TempDir dir;
   struct Case {
     mode_t umask;
     mode_t mode;
@@ -44,7 +44,7 @@ TEST(FileIoTest, ANewFileGetsExactlyItsModeWhateverTheUmask) {
 }
 
 TEST(FileIoTest, AtomicWriteReplacesContentAndSetsExactMode) {
-  testing::TempDir dir;
+  test_support::TempDir dir;
   const std::string path = dir.File("key.pem");
   WriteFileAtomic(path, "first", 0644);
   const mode_t previous = ::umask(0277);
@@ -69,7 +69,7 @@ TEST(FileIoTest, MissingFileErrorNamesTheFileAndWhatItIs) {
 }
 
 TEST(FileIoTest, DirectoryIsNotAFile) {
-  testing::TempDir dir;
+  test_support::TempDir dir;
   EXPECT_THROW(ReadFile(dir.path(), "checkpoint"), UserError);
 }
 
@@ -84,7 +84,7 @@ TEST(FileIoTest, WriteIntoMissingDirectoryFailsAndNamesIt) {
 
 // The failures are injected through process limits, which bind root too.
 TEST(FileIoTest, AFileThatCannotBeCreatedKeepsThePreviousOne) {
-  testing::TempDir dir;
+  test_support::TempDir dir;
   const std::string path = dir.File("state");
   WriteFileAtomic(path, "good");
   {
@@ -103,7 +103,7 @@ TEST(FileIoTest, AFileThatCannotBeCreatedKeepsThePreviousOne) {
 }
 
 TEST(FileIoTest, AWriteThatFailsHalfwayKeepsThePreviousFileAndLeavesNoTemporary) {
-  testing::TempDir dir;
+  test_support::TempDir dir;
   const std::string path = dir.File("state");
   WriteFileAtomic(path, "good");
   {

@@ -3,7 +3,6 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <png.h>
-#include <unistd.h>
 
 #include <cmath>
 #include <cstring>
@@ -12,19 +11,14 @@
 #include <vector>
 
 #include "cleave/core/error.h"
+#include "cleave/test_support/temp_dir.h"
 
 namespace cleave::privacy {
 namespace {
 
 class PngGridTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    std::string pattern = (std::filesystem::temp_directory_path() / "cleave_png_XXXXXX").string();
-    ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
-    dir_ = pattern;
-  }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
-  std::filesystem::path dir_;
+  test_support::TempDir dir_;
 };
 
 struct GrayImage {
@@ -53,7 +47,7 @@ TEST_F(PngGridTest, WritesOriginalsAboveReconstructionsAtScale) {
   at::manual_seed(7);
   const at::Tensor originals = at::rand({3, 1, 5, 4});
   const at::Tensor reconstructions = at::rand({2, 5, 4});  // shorter row, [N, H, W] form
-  const std::string path = (dir_ / "grid.png").string();
+  const std::string path = dir_.File("grid.png");
   const int scale = 2;
   WritePngGrid(path, {originals, reconstructions}, scale);
 
@@ -78,7 +72,7 @@ TEST_F(PngGridTest, WritesOriginalsAboveReconstructionsAtScale) {
 }
 
 TEST_F(PngGridTest, ClampsValuesOutsideTheUnitInterval) {
-  const std::string path = (dir_ / "clamped.png").string();
+  const std::string path = dir_.File("clamped.png");
   at::Tensor images = at::zeros({1, 1, 2, 2});
   images[0][0][0][0] = -3.0;
   images[0][0][0][1] = 7.0;
@@ -91,13 +85,13 @@ TEST_F(PngGridTest, ClampsValuesOutsideTheUnitInterval) {
 
 TEST_F(PngGridTest, RejectsBadInputsAndPaths) {
   const at::Tensor images = at::rand({2, 1, 4, 4});
-  const std::string path = (dir_ / "bad.png").string();
+  const std::string path = dir_.File("bad.png");
   EXPECT_THROW(WritePngGrid(path, {}, 1), UserError);
   EXPECT_THROW(WritePngGrid(path, {images}, 0), UserError);
   EXPECT_THROW(WritePngGrid(path, {at::rand({2, 3, 4, 4})}, 1), UserError);  // not grayscale
   EXPECT_THROW(WritePngGrid(path, {images, at::rand({2, 1, 5, 4})}, 1), UserError);
   EXPECT_FALSE(std::filesystem::exists(path));
-  EXPECT_THROW(WritePngGrid((dir_ / "missing" / "grid.png").string(), {images}, 1), UserError);
+  EXPECT_THROW(WritePngGrid(dir_.File("missing/grid.png"), {images}, 1), UserError);
 }
 
 }  // namespace

@@ -21,6 +21,7 @@
 #include "cleave/protocol/tensor_message.h"
 #include "cleave/protocol/version.h"
 #include "cleave/server/split_server.h"
+#include "cleave/test_support/raw_channel.h"
 #include "cleave/test_support/test_pki.h"
 
 namespace cleave::server {
@@ -77,27 +78,11 @@ class GrpcServerTest : public ::testing::Test {
 
   // A new connection with `name`'s certificate.
   std::shared_ptr<grpc::Channel> Channel(const std::string& name) const {
-    const TlsFiles tls = Pki().ClientFiles(name);
-    grpc::SslCredentialsOptions ssl;
-    ssl.pem_root_certs = tls.ca_pem;
-    ssl.pem_cert_chain = tls.certificate_pem;
-    ssl.pem_private_key = tls.private_key_pem;
-    grpc::ChannelArguments arguments;
-    arguments.SetMaxSendMessageSize(128 << 20);
-    arguments.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);  // its own connection
-    return grpc::CreateCustomChannel("localhost:" + std::to_string(grpc_server_->port()),
-                                     grpc::SslCredentials(ssl), arguments);
+    return test_support::RawChannel(grpc_server_->port(), name);
   }
 
   std::string Join(v1::SplitLearning::Stub& stub) const {
-    grpc::ClientContext context;
-    v1::JoinRequest request;
-    request.set_protocol_version(protocol::kProtocolVersion);
-    request.set_model_fingerprint(split_server_->fingerprint());
-    v1::JoinReply reply;
-    const grpc::Status status = stub.Join(&context, request, &reply);
-    EXPECT_TRUE(status.ok()) << status.error_message();
-    return reply.session_id();
+    return test_support::RawJoin(stub, split_server_->fingerprint());
   }
 
   static v1::TrainRequest Batch(const std::string& session, int64_t width = 128) {
@@ -107,18 +92,6 @@ class GrpcServerTest : public ::testing::Test {
     protocol::EncodeDense(at::randn({4, width}), request.mutable_activations());
     protocol::EncodeDense(at::randint(0, 3, {4}, at::kLong), request.mutable_labels());
     return request;
-  }
-
-  // One unary call with raw request bytes.
-  static grpc::Status RawUnary(const std::shared_ptr<grpc::Channel>& channel, const char* path,
-                               const grpc::ByteBuffer& request) {
-    grpc::GenericStub stub(channel);
-    grpc::ClientContext context;
-    grpc::ByteBuffer reply;
-    std::promise<grpc::Status> done;
-    stub.UnaryCall(&context, path, grpc::StubOptions(), &request, &reply,
-                   [&done](grpc::Status status) { done.set_value(std::move(status)); });
-    return done.get_future().get();
   }
 
   // A stream that sends `messages` raw, reads whatever comes back, and returns its status.
@@ -188,7 +161,7 @@ TEST_F(GrpcServerTest, LimitsBelowOneMessageAreRefused) {
 TEST_F(GrpcServerTest, UnparseableJoinIsInvalidArgument) {
   Start();
   const auto channel = Channel("mallory");
-  const grpc::Status status = RawUnary(channel, kJoinPath, Bytes(kGarbage));
+  const grpc::Status status = test_support::RawUnary(channel, kJoinPath, kGarbage);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
   EXPECT_NE(status.error_message().find("cannot parse JoinRequest"), std::string::npos)
       << status.error_message();

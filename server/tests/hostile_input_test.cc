@@ -10,7 +10,6 @@
 #include <atomic>
 #include <cmath>
 #include <cstdio>
-#include <filesystem>
 #include <limits>
 #include <mutex>
 #include <sstream>
@@ -20,6 +19,7 @@
 #include "cleave/protocol/tensor_message.h"
 #include "cleave/server/split_server.h"
 #include "cleave/server/status_mapping.h"
+#include "cleave/test_support/temp_dir.h"
 #include "server_requests.h"
 
 namespace cleave::server {
@@ -182,12 +182,10 @@ TEST(HostileInputTest, AStepThatWouldMakeTheLayersNonFiniteIsUndone) {
 }
 
 TEST(HostileInputTest, ARefusedStepNeverReachesTheCheckpoint) {
-  const auto dir =
-      std::filesystem::temp_directory_path() / ("cleave_hostile_" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
+  const test_support::TempDir dir;
   SplitServerOptions options = MlpOptions();
   options.max_activation_abs = 3.4e38;
-  options.checkpoint_path = (dir / "server.ckpt").string();
+  options.checkpoint_path = dir.File("server.ckpt");
   options.checkpoint_every = 1;
   std::vector<at::Tensor> saved;
   {
@@ -201,7 +199,6 @@ TEST(HostileInputTest, ARefusedStepNeverReachesTheCheckpoint) {
   options.resume = true;
   SplitServer resumed(options);
   EXPECT_TRUE(Same(saved, TopWeights(resumed)));
-  std::filesystem::remove_all(dir);
 }
 
 // Two hospitals in a splitfed round: a trains honestly, m is the attacker.

@@ -1,13 +1,11 @@
 // SplitServer without a network: Join checks, validation of what clients send, sessions owned by
 // identities, checkpoints and resume.
 #include "cleave/server/split_server.h"
-#include "server_requests.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
 #include <cstdio>
-#include <filesystem>
 #include <fstream>
 #include <limits>
 
@@ -17,6 +15,8 @@
 #include "cleave/protocol/status_error.h"
 #include "cleave/protocol/tensor_message.h"
 #include "cleave/server/in_process_link.h"
+#include "cleave/test_support/temp_dir.h"
+#include "server_requests.h"
 
 namespace cleave::server {
 namespace {
@@ -44,11 +44,10 @@ v1::TrainRequest Batch(const std::string& session, int64_t width, int64_t batch 
   return request;
 }
 
+// A file in this process's own temporary directory, removed when the process exits.
 std::string TempPath(const std::string& name) {
-  const auto dir =
-      std::filesystem::temp_directory_path() / ("cleave_server_test_" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
-  return (dir / name).string();
+  static const test_support::TempDir dir;
+  return dir.File(name);
 }
 
 TEST(SplitServerTest, PerSampleSelectionIsAdvertisedForActivationsOnly) {

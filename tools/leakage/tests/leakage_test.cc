@@ -2,12 +2,10 @@
 // split, a leakage measurement of a CNN cut, and a small sweep with its CSV, table and plot.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <filesystem>
 #include <set>
 #include <sstream>
 
@@ -17,39 +15,18 @@
 #include "cleave/leakage/leakage_sweep.h"
 #include "cleave/privacy/distance_correlation.h"
 #include "cleave/privacy/image_quality.h"
+#include "cleave/test_support/temp_dir.h"
+#include "cleave/test_support/tiny_data.h"
 
 namespace cleave::leakage {
 namespace {
 
-// Smooth images in [0, 1] (random 7x7 patterns upsampled), labelled by their mean brightness.
-Dataset SmoothImages(int64_t rows, uint64_t seed) {
-  at::manual_seed(seed);
-  Dataset data;
-  data.inputs = at::upsample_bilinear2d(at::rand({rows, 1, 7, 7}), {28, 28}, false);
-  const at::Tensor mean = data.inputs.mean({1, 2, 3});
-  data.labels = (mean > mean.median()).to(at::kLong);
-  data.num_classes = 2;
-  return data;
-}
+using test_support::SmoothImages;
 
-Dataset Tabular(int64_t rows, uint64_t seed) {
-  at::manual_seed(seed);
-  Dataset data;
-  data.inputs = at::randn({rows, 20});
-  data.labels = (data.inputs.select(1, 0) > 0).to(at::kLong);
-  data.num_classes = 2;
-  return data;
-}
+// Labelled by the sign of the first of 20 features.
+Dataset Tabular(int64_t rows, uint64_t seed) { return test_support::FirstFeatureData(rows, seed); }
 
-ModelSpec TabularSpec() {
-  ModelSpec spec;
-  spec.architecture = "mlp";
-  spec.input_shape = {20};
-  spec.hidden = {32, 16};
-  spec.num_classes = 2;
-  spec.cut = 1;
-  return spec;
-}
+ModelSpec TabularSpec() { return test_support::MlpSpec(20, {32, 16}, 2); }
 
 int64_t Lines(const std::string& text) {
   return static_cast<int64_t>(std::count(text.begin(), text.end(), '\n'));
@@ -201,12 +178,7 @@ TEST(MeasureLeakageTest, AnUntrainedConvBlockRevealsItsInputs) {
 
 class SweepTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() / ("leakage_test_" + std::to_string(::getpid()));
-    std::filesystem::create_directories(dir_);
-  }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
-  std::filesystem::path dir_;
+  test_support::TempDir dir_;
 };
 
 TEST_F(SweepTest, NoPeekLowersLeakageAndTheOutputsDescribeEverySetting) {
@@ -257,11 +229,11 @@ TEST_F(SweepTest, NoPeekLowersLeakageAndTheOutputsDescribeEverySetting) {
   EXPECT_EQ(Lines(table), 6);
   EXPECT_NE(table.find("dCor (n = 512)"), std::string::npos);
 
-  const std::string png = (dir_ / "leakage.png").string();
+  const std::string png = dir_.File("leakage.png");
   const std::string script = SweepGnuplotScript(rows, png);
   EXPECT_NE(script.find("title \"density 1\""), std::string::npos);
   EXPECT_NE(script.find("title \"density 0.5\""), std::string::npos);
-  const std::string script_path = (dir_ / "leakage.gp").string();
+  const std::string script_path = dir_.File("leakage.gp");
   WriteFileAtomic(script_path, script);
   if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) GTEST_SKIP() << "no gnuplot";
   std::string why_not;

@@ -11,19 +11,12 @@ namespace cleave::test_support {
 struct TestPki {
   PemPair ca = CreateCertificateAuthority("cleave test CA");
   PemPair server = IssueServerCertificate(ca, "cleave-server", {});
-  TlsFiles ServerFiles() const {
-    return {ca.certificate_pem, server.certificate_pem, server.private_key_pem};
-  }
-  TlsFiles ClientFiles(const std::string& name) const {
-    const PemPair client = IssueClientCertificate(ca, name);
-    return {ca.certificate_pem, client.certificate_pem, client.private_key_pem};
-  }
+  TlsFiles ServerFiles() const;
+  // A new certificate for `name`, signed by `ca`.
+  TlsFiles ClientFiles(const std::string& name) const;
 };
 
 // One per test binary: making certificates takes a few milliseconds each.
-inline const TestPki& Pki() {
-  static const TestPki pki;
-  return pki;
-}
+const TestPki& Pki();
 
 }  // namespace cleave::test_support

@@ -1,9 +1,11 @@
 // A hospital with a valid certificate and hostile numbers, next to an honest hospital training in
-// splitfed rounds (in process: SplitTrainer + RoundParticipant over InProcessLink). Each attack is
-// sent while the honest hospital trains; the test checks the attack's status, that the shared
-// model stays finite, and that the honest hospital finishes with a held-out accuracy close to a
-// run without the attacker. The last tests poison every round with scaled or sign-flipped deltas:
-// the robust aggregators keep the accuracy within 2 points of a run without the attacker.
+// splitfed rounds (SplitTrainer + RoundParticipant over each link: loopback gRPC with mutual TLS,
+// and in process). Each attack is sent while the honest hospital trains; the test checks the
+// attack's status, that the shared model stays finite, and that the honest hospital finishes with
+// a held-out accuracy close to a run without the attacker. The last tests poison every round with
+// scaled or sign-flipped deltas: the robust aggregators keep the accuracy within 2 points of a run
+// without the attacker (in process only: they are about the aggregation rule, and take 80 rounds
+// a run).
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -14,15 +16,17 @@
 #include <future>
 #include <mutex>
 #include <thread>
+#include <tuple>
 
 #include "cleave/client/round_participant.h"
 #include "cleave/client/split_trainer.h"
 #include "cleave/core/dataset.h"
 #include "cleave/protocol/status_error.h"
 #include "cleave/protocol/tensor_message.h"
-#include "cleave/server/in_process_link.h"
 #include "cleave/server/split_server.h"
 #include "cleave/server/status_mapping.h"
+#include "cleave/test_support/test_server.h"
+#include "cleave/test_support/tiny_data.h"
 
 namespace cleave {
 namespace {
@@ -32,25 +36,14 @@ using namespace std::chrono_literals;
 constexpr int64_t kFeatures = 12;
 constexpr int64_t kCutWidth = 16;
 
-ModelSpec MlpSpec() {
-  ModelSpec spec;
-  spec.architecture = "mlp";
-  spec.input_shape = {kFeatures};
-  spec.hidden = {kCutWidth, 8};
-  spec.num_classes = 3;
-  spec.cut = 1;
-  return spec;
-}
+using test_support::LinkKind;
+using test_support::TestServer;
+
+ModelSpec MlpSpec() { return test_support::MlpSpec(kFeatures, {kCutWidth, 8}, 3); }
 
 // Labels from a fixed linear rule on the features: learnable to well above 90%.
 Dataset Synthetic(int64_t rows, uint64_t seed) {
-  const at::Generator generator = at::detail::createCPUGenerator(seed);
-  Dataset data;
-  data.inputs = at::randn({rows, kFeatures}, generator, at::TensorOptions().dtype(at::kFloat));
-  const at::Tensor rule = at::arange(kFeatures * 3, at::kFloat).reshape({kFeatures, 3}).sin();
-  data.labels = data.inputs.matmul(rule).argmax(1);
-  data.num_classes = 3;
-  return data;
+  return test_support::LinearRuleData(rows, seed, kFeatures, 3);
 }
 
 const Dataset& TestSet() {
@@ -79,36 +72,36 @@ server::SplitServerOptions RoundServer(int min_clients, int64_t rounds) {
 // `on_sync` (if set) sees every Sync reply before the hospital does.
 class HospitalLink final : public protocol::SplitLink {
  public:
-  HospitalLink(server::SplitServer& server, std::string identity, double factor,
+  HospitalLink(const TestServer& server, const std::string& identity, double factor,
                std::function<void(const v1::SyncReply&)> on_sync)
-      : link_(server, std::move(identity)), factor_(factor), on_sync_(std::move(on_sync)) {}
-  v1::JoinReply Join(const v1::JoinRequest& request) override { return link_.Join(request); }
-  void OpenTrainStream() override {}
+      : link_(server.Link(identity)), factor_(factor), on_sync_(std::move(on_sync)) {}
+  v1::JoinReply Join(const v1::JoinRequest& request) override { return link_->Join(request); }
+  void OpenTrainStream() override { link_->OpenTrainStream(); }
   v1::TrainReply TrainStep(const v1::TrainRequest& request) override {
-    return link_.TrainStep(request);
+    return link_->TrainStep(request);
   }
-  void CloseTrainStream() override {}
+  void CloseTrainStream() override { link_->CloseTrainStream(); }
   v1::EvaluateReply Evaluate(const v1::EvaluateRequest& request) override {
-    return link_.Evaluate(request);
+    return link_->Evaluate(request);
   }
-  void Leave(const v1::LeaveRequest& request) override { link_.Leave(request); }
+  void Leave(const v1::LeaveRequest& request) override { link_->Leave(request); }
   v1::SyncReply Sync(const v1::SyncRequest& request) override {
-    v1::SyncReply reply = link_.Sync(request);
+    v1::SyncReply reply = link_->Sync(request);
     if (on_sync_) on_sync_(reply);
     return reply;
   }
   v1::UpdateReply SubmitUpdate(const v1::UpdateRequest& request) override {
-    if (factor_ == 1.0) return link_.SubmitUpdate(request);
+    if (factor_ == 1.0) return link_->SubmitUpdate(request);
     protocol::TensorSpec spec;
     spec.max_batch = 1 << 20;
     const at::Tensor delta = protocol::DecodeTensor(request.delta(), spec).dense;
     v1::UpdateRequest poisoned = request;
     protocol::EncodeDense(delta * factor_, poisoned.mutable_delta());
-    return link_.SubmitUpdate(poisoned);
+    return link_->SubmitUpdate(poisoned);
   }
 
  private:
-  server::InProcessLink link_;
+  std::unique_ptr<protocol::SplitLink> link_;
   double factor_;
   std::function<void(const v1::SyncReply&)> on_sync_;
 };
@@ -126,14 +119,15 @@ struct RunResult {
 };
 
 // Trains the hospitals in splitfed rounds until DONE; `attack` runs on this thread meanwhile.
-RunResult RunRounds(server::SplitServer& server, const std::vector<Hospital>& hospitals,
+RunResult RunRounds(const TestServer& test_server, const std::vector<Hospital>& hospitals,
                     const std::function<void()>& attack = {}) {
+  server::SplitServer& server = test_server.split_server();
   std::vector<std::unique_ptr<HospitalLink>> links;
   std::vector<std::unique_ptr<client::SplitTrainer>> trainers;
   std::vector<Dataset> shards;
   for (size_t i = 0; i < hospitals.size(); ++i) {
     links.push_back(std::make_unique<HospitalLink>(
-        server, hospitals[i].name, hospitals[i].delta_factor, hospitals[i].on_sync));
+        test_server, hospitals[i].name, hospitals[i].delta_factor, hospitals[i].on_sync));
     client::TrainerOptions options;
     options.model = MlpSpec();
     options.batch_size = 16;
@@ -171,7 +165,7 @@ constexpr int64_t kRounds = 8;
 // One honest hospital alone: what the attacked runs are held against.
 double BaselineAccuracy() {
   static const double accuracy = [] {
-    server::SplitServer server(RoundServer(1, kRounds));
+    const TestServer server(RoundServer(1, kRounds), LinkKind::kInProcess);
     const RunResult result = RunRounds(server, {{"st-mary"}});
     EXPECT_TRUE(result.finite);
     return result.accuracy;
@@ -241,14 +235,15 @@ struct AttackCase {
   void (*attack)(server::SplitServer& server, const std::function<void()>& release);
 };
 
-class HostileHospitalTest : public ::testing::TestWithParam<AttackCase> {};
+class HostileHospitalTest : public ::testing::TestWithParam<std::tuple<AttackCase, LinkKind>> {};
 
 TEST_P(HostileHospitalTest, IsRefusedAndTheHonestHospitalFinishesAsWell) {
   const double baseline = BaselineAccuracy();
   ASSERT_GT(baseline, 0.85) << "the task should be learnable";
   server::SplitServerOptions options = RoundServer(1, kRounds);
   options.session_idle_timeout = 1h;  // expiry is driven by the test's clock
-  server::SplitServer server(options);
+  const TestServer test_server(options, std::get<LinkKind>(GetParam()));
+  server::SplitServer& server = test_server.split_server();
   // The honest hospital trains while the attack runs, but waits before round 3 until the attack
   // releases it and before its last round until the attack is over: every attack meets a
   // hospital still training.
@@ -264,8 +259,8 @@ TEST_P(HostileHospitalTest, IsRefusedAndTheHonestHospitalFinishesAsWell) {
   const std::function<void()> release = [&] {
     std::call_once(once, [&] { released.set_value(); });
   };
-  const RunResult result = RunRounds(server, {honest}, [&] {
-    GetParam().attack(server, release);
+  const RunResult result = RunRounds(test_server, {honest}, [&] {
+    std::get<AttackCase>(GetParam()).attack(server, release);
     release();
     attack_over.set_value();
   });
@@ -342,8 +337,14 @@ const AttackCase kAttacks[] = {
      }},
 };
 
-INSTANTIATE_TEST_SUITE_P(Attacks, HostileHospitalTest, ::testing::ValuesIn(kAttacks),
-                         [](const auto& info) { return std::string(info.param.name); });
+INSTANTIATE_TEST_SUITE_P(Attacks, HostileHospitalTest,
+                         ::testing::Combine(::testing::ValuesIn(kAttacks),
+                                            ::testing::Values(LinkKind::kGrpc,
+                                                              LinkKind::kInProcess)),
+                         [](const auto& info) {
+                           return std::string(std::get<AttackCase>(info.param).name) + "Over" +
+                                  test_support::LinkName(std::get<LinkKind>(info.param));
+                         });
 
 constexpr int64_t kPoisonRounds = 80;
 
@@ -354,7 +355,7 @@ double MeanAccuracy(server::Aggregation aggregation, double factor, int runs = 2
   for (int run = 0; run < runs; ++run) {
     server::SplitServerOptions options = RoundServer(3, kPoisonRounds);
     options.rounds.aggregation.method = aggregation;
-    server::SplitServer server(options);
+    const TestServer server(options, LinkKind::kInProcess);
     const RunResult result =
         RunRounds(server, {{"st-mary"}, {"riverside"}, {"general-east", factor}});
     EXPECT_TRUE(result.finite);

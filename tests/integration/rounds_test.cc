@@ -1,11 +1,10 @@
-// Several hospitals on one server over loopback gRPC with mutual TLS (throwaway certificates,
-// port 0): splitfed and sequential rounds checked against a reference average computed here from
-// the updates the hospitals actually sent, a hospital killed mid-round that rejoins at the
-// current version, and updates counted so that none is applied twice or lost.
+// Several hospitals on one server: splitfed and sequential rounds checked against a reference
+// average computed here from the updates the hospitals actually sent (over each link: loopback
+// gRPC with mutual TLS, and in process), and, over gRPC, a hospital killed mid-round (its stream
+// cancelled) that rejoins at the current version and a server restarted on its port; updates are
+// counted so that none is applied twice or lost.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
-
-#include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
@@ -16,41 +15,26 @@
 #include "cleave/client/grpc_link.h"
 #include "cleave/client/round_participant.h"
 #include "cleave/client/split_trainer.h"
-#include "cleave/core/certificates.h"
 #include "cleave/core/dataset.h"
 #include "cleave/protocol/status_error.h"
 #include "cleave/protocol/tensor_message.h"
-#include "cleave/server/grpc_server.h"
 #include "cleave/server/split_server.h"
-#include "cleave/test_support/test_pki.h"
+#include "cleave/test_support/temp_dir.h"
+#include "cleave/test_support/test_server.h"
+#include "cleave/test_support/tiny_data.h"
 
 namespace cleave {
 namespace {
 
 using namespace std::chrono_literals;
 
-const test_support::TestPki& TestPki() { return test_support::Pki(); }
+using test_support::LinkKind;
+using test_support::TestServer;
 
-ModelSpec MlpSpec() {
-  ModelSpec spec;
-  spec.architecture = "mlp";
-  spec.input_shape = {12};
-  spec.hidden = {16, 8};
-  spec.num_classes = 3;
-  spec.cut = 1;
-  return spec;
-}
+ModelSpec MlpSpec() { return test_support::MlpSpec(12, {16, 8}, 3); }
 
 // Labels from a fixed linear rule on the features, so the task is learnable.
-Dataset Synthetic(int64_t rows, uint64_t seed) {
-  at::manual_seed(seed);
-  Dataset data;
-  data.inputs = at::randn({rows, 12});
-  const at::Tensor rule = at::arange(36, at::kFloat).reshape({12, 3}).sin();
-  data.labels = data.inputs.matmul(rule).argmax(1);
-  data.num_classes = 3;
-  return data;
-}
+Dataset Synthetic(int64_t rows, uint64_t seed) { return test_support::LinearRuleData(rows, seed); }
 
 // What a hospital sent and heard, for the reference computation.
 struct RecordedUpdate {
@@ -67,12 +51,16 @@ struct Recorder {
   std::map<std::string, std::vector<int64_t>> versions_received;  // per hospital, from Sync
 };
 
-// A SplitLink that forwards to gRPC and records updates and the versions Sync handed out.
+// A SplitLink that forwards to the test's link and records updates and the versions Sync handed
+// out.
 class RecordingLink final : public protocol::SplitLink {
  public:
-  RecordingLink(const client::ConnectOptions& connect, std::string name, Recorder& recorder,
-                int64_t parameters)
-      : link_(connect), name_(std::move(name)), recorder_(recorder), parameters_(parameters) {}
+  RecordingLink(const TestServer& server, std::string name, Recorder& recorder, int64_t parameters)
+      : owned_(server.Link(name)),
+        link_(*owned_),
+        name_(std::move(name)),
+        recorder_(recorder),
+        parameters_(parameters) {}
   v1::JoinReply Join(const v1::JoinRequest& request) override { return link_.Join(request); }
   void OpenTrainStream() override { link_.OpenTrainStream(); }
   v1::TrainReply TrainStep(const v1::TrainRequest& request) override {
@@ -104,10 +92,11 @@ class RecordingLink final : public protocol::SplitLink {
     }
     return reply;
   }
-  client::GrpcLink& grpc() { return link_; }
+  client::GrpcLink& grpc() { return dynamic_cast<client::GrpcLink&>(link_); }
 
  private:
-  client::GrpcLink link_;
+  std::unique_ptr<protocol::SplitLink> owned_;
+  protocol::SplitLink& link_;
   std::string name_;
   Recorder& recorder_;
   int64_t parameters_;
@@ -115,26 +104,14 @@ class RecordingLink final : public protocol::SplitLink {
 
 class RoundsTest : public ::testing::Test {
  protected:
-  void Start(server::SplitServerOptions options) {
-    server::RouteGrpcLogsToSpdlog();
+  // The link the hospitals use; over gRPC unless a parameterised test says otherwise.
+  virtual LinkKind Link() const { return LinkKind::kGrpc; }
+
+  void Start(server::SplitServerOptions options, int port = 0) {
     options.model = MlpSpec();
     options.max_batch = 64;
-    split_server_ = std::make_unique<server::SplitServer>(options);
-    server::ListenOptions listen;
-    listen.address = "127.0.0.1:0";
-    listen.tls = TestPki().ServerFiles();
-    grpc_server_ = std::make_unique<server::GrpcServer>(*split_server_, listen);
-  }
-  void TearDown() override {
-    if (grpc_server_) grpc_server_->Shutdown(0);
-  }
-
-  client::ConnectOptions Connect(const std::string& name) const {
-    client::ConnectOptions connect;
-    connect.target = "localhost:" + std::to_string(grpc_server_->port());
-    connect.tls = TestPki().ClientFiles(name);
-    connect.connect_timeout_seconds = 5;
-    return connect;
+    server_ = std::make_unique<TestServer>(options, Link(), port);
+    split_server_ = &server_->split_server();
   }
 
   static client::TrainerOptions Trainer(uint64_t seed) {
@@ -153,8 +130,7 @@ class RoundsTest : public ::testing::Test {
     std::vector<std::unique_ptr<RecordingLink>> links;
     std::vector<std::unique_ptr<client::SplitTrainer>> trainers;
     for (size_t i = 0; i < names.size(); ++i) {
-      links.push_back(
-          std::make_unique<RecordingLink>(Connect(names[i]), names[i], recorder_, Parameters()));
+      links.push_back(std::make_unique<RecordingLink>(*server_, names[i], recorder_, Parameters()));
       trainers.push_back(std::make_unique<client::SplitTrainer>(Trainer(i + 1), *links[i]));
     }
     std::vector<std::thread> threads;
@@ -189,8 +165,8 @@ class RoundsTest : public ::testing::Test {
     return weights;
   }
 
-  std::unique_ptr<server::SplitServer> split_server_;
-  std::unique_ptr<server::GrpcServer> grpc_server_;
+  std::unique_ptr<TestServer> server_;
+  server::SplitServer* split_server_ = nullptr;
   Recorder recorder_;
   std::vector<client::ParticipationStats> stats_;
   std::vector<at::Tensor> final_weights_;
@@ -207,7 +183,13 @@ server::SplitServerOptions RoundServer(server::Schedule schedule, int64_t rounds
   return options;
 }
 
-TEST_F(RoundsTest, ThreeHospitalsSplitFedAverageMatchesTheReference) {
+// The rounds themselves, over each link.
+class ScheduledRoundsTest : public RoundsTest, public ::testing::WithParamInterface<LinkKind> {
+ protected:
+  LinkKind Link() const override { return GetParam(); }
+};
+
+TEST_P(ScheduledRoundsTest, ThreeHospitalsSplitFedAverageMatchesTheReference) {
   Start(RoundServer(server::Schedule::kSplitFed, 4));
   const at::Tensor initial = split_server_->rounds()->Snapshot().weights;
   const std::vector<Dataset> shards = PartitionIid(Synthetic(1500, 7), 3, 1);
@@ -235,7 +217,7 @@ TEST_F(RoundsTest, ThreeHospitalsSplitFedAverageMatchesTheReference) {
   }
 }
 
-TEST_F(RoundsTest, ThreeHospitalsSequentialPassTheWeightsOn) {
+TEST_P(ScheduledRoundsTest, ThreeHospitalsSequentialPassTheWeightsOn) {
   Start(RoundServer(server::Schedule::kSequential, 6));
   const at::Tensor initial = split_server_->rounds()->Snapshot().weights;
   const std::vector<Dataset> shards = PartitionIid(Synthetic(1500, 8), 3, 2);
@@ -256,6 +238,11 @@ TEST_F(RoundsTest, ThreeHospitalsSequentialPassTheWeightsOn) {
   EXPECT_TRUE(at::allclose(state.weights, ReferenceWeights(initial, 6), 1e-4, 1e-5));
 }
 
+INSTANTIATE_TEST_SUITE_P(Links, ScheduledRoundsTest,
+                         ::testing::Values(LinkKind::kGrpc, LinkKind::kInProcess),
+                         [](const auto& info) { return test_support::LinkName(info.param); });
+
+// Over gRPC: a killed hospital is a cancelled stream, a restarted server a closed port.
 TEST_F(RoundsTest, AKilledHospitalDoesNotStallTheRoundAndRejoinsAtTheCurrentVersion) {
   server::SplitServerOptions options = RoundServer(server::Schedule::kSplitFed, 20);
   options.rounds.round_samples = 800;  // long enough rounds for the restarted hospital to join
@@ -266,16 +253,17 @@ TEST_F(RoundsTest, AKilledHospitalDoesNotStallTheRoundAndRejoinsAtTheCurrentVers
   const std::vector<Dataset> shards = PartitionIid(Synthetic(1000, 9), 2, 3);
 
   std::thread survivor([&] {
-    RecordingLink link(Connect("st-mary"), "st-mary", recorder_, Parameters());
+    RecordingLink link(*server_, "st-mary", recorder_, Parameters());
     client::SplitTrainer trainer(Trainer(1), link);
     client::RoundParticipantOptions participant_options;
     participant_options.sync_wait_ms = 1000;
     client::RoundParticipant participant(trainer, participant_options);
     stats_.push_back(participant.Run(shards[0], shards[0].size(), nullptr));
   });
-  // The doomed hospital joins (the first round needs two), takes part in round 1 and dies mid-round (its connection drops).
+  // The doomed hospital joins (the first round needs two), takes part in round 1 and dies mid-round
+  // (its connection drops).
   {
-    RecordingLink link(Connect("riverside"), "riverside", recorder_, Parameters());
+    RecordingLink link(*server_, "riverside", recorder_, Parameters());
     client::SplitTrainer trainer(Trainer(2), link);
     trainer.Join(shards[1].size());
     const v1::SyncReply sync = trainer.Sync(-1, 1000);
@@ -287,7 +275,7 @@ TEST_F(RoundsTest, AKilledHospitalDoesNotStallTheRoundAndRejoinsAtTheCurrentVers
   ASSERT_TRUE(split_server_->rounds()->WaitForRound(2, 30s));
   const int64_t version_at_restart = split_server_->rounds()->version();
   ASSERT_GE(version_at_restart, 2);
-  RecordingLink link(Connect("riverside"), "riverside", recorder_, Parameters());
+  RecordingLink link(*server_, "riverside", recorder_, Parameters());
   client::SplitTrainer trainer(Trainer(2), link);
   client::RoundParticipant participant(trainer, {});
   const client::ParticipationStats rejoined = participant.Run(shards[1], shards[1].size(), nullptr);
@@ -295,8 +283,8 @@ TEST_F(RoundsTest, AKilledHospitalDoesNotStallTheRoundAndRejoinsAtTheCurrentVers
 
   const auto& versions = recorder_.versions_received["riverside"];
   ASSERT_GE(versions.size(), 2u);
-  EXPECT_EQ(versions[0], 0);                     // before it died
-  EXPECT_GE(versions[1], version_at_restart);   // after the restart: the current version
+  EXPECT_EQ(versions[0], 0);                   // before it died
+  EXPECT_GE(versions[1], version_at_restart);  // after the restart: the current version
   EXPECT_TRUE(split_server_->rounds()->finished());
   EXPECT_GE(rejoined.rounds_trained, 1);
   const server::RoundState state = split_server_->rounds()->Snapshot();
@@ -305,22 +293,21 @@ TEST_F(RoundsTest, AKilledHospitalDoesNotStallTheRoundAndRejoinsAtTheCurrentVers
 }
 
 TEST_F(RoundsTest, HospitalsReconnectToARestartedServerThatResumesItsRound) {
-  const std::string checkpoint =
-      ::testing::TempDir() + "cleave_rounds_restart_" + std::to_string(::getpid()) + ".ckpt";
-  std::remove(checkpoint.c_str());
+  const test_support::TempDir dir;
+  const std::string checkpoint = dir.File("server.ckpt");
   server::SplitServerOptions options = RoundServer(server::Schedule::kSplitFed, 12);
   options.rounds.min_clients = 2;
   options.rounds.round_samples = 800;
   options.checkpoint_path = checkpoint;
   Start(options);
-  const int port = grpc_server_->port();
+  const int port = server_->port();
   const std::vector<Dataset> shards = PartitionIid(Synthetic(1000, 10), 2, 4);
-  std::vector<std::unique_ptr<client::GrpcLink>> links;
+  std::vector<std::unique_ptr<protocol::SplitLink>> links;
   std::vector<std::unique_ptr<client::SplitTrainer>> trainers;
   std::vector<std::thread> threads;
   stats_.assign(2, {});
   for (int i = 0; i < 2; ++i) {
-    links.push_back(std::make_unique<client::GrpcLink>(Connect("hospital-" + std::to_string(i))));
+    links.push_back(server_->Link("hospital-" + std::to_string(i)));
     trainers.push_back(std::make_unique<client::SplitTrainer>(Trainer(i + 1), *links[i]));
   }
   for (int i = 0; i < 2; ++i) {
@@ -335,25 +322,17 @@ TEST_F(RoundsTest, HospitalsReconnectToARestartedServerThatResumesItsRound) {
   }
   ASSERT_TRUE(split_server_->rounds()->WaitForRound(3, 30s));
   // The server dies (no clean shutdown of its state: only what it checkpointed survives) ...
-  grpc_server_->Shutdown(0);
-  grpc_server_.reset();
-  split_server_.reset();
+  server_.reset();
   // ... and comes back on the same port from its checkpoint.
   options.resume = true;
-  options.model = MlpSpec();  // as Start() set it
-  options.max_batch = 64;
   try {
-    split_server_ = std::make_unique<server::SplitServer>(options);
+    Start(options, port);
   } catch (const std::exception& error) {
     ADD_FAILURE() << "the server did not resume: " << error.what();
     std::_Exit(1);  // the hospital threads cannot be stopped from here
   }
   const int64_t resumed_round = split_server_->rounds()->round();
   EXPECT_GE(resumed_round, 4);
-  server::ListenOptions listen;
-  listen.address = "127.0.0.1:" + std::to_string(port);
-  listen.tls = TestPki().ServerFiles();
-  grpc_server_ = std::make_unique<server::GrpcServer>(*split_server_, listen);
   for (auto& thread : threads) thread.join();
 
   const server::RoundState state = split_server_->rounds()->Snapshot();
@@ -364,7 +343,6 @@ TEST_F(RoundsTest, HospitalsReconnectToARestartedServerThatResumesItsRound) {
   for (int i = 0; i < 2; ++i) {
     EXPECT_TRUE(at::allclose(trainers[i]->ClientWeights(), state.weights)) << i;
   }
-  std::remove(checkpoint.c_str());
 }
 
 }  // namespace

@@ -23,6 +23,7 @@
 #include "cleave/server/split_server.h"
 #include "cleave/test_support/raw_channel.h"
 #include "cleave/test_support/test_pki.h"
+#include "server_requests.h"
 
 namespace cleave::server {
 namespace {
@@ -34,13 +35,9 @@ constexpr char kTrainPath[] = "/cleave.v1.SplitLearning/Train";
 // Tag 0 with wire type 7: no protobuf parser accepts it.
 const std::string kGarbage("\x07\x07\x07 not a protobuf message", 27);
 
-SplitServerOptions MlpOptions() {
-  SplitServerOptions options;
-  options.model.architecture = "mlp";
-  options.model.input_shape = {8};
-  options.model.num_classes = 3;
-  options.model.cut = 1;
-  options.max_batch = 16;
+// The unit tests' tiny server, with a small message limit.
+SplitServerOptions SmallMessageOptions() {
+  SplitServerOptions options = test::MlpOptions();
   options.max_message_bytes = 4 << 20;
   return options;
 }
@@ -67,7 +64,7 @@ class GrpcServerTest : public ::testing::Test {
     if (grpc_server_) grpc_server_->Shutdown(0);
   }
 
-  void Start(ListenOptions listen = {}, const SplitServerOptions& options = MlpOptions()) {
+  void Start(ListenOptions listen = {}, const SplitServerOptions& options = SmallMessageOptions()) {
     split_server_ = std::make_unique<SplitServer>(options);
     listen.address = "127.0.0.1:0";
     listen.tls = Pki().ServerFiles();
@@ -134,7 +131,7 @@ class GrpcServerTest : public ::testing::Test {
 
 TEST_F(GrpcServerTest, SecondServerOnAnOccupiedPortThrows) {
   Start();
-  SplitServer other(MlpOptions());
+  SplitServer other(SmallMessageOptions());
   ListenOptions listen;
   listen.address = "127.0.0.1:" + std::to_string(grpc_server_->port());
   listen.tls = Pki().ServerFiles();
@@ -211,7 +208,7 @@ TEST_F(GrpcServerTest, TrainErrorReleasesTheSession) {
 }
 
 TEST_F(GrpcServerTest, StrangerFloodIsRefusedBeforeAnyRequestIsRead) {
-  SplitServerOptions options = MlpOptions();
+  SplitServerOptions options = test::MlpOptions();
   options.max_message_bytes = 64 << 20;
   options.allowed_clients = {"st-mary"};
   Start({}, options);

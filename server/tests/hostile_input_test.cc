@@ -26,20 +26,11 @@ namespace cleave::server {
 namespace {
 
 using test::JoinFor;
+using test::MlpOptions;
 using test::SyncFor;
 using test::UpdateFor;
 
-constexpr int64_t kWidth = 128;  // cut width of the mlp below
-
-SplitServerOptions MlpOptions() {
-  SplitServerOptions options;
-  options.model.architecture = "mlp";
-  options.model.input_shape = {8};
-  options.model.num_classes = 3;
-  options.model.cut = 1;
-  options.max_batch = 16;
-  return options;
-}
+constexpr int64_t kWidth = 128;  // cut width of MlpOptions()'s model
 
 SplitServerOptions SplitFed(int min_clients) {
   SplitServerOptions options = MlpOptions();

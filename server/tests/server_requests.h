@@ -1,4 +1,5 @@
-// Well-formed requests to a SplitServer, for the server's tests (hostile ones start from these).
+// A tiny server and well-formed requests to it, for the server's tests (hostile ones start from
+// these).
 #pragma once
 
 #include <ATen/Tensor.h>
@@ -10,6 +11,18 @@
 #include "cleave/server/split_server.h"
 
 namespace cleave::server::test {
+
+// The server of most unit tests: an MLP over 8 features, 3 classes, cut after its first layer,
+// batches of at most 16.
+inline SplitServerOptions MlpOptions() {
+  SplitServerOptions options;
+  options.model.architecture = "mlp";
+  options.model.input_shape = {8};
+  options.model.num_classes = 3;
+  options.model.cut = 1;
+  options.max_batch = 16;
+  return options;
+}
 
 inline v1::JoinRequest JoinFor(const SplitServer& server) {
   v1::JoinRequest request;

@@ -22,18 +22,9 @@ namespace cleave::server {
 namespace {
 
 using test::JoinFor;
+using test::MlpOptions;
 using test::SyncFor;
 using test::UpdateFor;
-
-SplitServerOptions MlpOptions() {
-  SplitServerOptions options;
-  options.model.architecture = "mlp";
-  options.model.input_shape = {8};
-  options.model.num_classes = 3;
-  options.model.cut = 1;
-  options.max_batch = 16;
-  return options;
-}
 
 v1::TrainRequest Batch(const std::string& session, int64_t width, int64_t batch = 4) {
   v1::TrainRequest request;

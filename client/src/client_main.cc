@@ -302,7 +302,8 @@ int Run(int argc, char** argv) {
   const auto progress = cleave::client::ParseProgressMode(f.progress_mode);
   f.options.model = f.model_flags.Spec();
   const cleave::client::ConnectOptions connect = ResolveConnection(f);
-  const cleave::client::TrainingData data = cleave::client::LoadTrainingData(f.data_flags);
+  const cleave::client::TrainingData data =
+      cleave::client::LoadTrainingData(f.data_flags, f.options.model.num_classes);
   if (!f.metrics_out.empty()) {
     // Fail on an unwritable metrics path now, not after hours of training.
     cleave::WriteFileAtomic(f.metrics_out, "{}\n");

@@ -29,6 +29,20 @@ expect_error 2 "$dir/nope-ca.crt" "$client" --ca "$dir/nope-ca.crt" --cert "$P/c
 expect_error 2 "$P/clients/st-mary.crt" "$client" --ca "$P/ca.crt" --cert "$P/clients/st-mary.crt" --key "$P/server.key"
 expect_error 2 "$dir/no-data" "$client" "${tls_client[@]}" --data-dir "$dir/no-data"
 expect_error 2 "$dir/no.csv" "$client" "${tls_client[@]}" --dataset csv --csv "$dir/no.csv"
+# CSV data: the label map, test columns by name, an empty test split, the delimiter.
+printf 'a,b,label\n1,2,0\n3,4,1\n5,6,1\n' >"$dir/train.csv"
+printf 'b,a,label\n2,1,0\n4,3,2\n' >"$dir/test.csv"
+printf 'a,c,label\n1,2,0\n' >"$dir/renamed.csv"
+printf 'a,b,label\n1,2,no\n3,4,yes\n' >"$dir/words.csv"
+csv=("$client" "${tls_client[@]}" --dataset csv --model mlp --input-shape 2 --classes 2)
+expect_error 2 "'$dir/test.csv' line 3: label '2' is not a class number in 0..1" "${csv[@]}" --csv "$dir/train.csv" --test-csv "$dir/test.csv"
+expect_error 2 "missing 'b'; unexpected 'c'" "${csv[@]}" --csv "$dir/train.csv" --test-csv "$dir/renamed.csv"
+expect_error 2 "--labels a,b,c" "${csv[@]}" --csv "$dir/words.csv"
+expect_error 2 "not one of the class names 'yes', 'maybe'" "${csv[@]}" --csv "$dir/words.csv" --labels yes,maybe
+expect_error 2 "--labels names 3 classes but --classes is 2" "${csv[@]}" --csv "$dir/words.csv" --labels no,yes,maybe
+expect_error 2 "holds out no test rows" "${csv[@]}" --csv "$dir/train.csv" --test-fraction 0.1
+expect_error 2 "--csv-delimiter must be one character" "${csv[@]}" --csv "$dir/train.csv" --csv-delimiter ';;'
+expect_error 2 "has no column 'label'" "${csv[@]}" --csv "$dir/train.csv" --csv-delimiter tab
 expect_error 2 "$dir/missing.ckpt" "$server" --listen 127.0.0.1:0 "${tls_server[@]}" --checkpoint "$dir/missing.ckpt" --resume --require-checkpoint
 expect_error 2 "--epochs" "$client" "${tls_client[@]}" --epochs many
 # Round settings.
@@ -62,7 +76,10 @@ for flag in --checkpoint-every --schedule --rounds --round-samples --round-deadl
             --max-large-requests-mb; do
   grep -qE -- "^ +$flag " "$dir/server-help" || fail "server --help does not explain $flag"
 done
-grep -qE -- "^ +--metrics-out " "$dir/client-help" || fail "client --help"
+for flag in --metrics-out --csv --test-csv --label-column --labels --csv-delimiter --test-fraction \
+            --input-shape --classes; do
+  grep -qE -- "^ +$flag " "$dir/client-help" || fail "client --help does not explain $flag"
+done
 "$server" --listen 127.0.0.1:0 --insecure >"$dir/out" 2>"$dir/err" &
 pid=$!
 for _ in $(seq 100); do grep -q "listening on port" "$dir/out" && break; sleep 0.1; done

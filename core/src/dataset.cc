@@ -205,30 +205,146 @@ std::vector<std::string> SplitLine(const std::string& line, char delimiter) {
   return cells;
 }
 
-}  // namespace
+// Names as "'a', 'b', 'c'" for messages.
+std::string QuotedList(const std::vector<std::string>& names) {
+  std::string out;
+  for (const std::string& name : names) out += (out.empty() ? "'" : ", '") + name + "'";
+  return out;
+}
 
-Dataset LoadCsv(const std::string& path, const CsvOptions& options) {
-  const std::string text = ReadFile(path, "CSV file");
-  std::stringstream stream(text);
-  std::string line;
-  CLEAVE_CHECK_USER(static_cast<bool>(std::getline(stream, line)), "CSV file '", path,
-                    "' is empty (expected a header row)");
+// Turns label cells into class indices with the label map every file shares.
+class LabelMap {
+ public:
+  explicit LabelMap(const CsvOptions& options) : num_classes_(options.num_classes) {
+    const std::vector<std::string>& names = options.class_names;
+    if (!names.empty()) {
+      CLEAVE_CHECK_USER(num_classes_ == 0 || num_classes_ == static_cast<int64_t>(names.size()),
+                        names.size(), " class names given for a model with ", num_classes_,
+                        " classes");
+      num_classes_ = static_cast<int64_t>(names.size());
+      for (size_t i = 0; i < names.size(); ++i) {
+        CLEAVE_CHECK_USER(!names[i].empty(), "class name ", i, " is empty");
+        CLEAVE_CHECK_USER(names_.emplace(names[i], static_cast<int64_t>(i)).second, "class name '",
+                          names[i], "' appears twice");
+      }
+    }
+    CLEAVE_CHECK_USER(num_classes_ >= 1, "the number of classes must be at least 1, got ",
+                      num_classes_);
+  }
+
+  int64_t num_classes() const { return num_classes_; }
+
+  int64_t Label(const std::string& path, int64_t line, const std::string& cell) const {
+    if (!names_.empty()) {
+      const auto it = names_.find(cell);
+      if (it == names_.end()) {
+        std::vector<std::string> names(names_.size());
+        for (const auto& [name, index] : names_) names[index] = name;
+        throw CsvLabelError(detail::Concat("CSV file '", path, "' line ", line, ": label '", cell,
+                                           "' is not one of the class names ", QuotedList(names)));
+      }
+      return it->second;
+    }
+    char* end = nullptr;
+    const double value = std::strtod(cell.c_str(), &end);
+    if (cell.empty() || *end != '\0' || !std::isfinite(value)) {
+      throw CsvLabelError(detail::Concat("CSV file '", path, "' line ", line, ": label '", cell,
+                                         "' is not a class number (string labels need the list "
+                                         "of class names)"));
+    }
+    if (value != std::floor(value) || value < 0 || value >= static_cast<double>(num_classes_)) {
+      throw CsvLabelError(detail::Concat("CSV file '", path, "' line ", line, ": label '", cell,
+                                         "' is not a class number in 0..", num_classes_ - 1,
+                                         " (the model has ", num_classes_, " classes)"));
+    }
+    return static_cast<int64_t>(value);
+  }
+
+ private:
+  int64_t num_classes_;
+  std::map<std::string, int64_t> names_;
+};
+
+// The header's column names, checked: none empty, none repeated, the label column present.
+std::vector<std::string> ReadCsvHeader(const std::string& path, const std::string& line,
+                                       const CsvOptions& options) {
   const std::vector<std::string> header = SplitLine(line, options.delimiter);
-  const auto label_it = std::find(header.begin(), header.end(), options.label_column);
-  CLEAVE_CHECK_USER(label_it != header.end(), "CSV file '", path, "' has no column '",
-                    options.label_column, "' (the label column)");
-  const size_t label_index = static_cast<size_t>(label_it - header.begin());
   std::set<std::string> names;
   for (const std::string& name : header) {
     CLEAVE_CHECK_USER(!name.empty(), "CSV file '", path, "' line 1: empty column name");
     CLEAVE_CHECK_USER(names.insert(name).second, "CSV file '", path, "' line 1: column '", name,
                       "' appears twice");
   }
-  const size_t num_features = header.size() - 1;
-  CLEAVE_CHECK_USER(num_features > 0, "CSV file '", path, "' has no feature columns");
+  CLEAVE_CHECK_USER(names.count(options.label_column) == 1, "CSV file '", path, "' has no column '",
+                    options.label_column, "' (the label column)");
+  CLEAVE_CHECK_USER(header.size() > 1, "CSV file '", path, "' has no feature columns");
+  return header;
+}
+
+// Where each of the data set's feature columns is in `header`: the expected columns by name,
+// or (none expected) every column but the label, in the file's order.
+std::vector<size_t> FeatureSources(const std::string& path, const std::vector<std::string>& header,
+                                   const CsvOptions& options) {
+  std::map<std::string, size_t> position;
+  for (size_t c = 0; c < header.size(); ++c) {
+    if (header[c] != options.label_column) position.emplace(header[c], c);
+  }
+  std::vector<size_t> sources;
+  if (options.feature_columns.empty()) {
+    for (size_t c = 0; c < header.size(); ++c) {
+      if (header[c] != options.label_column) sources.push_back(c);
+    }
+    return sources;
+  }
+  std::vector<std::string> missing, extra;
+  for (const std::string& name : options.feature_columns) {
+    const auto it = position.find(name);
+    if (it == position.end()) {
+      missing.push_back(name);
+    } else {
+      sources.push_back(it->second);
+      position.erase(it);
+    }
+  }
+  for (size_t c = 0; c < header.size(); ++c) {
+    if (position.count(header[c]) != 0) extra.push_back(header[c]);
+  }
+  CLEAVE_CHECK_USER(missing.empty() && extra.empty(), "CSV file '", path,
+                    "' does not have the expected feature columns:",
+                    missing.empty() ? "" : " missing " + QuotedList(missing),
+                    missing.empty() || extra.empty() ? "" : ";",
+                    extra.empty() ? "" : " unexpected " + QuotedList(extra));
+  return sources;
+}
+
+float ParseFeature(const std::string& path, int64_t line, const std::string& column,
+                   const std::string& cell) {
+  char* end = nullptr;
+  const double value = std::strtod(cell.c_str(), &end);
+  CLEAVE_CHECK_USER(!cell.empty() && end != nullptr && *end == '\0' && std::isfinite(value),
+                    "CSV file '", path, "' line ", line, ": column '", column,
+                    "' is not a finite number ('", cell, "')");
+  return static_cast<float>(value);
+}
+
+}  // namespace
+
+Dataset LoadCsv(const std::string& path, const CsvOptions& options,
+                std::vector<std::string>* feature_columns) {
+  const LabelMap label_map(options);
+  std::string text = ReadFile(path, "CSV file");
+  if (text.rfind("\xEF\xBB\xBF", 0) == 0) text.erase(0, 3);  // UTF-8 byte-order mark
+  std::stringstream stream(text);
+  std::string line;
+  CLEAVE_CHECK_USER(static_cast<bool>(std::getline(stream, line)), "CSV file '", path,
+                    "' is empty (expected a header row)");
+  const std::vector<std::string> header = ReadCsvHeader(path, line, options);
+  const size_t label_index = static_cast<size_t>(
+      std::find(header.begin(), header.end(), options.label_column) - header.begin());
+  const std::vector<size_t> sources = FeatureSources(path, header, options);
 
   std::vector<float> features;
-  std::vector<double> raw_labels;
+  std::vector<int64_t> labels;
   int64_t line_number = 1;
   while (std::getline(stream, line)) {
     ++line_number;
@@ -236,36 +352,23 @@ Dataset LoadCsv(const std::string& path, const CsvOptions& options) {
     const std::vector<std::string> cells = SplitLine(line, options.delimiter);
     CLEAVE_CHECK_USER(cells.size() == header.size(), "CSV file '", path, "' line ", line_number,
                       ": ", cells.size(), " cells, header has ", header.size());
-    for (size_t c = 0; c < cells.size(); ++c) {
-      char* end = nullptr;
-      const double value = std::strtod(cells[c].c_str(), &end);
-      CLEAVE_CHECK_USER(!cells[c].empty() && end != nullptr && *end == '\0' && std::isfinite(value),
-                        "CSV file '", path, "' line ", line_number, ": column '", header[c],
-                        "' is not a finite number ('", cells[c], "')");
-      if (c == label_index) {
-        CLEAVE_CHECK_USER(value == std::floor(value), "CSV file '", path, "' line ", line_number,
-                          ": label '", cells[c], "' is not an integer");
-        raw_labels.push_back(value);
-      } else {
-        features.push_back(static_cast<float>(value));
-      }
+    for (const size_t c : sources) {
+      features.push_back(ParseFeature(path, line_number, header[c], cells[c]));
     }
+    labels.push_back(label_map.Label(path, line_number, cells[label_index]));
   }
-  const int64_t rows = static_cast<int64_t>(raw_labels.size());
+  const auto rows = static_cast<int64_t>(labels.size());
   CLEAVE_CHECK_USER(rows > 0, "CSV file '", path, "' has no data rows");
-  // Labels become 0..C-1 in the sorted order of their distinct values.
-  std::map<double, int64_t> classes;
-  for (double label : raw_labels) classes.emplace(label, 0);
-  int64_t next = 0;
-  for (auto& entry : classes) entry.second = next++;
   Dataset data;
-  data.num_classes = static_cast<int64_t>(classes.size());
+  data.num_classes = label_map.num_classes();
   data.inputs =
-      at::from_blob(features.data(), {rows, static_cast<int64_t>(num_features)}, at::kFloat)
+      at::from_blob(features.data(), {rows, static_cast<int64_t>(sources.size())}, at::kFloat)
           .clone();
-  data.labels = at::empty({rows}, at::kLong);
-  int64_t* labels = data.labels.data_ptr<int64_t>();
-  for (int64_t i = 0; i < rows; ++i) labels[i] = classes.at(raw_labels[i]);
+  data.labels = at::from_blob(labels.data(), {rows}, at::kLong).clone();
+  if (feature_columns != nullptr) {
+    feature_columns->clear();
+    for (const size_t c : sources) feature_columns->push_back(header[c]);
+  }
   return data;
 }
 

@@ -151,51 +151,162 @@ TEST(FashionMnistTest, MissingDirectoryIsAUserError) {
   EXPECT_THROW(LoadFashionMnist("/nonexistent/fmnist", FashionMnistSplit::kTrain), UserError);
 }
 
-TEST(CsvTest, LoadsFeaturesAndRemapsLabels) {
-  test_support::TempDir dir;
-  WriteFileAtomic(dir.File("a.csv"), "age,outcome,bp\n50,7,120.5\n60,3,130\n70,7,140\n");
+CsvOptions Classes(int64_t num_classes) {
   CsvOptions options;
+  options.num_classes = num_classes;
+  return options;
+}
+
+// The message of the UserError `load` throws ("" if it throws none).
+template <typename Load>
+std::string UserErrorOf(Load load) {
+  try {
+    load();
+  } catch (const UserError& error) {
+    return error.what();
+  }
+  return "";
+}
+
+TEST(CsvTest, LoadsFeaturesAndKeepsNumericLabelsAsTheyAre) {
+  test_support::TempDir dir;
+  WriteFileAtomic(dir.File("a.csv"), "age,outcome,bp\n50,7,120.5\n60,3,130\n70,7.0,140\n");
+  CsvOptions options = Classes(8);
   options.label_column = "outcome";
-  const Dataset data = LoadCsv(dir.File("a.csv"), options);
+  std::vector<std::string> columns;
+  const Dataset data = LoadCsv(dir.File("a.csv"), options, &columns);
   EXPECT_EQ(data.size(), 3);
-  EXPECT_EQ(data.num_classes, 2);
+  EXPECT_EQ(data.num_classes, 8);  // the model's classes, not the file's distinct labels
   EXPECT_EQ(data.inputs.sizes(), (std::vector<int64_t>{3, 2}));
   EXPECT_FLOAT_EQ(data.inputs[0][1].item<float>(), 120.5f);
-  EXPECT_EQ(data.labels[0].item<int64_t>(), 1);  // 3 -> 0, 7 -> 1
-  EXPECT_EQ(data.labels[1].item<int64_t>(), 0);
+  EXPECT_EQ(data.labels[0].item<int64_t>(), 7);
+  EXPECT_EQ(data.labels[1].item<int64_t>(), 3);
+  EXPECT_EQ(data.labels[2].item<int64_t>(), 7);
+  EXPECT_EQ(columns, (std::vector<std::string>{"age", "bp"}));
+}
+
+TEST(CsvTest, AFileLackingClassesKeepsTheSharedLabels) {
+  // Digits 5-9 only: once renumbered to 0-4, now kept as they are.
+  test_support::TempDir dir;
+  WriteFileAtomic(dir.File("high.csv"), "x,label\n1,5\n2,9\n3,7\n");
+  const Dataset data = LoadCsv(dir.File("high.csv"), Classes(10));
+  EXPECT_EQ(data.num_classes, 10);
+  EXPECT_TRUE(data.labels.equal(at::tensor({5, 9, 7}, at::kLong)));
+}
+
+TEST(CsvTest, ALabelOutsideTheClassesIsAnErrorNamingFileLineAndValue) {
+  test_support::TempDir dir;
+  for (const std::string label : {"10", "-1", "2.5", "cat"}) {
+    WriteFileAtomic(dir.File("bad.csv"), "x,label\n1,3\n\n2," + label + "\n");
+    const std::string message = UserErrorOf([&] { LoadCsv(dir.File("bad.csv"), Classes(10)); });
+    EXPECT_NE(message.find(dir.File("bad.csv")), std::string::npos) << message;
+    EXPECT_NE(message.find("line 4"), std::string::npos) << message;
+    EXPECT_NE(message.find("'" + label + "'"), std::string::npos) << message;
+    EXPECT_THROW(LoadCsv(dir.File("bad.csv"), Classes(10)), CsvLabelError);
+  }
+  EXPECT_NE(UserErrorOf([&] {
+              LoadCsv(dir.File("bad.csv"), Classes(10));
+            }).find("string labels need the list of class names"),
+            std::string::npos);
+  EXPECT_THROW(LoadCsv(dir.File("bad.csv"), CsvOptions{}), UserError);  // no class count
+}
+
+TEST(CsvTest, StringLabelsMapToTheIndexOfTheirClassName) {
+  test_support::TempDir dir;
+  WriteFileAtomic(dir.File("s.csv"), "x,label\n1,cat\n2, dog\n3,bird\n4,cat\n");
+  CsvOptions options;
+  options.class_names = {"bird", "cat", "dog"};
+  const Dataset data = LoadCsv(dir.File("s.csv"), options);
+  EXPECT_EQ(data.num_classes, 3);
+  EXPECT_TRUE(data.labels.equal(at::tensor({1, 2, 0, 1}, at::kLong)));
+  options.num_classes = 3;  // consistent with the names
+  EXPECT_TRUE(LoadCsv(dir.File("s.csv"), options).labels.equal(data.labels));
+  options.num_classes = 4;
+  EXPECT_THROW(LoadCsv(dir.File("s.csv"), options), UserError);
+  options.num_classes = 0;
+  options.class_names = {"bird", "cat"};
+  const std::string message = UserErrorOf([&] { LoadCsv(dir.File("s.csv"), options); });
+  EXPECT_NE(message.find("line 3: label 'dog' is not one of the class names 'bird', 'cat'"),
+            std::string::npos)
+      << message;
+  options.class_names = {"bird", "cat", "bird"};
+  EXPECT_THROW(LoadCsv(dir.File("s.csv"), options), UserError);
+}
+
+TEST(CsvTest, ExpectedColumnsAreMatchedByName) {
+  test_support::TempDir dir;
+  WriteFileAtomic(dir.File("train.csv"), "a,b,label,c\n1,2,0,3\n4,5,1,6\n");
+  WriteFileAtomic(dir.File("reordered.csv"), "c,label,a,b\n3,0,1,2\n6,1,4,5\n");
+  std::vector<std::string> columns;
+  const Dataset train = LoadCsv(dir.File("train.csv"), Classes(2), &columns);
+  CsvOptions options = Classes(2);
+  options.feature_columns = columns;
+  const Dataset reordered = LoadCsv(dir.File("reordered.csv"), options);
+  EXPECT_TRUE(reordered.inputs.equal(train.inputs)) << reordered.inputs;
+  EXPECT_TRUE(reordered.labels.equal(train.labels));
+  // Without expected columns, the file's own order.
+  EXPECT_FALSE(LoadCsv(dir.File("reordered.csv"), Classes(2)).inputs.equal(train.inputs));
+}
+
+TEST(CsvTest, MissingOrExtraColumnsAreOneErrorNamingThem) {
+  test_support::TempDir dir;
+  CsvOptions options = Classes(2);
+  options.feature_columns = {"a", "b", "c"};
+  WriteFileAtomic(dir.File("missing.csv"), "a,label\n1,0\n");
+  WriteFileAtomic(dir.File("extra.csv"), "a,b,c,d,label\n1,2,3,4,0\n");
+  WriteFileAtomic(dir.File("renamed.csv"), "a,B,c,label\n1,2,3,0\n");
+  EXPECT_NE(
+      UserErrorOf([&] { LoadCsv(dir.File("missing.csv"), options); }).find("missing 'b', 'c'"),
+      std::string::npos);
+  EXPECT_NE(UserErrorOf([&] { LoadCsv(dir.File("extra.csv"), options); }).find("unexpected 'd'"),
+            std::string::npos);
+  const std::string renamed = UserErrorOf([&] { LoadCsv(dir.File("renamed.csv"), options); });
+  EXPECT_NE(renamed.find("missing 'b'; unexpected 'B'"), std::string::npos) << renamed;
+  EXPECT_NE(renamed.find(dir.File("renamed.csv")), std::string::npos) << renamed;
+}
+
+TEST(CsvTest, SkipsAByteOrderMarkBeforeTheFirstColumnName) {
+  test_support::TempDir dir;
+  WriteFileAtomic(dir.File("bom.csv"), "\xEF\xBB\xBFlabel,x\n1,2.5\n");
+  std::vector<std::string> columns;
+  const Dataset data = LoadCsv(dir.File("bom.csv"), Classes(2), &columns);
+  EXPECT_EQ(data.labels[0].item<int64_t>(), 1);
+  EXPECT_EQ(columns, (std::vector<std::string>{"x"}));
+}
+
+TEST(CsvTest, TabDelimitedFilesLoad) {
+  test_support::TempDir dir;
+  WriteFileAtomic(dir.File("t.tsv"), "x\tlabel\ty\n1.5\t1\t-2\n");
+  CsvOptions options = Classes(2);
+  options.delimiter = '\t';
+  const Dataset data = LoadCsv(dir.File("t.tsv"), options);
+  ASSERT_EQ(data.inputs.sizes(), (std::vector<int64_t>{1, 2}));
+  EXPECT_FLOAT_EQ(data.inputs[0][1].item<float>(), -2.0f);
+  EXPECT_THROW(LoadCsv(dir.File("t.tsv"), Classes(2)), UserError);  // ',' finds no label column
 }
 
 TEST(CsvTest, AcceptsCrLfBlankLinesAndSpaces) {
   test_support::TempDir dir;
-  WriteFileAtomic(dir.File("b.csv"), "label; a ; b\r\n-1; 1.5 ;2\r\n\r\n4;3;-4e1\r\n");
-  CsvOptions options;
+  WriteFileAtomic(dir.File("b.csv"), "label; a ; b\r\n2; 1.5 ;2\r\n\r\n0;3;-4e1\r\n");
+  CsvOptions options = Classes(3);
   options.delimiter = ';';
   const Dataset data = LoadCsv(dir.File("b.csv"), options);
   ASSERT_EQ(data.inputs.sizes(), (std::vector<int64_t>{2, 2}));
   EXPECT_FLOAT_EQ(data.inputs[1][1].item<float>(), -40.0f);
-  EXPECT_EQ(data.labels[0].item<int64_t>(), 0);  // -1 -> 0, 4 -> 1
-  EXPECT_EQ(data.labels[1].item<int64_t>(), 1);
+  EXPECT_EQ(data.labels[0].item<int64_t>(), 2);
+  EXPECT_EQ(data.labels[1].item<int64_t>(), 0);
 }
 
 TEST(CsvTest, ErrorsNameFileAndLine) {
   test_support::TempDir dir;
-  CsvOptions options;
+  const CsvOptions options = Classes(2);
   WriteFileAtomic(dir.File("ragged.csv"), "x,label\n1,0\n2\n");
-  try {
-    LoadCsv(dir.File("ragged.csv"), options);
-    FAIL();
-  } catch (const UserError& error) {
-    EXPECT_NE(std::string(error.what()).find("line 3"), std::string::npos) << error.what();
-  }
+  EXPECT_NE(UserErrorOf([&] { LoadCsv(dir.File("ragged.csv"), options); }).find("line 3"),
+            std::string::npos);
   WriteFileAtomic(dir.File("text.csv"), "x,label\n1,0\n\nabc,0\n");  // blank lines count
-  try {
-    LoadCsv(dir.File("text.csv"), options);
-    FAIL();
-  } catch (const UserError& error) {
-    const std::string message = error.what();
-    EXPECT_NE(message.find(dir.File("text.csv")), std::string::npos) << message;
-    EXPECT_NE(message.find("line 4"), std::string::npos) << message;
-  }
+  const std::string message = UserErrorOf([&] { LoadCsv(dir.File("text.csv"), options); });
+  EXPECT_NE(message.find(dir.File("text.csv")), std::string::npos) << message;
+  EXPECT_NE(message.find("line 4"), std::string::npos) << message;
   WriteFileAtomic(dir.File("fraction.csv"), "x,label\n1,0.5\n");
   EXPECT_THROW(LoadCsv(dir.File("fraction.csv"), options), UserError);
   WriteFileAtomic(dir.File("twice.csv"), "x,x,label\n1,2,0\n");

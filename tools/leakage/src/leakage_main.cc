@@ -301,7 +301,8 @@ int Measure(const MeasureFlags& f) {
   const cleave::ModelSpec spec = f.model.Spec();
   cleave::SplitModel model = cleave::BuildSplitModel(spec, f.seed);
   cleave::LoadCheckpoint(f.checkpoint_path, *model.bottom, nullptr, cleave::ModelFingerprint(spec));
-  const cleave::client::TrainingData data = cleave::client::LoadTrainingData(f.data);
+  const cleave::client::TrainingData data =
+      cleave::client::LoadTrainingData(f.data, spec.num_classes);
   const cleave::leakage::ClientAndAuxiliary split =
       cleave::leakage::SplitOffAuxiliary(data.train, f.attack.aux_samples, 0, f.seed);
   if (!f.json_path.empty()) cleave::WriteFileAtomic(f.json_path, "{}\n");  // fail early
@@ -362,7 +363,8 @@ int Sweep(const SweepFlags& f) {
   const cleave::leakage::SweepOptions options = ResolveSweep(f);
   cleave::client::DataFlags data_flags = f.data;
   data_flags.train_limit = 0;  // the limit applies after the attacker's share is taken
-  const cleave::client::TrainingData data = cleave::client::LoadTrainingData(data_flags);
+  const cleave::client::TrainingData data =
+      cleave::client::LoadTrainingData(data_flags, options.model.num_classes);
   const cleave::leakage::ClientAndAuxiliary split = cleave::leakage::SplitOffAuxiliary(
       data.train, f.attack.aux_samples, f.data.train_limit, options.seed);
   const std::string csv_path = f.out_dir + "/leakage.csv", md_path = f.out_dir + "/leakage.md";

@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "cleave/core/dataset.h"
 
@@ -16,6 +17,8 @@ struct DataFlags {
   std::string csv_path;       // training CSV (dataset=csv)
   std::string test_csv_path;  // optional; otherwise --test-fraction of csv_path is held out
   std::string label_column = "label";
+  std::string labels;               // class names of string labels, comma-separated ("" : numeric)
+  std::string csv_delimiter = ",";  // one character, or "\t" / "tab"
   double test_fraction = 0.2;
   int64_t train_limit = 0;  // use only the first N training samples (0: all)
   int64_t test_limit = 0;
@@ -34,6 +37,13 @@ struct TrainingData {
 };
 
 // Loads, standardises CSV features on the training split, and takes this client's shard.
-TrainingData LoadTrainingData(const DataFlags& flags);
+// `num_classes` is the model's class count: CSV labels are checked against it (or against
+// --labels). Throws UserError for a label outside it or an empty test split.
+TrainingData LoadTrainingData(const DataFlags& flags, int64_t num_classes);
+
+// The CSV delimiter a --csv-delimiter value names: one character, or "\t" or "tab" for a tab.
+char ParseCsvDelimiter(const std::string& text);
+// Class names from "a,b,c" (spaces around names trimmed).
+std::vector<std::string> ParseClassNames(const std::string& text);
 
 }  // namespace cleave::client

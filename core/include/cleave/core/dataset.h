@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "cleave/core/error.h"
+
 namespace cleave {
 
 // inputs: float32 [N, ...] (images are [N, 1, 28, 28] scaled to [0, 1]); labels: int64 [N].
@@ -40,14 +42,32 @@ struct Standardizer {
 struct CsvOptions {
   std::string label_column = "label";  // header name of the label column
   char delimiter = ',';
+  // The classes every file and every hospital shares, so that a file lacking a class keeps the
+  // same labels as the others. Without class names, label cells are integers 0..num_classes-1
+  // used as they are; with class names, a label cell is one of the names and its index is the
+  // label (num_classes is then the number of names, or 0 to take it from them).
+  int64_t num_classes = 0;
+  std::vector<std::string> class_names;
+  // The feature columns a file must have, matched by header name (the data set's columns follow
+  // this order). Empty: any feature columns, in the file's order.
+  std::vector<std::string> feature_columns;
 };
 
-// A CSV file with a header row, numeric feature columns and an integer label column (labels are
-// remapped to 0..C-1 in sorted order of the distinct values). Blank lines are skipped; cells are
-// plain numbers (no quoting). Throws UserError naming file and line for a missing file, missing
-// label column, empty or repeated column name, non-numeric or non-finite cell, non-integer label
-// or ragged row. Not standardised.
-Dataset LoadCsv(const std::string& path, const CsvOptions& options = {});
+// A label cell that is outside the shared label map (an unknown name, a number outside
+// 0..num_classes-1, or a string where class numbers are expected).
+class CsvLabelError : public UserError {
+ public:
+  using UserError::UserError;
+};
+
+// A CSV file with a header row, numeric feature columns and a label column. A UTF-8 byte-order
+// mark is skipped; blank lines are skipped; cells are plain numbers (no quoting). Throws
+// UserError naming file and line for a missing file, missing label column, empty or repeated
+// column name, feature columns other than `options.feature_columns`, non-numeric or non-finite
+// cell, or ragged row, and CsvLabelError for a label outside the label map. Not standardised.
+// `feature_columns`, if given, receives the names of the data set's feature columns in order.
+Dataset LoadCsv(const std::string& path, const CsvOptions& options,
+                std::vector<std::string>* feature_columns = nullptr);
 
 // A seeded permutation of 0..n-1 (same seed, same permutation, on every platform: our own
 // Fisher-Yates over std::mt19937_64, whose output the standard fixes).

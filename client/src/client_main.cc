@@ -17,6 +17,7 @@
 #include "cleave/core/logging.h"
 #include "cleave/core/model_flags.h"
 #include "cleave/protocol/status_error.h"
+#include "cleave/protocol/tensor_message.h"
 
 namespace {
 
@@ -290,6 +291,16 @@ nlohmann::json MetricsJson(const cleave::client::SplitTrainer& trainer,
   };
 }
 
+// The model must take the data's samples as they are: a mismatch would otherwise surface as a
+// LibTorch shape error deep in the first forward pass.
+void CheckDataFitsModel(const cleave::client::TrainingData& data, const cleave::ModelSpec& model) {
+  const auto sample = data.train.inputs.sizes().slice(1);
+  const std::vector<int64_t> shape(sample.begin(), sample.end());
+  CLEAVE_CHECK_USER(shape == model.input_shape, "the data's samples have shape ",
+                    cleave::protocol::ShapeToString(shape), " but --input-shape is ",
+                    cleave::protocol::ShapeToString(model.input_shape));
+}
+
 int Run(int argc, char** argv) {
   CLI::App app(kDescription, "cleave-client");
   app.get_formatter()->column_width(36);
@@ -304,6 +315,7 @@ int Run(int argc, char** argv) {
   const cleave::client::ConnectOptions connect = ResolveConnection(f);
   const cleave::client::TrainingData data =
       cleave::client::LoadTrainingData(f.data_flags, f.options.model.num_classes);
+  CheckDataFitsModel(data, f.options.model);
   if (!f.metrics_out.empty()) {
     // Fail on an unwritable metrics path now, not after hours of training.
     cleave::WriteFileAtomic(f.metrics_out, "{}\n");

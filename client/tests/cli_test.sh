@@ -43,6 +43,8 @@ expect_error 2 "--labels names 3 classes but --classes is 2" "${csv[@]}" --csv "
 expect_error 2 "holds out no test rows" "${csv[@]}" --csv "$dir/train.csv" --test-fraction 0.1
 expect_error 2 "--csv-delimiter must be one character" "${csv[@]}" --csv "$dir/train.csv" --csv-delimiter ';;'
 expect_error 2 "has no column 'label'" "${csv[@]}" --csv "$dir/train.csv" --csv-delimiter tab
+# The model's input shape must be the data's sample shape (one line, not a LibTorch shape error).
+expect_error 2 "the data's samples have shape 2 but --input-shape is 3" "$client" "${tls_client[@]}" --dataset csv --model mlp --input-shape 3 --classes 2 --csv "$dir/train.csv"
 expect_error 2 "$dir/missing.ckpt" "$server" --listen 127.0.0.1:0 "${tls_server[@]}" --checkpoint "$dir/missing.ckpt" --resume --require-checkpoint
 expect_error 2 "--epochs" "$client" "${tls_client[@]}" --epochs many
 # Round settings.

@@ -11,6 +11,7 @@
 #include "cleave/core/error.h"
 #include "cleave/protocol/tensor_message.h"
 #include "cleave/server/split_server.h"
+#include "server_requests.h"
 
 namespace cleave::server {
 namespace {
@@ -73,12 +74,7 @@ TEST(MetricsExporterTest, ServesWhatTheServerReported) {
 // metric that names them.
 TEST(MetricsExporterTest, TheServerReportsItsEventsToTheExporter) {
   MetricsExporter exporter("127.0.0.1:0");
-  SplitServerOptions options;
-  options.model.architecture = "mlp";
-  options.model.input_shape = {8};
-  options.model.num_classes = 3;
-  options.model.cut = 1;
-  options.max_batch = 16;
+  SplitServerOptions options = test::MlpOptions();
   options.max_activation_abs = 100;
   options.rounds.schedule = Schedule::kSplitFed;
   options.compression.mutable_updates()->set_method("none");

@@ -23,16 +23,11 @@ namespace {
 using test::JoinFor;
 using test::SyncFor;
 
-constexpr int64_t kWidth = 128;  // cut width of the mlp below
+constexpr int64_t kWidth = 128;  // cut width of test::MlpOptions()'s model
 constexpr int64_t kBatch = 4;
 
 SplitServerOptions Options() {
-  SplitServerOptions options;
-  options.model.architecture = "mlp";
-  options.model.input_shape = {8};
-  options.model.num_classes = 3;
-  options.model.cut = 1;
-  options.max_batch = 16;
+  SplitServerOptions options = test::MlpOptions();
   options.optimizer = "sgd";
   options.learning_rate = 0.05;
   options.rounds.schedule = Schedule::kSplitFed;

@@ -60,12 +60,7 @@ TEST(StatusMappingTest, MetricsLabelsNameTheReason) {
 }
 
 SplitServerOptions SplitFedMlp() {
-  SplitServerOptions options;
-  options.model.architecture = "mlp";
-  options.model.input_shape = {8};
-  options.model.num_classes = 3;
-  options.model.cut = 1;
-  options.max_batch = 16;
+  SplitServerOptions options = test::MlpOptions();
   options.rounds.schedule = Schedule::kSplitFed;
   options.compression.mutable_updates()->set_method("none");
   return options;

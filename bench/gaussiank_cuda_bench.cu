@@ -58,12 +58,10 @@ int main() {
   cudaDeviceProp properties{};
   CHECK(cudaGetDeviceProperties(&properties, 0));
   std::printf("device: %s\n", properties.name);
-  const double density = 0.01;
-  std::printf("%-11s %10s %10s %12s %10s %12s %12s\n", "method", "n", "selected", "ms/call", "GB/s",
-              "copy GB/s", "x floor");
+  std::printf("%-11s %10s %8s %10s %12s %10s %12s %12s\n", "method", "n", "density", "selected",
+              "ms/call", "GB/s", "copy GB/s", "x floor");
   for (int log_n : {24, 26}) {
     const size_t n = size_t{1} << log_n;
-    const size_t k = static_cast<size_t>(density * n);
     std::vector<float> host(n);
     std::mt19937_64 rng(1);
     std::normal_distribution<float> normal(0, 1);
@@ -79,6 +77,8 @@ int main() {
         [&] { CHECK(cudaMemcpy(copy, x, n * sizeof(float), cudaMemcpyDeviceToDevice)); }, 20);
     const double copy_bandwidth = 2.0 * n * sizeof(float) / (copy_ms * 1e-3);  // read + write
     namespace kc = cleave::kernels::cuda;
+    for (const double density : {0.01, 0.1, 0.25}) {
+    const size_t k = static_cast<size_t>(density * n);
     // The paper's rule (moments, counts, up to three refinements, one selection).
     auto gaussiank = [&] {
       const auto moments = kc::ComputeMoments(x, n);
@@ -105,8 +105,9 @@ int main() {
       const float ms = TimeMs([&] { selected = method.run(); }, 20);
       const double bytes = n * sizeof(float) + selected * (sizeof(float) + sizeof(uint32_t));
       const double floor_ms = bytes / copy_bandwidth * 1e3;
-      std::printf("%-11s %10zu %10zu %12.3f %10.1f %12.1f %12.2f\n", method.name, n, selected, ms,
-                  bytes / (ms * 1e-3) / 1e9, copy_bandwidth / 1e9, ms / floor_ms);
+      std::printf("%-11s %10zu %8.2f %10zu %12.3f %10.1f %12.1f %12.2f\n", method.name, n, density,
+                  selected, ms, bytes / (ms * 1e-3) / 1e9, copy_bandwidth / 1e9, ms / floor_ms);
+    }
     }
     cudaFree(x);
     cudaFree(copy);

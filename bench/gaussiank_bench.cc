@@ -51,14 +51,31 @@ void RunCompressor(benchmark::State& state, cleave::Method method) {
   const at::Tensor tensor =
       at::from_blob(const_cast<float*>(x.data()), {static_cast<int64_t>(x.size())}, at::kFloat);
   auto compressor = cleave::MakeCompressor({method, Density(state), 1});
-  size_t selected = 0;
-  for (auto _ : state) selected = compressor->Compress(tensor).indices.size();
-  Report(state, selected);
+  cleave::Selection selection;  // reused, as a caller compressing one tensor shape would
+  for (auto _ : state) compressor->Compress(tensor, &selection);
+  Report(state, selection.indices.size());
 }
 
 void BM_GaussianK(benchmark::State& state) { RunCompressor(state, cleave::Method::kGaussianK); }
 void BM_GaussianKPlus(benchmark::State& state) {
   RunCompressor(state, cleave::Method::kGaussianKPlus);
+}
+
+// gaussiank+'s kernel alone: outputs and workspace allocated once, outside the loop (what the
+// compressor adds on top is the Selection it returns).
+void BM_SampledTopKKernel(benchmark::State& state) {
+  const auto& x = Data(N(state));
+  const size_t k = static_cast<size_t>(std::round(Density(state) * N(state)));
+  std::vector<uint32_t> indices(k);
+  std::vector<float> values(k);
+  cleave::kernels::SelectionWorkspace workspace;
+  size_t selected = 0;
+  uint64_t seed = 1;
+  for (auto _ : state) {
+    selected = cleave::kernels::SelectTopKBySampling(x.data(), x.size(), k, ++seed, indices.data(),
+                                                     values.data(), &workspace);
+  }
+  Report(state, selected);
 }
 
 // The GPU's gaussiank+ method (histogram zoom + one selection) run on the CPU kernels.
@@ -106,7 +123,7 @@ void BM_NthElement(benchmark::State& state) {
 
 void Args(benchmark::internal::Benchmark* b) {
   for (int log_n : {16, 20, 24}) {
-    for (int per_mille : {1, 10, 100}) b->Args({log_n, per_mille});
+    for (int per_mille : {1, 10, 100, 250}) b->Args({log_n, per_mille});
   }
   b->ArgNames({"log2n", "density_permille"})->Unit(benchmark::kMillisecond)->UseRealTime();
 }
@@ -114,6 +131,7 @@ void Args(benchmark::internal::Benchmark* b) {
 BENCHMARK(BM_MemoryFloorTwoReads)->Apply(Args);
 BENCHMARK(BM_GaussianK)->Apply(Args);
 BENCHMARK(BM_GaussianKPlus)->Apply(Args);
+BENCHMARK(BM_SampledTopKKernel)->Apply(Args);
 BENCHMARK(BM_HistogramThreshold)->Apply(Args);
 BENCHMARK(BM_NthElement)->Apply(Args);
 BENCHMARK(BM_TorchTopK)->Apply(Args);

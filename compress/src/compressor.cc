@@ -94,8 +94,11 @@ class GaussianKPlusCompressor final : public Compressor {
  protected:
   void SelectFrom(const float* data, size_t n, size_t k, Selection* out) override {
     Resize(out, k);
+    // One workspace per thread, kept between calls (no allocation after the first): the server
+    // encodes several hospitals' gradients at once with one compressor.
+    thread_local kernels::SelectionWorkspace workspace;
     Resize(out, kernels::SelectTopKBySampling(data, n, k, CallSeed(), out->indices.data(),
-                                              out->values.data()));
+                                              out->values.data(), &workspace));
   }
 };
 
@@ -106,7 +109,7 @@ Compressor::Compressor(CompressorConfig config) : config_(std::move(config)) {
                     " is outside (0, 1]");
 }
 
-uint64_t Compressor::CallSeed() const { return config_.seed * 0x9E3779B97F4A7C15ULL + calls_; }
+uint64_t Compressor::CallSeed() const { return config_.seed * 0x9E3779B97F4A7C15ULL + calls_.load(); }
 
 int64_t Compressor::TargetCount(int64_t numel) const {
   if (numel <= 0) return 0;
@@ -115,26 +118,30 @@ int64_t Compressor::TargetCount(int64_t numel) const {
 }
 
 Selection Compressor::Compress(const at::Tensor& dense) {
+  Selection out;
+  Compress(dense, &out);
+  return out;
+}
+
+void Compressor::Compress(const at::Tensor& dense, Selection* out) {
   CLEAVE_ENFORCE(dense.scalar_type() == at::kFloat, "compressors take float32 tensors");
   CLEAVE_ENFORCE(dense.numel() <= std::numeric_limits<uint32_t>::max(),
                  "tensor too large for 32-bit indices");
-  Selection out;
-  out.shape.assign(dense.sizes().begin(), dense.sizes().end());
-  out.numel = dense.numel();
-  const auto k = static_cast<size_t>(TargetCount(out.numel));
+  out->shape.assign(dense.sizes().begin(), dense.sizes().end());
+  out->numel = dense.numel();
+  const auto k = static_cast<size_t>(TargetCount(out->numel));
 #ifdef CLEAVE_COMPRESS_CUDA
   // CUDA tensors stay on their device (kernels' CUDA backend, current stream).
-  if (dense.is_cuda() && out.numel > 0 &&
+  if (dense.is_cuda() && out->numel > 0 &&
       detail::SelectOnCuda(config_.method, dense.detach().contiguous().view(-1), k, CallSeed(),
-                           &out)) {
+                           out)) {
     ++calls_;
-    return out;
+    return;
   }
 #endif
   const at::Tensor flat = dense.detach().to(at::kCPU).contiguous().view(-1);
-  SelectFrom(flat.data_ptr<float>(), static_cast<size_t>(out.numel), k, &out);
+  SelectFrom(flat.data_ptr<float>(), static_cast<size_t>(out->numel), k, out);
   ++calls_;
-  return out;
 }
 
 std::unique_ptr<Compressor> MakeCompressor(const CompressorConfig& config) {

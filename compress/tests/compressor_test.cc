@@ -78,6 +78,25 @@ TEST(CompressorTest, RandomKIsSeededAndChangesBetweenCalls) {
   }
 }
 
+// A Selection reused across calls (other shapes, other methods' sizes) holds exactly what a fresh
+// one would: nothing of the previous call survives.
+TEST(CompressorTest, CompressingIntoAReusedSelectionEqualsAFreshOne) {
+  for (const Method method : {Method::kGaussianKPlus, Method::kGaussianK, Method::kTopK}) {
+    auto reused = MakeCompressor({method, 0.1, 3});
+    auto fresh = MakeCompressor({method, 0.1, 3});
+    Selection selection;
+    for (const int64_t n : {300000, 20000, 300000, 5}) {
+      const at::Tensor x = at::randn({n / 5 + 1, 5});
+      reused->Compress(x, &selection);
+      const Selection expected = fresh->Compress(x);
+      EXPECT_EQ(selection.indices, expected.indices) << MethodName(method) << " n " << n;
+      EXPECT_EQ(selection.values, expected.values);
+      EXPECT_EQ(selection.shape, expected.shape);
+      EXPECT_EQ(selection.numel, expected.numel);
+    }
+  }
+}
+
 // Brute force: the compressor sends exactly the |x| > t of the paper's threshold, in index order,
 // both when the first threshold is accepted and when it is refined (post-ReLU, Laplace).
 TEST(CompressorTest, GaussianKSelectsExactlyAboveItsThreshold) {

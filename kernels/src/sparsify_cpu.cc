@@ -10,6 +10,7 @@
 
 #include "cleave/core/error.h"
 #include "cleave/kernels/sparsify.h"
+#include "append_above.h"
 #include "parallel.h"
 #include "simd.h"
 
@@ -158,32 +159,10 @@ size_t SelectAbove(const float* x, size_t n, float threshold, uint32_t* indices,
     ChunkSelection& out = chunks[static_cast<size_t>(c)];
     out.indices.reserve((end - begin) / 64 + 16);
     out.values.reserve((end - begin) / 64 + 16);
-    // Groups of 16: a vector compare gives a 16-bit mask; most masks are 0 at low density and
-    // the set bits of the others are visited directly, without a branch per element.
-    constexpr size_t kGroup = 16;
-    const int32_t bits = detail::ThresholdBits(threshold);
-    size_t i = begin;
-    for (; i + kGroup <= end; i += kGroup) {
-      const detail::Int4 m0 = detail::AboveMask(x + i, bits);
-      const detail::Int4 m1 = detail::AboveMask(x + i + 4, bits);
-      const detail::Int4 m2 = detail::AboveMask(x + i + 8, bits);
-      const detail::Int4 m3 = detail::AboveMask(x + i + 12, bits);
-      if (!detail::AnyLane((m0 | m1) | (m2 | m3))) continue;
-      uint32_t mask = detail::LaneBits(m0) | detail::LaneBits(m1) << 4 | detail::LaneBits(m2) << 8 |
-                      detail::LaneBits(m3) << 12;
-      while (mask != 0) {
-        const size_t at = i + static_cast<size_t>(__builtin_ctz(mask));
-        mask &= mask - 1;
-        out.indices.push_back(static_cast<uint32_t>(at));
-        out.values.push_back(x[at]);
-      }
-    }
-    for (; i < end; ++i) {
-      if (std::fabs(x[i]) > threshold) {
-        out.indices.push_back(static_cast<uint32_t>(i));
-        out.values.push_back(x[i]);
-      }
-    }
+    detail::ForEachAbove(x, begin, end, threshold, [&](size_t at) {
+      out.indices.push_back(static_cast<uint32_t>(at));
+      out.values.push_back(x[at]);
+    });
   });
   return Concatenate(chunks, indices, values, capacity);
 }
@@ -320,66 +299,6 @@ size_t RandomK(const float* x, size_t n, size_t k, uint64_t seed, uint32_t* indi
     values[i] = x[chosen[i]];
   }
   return k;
-}
-
-size_t SelectTopKBySampling(const float* x, size_t n, size_t k, uint64_t seed, uint32_t* indices,
-                            float* values) {
-  k = std::min(k, n);
-  if (k == 0) return 0;
-  constexpr size_t kGroups = 4096, kGroupSize = 16;  // one cache line per group
-  if (n <= 4 * kGroups * kGroupSize || k * 4 >= n) return TopK(x, n, k, indices, values);
-
-  // 1. A sample of |x|: kGroups cache lines at seeded positions.
-  std::mt19937_64 rng(seed);
-  std::vector<float> sample;
-  sample.reserve(kGroups * kGroupSize);
-  for (size_t g = 0; g < kGroups; ++g) {
-    const size_t start = static_cast<size_t>(rng() % (n - kGroupSize));
-    for (size_t i = start; i < start + kGroupSize; ++i) sample.push_back(std::fabs(x[i]));
-  }
-  // 2. A threshold a little below the k-th largest: the sample rank with ~25% + 3 sigma spare.
-  const double expected = static_cast<double>(k) * sample.size() / static_cast<double>(n);
-  const size_t rank = std::min(sample.size() - 1,
-                               static_cast<size_t>(1.25 * expected + 3 * std::sqrt(expected) + 8));
-  std::nth_element(sample.begin(), sample.begin() + static_cast<long>(rank), sample.end(),
-                   std::greater<float>());
-  float threshold = sample[rank];
-
-  // 3. One pass collects the candidates; 4. trim them to exactly k.
-  const size_t capacity = 4 * k + 4096;
-  std::vector<uint32_t> candidate_indices(capacity);
-  std::vector<float> candidate_values(capacity);
-  size_t found = 0;
-  for (int attempt = 0;; ++attempt) {
-    found =
-        SelectAbove(x, n, threshold, candidate_indices.data(), candidate_values.data(), capacity);
-    if (found > capacity || attempt == 3) return TopK(x, n, k, indices, values);  // rare
-    if (found >= k || threshold == 0.0f) break;
-    threshold *= 0.5f;  // the sample overestimated the threshold: widen and collect again
-  }
-  if (found <= k) {
-    std::memcpy(indices, candidate_indices.data(), found * sizeof(uint32_t));
-    std::memcpy(values, candidate_values.data(), found * sizeof(float));
-    return found;
-  }
-  std::vector<float> magnitudes(found);
-  for (size_t i = 0; i < found; ++i) magnitudes[i] = std::fabs(candidate_values[i]);
-  std::nth_element(magnitudes.begin(), magnitudes.begin() + static_cast<long>(k - 1),
-                   magnitudes.end(), std::greater<float>());
-  const float kth = magnitudes[k - 1];
-  size_t above = 0;
-  for (size_t i = 0; i < found; ++i) above += std::fabs(candidate_values[i]) > kth;
-  size_t ties_allowed = k - above, written = 0;
-  for (size_t i = 0; i < found; ++i) {
-    const float magnitude = std::fabs(candidate_values[i]);
-    if (magnitude > kth || (magnitude == kth && ties_allowed > 0)) {
-      if (magnitude == kth) --ties_allowed;
-      indices[written] = candidate_indices[i];
-      values[written] = candidate_values[i];
-      ++written;
-    }
-  }
-  return written;
 }
 
 }  // namespace cleave::kernels

@@ -151,37 +151,113 @@ INSTANTIATE_TEST_SUITE_P(Sizes, KernelSizes,
 using LandingParam = std::tuple<Distribution, double>;
 class SampledTopKLanding : public ::testing::TestWithParam<LandingParam> {};
 
-TEST_P(SampledTopKLanding, LandsOnKAndMatchesTheExactSet) {
+// Runs `body` with the AVX-512 paths allowed and with the portable paths forced.
+template <typename Body>
+void BothCompactions(Body body) {
+  for (const bool avx512 : {true, false}) {
+    SCOPED_TRACE(avx512 ? "AVX-512 where the CPU has it" : "portable paths");
+    SetCpuAvx512(avx512);
+    body();
+  }
+  SetCpuAvx512(true);
+}
+
+// The exact top-k without zeros (which the sampled selection never takes), ascending.
+std::vector<uint32_t> ExactNonzeroTopK(const std::vector<float>& x, size_t k) {
+  std::vector<uint32_t> indices(x.size());
+  std::vector<float> values(x.size());
+  const size_t count = TopK(x.data(), x.size(), k, indices.data(), values.data());
+  std::vector<uint32_t> nonzero;
+  for (size_t i = 0; i < count; ++i) {
+    if (values[i] != 0.0f) nonzero.push_back(indices[i]);
+  }
+  return nonzero;
+}
+
+TEST_P(SampledTopKLanding, SelectsExactlyTheTopKSet) {
   const auto [distribution, density] = GetParam();
   const size_t n = size_t{1} << 20;
   const auto x = RandomData(n, distribution, 11);
   const size_t k = static_cast<size_t>(density * n);
-  std::vector<uint32_t> indices(n), exact(n);
-  std::vector<float> values(n), exact_values(n);
-  const size_t got = SelectTopKBySampling(x.data(), n, k, 7, indices.data(), values.data());
-  const size_t nonzero = n - static_cast<size_t>(std::count(x.begin(), x.end(), 0.0f));
-  ASSERT_EQ(got, std::min(k, nonzero));
-  ASSERT_EQ(TopK(x.data(), n, k, exact.data(), exact_values.data()), k);
-  // Same magnitudes as the exact top-k (the sets differ only among equal magnitudes).
-  std::vector<float> a(got), b(got);
-  for (size_t i = 0; i < got; ++i) {
-    a[i] = std::fabs(values[i]);
-    b[i] = std::fabs(exact_values[i]);
-  }
-  std::sort(a.begin(), a.end());
-  std::sort(b.begin(), b.end());
-  EXPECT_EQ(a, b);
+  const auto exact = ExactNonzeroTopK(x, k);
+  BothCompactions([&] {
+    std::vector<uint32_t> indices(n);
+    std::vector<float> values(n);
+    const size_t got = SelectTopKBySampling(x.data(), n, k, 7, indices.data(), values.data());
+    const size_t nonzero = n - static_cast<size_t>(std::count(x.begin(), x.end(), 0.0f));
+    ASSERT_EQ(got, std::min(k, nonzero));
+    indices.resize(got);
+    // The same positions as the exact top-k, ties towards lower indices included.
+    EXPECT_EQ(indices, exact);
+    for (size_t i = 0; i < got; ++i) ASSERT_EQ(values[i], x[indices[i]]);
+  });
 }
 
 INSTANTIATE_TEST_SUITE_P(
     DistributionsDensities, SampledTopKLanding,
     ::testing::Combine(::testing::Values(Distribution::kNormal, Distribution::kLaplace,
                                          Distribution::kStudentT2, Distribution::kPostRelu),
-                       ::testing::Values(0.001, 0.01, 0.1)),
+                       ::testing::Values(0.001, 0.01, 0.1, 0.25, 0.5, 0.9, 1.0)),
     [](const auto& info) {
       return std::string(testing::Name(std::get<0>(info.param))) + "_" +
              std::to_string(static_cast<int>(std::get<1>(info.param) * 1000));
     });
+
+// Many equal magnitudes (values on a coarse grid): the k-th magnitude is shared by thousands of
+// elements and the lowest indices among them are the ones taken, as by TopK.
+TEST(SampledTopK, TiesGoToLowerIndices) {
+  const size_t n = 300007;
+  std::vector<float> x = RandomData(n, Distribution::kNormal, 5);
+  for (float& v : x) v = std::round(v * 4) / 4;
+  BothCompactions([&] {
+    for (size_t k : {1u, 100u, 3000u, 30000u, 150000u}) {
+      std::vector<uint32_t> indices(n);
+      std::vector<float> values(n);
+      const size_t got = SelectTopKBySampling(x.data(), n, k, 3, indices.data(), values.data());
+      indices.resize(got);
+      EXPECT_EQ(indices, ExactNonzeroTopK(x, k)) << "k " << k;
+    }
+  });
+}
+
+// One workspace across calls of different sizes and thresholds gives what a fresh one gives.
+TEST(SampledTopK, AReusedWorkspaceChangesNothing) {
+  SelectionWorkspace workspace;
+  for (const size_t n : {size_t{1} << 20, size_t{20000}, size_t{1} << 18, size_t{1} << 20}) {
+    const auto x = RandomData(n, Distribution::kLaplace, n);
+    const size_t k = n / 7;
+    std::vector<uint32_t> a(n), b(n);
+    std::vector<float> va(n), vb(n);
+    const size_t reused = SelectTopKBySampling(x.data(), n, k, 9, a.data(), va.data(), &workspace);
+    const size_t fresh = SelectTopKBySampling(x.data(), n, k, 9, b.data(), vb.data());
+    ASSERT_EQ(reused, fresh);
+    a.resize(reused);
+    b.resize(fresh);
+    EXPECT_EQ(a, b);
+  }
+}
+
+// Inputs whose sample misleads (all the large values in one place the sample is unlikely to
+// hit), small inputs (exact path) and mostly-zero inputs still give the exact set.
+TEST(SampledTopK, StructuredSmallAndSparseInputs) {
+  std::vector<float> clustered(1 << 20, 0.001f);
+  for (size_t i = 500000; i < 500000 + 3000; ++i) clustered[i] = 1.0f + static_cast<float>(i % 7);
+  std::vector<float> small = RandomData(5000, Distribution::kNormal, 1);
+  std::vector<float> sparse(1 << 20, 0.0f);
+  for (size_t i = 0; i < sparse.size(); i += 1000) sparse[i] = static_cast<float>(i % 13) - 6;
+  BothCompactions([&] {
+    for (const auto* x : {&clustered, &small, &sparse}) {
+      for (const size_t k : {size_t{10}, size_t{2500}, size_t{4000}, x->size() / 5}) {
+        std::vector<uint32_t> indices(x->size());
+        std::vector<float> values(x->size());
+        const size_t got =
+            SelectTopKBySampling(x->data(), x->size(), k, 1, indices.data(), values.data());
+        indices.resize(got);
+        EXPECT_EQ(indices, ExactNonzeroTopK(*x, k)) << "n " << x->size() << " k " << k;
+      }
+    }
+  });
+}
 
 class HistogramThresholdLanding : public ::testing::TestWithParam<LandingParam> {};
 

@@ -5,6 +5,7 @@
 
 #include <ATen/Tensor.h>
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -37,6 +38,9 @@ class Compressor {
   // CUDA kernels and a CUDA LibTorch (CLEAVE_COMPRESS_CUDA; gaussiank+ there refines by histogram
   // and lands within 10% of k rather than on it), else copied to the CPU.
   Selection Compress(const at::Tensor& dense);
+  // The same into `out`, whose memory is reused: a caller that compresses tensors of one size
+  // again and again allocates and clears nothing after the first call.
+  void Compress(const at::Tensor& dense, Selection* out);
   const CompressorConfig& config() const { return config_; }
   // k for a tensor of n elements: round(density * n), at least 1 (for n > 0).
   int64_t TargetCount(int64_t numel) const;
@@ -49,7 +53,7 @@ class Compressor {
 
  private:
   CompressorConfig config_;
-  uint64_t calls_ = 0;
+  std::atomic<uint64_t> calls_{0};  // Compress may be called from several threads at once
 };
 
 // Throws UserError for a density outside (0, 1].

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 
 namespace cleave::kernels {
 
@@ -36,10 +37,31 @@ size_t TopK(const float* x, size_t n, size_t k, uint32_t* indices, float* values
 // k distinct positions drawn uniformly with `seed`, ascending. k is clamped to n; returns k.
 size_t RandomK(const float* x, size_t n, size_t k, uint64_t seed, uint32_t* indices, float* values);
 
-// The threshold t such that about k elements have |x| > t, found robustly for any
-// distribution: a sampled quantile brackets it, one selection pass collects the candidates
-// above the bracket, and the candidates are trimmed to exactly k.
-// Returns the number selected (k, or fewer only if fewer than k elements are nonzero).
+// Scratch memory of SelectTopKBySampling, kept between calls so that a caller that compresses
+// tensors of similar size repeatedly allocates nothing after the first call. One per caller: not
+// for two threads at once.
+class SelectionWorkspace {
+ public:
+  SelectionWorkspace();
+  ~SelectionWorkspace();
+  SelectionWorkspace(SelectionWorkspace&&) noexcept;
+  SelectionWorkspace& operator=(SelectionWorkspace&&) noexcept;
+  struct Impl;
+  Impl& impl() { return *impl_; }
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// Exactly the k largest magnitudes (ties towards lower indices, as TopK), for any distribution,
+// at about one read of x: a seeded sample of cache lines gives a threshold a little below the
+// k-th largest magnitude, one parallel pass collects the candidates above it, a two-level radix
+// select over the candidates' magnitude bits finds the k-th exactly, and one parallel pass
+// writes the chosen ones. Returns the number selected: k, or fewer only if fewer than k elements
+// are nonzero (zeros are never selected).
+size_t SelectTopKBySampling(const float* x, size_t n, size_t k, uint64_t seed, uint32_t* indices,
+                            float* values, SelectionWorkspace* workspace);
+// The same with a workspace of its own.
 size_t SelectTopKBySampling(const float* x, size_t n, size_t k, uint64_t seed, uint32_t* indices,
                             float* values);
 
@@ -66,5 +88,8 @@ float ThresholdByHistogram(const float* x, size_t n, size_t k, size_t* expected_
 // Threads the CPU kernels use (default: hardware concurrency). 1 disables threading.
 void SetCpuThreads(int threads);
 int CpuThreads();
+// Whether the CPU kernels may use AVX-512 where the processor has it (default: yes). No means the
+// portable paths everywhere; the tests run both.
+void SetCpuAvx512(bool allowed);
 
 }  // namespace cleave::kernels

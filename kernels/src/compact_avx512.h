@@ -1,0 +1,34 @@
+// Stream compaction with AVX-512 (compress into a register, then one store per 16 lanes), chosen
+// at run time on x86-64 CPUs that have it; the callers keep a portable scalar path for the rest.
+// No -march flag: only these functions are compiled for AVX-512.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace cleave::kernels::detail {
+
+// True when the CPU has AVX-512F (checked once).
+bool HaveAvx512();
+
+struct Collected {
+  size_t count = 0;  // candidates stored
+  size_t band = 0;   // of them, also stored in the band
+};
+
+// For i in [begin, end) with magnitude bits of x[i] > low: counts it, stores (i, x[i]) at
+// indices/values unless they are null, and stores x[i] at band when its magnitude bits are also
+// <= high. Each output needs room for end - begin + 16 entries (whole vectors are stored; lanes
+// past the count are garbage).
+Collected CollectAvx512(const float* x, size_t begin, size_t end, uint32_t low, uint32_t high,
+                        uint32_t* indices, float* values, float* band);
+
+// Writes, in order, the entries whose magnitude bits are > kth, and those == kth while *ties is
+// positive (decremented for each), to out_indices/out_values (exact: masked stores). The entries
+// are values[0, count) with indices[0, count), or, when indices is null, with the indices
+// first_index, first_index + 1, ... Returns how many were written.
+size_t CompactAvx512(const uint32_t* indices, size_t first_index, const float* values,
+                     size_t count, uint32_t kth, size_t* ties, uint32_t* out_indices,
+                     float* out_values);
+
+}  // namespace cleave::kernels::detail

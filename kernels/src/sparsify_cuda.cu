@@ -33,18 +33,57 @@ int BlocksFor(size_t n) {
   return static_cast<int>(std::max<size_t>(1, std::min<size_t>(blocks, 4096)));
 }
 
-// Device scratch memory freed at scope exit.
+// Device scratch memory kept between calls, per host thread: a call takes numbered slots, each
+// grown (cudaMalloc) only when it needs more than the slot holds or runs on another device, so a
+// caller that selects from tensors of similar size allocates nothing after the first call. Safe
+// because every operation here synchronises its stream before it returns.
+enum Slot { kSums, kCounts, kSelected, kTemp, kKeys, kSortedKeys, kOrder, kSortedOrder, kSortTemp,
+            kSlots };
+
+class Scratch {
+ public:
+  ~Scratch() {
+    for (Block& block : blocks_) Release(&block);
+  }
+  template <typename T>
+  T* Get(Slot slot, size_t count) {
+    Block& block = blocks_[slot];
+    int device = 0;
+    CLEAVE_CUDA_CHECK(cudaGetDevice(&device));
+    const size_t bytes = std::max<size_t>(1, count) * sizeof(T);
+    if (block.ptr == nullptr || block.bytes < bytes || block.device != device) {
+      Release(&block);
+      CLEAVE_CUDA_CHECK(cudaMalloc(&block.ptr, bytes));
+      block.bytes = bytes;
+      block.device = device;
+    }
+    return static_cast<T*>(block.ptr);
+  }
+
+ private:
+  struct Block {
+    void* ptr = nullptr;
+    size_t bytes = 0;
+    int device = -1;
+  };
+  static void Release(Block* block) {
+    if (block->ptr != nullptr) cudaFree(block->ptr);  // unified addressing: from any device
+    *block = Block{};
+  }
+  Block blocks_[kSlots];
+};
+
+template <typename T>
+T* ScratchFor(Slot slot, size_t count) {
+  thread_local Scratch scratch;
+  return scratch.Get<T>(slot, count);
+}
+
+// A device buffer from the scratch slot `slot` (not freed: the slot keeps it).
 template <typename T>
 struct DeviceBuffer {
-  T* ptr = nullptr;
-  explicit DeviceBuffer(size_t count) {
-    if (count > 0) CLEAVE_CUDA_CHECK(cudaMalloc(&ptr, count * sizeof(T)));
-  }
-  ~DeviceBuffer() {
-    if (ptr != nullptr) cudaFree(ptr);
-  }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  T* ptr;
+  DeviceBuffer(Slot slot, size_t count) : ptr(ScratchFor<T>(slot, count)) {}
 };
 
 struct MaxOp {
@@ -140,12 +179,12 @@ __global__ void AbsKernel(const float* x, size_t n, float* out, uint32_t* iota) 
 
 // Stable selection of every index with |x| > threshold (ascending), into a scratch buffer of n.
 size_t SelectIndices(const float* x, size_t n, float threshold, uint32_t* out, cudaStream_t s) {
-  DeviceBuffer<size_t> count(1);
+  DeviceBuffer<size_t> count(kCounts, 1);
   thrust::counting_iterator<uint32_t> positions(0);
   size_t temp_bytes = 0;
   CLEAVE_CUDA_CHECK(cub::DeviceSelect::If(nullptr, temp_bytes, positions, out, count.ptr,
                                           static_cast<int64_t>(n), AbsAbove{x, threshold}, s));
-  DeviceBuffer<char> temp(temp_bytes);
+  DeviceBuffer<char> temp(kTemp, temp_bytes);
   CLEAVE_CUDA_CHECK(cub::DeviceSelect::If(temp.ptr, temp_bytes, positions, out, count.ptr,
                                           static_cast<int64_t>(n), AbsAbove{x, threshold}, s));
   size_t host_count = 0;
@@ -184,7 +223,7 @@ Moments MomentsOf(const float* x, size_t n, cudaStream_t s) {
   Moments out;
   out.n = n;
   if (n == 0) return out;
-  DeviceBuffer<MomentSums> sums(1);
+  DeviceBuffer<MomentSums> sums(kSums, 1);
   CLEAVE_CUDA_CHECK(cudaMemsetAsync(sums.ptr, 0, sizeof(MomentSums), s));
   MomentsKernel<<<BlocksFor(n), kThreads, 0, s>>>(x, n, sums.ptr);
   CLEAVE_CUDA_CHECK(cudaGetLastError());
@@ -213,7 +252,7 @@ void AbsHistogram(const float* x, size_t n, float lo, float hi, size_t bins, uin
   CLEAVE_ENFORCE(bins > 0 && bins <= 8192 && lo < hi, "histogram of ", bins, " bins over [", lo,
                  ", ", hi, ")");
   const cudaStream_t s = AsStream(stream);
-  DeviceBuffer<unsigned long long> device_counts(bins);
+  DeviceBuffer<unsigned long long> device_counts(kCounts, bins);
   CLEAVE_CUDA_CHECK(cudaMemsetAsync(device_counts.ptr, 0, bins * sizeof(unsigned long long), s));
   if (n > 0) {
     const float scale = static_cast<float>(bins) / (hi - lo);  // as on the CPU
@@ -246,7 +285,7 @@ float ThresholdByHistogram(const float* x, size_t n, size_t k, size_t* expected_
 size_t CountAbove(const float* x, size_t n, float threshold, Stream stream) {
   const cudaStream_t s = AsStream(stream);
   if (n == 0) return 0;
-  DeviceBuffer<unsigned long long> count(1);
+  DeviceBuffer<unsigned long long> count(kCounts, 1);
   CLEAVE_CUDA_CHECK(cudaMemsetAsync(count.ptr, 0, sizeof(unsigned long long), s));
   CountKernel<<<BlocksFor(n), kThreads, 0, s>>>(x, n, threshold, count.ptr);
   CLEAVE_CUDA_CHECK(cudaGetLastError());
@@ -260,7 +299,7 @@ size_t SelectAbove(const float* x, size_t n, float threshold, uint32_t* indices,
                    size_t capacity, Stream stream) {
   const cudaStream_t s = AsStream(stream);
   if (n == 0) return 0;
-  DeviceBuffer<uint32_t> selected(n);
+  DeviceBuffer<uint32_t> selected(kSelected, n);
   const size_t count = SelectIndices(x, n, threshold, selected.ptr, s);
   return Emit(x, selected.ptr, count, indices, values, capacity, s);
 }
@@ -269,8 +308,8 @@ size_t TopK(const float* x, size_t n, size_t k, uint32_t* indices, float* values
   const cudaStream_t s = AsStream(stream);
   k = std::min(k, n);
   if (k == 0) return 0;
-  DeviceBuffer<float> keys(n), sorted_keys(n);
-  DeviceBuffer<uint32_t> order(n), sorted_order(n);
+  DeviceBuffer<float> keys(kKeys, n), sorted_keys(kSortedKeys, n);
+  DeviceBuffer<uint32_t> order(kOrder, n), sorted_order(kSortedOrder, n);
   AbsKernel<<<BlocksFor(n), kThreads, 0, s>>>(x, n, keys.ptr, order.ptr);
   CLEAVE_CUDA_CHECK(cudaGetLastError());
   // Radix sort is stable: equal magnitudes keep ascending indices, as on the CPU.
@@ -278,14 +317,14 @@ size_t TopK(const float* x, size_t n, size_t k, uint32_t* indices, float* values
   CLEAVE_CUDA_CHECK(cub::DeviceRadixSort::SortPairsDescending(
       nullptr, temp_bytes, keys.ptr, sorted_keys.ptr, order.ptr, sorted_order.ptr,
       static_cast<int64_t>(n), 0, 32, s));
-  DeviceBuffer<char> temp(temp_bytes);
+  DeviceBuffer<char> temp(kTemp, temp_bytes);
   CLEAVE_CUDA_CHECK(cub::DeviceRadixSort::SortPairsDescending(
       temp.ptr, temp_bytes, keys.ptr, sorted_keys.ptr, order.ptr, sorted_order.ptr,
       static_cast<int64_t>(n), 0, 32, s));
   size_t sort_bytes = 0;
   CLEAVE_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(nullptr, sort_bytes, sorted_order.ptr, order.ptr,
                                                    static_cast<int64_t>(k), 0, 32, s));
-  DeviceBuffer<char> sort_temp(sort_bytes);
+  DeviceBuffer<char> sort_temp(kSortTemp, sort_bytes);
   CLEAVE_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(sort_temp.ptr, sort_bytes, sorted_order.ptr,
                                                    order.ptr, static_cast<int64_t>(k), 0, 32, s));
   return Emit(x, order.ptr, k, indices, values, k, s);

@@ -96,6 +96,30 @@ TEST_P(CudaVsCpu, EveryOperationMatches) {
 #endif
 }
 
+// The scratch slots are kept between calls: a large call, then small ones, then a larger one
+// (slots grown, not shrunk) still give the CPU's answers.
+TEST_P(CudaVsCpu, ScratchKeptBetweenCallsOfOtherSizes) {
+#ifdef CLEAVE_HAVE_CUDA
+  const size_t base = GetParam();
+  for (const size_t n : {base, size_t{300}, base / 2 + 7, base + 4097}) {
+    const auto x = RandomData(n, Distribution::kNormal, n + 11);
+    Device<float> dx(x);
+    std::vector<uint32_t> ci(n + 1);
+    std::vector<float> cv(n + 1);
+    Device<uint32_t> gi(n + 1);
+    Device<float> gv(n + 1);
+    const size_t count = SelectAbove(x.data(), n, 1.1f, ci.data(), cv.data(), n);
+    ASSERT_EQ(cuda::SelectAbove(dx.ptr, n, 1.1f, gi.ptr, gv.ptr, n), count) << "n " << n;
+    EXPECT_EQ(gi.Host(count), std::vector<uint32_t>(ci.begin(), ci.begin() + count));
+    const size_t k = n / 9 + 1;
+    const size_t kk = TopK(x.data(), n, k, ci.data(), cv.data());
+    ASSERT_EQ(cuda::TopK(dx.ptr, n, k, gi.ptr, gv.ptr), kk);
+    EXPECT_EQ(gi.Host(kk), std::vector<uint32_t>(ci.begin(), ci.begin() + kk));
+    EXPECT_EQ(cuda::CountAbove(dx.ptr, n, 0.5f), CountAbove(x.data(), n, 0.5f));
+  }
+#endif
+}
+
 INSTANTIATE_TEST_SUITE_P(Sizes, CudaVsCpu,
                          ::testing::Values(0u, 1u, 255u, 256u, 257u, 1000u, 65537u, 1u << 20,
                                            (1u << 22) + 13));

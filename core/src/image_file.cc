@@ -10,10 +10,12 @@
 
 #include <algorithm>
 #include <cctype>
-#include <csetjmp>
+#include <cerrno>
 #include <cmath>
+#include <csetjmp>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 
 #include "cleave/core/error.h"
 #include "cleave/core/file_io.h"
@@ -28,17 +30,17 @@ constexpr int64_t kMaxPixels = int64_t{1} << 28;
 void CheckImageSize(int64_t height, int64_t width, const std::string& name) {
   CLEAVE_CHECK_USER(height > 0 && width > 0, "image '", name, "' has no pixels (", height, "x",
                     width, ")");
-  CLEAVE_CHECK_USER(height * width <= kMaxPixels, "image '", name, "' is too large (", height,
-                    "x", width, ", at most ", kMaxPixels, " pixels)");
+  CLEAVE_CHECK_USER(height * width <= kMaxPixels, "image '", name, "' is too large (", height, "x",
+                    width, ", at most ", kMaxPixels, " pixels)");
 }
 
 void CheckWritable(const Image& image, const std::string& path) {
   CLEAVE_CHECK_USER(image.channels == 1 || image.channels == 3, "cannot write '", path,
                     "': images have 1 or 3 channels, not ", image.channels);
   CheckImageSize(image.height, image.width, path);
-  CLEAVE_CHECK_USER(image.pixels.size() ==
-                        static_cast<size_t>(image.height * image.width * image.channels),
-                    "cannot write '", path, "': pixel count does not match its size");
+  CLEAVE_CHECK_USER(
+      image.pixels.size() == static_cast<size_t>(image.height * image.width * image.channels),
+      "cannot write '", path, "': pixel count does not match its size");
 }
 
 Image DecodePng(const std::string& bytes, const std::string& name) {
@@ -114,9 +116,11 @@ bool DecodeJpegInto(const std::string& bytes, Image* image, JpegErrors* errors) 
   jpeg_calc_output_dimensions(&info);
   const int64_t height = info.output_height, width = info.output_width;
   if (height <= 0 || width <= 0 || height * width > kMaxPixels) {
-    std::snprintf(errors->message, sizeof(errors->message), "%lldx%lld pixels is not a size we "
-                  "accept (at most %lld)", static_cast<long long>(height),
-                  static_cast<long long>(width), static_cast<long long>(kMaxPixels));
+    std::snprintf(errors->message, sizeof(errors->message),
+                  "%lldx%lld pixels is not a size we "
+                  "accept (at most %lld)",
+                  static_cast<long long>(height), static_cast<long long>(width),
+                  static_cast<long long>(kMaxPixels));
     jpeg_destroy_decompress(&info);
     return false;
   }
@@ -173,6 +177,14 @@ bool EncodeJpegInto(const Image& image, int quality, unsigned char** out, unsign
   return true;
 }
 
+// A plain write (no fsync: tools write thousands of these), errors naming the file.
+void WriteBytes(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  out.close();
+  CLEAVE_CHECK_USER(out.good(), "cannot write image '", path, "': ", std::strerror(errno));
+}
+
 }  // namespace
 
 bool HasImageExtension(const std::string& name) {
@@ -210,15 +222,15 @@ void WritePng(const std::string& path, const Image& image) {
   png.height = static_cast<png_uint_32>(image.height);
   png.format = image.channels == 3 ? PNG_FORMAT_RGB : PNG_FORMAT_GRAY;
   size_t size = 0;
-  CLEAVE_CHECK_USER(png_image_write_to_memory(&png, nullptr, &size, 0, image.pixels.data(), 0,
-                                              nullptr),
-                    "cannot encode '", path, "' as PNG: ", png.message);
+  CLEAVE_CHECK_USER(
+      png_image_write_to_memory(&png, nullptr, &size, 0, image.pixels.data(), 0, nullptr),
+      "cannot encode '", path, "' as PNG: ", png.message);
   std::string bytes(size, '\0');
-  CLEAVE_CHECK_USER(png_image_write_to_memory(&png, bytes.data(), &size, 0, image.pixels.data(),
-                                              0, nullptr),
-                    "cannot encode '", path, "' as PNG: ", png.message);
+  CLEAVE_CHECK_USER(
+      png_image_write_to_memory(&png, bytes.data(), &size, 0, image.pixels.data(), 0, nullptr),
+      "cannot encode '", path, "' as PNG: ", png.message);
   bytes.resize(size);
-  WriteFileAtomic(path, bytes);
+  WriteBytes(path, bytes);
 }
 
 void WriteJpeg(const std::string& path, const Image& image, int quality) {
@@ -232,7 +244,7 @@ void WriteJpeg(const std::string& path, const Image& image, int quality) {
   std::string bytes = ok ? std::string(reinterpret_cast<const char*>(buffer), size) : "";
   std::free(buffer);
   CLEAVE_CHECK_USER(ok, "cannot encode '", path, "' as JPEG: ", errors.message);
-  WriteFileAtomic(path, bytes);
+  WriteBytes(path, bytes);
 }
 
 FloatImage ToFloat(const Image& image) {
@@ -246,8 +258,7 @@ FloatImage ToFloat(const Image& image) {
 FloatImage ConvertChannels(const FloatImage& image, int64_t channels) {
   CLEAVE_ENFORCE(channels == 1 || channels == 3, "channels must be 1 or 3, got ", channels);
   if (image.channels == channels) return image;
-  CLEAVE_ENFORCE(image.channels == 1 || image.channels == 3, "bad channel count ",
-                 image.channels);
+  CLEAVE_ENFORCE(image.channels == 1 || image.channels == 3, "bad channel count ", image.channels);
   const int64_t pixels = image.height * image.width;
   FloatImage out{image.height, image.width, channels, {}};
   out.pixels.resize(static_cast<size_t>(pixels * channels));
@@ -283,10 +294,10 @@ AxisWeights ComputeAxisWeights(int64_t in, int64_t out) {
   axis.weights.assign(static_cast<size_t>(out * axis.taps), 0.0f);
   for (int64_t o = 0; o < out; ++o) {
     const double center = (static_cast<double>(o) + 0.5) * scale;
-    const int64_t lo = std::max<int64_t>(static_cast<int64_t>(std::floor(center - support + 0.5)),
-                                         0);
-    const int64_t hi = std::min<int64_t>(static_cast<int64_t>(std::floor(center + support + 0.5)),
-                                         in);
+    const int64_t lo =
+        std::max<int64_t>(static_cast<int64_t>(std::floor(center - support + 0.5)), 0);
+    const int64_t hi =
+        std::min<int64_t>(static_cast<int64_t>(std::floor(center + support + 0.5)), in);
     double total = 0;
     std::vector<double> w(static_cast<size_t>(std::max<int64_t>(hi - lo, 0)));
     for (int64_t i = lo; i < hi; ++i) {

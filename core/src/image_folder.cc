@@ -67,13 +67,7 @@ std::vector<std::string> ResolveClasses(const std::string& dir,
     CLEAVE_CHECK_USER(unique.count(folder) > 0, "image folder '", dir, "' has a subfolder '",
                       folder, "' that is not one of the classes (", JoinNames(given), ")");
   }
-  for (size_t i = 0; i < given.size(); ++i) {
-    if (std::find(folders.begin(), folders.end(), given[i]) == folders.end()) {
-      spdlog::warn("image folder '{}' has no subfolder for class '{}' (label {}): no samples of it",
-                   dir, given[i], i);
-    }
-  }
-  return given;
+  return given;  // a listed class without a subfolder: warned about by LoadImageFolder
 }
 
 // The image files of one class folder in name order; counts what is skipped.
@@ -101,9 +95,9 @@ FloatImage LoadOne(const std::string& path, const ImageFolderOptions& options) {
 void CheckOptions(const ImageFolderOptions& options) {
   CLEAVE_CHECK_USER(options.channels == 0 || options.channels == 1 || options.channels == 3,
                     "images have 1 or 3 channels, not ", options.channels);
-  CLEAVE_CHECK_USER((options.height == 0) == (options.width == 0) && options.height >= 0 &&
-                        options.width >= 0,
-                    "bad image size ", options.height, "x", options.width);
+  CLEAVE_CHECK_USER(
+      (options.height == 0) == (options.width == 0) && options.height >= 0 && options.width >= 0,
+      "bad image size ", options.height, "x", options.width);
   CLEAVE_CHECK_USER(options.mean.size() == options.std.size(),
                     "normalisation needs as many means as standard deviations");
 }
@@ -154,14 +148,15 @@ Dataset LoadImageFolder(const std::string& dir, const ImageFolderOptions& option
   const std::vector<std::string> classes = ResolveClasses(dir, options.class_names);
   std::vector<FloatImage> images;
   std::vector<int64_t> labels;
+  std::vector<std::string> without_images;  // no subfolder, or no image in it
   int64_t skipped = 0;
   bool any_colour = false;
   for (size_t label = 0; label < classes.size(); ++label) {
     const fs::path folder = fs::path(dir) / classes[label];
     std::error_code error;
-    if (!fs::is_directory(folder, error)) continue;  // warned about by ResolveClasses
-    const std::vector<std::string> files = ImageFiles(folder, &skipped);
-    if (files.empty()) spdlog::warn("class folder '{}' has no images", folder.string());
+    const std::vector<std::string> files =
+        fs::is_directory(folder, error) ? ImageFiles(folder, &skipped) : std::vector<std::string>{};
+    if (files.empty()) without_images.push_back(classes[label]);
     for (const std::string& file : files) {
       images.push_back(LoadOne(file, options));
       labels.push_back(static_cast<int64_t>(label));
@@ -180,6 +175,10 @@ Dataset LoadImageFolder(const std::string& dir, const ImageFolderOptions& option
   CLEAVE_CHECK_USER(!images.empty(), "image folder '", dir,
                     "' has no images (.png, .jpg or .jpeg files in its class subfolders ",
                     JoinNames(classes), ")");
+  if (!without_images.empty()) {
+    spdlog::warn("image folder '{}' has no images of class {} (no subfolder or an empty one)", dir,
+                 JoinNames(without_images));
+  }
   Dataset data;
   const int64_t channels = options.channels != 0 ? options.channels : (any_colour ? 3 : 1);
   data.inputs = Pack(&images, channels, options, dir);

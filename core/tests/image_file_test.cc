@@ -184,14 +184,12 @@ TEST_P(ResizeAgainstTorchTest, MatchesTorch) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Sizes, ResizeAgainstTorchTest,
-                         ::testing::Values(std::make_tuple(5, 7, 10, 14),
-                                           std::make_tuple(28, 28, 32, 32),
-                                           std::make_tuple(3, 4, 17, 9),
-                                           std::make_tuple(64, 48, 16, 16),
-                                           std::make_tuple(30, 30, 7, 11),
-                                           std::make_tuple(20, 10, 10, 20),
-                                           std::make_tuple(1, 9, 4, 3)));
+INSTANTIATE_TEST_SUITE_P(
+    Sizes, ResizeAgainstTorchTest,
+    ::testing::Values(std::make_tuple(5, 7, 10, 14), std::make_tuple(28, 28, 32, 32),
+                      std::make_tuple(3, 4, 17, 9), std::make_tuple(64, 48, 16, 16),
+                      std::make_tuple(30, 30, 7, 11), std::make_tuple(20, 10, 10, 20),
+                      std::make_tuple(1, 9, 4, 3)));
 
 }  // namespace
 }  // namespace cleave

@@ -86,9 +86,9 @@ TEST_F(ImageFolderTest, LoadsSortedClassesLabelsShapesAndExactPngValues) {
   const Dataset data = LoadImageFolder(root_, {});
   EXPECT_EQ(data.num_classes, 3);
   EXPECT_EQ(data.inputs.sizes(), (std::vector<int64_t>{5, 3, 6, 8}));  // colour somewhere: RGB
-  EXPECT_EQ(std::vector<int64_t>(data.labels.data_ptr<int64_t>(),
-                                 data.labels.data_ptr<int64_t>() + 5),
-            (std::vector<int64_t>{0, 0, 1, 1, 2}));
+  EXPECT_EQ(
+      std::vector<int64_t>(data.labels.data_ptr<int64_t>(), data.labels.data_ptr<int64_t>() + 5),
+      (std::vector<int64_t>{0, 0, 1, 1, 2}));
   // Files in name order: ant/0.png first; grey is copied into every channel.
   for (int64_t c = 0; c < 3; ++c) EXPECT_EQ(Plane(data, 0, c), Expected(Pattern(6, 8, 1, 0), 0));
   for (int64_t c = 0; c < 3; ++c) EXPECT_EQ(Plane(data, 2, c), Expected(Pattern(6, 8, 3, 2), c));
@@ -143,12 +143,13 @@ TEST_F(ImageFolderTest, ClassListFixesOrderAndAllowsMissingFolders) {
   const Dataset data = LoadImageFolder(root_, options);
   EXPECT_EQ(data.num_classes, 4);
   // Labels follow the list: cow 0, bee 1, ant 2; dog has no folder (a warning) and no samples.
-  EXPECT_EQ(std::vector<int64_t>(data.labels.data_ptr<int64_t>(),
-                                 data.labels.data_ptr<int64_t>() + 5),
-            (std::vector<int64_t>{0, 1, 1, 2, 2}));
+  EXPECT_EQ(
+      std::vector<int64_t>(data.labels.data_ptr<int64_t>(), data.labels.data_ptr<int64_t>() + 5),
+      (std::vector<int64_t>{0, 1, 1, 2, 2}));
   options.class_names = {"ant", "bee"};
-  EXPECT_NE(ErrorOf([&] { LoadImageFolder(root_, options); })
-                .find("has a subfolder 'cow' that is not one of the classes (ant, bee)"),
+  EXPECT_NE(ErrorOf([&] {
+              LoadImageFolder(root_, options);
+            }).find("has a subfolder 'cow' that is not one of the classes (ant, bee)"),
             std::string::npos);
   options.class_names = {"ant", "bee", "ant", "cow"};
   EXPECT_NE(ErrorOf([&] { LoadImageFolder(root_, options); }).find("names a class twice"),
@@ -159,8 +160,8 @@ TEST_F(ImageFolderTest, ErrorsAreOneLineNamingWhatIsWrong) {
   const auto error = [](const std::string& dir, const ImageFolderOptions& options = {}) {
     return ErrorOf([&] { LoadImageFolder(dir, options); });
   };
-  EXPECT_NE(error(dir_.File("nowhere")).find("image folder '" + dir_.File("nowhere") +
-                                             "' does not exist"),
+  EXPECT_NE(error(dir_.File("nowhere"))
+                .find("image folder '" + dir_.File("nowhere") + "' does not exist"),
             std::string::npos);
   WriteFileAtomic(dir_.File("file"), "x");
   EXPECT_NE(error(dir_.File("file")).find("is not a directory"), std::string::npos);
@@ -191,9 +192,9 @@ TEST(ImageFolderFlagsTest, ParseSizeAndNormalisation) {
   }
   ImageFolderOptions options;
   for (const char* bad : {"0.5", "0.5,0", "0.5,-1", "a,b", "1,2,3", "nan,1", "0.5,,1"}) {
-    EXPECT_NE(ErrorOf([&] { ParseNormalization(bad, "--normalize", &options); })
-                  .find("--normalize"),
-              std::string::npos)
+    EXPECT_NE(
+        ErrorOf([&] { ParseNormalization(bad, "--normalize", &options); }).find("--normalize"),
+        std::string::npos)
         << bad;
   }
 }

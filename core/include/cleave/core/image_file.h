@@ -27,7 +27,8 @@ Image DecodeImage(const std::string& bytes, const std::string& name);
 // DecodeImage of a file's contents (errors name the file).
 Image ReadImageFile(const std::string& path);
 
-// Writers for tests and tools (8-bit grey or RGB). Throw UserError naming the file.
+// Writers for tests and tools (8-bit grey or RGB; plain writes, not atomic). Throw UserError
+// naming the file.
 void WritePng(const std::string& path, const Image& image);
 void WriteJpeg(const std::string& path, const Image& image, int quality = 95);
 

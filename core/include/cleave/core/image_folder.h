@@ -12,7 +12,8 @@ namespace cleave {
 
 struct ImageFolderOptions {
   // The classes, in label order. Empty: the sorted names of the folder's subfolders. A subfolder
-  // not in a given list is an error; a listed class without a subfolder is a warning.
+  // not in a given list is an error; a listed class without a subfolder (or without images in it)
+  // is one warning.
   std::vector<std::string> class_names;
   // Every image is resized to height x width (bilinear, see ResizeBilinear). 0 x 0: kept as
   // stored, and then every image must have the size of the first.

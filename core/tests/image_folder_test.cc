@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <functional>
 
@@ -197,6 +199,32 @@ TEST(ImageFolderFlagsTest, ParseSizeAndNormalisation) {
         std::string::npos)
         << bad;
   }
+}
+
+// Fashion-MNIST written as PNG class folders loads back as the very same tensors as from IDX
+// (the later benchmark trains on such folders), class by class in file order.
+TEST(ImageFolderFashionMnistTest, PngFoldersMatchTheIdxFiles) {
+  const char* dir = std::getenv("CLEAVE_FASHION_MNIST_DIR");
+  if (dir == nullptr) GTEST_SKIP() << "CLEAVE_FASHION_MNIST_DIR is not set";
+  const Dataset idx = LoadFashionMnist(dir, FashionMnistSplit::kTest);
+  const int64_t count = 300;
+  const at::Tensor bytes = idx.inputs.narrow(0, 0, count).mul(255).round().to(at::kByte);
+  test_support::TempDir folder;
+  std::vector<int64_t> order;  // the rows in the order the folder gives them
+  for (int64_t label = 0; label < 10; ++label) {
+    for (int64_t i = 0; i < count; ++i) {
+      if (idx.labels[i].item<int64_t>() != label) continue;
+      const uint8_t* p = bytes[i].data_ptr<uint8_t>();
+      char name[16];
+      std::snprintf(name, sizeof(name), "%05lld.png", static_cast<long long>(i));
+      Put(folder.path(), "class-" + std::to_string(label), name, Image{28, 28, 1, {p, p + 784}});
+      order.push_back(i);
+    }
+  }
+  const Dataset images = LoadImageFolder(folder.path(), {});
+  const Dataset expected = idx.Subset(order);
+  EXPECT_TRUE(at::equal(images.inputs, expected.inputs));
+  EXPECT_TRUE(at::equal(images.labels, expected.labels));
 }
 
 Dataset Labelled(const std::vector<int64_t>& labels) {

@@ -83,7 +83,10 @@ TrainValidation LoadImageData(const ImageFlags& flags, const std::string& labels
                       protocol::ShapeToString(SampleShape(test)), " but --images of ",
                       protocol::ShapeToString(SampleShape(all)),
                       " (--image-size HxW resizes both)");
-    return {std::move(all), std::move(test)};
+    // Folders are read class by class: shuffled (seeded), --train-limit / --test-limit take
+    // samples of every class.
+    return {all.Subset(SeededPermutation(all.size(), seed)),
+            test.Subset(SeededPermutation(test.size(), seed + 1))};
   }
   CLEAVE_CHECK_USER(test_fraction > 0 && test_fraction < 1, "--test-fraction must be in (0, 1)");
   TrainValidation split = SplitStratified(all, test_fraction, seed);

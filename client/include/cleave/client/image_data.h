@@ -22,8 +22,9 @@ struct ImageFlags {
 
 // Loads --images (and --test-images, or holds out a stratified, seeded `test_fraction`). The
 // class list is `labels` ("a,b,c") or the sorted subfolders of --images, and must have
-// `num_classes` entries; the test folder is read with the same list, size and channels. Throws
-// UserError (one line) for every problem, including an empty test split.
+// `num_classes` entries; the test folder is read with the same list, size and channels. Both
+// splits come in a seeded shuffled order (not class by class), so a limit keeps every class.
+// Throws UserError (one line) for every problem, including an empty test split.
 TrainValidation LoadImageData(const ImageFlags& flags, const std::string& labels,
                               double test_fraction, uint64_t seed, int64_t num_classes);
 

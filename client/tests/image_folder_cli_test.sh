@@ -43,6 +43,18 @@ make --out "$dir/test" --per-class 8 --size 20x24 --format mixed --seed 3
 [ "$(find "$dir/train" -name '*.png' | wc -l)" = 36 ] || fail "cleave-image-folder: not 36 PNGs"
 [ "$(find "$dir/train" -name '*.jpg' | wc -l)" = 60 ] || fail "cleave-image-folder: not 60 JPEGs"
 
+# cleave-image-folder itself: bad flags are exit 2; Fashion-MNIST (when on disk) as class folders.
+expect_error "--format" "$folders" synthetic --out "$dir/x" --format gif
+expect_error "--out" "$folders" fashion-mnist
+expect_error "--size must be HxW" "$folders" synthetic --out "$dir/x" --size 8
+fmnist="${CLEAVE_FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}"
+if [ -d "$fmnist" ]; then
+  "$folders" fashion-mnist --data-dir "$fmnist" --split test --limit 30 --out "$dir/fm" >/dev/null ||
+    fail "cleave-image-folder fashion-mnist"
+  [ "$(find "$dir/fm" -name '*.png' | wc -l)" = 30 ] || fail "fashion-mnist: not 30 PNGs"
+  [ -d "$dir/fm/0-tshirt" ] && [ -d "$dir/fm/9-boot" ] || fail "fashion-mnist: class folders"
+fi
+
 # Bad folders and flags: one line, exit 2, before any connection.
 c=("$client" "${tls_client[@]}" "${model[@]}" "${images[@]}")
 expect_error "--dataset images needs --images DIR" "${c[@]}"
@@ -83,7 +95,7 @@ port="$(sed -nE 's/.*listening on port ([0-9]+).*/\1/p' "$dir/server.out")"
 train() {
   local run="$1"; shift
   timeout 60 "$client" --server "127.0.0.1:$port" "${tls_client[@]}" "${model[@]}" "${images[@]}" \
-    --epochs 6 --batch-size 16 --lr 0.003 --progress none --metrics-out "$dir/$run.json" "$@" \
+    --epochs 4 --batch-size 16 --lr 0.003 --progress none --metrics-out "$dir/$run.json" "$@" \
     >"$dir/$run.out" 2>"$dir/$run.log"
   local code=$?
   [ "$code" = 0 ] || fail "$run: cleave-client exited $code"
@@ -94,9 +106,9 @@ train() {
     fail "$run: test accuracy '$accuracy' is under 0.9: $(cat "$dir/$run.json")"
 }
 train folder --images "$dir/train" --test-images "$dir/test" --normalize 0.5,0.25
-grep -qE '"samples": 576,' "$dir/folder.json" || fail "folder: not 6 x 96 samples: $(cat "$dir/folder.json")"
+grep -qE '"samples": 384,' "$dir/folder.json" || fail "folder: not 4 x 96 samples: $(cat "$dir/folder.json")"
 train fraction --images "$dir/train" --test-fraction 0.25 --partition-seed 5
-grep -qE '"samples": 432,' "$dir/fraction.json" || fail "fraction: not 6 x 72 samples"
+grep -qE '"samples": 288,' "$dir/fraction.json" || fail "fraction: not 4 x 72 samples"
 grep -q "no test" "$dir/fraction.log" && fail "fraction: empty test split"
 kill -TERM "$server_pid"
 wait "$server_pid" || fail "the server did not exit 0 on SIGTERM"

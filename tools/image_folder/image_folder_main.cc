@@ -29,9 +29,8 @@ of the image, over seeded noise.
 
 Exit codes: 0 ok, 1 internal error, 2 bad flags or files.)";
 
-const char* const kFashionClasses[] = {"0-tshirt", "1-trouser", "2-pullover", "3-dress",
-                                       "4-coat",   "5-sandal",  "6-shirt",    "7-sneaker",
-                                       "8-bag",    "9-boot"};
+const char* const kFashionClasses[] = {"0-tshirt", "1-trouser", "2-pullover", "3-dress", "4-coat",
+                                       "5-sandal", "6-shirt",   "7-sneaker",  "8-bag",   "9-boot"};
 
 // Writes `image` as DIR/<cls>/<name>.png or .jpg.
 void Put(const std::string& dir, const std::string& cls, const std::string& name, bool jpeg,
@@ -67,9 +66,9 @@ bool IsJpeg(const Common& common, int64_t index) {
 
 int64_t WriteFashionMnist(const Common& common, const std::string& data_dir,
                           const std::string& split, int64_t limit) {
-  const cleave::Dataset data = cleave::LoadFashionMnist(
-      data_dir, split == "train" ? cleave::FashionMnistSplit::kTrain
-                                 : cleave::FashionMnistSplit::kTest);
+  const cleave::Dataset data =
+      cleave::LoadFashionMnist(data_dir, split == "train" ? cleave::FashionMnistSplit::kTrain
+                                                          : cleave::FashionMnistSplit::kTest);
   const int64_t count = limit > 0 ? std::min(limit, data.size()) : data.size();
   const at::Tensor bytes = data.inputs.narrow(0, 0, count).mul(255).round().to(at::kByte);
   const uint8_t* pixels = bytes.contiguous().data_ptr<uint8_t>();

@@ -61,6 +61,9 @@ Image DecodePng(const std::string& bytes, const std::string& name) {
     throw;
   }
   png.format = image.channels == 3 ? PNG_FORMAT_RGB : PNG_FORMAT_GRAY;
+  // 16-bit data without gAMA/sRGB is scaled to 8 bits as it is; libpng's default would take it
+  // as linear light and gamma-encode it, brightening every mid-tone (16-bit scans, X-rays).
+  png.flags |= PNG_IMAGE_FLAG_16BIT_sRGB;
   image.pixels.assign(PNG_IMAGE_SIZE(png), 0);
   const png_color black{0, 0, 0};
   if (!png_image_finish_read(&png, &black, image.pixels.data(), 0, nullptr)) {

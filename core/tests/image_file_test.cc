@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <png.h>
 
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <random>
@@ -87,6 +88,36 @@ TEST(ImageFileTest, PngAlphaIsCompositedOntoBlack) {
   const Image back = ReadImageFile(dir.File("a.png"));
   ASSERT_EQ(back.channels, 3);
   EXPECT_EQ(back.pixels, (std::vector<uint8_t>{200, 100, 50, 0, 0, 0}));
+}
+
+// A 16-bit grey PNG without gamma information (as scanners write them), through libpng's
+// low-level writer.
+void WriteGrey16(const std::string& path, const std::vector<uint16_t>& values) {
+  FILE* file = std::fopen(path.c_str(), "wb");
+  ASSERT_NE(file, nullptr);
+  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
+  png_infop info = png_create_info_struct(png);
+  png_init_io(png, file);
+  png_set_IHDR(png, info, static_cast<png_uint_32>(values.size()), 1, 16, PNG_COLOR_TYPE_GRAY,
+               PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+  png_write_info(png, info);
+  std::vector<uint8_t> row;
+  for (uint16_t v : values) {
+    row.push_back(static_cast<uint8_t>(v >> 8));  // PNG samples are big-endian
+    row.push_back(static_cast<uint8_t>(v & 0xff));
+  }
+  png_write_row(png, row.data());
+  png_write_end(png, nullptr);
+  png_destroy_write_struct(&png, &info);
+  std::fclose(file);
+}
+
+TEST(ImageFileTest, SixteenBitPngIsScaledNotGammaEncoded) {
+  test_support::TempDir dir;
+  WriteGrey16(dir.File("g16.png"), {0, 257 * 100, 257 * 200, 65535});
+  const Image back = ReadImageFile(dir.File("g16.png"));
+  ASSERT_EQ(back.channels, 1);
+  EXPECT_EQ(back.pixels, (std::vector<uint8_t>{0, 100, 200, 255}));
 }
 
 TEST(ImageFileTest, UndecodableFilesAreNamed) {

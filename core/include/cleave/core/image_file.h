@@ -20,9 +20,9 @@ struct Image {
 bool HasImageExtension(const std::string& name);
 
 // Decodes a PNG or JPEG (told apart by their first bytes, not the name). Grey stays 1 channel,
-// colour becomes RGB; a PNG's alpha is composited onto black, 16-bit PNGs are reduced to 8 bits
-// (libpng's simplified API: a gAMA other than sRGB's is corrected to sRGB). Throws UserError
-// naming `name` for anything else or a corrupt file.
+// colour becomes RGB; a PNG's alpha is composited onto black, 16-bit PNGs are scaled to 8 bits
+// (v * 255 / 65535, not gamma-encoded; libpng's simplified API corrects a gAMA other than
+// sRGB's). Throws UserError naming `name` for anything else or a corrupt file.
 Image DecodeImage(const std::string& bytes, const std::string& name);
 // DecodeImage of a file's contents (errors name the file).
 Image ReadImageFile(const std::string& path);

@@ -10,7 +10,8 @@ packages=(
   libgtest-dev libbenchmark-dev                  # tests, benchmarks
   dataset-fashion-mnist                          # /usr/share/datasets/fashion-mnist
   libcli11-dev libspdlog-dev nlohmann-json3-dev  # flags, logging, JSON metrics
-  prometheus-cpp-dev zlib1g-dev libpng-dev       # metrics endpoint, gzip IDX files, PNG output
+  prometheus-cpp-dev zlib1g-dev libpng-dev       # metrics endpoint, gzip IDX files, PNG in/out
+  libjpeg62-turbo-dev                            # JPEG files in image folders (--dataset images)
   gnuplot-nox                                    # leakage-vs-accuracy plots
   clang-16 libfuzzer-16-dev libclang-rt-16-dev  # the codec fuzzer (+ sanitizer runtimes)
   universal-ctags                                # function lengths (check_function_length.sh)

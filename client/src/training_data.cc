@@ -10,8 +10,8 @@
 namespace cleave::client {
 
 void DataFlags::Register(CLI::App& app) {
-  app.add_option("--dataset", dataset, "fashion-mnist or csv")
-      ->check(CLI::IsMember({"fashion-mnist", "csv"}))
+  app.add_option("--dataset", dataset, "fashion-mnist, csv or images")
+      ->check(CLI::IsMember({"fashion-mnist", "csv", "images"}))
       ->capture_default_str();
   app.add_option("--data-dir", data_dir, "Directory with the Fashion-MNIST IDX files (.gz)")
       ->capture_default_str();
@@ -22,11 +22,13 @@ void DataFlags::Register(CLI::App& app) {
       ->capture_default_str();
   app.add_option("--labels", labels,
                  "Class names of string CSV labels, comma-separated, in class order (a,b,c); "
-                 "without it, labels are class numbers 0..classes-1");
+                 "without it, labels are class numbers 0..classes-1. Images: the class "
+                 "folders, in label order (default: sorted subfolder names)");
   app.add_option("--csv-delimiter", csv_delimiter,
                  "CSV cell delimiter: one character, or \\t or tab for a tab")
       ->capture_default_str();
-  app.add_option("--test-fraction", test_fraction, "Share of --csv held out for testing")
+  app.add_option("--test-fraction", test_fraction,
+                 "Share of --csv (or of --images, per class) held out for testing")
       ->capture_default_str();
   app.add_option("--train-limit", train_limit, "Use only the first N training samples (0: all)")
       ->capture_default_str();
@@ -44,8 +46,10 @@ void DataFlags::Register(CLI::App& app) {
                  "Dirichlet concentration for --partition dirichlet (small = more skewed)")
       ->capture_default_str();
   app.add_option("--partition-seed", partition_seed,
-                 "Seed of the partition (the same on every client)")
+                 "Seed of the partition (the same on every client) and of the "
+                 "--test-fraction split")
       ->capture_default_str();
+  images.Register(app);
 }
 
 char ParseCsvDelimiter(const std::string& text) {
@@ -145,6 +149,11 @@ TrainingData LoadTrainingData(const DataFlags& flags, int64_t num_classes) {
     data.test = LoadFashionMnist(flags.data_dir, FashionMnistSplit::kTest);
     CLEAVE_CHECK_USER(num_classes >= data.train.num_classes, "Fashion-MNIST has ",
                       data.train.num_classes, " classes but --classes is ", num_classes);
+  } else if (flags.dataset == "images") {
+    TrainValidation split = LoadImageData(flags.images, flags.labels, flags.test_fraction,
+                                          flags.partition_seed, num_classes);
+    data.train = std::move(split.train);
+    data.test = std::move(split.validation);
   } else {
     data = LoadCsvData(flags, num_classes);
   }

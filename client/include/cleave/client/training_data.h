@@ -1,4 +1,5 @@
-// Which local data a client trains and tests on: Fashion-MNIST or a CSV file, optionally limited,
+// Which local data a client trains and tests on: Fashion-MNIST, a CSV file or an image folder,
+// optionally limited,
 // and optionally one shard of a seeded partition (so several hospitals can share one data set).
 #pragma once
 
@@ -7,12 +8,13 @@
 #include <string>
 #include <vector>
 
+#include "cleave/client/image_data.h"
 #include "cleave/core/dataset.h"
 
 namespace cleave::client {
 
 struct DataFlags {
-  std::string dataset = "fashion-mnist";  // "fashion-mnist" or "csv"
+  std::string dataset = "fashion-mnist";  // "fashion-mnist", "csv" or "images"
   std::string data_dir = kDefaultFashionMnistDir;
   std::string csv_path;       // training CSV (dataset=csv)
   std::string test_csv_path;  // optional; otherwise --test-fraction of csv_path is held out
@@ -27,6 +29,7 @@ struct DataFlags {
   std::string partition = "iid";  // "iid" or "dirichlet"
   double dirichlet_beta = 0.5;
   uint64_t partition_seed = 42;
+  ImageFlags images;  // dataset=images
 
   void Register(CLI::App& app);
 };
@@ -37,6 +40,7 @@ struct TrainingData {
 };
 
 // Loads, standardises CSV features on the training split, and takes this client's shard.
+// Image folders: see LoadImageData (--labels and --test-fraction apply to them too).
 // `num_classes` is the model's class count: CSV labels are checked against it (or against
 // --labels). Throws UserError for a label outside it or an empty test split.
 TrainingData LoadTrainingData(const DataFlags& flags, int64_t num_classes);

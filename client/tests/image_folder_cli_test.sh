@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# --dataset images as a user runs it: cleave-image-folder writes small class folders (grey PNG and
+# JPEG at 20x24, RGB JPEG at 16x16); every bad folder or flag is one line and exit 2; a client
+# trains a cnn on them over loopback mTLS (resized to 16x16, converted to RGB) with a test folder
+# and with a seeded --test-fraction, and learns the classes. A few seconds; no fixed ports.
+set -uo pipefail
+server="$1"; client="$2"; provision="$3"; folders="$4"
+dir="$(mktemp -d)"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null; done
+  wait 2>/dev/null
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+fail() {
+  echo "FAIL: $*" >&2
+  for log in "$dir"/*.log; do [ -f "$log" ] && { echo "--- $log" >&2; tail -20 "$log" >&2; }; done
+  exit 1
+}
+
+# expect_error TEXT CMD...: runs CMD, wants exit 2 and one stderr line containing TEXT.
+expect_error() {
+  local text="$1"; shift
+  "$@" >"$dir/out" 2>"$dir/err"
+  local got=$?
+  [ "$got" = 2 ] || fail "$* exited $got, expected 2: $(cat "$dir/err")"
+  grep -qF -- "$text" "$dir/err" || fail "$*: stderr does not mention '$text': $(cat "$dir/err")"
+  [ "$(grep -vc '^\s*$' "$dir/err")" = 1 ] || fail "$*: error is not one line: $(cat "$dir/err")"
+}
+
+"$provision" --out "$dir/pki" --client st-mary >/dev/null || fail "provision"
+P="$dir/pki"
+tls_server=(--ca "$P/ca.crt" --cert "$P/server.crt" --key "$P/server.key")
+tls_client=(--ca "$P/ca.crt" --cert "$P/clients/st-mary.crt" --key "$P/clients/st-mary.key")
+model=(--model cnn --input-shape 3x16x16 --classes 3 --cut 1)
+images=(--dataset images --image-size 16x16 --channels 3)
+
+make() { "$folders" synthetic --classes 3 "$@" >/dev/null || fail "cleave-image-folder $*"; }
+make --out "$dir/train" --per-class 24 --size 20x24 --format mixed --seed 1
+make --out "$dir/train" --per-class 8 --size 16x16 --channels 3 --format jpeg --prefix rgb- --seed 2
+make --out "$dir/test" --per-class 8 --size 20x24 --format mixed --seed 3
+[ "$(find "$dir/train" -name '*.png' | wc -l)" = 36 ] || fail "cleave-image-folder: not 36 PNGs"
+[ "$(find "$dir/train" -name '*.jpg' | wc -l)" = 60 ] || fail "cleave-image-folder: not 60 JPEGs"
+
+# cleave-image-folder itself: bad flags are exit 2; Fashion-MNIST (when on disk) as class folders.
+expect_error "--format" "$folders" synthetic --out "$dir/x" --format gif
+expect_error "--out" "$folders" fashion-mnist
+expect_error "--size must be HxW" "$folders" synthetic --out "$dir/x" --size 8
+fmnist="${CLEAVE_FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}"
+if [ -d "$fmnist" ]; then
+  "$folders" fashion-mnist --data-dir "$fmnist" --split test --limit 30 --out "$dir/fm" >/dev/null ||
+    fail "cleave-image-folder fashion-mnist"
+  [ "$(find "$dir/fm" -name '*.png' | wc -l)" = 30 ] || fail "fashion-mnist: not 30 PNGs"
+  [ -d "$dir/fm/0-tshirt" ] && [ -d "$dir/fm/9-boot" ] || fail "fashion-mnist: class folders"
+fi
+
+# Bad folders and flags: one line, exit 2, before any connection.
+c=("$client" "${tls_client[@]}" "${model[@]}" "${images[@]}")
+expect_error "--dataset images needs --images DIR" "${c[@]}"
+expect_error "image folder '$dir/nowhere' does not exist" "${c[@]}" --images "$dir/nowhere"
+mkdir -p "$dir/empty/class-000" "$dir/empty/class-001" "$dir/empty/class-002"
+expect_error "image folder '$dir/empty' has no images" "${c[@]}" --images "$dir/empty"
+expect_error "image folder '$dir/empty' has no images" "${c[@]}" --images "$dir/train" --test-images "$dir/empty"
+cp -r "$dir/test" "$dir/broken"
+printf 'not a jpeg' >"$dir/broken/class-001/00003.jpg"
+expect_error "cannot decode image '$dir/broken/class-001/00003.jpg'" "${c[@]}" --images "$dir/broken"
+cp -r "$dir/test" "$dir/extra"
+mkdir -p "$dir/extra/zebra" && cp "$dir/test/class-000/00000.png" "$dir/extra/zebra/"
+expect_error "has 4 class folders (class-000, class-001, class-002, zebra) but --classes is 3" "${c[@]}" --images "$dir/extra"
+expect_error "has a subfolder 'zebra' that is not one of the classes" "${c[@]}" --images "$dir/train" --test-images "$dir/extra"
+expect_error "--labels names 2 classes but --classes is 3" "${c[@]}" --images "$dir/train" --labels class-000,class-001
+expect_error "holds out no test images" "${c[@]}" --images "$dir/train" --test-fraction 0.001
+c0=("$client" "${tls_client[@]}" "${model[@]}" --dataset images --images "$dir/train")
+expect_error "images differ in size" "${c0[@]}"
+expect_error "--image-size must be HxW" "${c0[@]}" --image-size 16
+expect_error "--normalize must be MEAN,STD" "${c[@]}" --images "$dir/train" --normalize 0.5
+expect_error "--channels" "${c0[@]}" --image-size 16x16 --channels 2
+expect_error "the data's samples have shape 1x16x16 but --input-shape is 3x16x16" "${c0[@]}" --image-size 16x16 --channels 1
+
+"$client" --help >"$dir/client-help" || fail "client --help exited non-zero"
+for flag in --images --test-images --image-size --channels --normalize --labels --test-fraction; do
+  grep -qE -- "^ +$flag " "$dir/client-help" || fail "client --help does not explain $flag"
+done
+
+"$server" --listen 127.0.0.1:0 "${tls_server[@]}" "${model[@]}" >"$dir/server.out" \
+  2>"$dir/server.log" &
+server_pid=$!
+pids+=("$server_pid")
+for _ in $(seq 400); do grep -qE "listening on port [0-9]+" "$dir/server.out" && break; sleep 0.05; done
+port="$(sed -nE 's/.*listening on port ([0-9]+).*/\1/p' "$dir/server.out")"
+[ -n "$port" ] || fail "the server did not start"
+
+# train RUN ARGS...: one client run; wants exit 0 and a test accuracy of at least 90%.
+train() {
+  local run="$1"; shift
+  timeout 60 "$client" --server "127.0.0.1:$port" "${tls_client[@]}" "${model[@]}" "${images[@]}" \
+    --epochs 4 --batch-size 16 --lr 0.003 --progress none --metrics-out "$dir/$run.json" "$@" \
+    >"$dir/$run.out" 2>"$dir/$run.log"
+  local code=$?
+  [ "$code" = 0 ] || fail "$run: cleave-client exited $code"
+  grep -q "test accuracy" "$dir/$run.out" || fail "$run: no test accuracy"
+  local accuracy
+  accuracy="$(sed -nE 's/.*"test_accuracy": ([0-9.eE+-]+).*/\1/p' "$dir/$run.json")"
+  awk -v a="$accuracy" 'BEGIN { exit !(a >= 0.9) }' ||
+    fail "$run: test accuracy '$accuracy' is under 0.9: $(cat "$dir/$run.json")"
+}
+train folder --images "$dir/train" --test-images "$dir/test" --normalize 0.5,0.25
+grep -qE '"samples": 384,' "$dir/folder.json" || fail "folder: not 4 x 96 samples: $(cat "$dir/folder.json")"
+train fraction --images "$dir/train" --test-fraction 0.25 --partition-seed 5
+grep -qE '"samples": 288,' "$dir/fraction.json" || fail "fraction: not 4 x 72 samples"
+grep -q "no test" "$dir/fraction.log" && fail "fraction: empty test split"
+kill -TERM "$server_pid"
+wait "$server_pid" || fail "the server did not exit 0 on SIGTERM"
+echo "image_folder_cli_test: ok"

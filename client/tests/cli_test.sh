@@ -61,6 +61,7 @@ got=$?
 tail -n 1 "$dir/err" | grep -qF -- "--max-client-request-mb must be at least --max-message-mb" ||
   fail "--max-client-request-mb 8: $(cat "$dir/err")"
 expect_error 2 "cannot serve metrics on 'nowhere:99999'" "$server" --listen 127.0.0.1:0 "${tls_server[@]}" --metrics-listen nowhere:99999
+expect_error 2 "$dir/no-dir/metrics.prom" "$server" --listen 127.0.0.1:0 "${tls_server[@]}" --metrics-out "$dir/no-dir/metrics.prom"
 
 # A corrupt checkpoint is refused with a clear message and left in place.
 head -c 300 /dev/urandom >"$dir/bad.ckpt"
@@ -75,7 +76,7 @@ expect_error 2 "checkpoint '$dir/bad.ckpt' is corrupt" "$server" --listen 127.0.
 for flag in --checkpoint-every --schedule --rounds --round-samples --round-deadline --quorum \
             --min-clients --max-staleness --update-compression --metrics-listen --max-threads \
             --max-streams-per-connection --max-calls-per-client --max-client-request-mb \
-            --max-large-requests-mb; do
+            --max-large-requests-mb --linger-after-rounds --metrics-out; do
   grep -qE -- "^ +$flag " "$dir/server-help" || fail "server --help does not explain $flag"
 done
 for flag in --metrics-out --csv --test-csv --label-column --labels --csv-delimiter --test-fraction \

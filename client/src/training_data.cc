@@ -193,8 +193,10 @@ Standardization ParseStandardization(const std::string& mode, const std::string&
                       "--standardize shared needs --stats FILE (written by --fit-stats)");
     return Standardization::kShared;
   }
-  CLEAVE_CHECK_USER(stats_path.empty(), "--stats is used only with --standardize shared (or auto), "
-                    "not with --standardize ", mode);
+  CLEAVE_CHECK_USER(stats_path.empty(),
+                    "--stats is used only with --standardize shared (or auto), "
+                    "not with --standardize ",
+                    mode);
   return mode == "file" ? Standardization::kFile : Standardization::kNone;
 }
 

@@ -100,7 +100,9 @@ TEST(FeatureStatsTest, SharedStatisticsMatchColumnsByNameAndNameTheMismatch) {
   stats.mean.push_back(0);
   stats.std.push_back(1);
   EXPECT_EQ(StatsColumnOrder(stats, {"b", "c", "a"}, "s.json"), (std::vector<int64_t>{2, 0, 1}));
-  const std::string error = UserErrorOf([&] { StatsColumnOrder(stats, {"a", "d", "c"}, "s.json"); });
+  const std::string error = UserErrorOf([&] {
+    StatsColumnOrder(stats, {"a", "d", "c"}, "s.json");
+  });
   EXPECT_NE(error.find("'s.json'"), std::string::npos) << error;
   EXPECT_NE(error.find("no statistics for 'd'"), std::string::npos) << error;
   EXPECT_NE(error.find("statistics for columns it lacks 'b'"), std::string::npos) << error;
@@ -125,8 +127,8 @@ TEST(FeatureStatsTest, HospitalsWithSharedStatisticsStandardiseTheSameRowsAlike)
   WriteFileAtomic(dir.File("test.csv"), "a,b,label\n2,40,2\n4,0,1\n");
   DataFlags st_mary = Csv(dir.File("st-mary.csv"), dir.File("test.csv"));
   DataFlags riverside = Csv(dir.File("riverside.csv"), dir.File("test.csv"));
-  EXPECT_FALSE(LoadTrainingData(st_mary, 3).test.inputs.equal(
-      LoadTrainingData(riverside, 3).test.inputs));
+  EXPECT_FALSE(
+      LoadTrainingData(st_mary, 3).test.inputs.equal(LoadTrainingData(riverside, 3).test.inputs));
 
   // Each fits its own statistics; one pools them; both train with the pooled file.
   st_mary.fit_stats_path = dir.File("st-mary.json");
@@ -147,8 +149,8 @@ TEST(FeatureStatsTest, HospitalsWithSharedStatisticsStandardiseTheSameRowsAlike)
   // --standardize none leaves the numbers as they are.
   st_mary.stats_path.clear();
   st_mary.standardize = "none";
-  EXPECT_TRUE(LoadTrainingData(st_mary, 3).test.inputs.equal(
-      at::tensor({2.0f, 40.0f, 4.0f, 0.0f}).reshape({2, 2})));
+  EXPECT_TRUE(LoadTrainingData(st_mary, 3)
+                  .test.inputs.equal(at::tensor({2.0f, 40.0f, 4.0f, 0.0f}).reshape({2, 2})));
 }
 
 TEST(FeatureStatsTest, StatisticsFittedOnTheTrainingSplitOnly) {
@@ -177,8 +179,7 @@ TEST(FeatureStatsTest, StandardizationModes) {
 }
 
 TEST(FeatureStatsTest, MissingClassesAreTheOnesWithoutASample) {
-  EXPECT_EQ(MissingClasses(at::tensor({0, 2, 2}, at::kLong), 5),
-            (std::vector<int64_t>{1, 3, 4}));
+  EXPECT_EQ(MissingClasses(at::tensor({0, 2, 2}, at::kLong), 5), (std::vector<int64_t>{1, 3, 4}));
   EXPECT_TRUE(MissingClasses(at::tensor({1, 0}, at::kLong), 2).empty());
 }
 

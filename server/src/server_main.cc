@@ -263,16 +263,20 @@ void AddRoundFlags(CLI::App& app, Flags* f) {
                  "Sessions one hospital (certificate) may hold; a Join beyond it replaces its "
                  "oldest session (a restarted hospital takes over its own)")
       ->capture_default_str();
-  app.add_option("--linger-after-rounds", linger_seconds,
+}
+
+// When the server stops by itself, what it reports (metrics), and logging.
+void AddEndAndOutputFlags(CLI::App& app, Flags* f) {
+  app.add_option("--linger-after-rounds", f->linger_seconds,
                  "With --rounds: once the last round has closed, the server exits when every "
                  "hospital has left, or after this many seconds at the latest (hospitals still "
                  "evaluating then lose the server). Negative: keep serving until SIGINT/SIGTERM")
       ->capture_default_str();
-  app.add_option("--metrics-listen", metrics_listen,
+  app.add_option("--metrics-listen", f->metrics_listen,
                  "Serve Prometheus metrics at http://ADDRESS/metrics (e.g. 127.0.0.1:9464)");
-  app.add_option("--metrics-out", metrics_out,
+  app.add_option("--metrics-out", f->metrics_out,
                  "At exit, write the final metrics (Prometheus text format) to this file");
-  app.add_option("--log-level", log_level, "trace, debug, info, warn or error")
+  app.add_option("--log-level", f->log_level, "trace, debug, info, warn or error")
       ->capture_default_str();
 }
 
@@ -322,8 +326,9 @@ void Resolve(Flags* f) {
   CheckRanges(*f);
   if (options.rounds.rounds > 0 && options.rounds.schedule != cleave::server::Schedule::kSingle &&
       options.checkpoint_path.empty()) {
-    spdlog::warn("--rounds without --checkpoint: the trained model is not kept when the server "
-                 "exits");
+    spdlog::warn(
+        "--rounds without --checkpoint: the trained model is not kept when the server "
+        "exits");
   }
 
   cleave::server::ListenOptions& listen_options = f->limits;
@@ -414,6 +419,7 @@ int Run(int argc, char** argv) {
   AddConnectionFlags(app, &flags);
   AddTrainingFlags(app, &flags);
   AddRoundFlags(app, &flags);
+  AddEndAndOutputFlags(app, &flags);
   if (const auto code = cleave::ParseCommandLine(app, argc, argv)) return *code;
   Resolve(&flags);
   return Serve(flags);

@@ -328,8 +328,9 @@ bool SplitServer::FinishedServing(Clock::time_point now, std::chrono::millisecon
   } else {
     return false;
   }
-  if (why) *why = detail::Concat("training finished after ", options_.rounds.rounds,
-                                 " round(s) and ", reason);
+  if (why)
+    *why = detail::Concat("training finished after ", options_.rounds.rounds, " round(s) and ",
+                          reason);
   return true;
 }
 

@@ -20,9 +20,10 @@ struct DataFlags {
   std::string label_column = "label";
   std::string labels;               // class names of string labels, comma-separated ("" : numeric)
   std::string csv_delimiter = ",";  // one character, or "\t" / "tab"
-  std::string standardize = "auto";  // CSV: "auto", "file", "shared" or "none"
-  std::string stats_path;            // shared feature statistics (--stats)
-  std::string fit_stats_path;        // --fit-stats: write statistics here and exit (client_main)
+  // CSV standardisation (feature_stats.h)
+  std::string standardize = "auto";           // "auto", "file", "shared" or "none"
+  std::string stats_path;                     // shared feature statistics (--stats)
+  std::string fit_stats_path;                 // --fit-stats: write statistics here, exit
   std::vector<std::string> pool_stats_paths;  // --pool-stats: statistics pooled into them
   double test_fraction = 0.2;
   int64_t train_limit = 0;  // use only the first N training samples (0: all)

@@ -134,8 +134,8 @@ class SplitServer {
   // evaluated and left, or its session expired), or `linger` has passed since the last round
   // closed (a hospital that never leaves does not hold the server up). Always false for the
   // single schedule and without a round limit. `why`, if given, receives the reason.
-  bool FinishedServing(std::chrono::steady_clock::time_point now,
-                       std::chrono::milliseconds linger, std::string* why = nullptr) const;
+  bool FinishedServing(std::chrono::steady_clock::time_point now, std::chrono::milliseconds linger,
+                       std::string* why = nullptr) const;
 
   // Releases the sessions idle since before now - session_idle_timeout; returns how many. A
   // background thread calls it; tests call it with a time of their choosing.

@@ -116,7 +116,9 @@ std::string FeatureStatsToJson(const FeatureStats& stats) {
   return json.dump(2) + "\n";
 }
 
-FeatureStats FeatureStatsFromJson(const std::string& text, const std::string& source) {
+namespace {
+
+FeatureStats ParseFeatureStats(const std::string& text, const std::string& source) {
   const nlohmann::json json = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   CLEAVE_CHECK_USER(!json.is_discarded() && json.is_object(), "feature statistics '", source,
                     "' are not a JSON object");
@@ -147,6 +149,18 @@ FeatureStats FeatureStatsFromJson(const std::string& text, const std::string& so
                       name, "' is negative");
   }
   return stats;
+}
+
+}  // namespace
+
+FeatureStats FeatureStatsFromJson(const std::string& text, const std::string& source) {
+  try {
+    return ParseFeatureStats(text, source);
+  } catch (const nlohmann::json::exception& error) {
+    // A field of the wrong type (e.g. "format": 3).
+    throw UserError(
+        detail::Concat("feature statistics '", source, "' are malformed: ", error.what()));
+  }
 }
 
 void SaveFeatureStats(const std::string& path, const FeatureStats& stats) {

@@ -79,7 +79,8 @@ TEST(FeatureStatsTest, JsonRoundTripsAndRefusesWhatIsNotStatistics) {
            {head + R"("columns": [{"name": "a", "mean": 0, "std": -1}]})",
             "the std of 'a' is negative"},
            {R"({"format": "cleave-feature-stats", "version": 1, "rows": 0, "columns": []})",
-            "rows must be"}}) {
+            "rows must be"},
+           {R"({"format": 3, "version": 1})", "malformed"}}) {
     const std::string error = UserErrorOf([&] { FeatureStatsFromJson(text, "s.json"); });
     EXPECT_NE(error.find("'s.json'"), std::string::npos) << error;
     EXPECT_NE(error.find(says), std::string::npos) << error;

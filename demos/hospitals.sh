@@ -103,16 +103,22 @@ if [ "$KILL" = 1 ] && [ "$HOSPITALS" -ge 2 ]; then
     sleep 1
   done
   sleep 2
-  # Only while it still trains: a hospital that has finished and left has nothing to rejoin (the
-  # server may have stopped already). A killed one keeps its session until it expires, so the
-  # server waits for it to come back.
+  # Only while it still trains, and restarted only while training goes on: the server stops by
+  # itself once training is over and every hospital has left, so a hospital started after that
+  # would find no server (short runs: few ROUNDS, a late KILL_AT_ROUND or a long RESTART_AFTER).
   if kill -0 "${pids[$victim]}" 2>/dev/null; then
     echo "== killing ${NAMES[$victim]} (kill -9) in the middle of a round"
     kill -9 "${pids[$victim]}" 2>/dev/null || true
     wait "${pids[$victim]}" 2>/dev/null || true
+    unset "pids[$victim]"
     sleep "$RESTART_AFTER"
-    echo "== restarting ${NAMES[$victim]}: it rejoins and pulls the current client-side weights"
-    start_hospital "$victim"
+    if grep -q "training finished" "$RUN_DIR/server.log"; then
+      echo "== training finished while ${NAMES[$victim]} was down: not restarting it (if it" \
+        "died outside a Train stream or Sync, the server waits for its session to expire)"
+    else
+      echo "== restarting ${NAMES[$victim]}: it rejoins and pulls the current client-side weights"
+      start_hospital "$victim"
+    fi
   fi
 fi
 
@@ -138,6 +144,8 @@ total_dense=0
 for ((i = 0; i < HOSPITALS; i++)); do
   name="${NAMES[$i]}"
   m="$RUN_DIR/$name.json"
+  grep -q '"test_accuracy"' "$m" 2>/dev/null ||
+    { printf '%14s: killed and not restarted (no results)\n' "$name"; continue; }
   awk -v name="$name" -v acc="$(field "$m" test_accuracy)" -v local="$(field "$m" local_test_accuracy)" \
       -v samples="$(field "$m" samples)" -v rounds="$(field "$m" rounds_trained)" \
       -v per="$(field "$m" train_bytes_per_sample)" -v ratio="$(field "$m" compression_ratio)" \

@@ -4,7 +4,8 @@
 # in SplitFed rounds over mutual TLS with Gaussian-k on the link. Mid-run one hospital is killed
 # (kill -9) and restarted: the others carry on, and it rejoins at the current model version. Ends
 # with per-hospital and global test accuracy, bytes on the wire against dense fp32, and the test
-# dCor. Everything lands in a run folder (logs, metrics JSON, Prometheus scrape, checkpoints).
+# dCor. The server stops by itself once its rounds are done and every hospital has left. Everything
+# lands in a run folder (logs, metrics JSON, the server's final Prometheus metrics, checkpoints).
 #
 # Knobs (environment): HOSPITALS (3), ROUNDS (40), ROUND_SAMPLES (6000), BETA (0.5),
 # ACT_COMPRESSION (gaussiank), ACT_DENSITY (0.25), ACT_PRECISION (fp16), GRAD_PRECISION (bf16),
@@ -63,7 +64,7 @@ echo "== server on 127.0.0.1:$PORT: splitfed, ${ROUNDS} rounds of ${ROUND_SAMPLE
   --act-precision "$ACT_PRECISION" --grad-precision "$GRAD_PRECISION" \
   --update-compression "$UPDATE_COMPRESSION" --update-density "$UPDATE_DENSITY" \
   --checkpoint "$RUN_DIR/server.ckpt" --checkpoint-every 500 \
-  --metrics-listen "127.0.0.1:$METRICS_PORT" \
+  --metrics-listen "127.0.0.1:$METRICS_PORT" --metrics-out "$RUN_DIR/metrics.prom" \
   >"$RUN_DIR/server.out" 2>"$RUN_DIR/server.log" &
 server_pid=$!
 pids=()
@@ -102,33 +103,49 @@ if [ "$KILL" = 1 ] && [ "$HOSPITALS" -ge 2 ]; then
     sleep 1
   done
   sleep 2
-  echo "== killing ${NAMES[$victim]} (kill -9) in the middle of a round"
-  kill -9 "${pids[$victim]}" 2>/dev/null || true
-  wait "${pids[$victim]}" 2>/dev/null || true
-  sleep "$RESTART_AFTER"
-  echo "== restarting ${NAMES[$victim]}: it rejoins and pulls the current client-side weights"
-  start_hospital "$victim"
+  # Only while it still trains, and restarted only while training goes on: the server stops by
+  # itself once training is over and every hospital has left, so a hospital started after that
+  # would find no server (short runs: few ROUNDS, a late KILL_AT_ROUND or a long RESTART_AFTER).
+  if kill -0 "${pids[$victim]}" 2>/dev/null; then
+    echo "== killing ${NAMES[$victim]} (kill -9) in the middle of a round"
+    kill -9 "${pids[$victim]}" 2>/dev/null || true
+    wait "${pids[$victim]}" 2>/dev/null || true
+    unset "pids[$victim]"
+    sleep "$RESTART_AFTER"
+    if grep -q "training finished" "$RUN_DIR/server.log"; then
+      echo "== training finished while ${NAMES[$victim]} was down: not restarting it (if it" \
+        "died outside a Train stream or Sync, the server waits for its session to expire)"
+    else
+      echo "== restarting ${NAMES[$victim]}: it rejoins and pulls the current client-side weights"
+      start_hospital "$victim"
+    fi
+  fi
 fi
 
 status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=1; done
-# Keep what the metrics endpoint says, then stop the server (it writes its checkpoint).
-exec 3<>"/dev/tcp/127.0.0.1/$METRICS_PORT" &&
-  printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 && cat <&3 >"$RUN_DIR/metrics.prom" || true
-kill -TERM "$server_pid"
-wait "$server_pid" || true
+# Every hospital has evaluated and left: the server stops by itself (at most
+# --linger-after-rounds later), writing its checkpoint and its final metrics. If a hospital failed
+# and training is not over, stop it (SIGTERM also writes both).
+if [ "$status" -ne 0 ]; then kill -TERM "$server_pid" 2>/dev/null || true; fi
+server_status=0
+wait "$server_pid" || server_status=$?
 kill "$tail_pid" 2>/dev/null || true
 trap - EXIT
 [ "$status" -eq 0 ] || { echo "a hospital failed; see the logs in $RUN_DIR" >&2; exit 1; }
+[ "$server_status" -eq 0 ] ||
+  { echo "cleave-server exited $server_status; see $RUN_DIR/server.log" >&2; exit 1; }
 
 echo
-echo "== results (metrics JSON, logs, Prometheus scrape in $RUN_DIR)"
+echo "== results (metrics JSON, logs, the server's final Prometheus metrics in $RUN_DIR)"
 field() { sed -n "s/^ *\"$2\": *\(.*\),\{0,1\}$/\1/p" "$1" | tr -d ',"'; }
 total_train_bytes=0
 total_dense=0
 for ((i = 0; i < HOSPITALS; i++)); do
   name="${NAMES[$i]}"
   m="$RUN_DIR/$name.json"
+  grep -q '"test_accuracy"' "$m" 2>/dev/null ||
+    { printf '%14s: killed and not restarted (no results)\n' "$name"; continue; }
   awk -v name="$name" -v acc="$(field "$m" test_accuracy)" -v local="$(field "$m" local_test_accuracy)" \
       -v samples="$(field "$m" samples)" -v rounds="$(field "$m" rounds_trained)" \
       -v per="$(field "$m" train_bytes_per_sample)" -v ratio="$(field "$m" compression_ratio)" \

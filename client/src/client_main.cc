@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include "cleave/client/feature_stats.h"
 #include "cleave/client/grpc_link.h"
 #include "cleave/client/round_participant.h"
 #include "cleave/client/split_trainer.h"
@@ -38,6 +39,12 @@ them: it trains each round from the current shared client-side weights, sends it
 (compressed as the server asks), and stops when the server says training is over (--epochs is
 then ignored). If the server goes away it reconnects with exponential backoff and jitter and
 carries on; if its update is too stale it resynchronises.
+
+Tabular data (--dataset csv): standardise every hospital's features with the same statistics.
+Fit them once (no server needed; each hospital may fit its own and one pools them):
+  cleave-client --csv st-mary.csv --fit-stats st-mary.stats.json
+  cleave-client --pool-stats st-mary.stats.json riverside.stats.json --fit-stats shared.json
+then train everywhere with --dataset csv --csv FILE --stats shared.json.
 
 Exit codes: 0 ok, 1 internal error, 2 bad flags or files, 3 refused or failed by the server.)";
 
@@ -301,6 +308,30 @@ void CheckDataFitsModel(const cleave::client::TrainingData& data, const cleave::
                     cleave::protocol::ShapeToString(model.input_shape));
 }
 
+// --fit-stats: the feature statistics every hospital shares, written to a file; no server.
+int FitStats(const Flags& f) {
+  const cleave::client::FeatureStats stats =
+      cleave::client::FitSharedStats(f.data_flags, f.options.model.num_classes);
+  cleave::client::SaveFeatureStats(f.data_flags.fit_stats_path, stats);
+  std::printf("wrote the mean and std of %zu feature column(s) over %lld row(s) to %s\n",
+              stats.columns.size(), static_cast<long long>(stats.rows),
+              f.data_flags.fit_stats_path.c_str());
+  return 0;
+}
+
+// Per-file standardisation differs between hospitals with different files: say so once rounds
+// (several hospitals, one model) are on.
+void WarnIfStandardizedPerFile(const Flags& f, const cleave::v1::JoinReply& joined) {
+  if (f.data_flags.dataset != "csv" || joined.server().schedule() == "single") return;
+  if (cleave::client::ParseStandardization(f.data_flags.standardize, f.data_flags.stats_path) !=
+      cleave::client::Standardization::kFile) {
+    return;
+  }
+  spdlog::warn(
+      "features are standardised with this file's own statistics: hospitals with other files "
+      "feed the shared model other numbers; share statistics with --fit-stats and --stats");
+}
+
 int Run(int argc, char** argv) {
   CLI::App app(kDescription, "cleave-client");
   app.get_formatter()->column_width(36);
@@ -312,6 +343,7 @@ int Run(int argc, char** argv) {
   cleave::SetupLogging(f.log_level);
   const auto progress = cleave::client::ParseProgressMode(f.progress_mode);
   f.options.model = f.model_flags.Spec();
+  if (!f.data_flags.fit_stats_path.empty()) return FitStats(f);
   const cleave::client::ConnectOptions connect = ResolveConnection(f);
   const cleave::client::TrainingData data =
       cleave::client::LoadTrainingData(f.data_flags, f.options.model.num_classes);
@@ -329,6 +361,7 @@ int Run(int argc, char** argv) {
                joined.server().model_description(), joined.compression().activations().method(),
                joined.compression().activations().density(),
                joined.compression().activations().value_precision());
+  WarnIfStandardizedPerFile(f, joined);
 
   cleave::client::ProgressReporter reporter(progress);
   const Training training = joined.server().schedule() != "single"

@@ -1,10 +1,12 @@
 #include "cleave/client/training_data.h"
 
 #include <ATen/ATen.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <numeric>
 
+#include "cleave/client/feature_stats.h"
 #include "cleave/core/error.h"
 
 namespace cleave::client {
@@ -27,6 +29,21 @@ void DataFlags::Register(CLI::App& app) {
   app.add_option("--csv-delimiter", csv_delimiter,
                  "CSV cell delimiter: one character, or \\t or tab for a tab")
       ->capture_default_str();
+  app.add_option("--standardize", standardize,
+                 "CSV features: shared (with --stats: every hospital the same), file (this "
+                 "file's training split's own mean and std), none, or auto (shared with --stats, "
+                 "else file)")
+      ->check(CLI::IsMember({"auto", "file", "shared", "none"}))
+      ->capture_default_str();
+  app.add_option("--stats", stats_path,
+                 "Feature statistics every hospital shares (JSON from --fit-stats); columns "
+                 "matched by name");
+  app.add_option("--fit-stats", fit_stats_path,
+                 "Write the mean and std of each feature column of --csv's training split to "
+                 "this JSON file, then exit (no server needed); with --pool-stats, pool them");
+  app.add_option("--pool-stats", pool_stats_paths,
+                 "With --fit-stats: statistics files (of other hospitals) to pool into it, exactly "
+                 "as if their rows had been fitted together; --csv is then optional");
   app.add_option("--test-fraction", test_fraction,
                  "Share of --csv (or of --images, per class) held out for testing")
       ->capture_default_str();
@@ -100,9 +117,13 @@ Dataset LoadCsvFile(const std::string& path, const CsvOptions& options,
   }
 }
 
-// Training and test splits of --csv (and --test-csv), standardised with the training split's
-// statistics.
-TrainingData LoadCsvData(const DataFlags& flags, int64_t num_classes) {
+// The training and test splits of --csv (and --test-csv), not standardised.
+struct CsvSplits {
+  TrainingData data;
+  std::vector<std::string> columns;  // the feature columns' names, in the data's order
+};
+
+CsvSplits LoadCsvSplits(const DataFlags& flags, int64_t num_classes) {
   CLEAVE_CHECK_USER(!flags.csv_path.empty(), "--dataset csv needs --csv FILE");
   CsvOptions csv;
   csv.label_column = flags.label_column;
@@ -114,8 +135,9 @@ TrainingData LoadCsvData(const DataFlags& flags, int64_t num_classes) {
                       "--labels names ", csv.class_names.size(), " classes but --classes is ",
                       num_classes);
   }
-  TrainingData data;
-  std::vector<std::string> columns;
+  CsvSplits splits;
+  TrainingData& data = splits.data;
+  std::vector<std::string>& columns = splits.columns;
   Dataset all = LoadCsvFile(flags.csv_path, csv, &columns);
   if (!flags.test_csv_path.empty()) {
     data.train = std::move(all);
@@ -131,14 +153,96 @@ TrainingData LoadCsvData(const DataFlags& flags, int64_t num_classes) {
     data.train = std::move(split.train);
     data.test = std::move(split.validation);
   }
-  // Standardise with statistics of the training split only.
-  const Standardizer standardizer = Standardizer::Fit(data.train.inputs);
+  WarnAboutMissingClasses(data.train.labels, num_classes, "'" + flags.csv_path + "'");
+  return splits;
+}
+
+// The CSV splits, standardised as --standardize says.
+TrainingData LoadCsvData(const DataFlags& flags, int64_t num_classes) {
+  const Standardization how = ParseStandardization(flags.standardize, flags.stats_path);
+  CsvSplits splits = LoadCsvSplits(flags, num_classes);
+  TrainingData& data = splits.data;
+  Standardizer standardizer;
+  switch (how) {
+    case Standardization::kNone:
+      return data;
+    case Standardization::kFile:
+      // The training split's own statistics: hospitals with other files standardise otherwise.
+      standardizer = Standardizer::Fit(data.train.inputs);
+      break;
+    case Standardization::kShared: {
+      // The statistics' column order becomes the data's (the same model input everywhere).
+      const FeatureStats stats = LoadFeatureStats(flags.stats_path);
+      const at::Tensor order =
+          at::tensor(StatsColumnOrder(stats, splits.columns, flags.stats_path), at::kLong);
+      data.train.inputs = data.train.inputs.index_select(1, order);
+      data.test.inputs = data.test.inputs.index_select(1, order);
+      standardizer = SharedStandardizer(stats);
+      break;
+    }
+  }
   data.train.inputs = standardizer.Apply(data.train.inputs);
   data.test.inputs = standardizer.Apply(data.test.inputs);
   return data;
 }
 
 }  // namespace
+
+Standardization ParseStandardization(const std::string& mode, const std::string& stats_path) {
+  if (mode == "auto") return stats_path.empty() ? Standardization::kFile : Standardization::kShared;
+  CLEAVE_CHECK_USER(mode == "file" || mode == "shared" || mode == "none",
+                    "--standardize must be auto, file, shared or none, got '", mode, "'");
+  if (mode == "shared") {
+    CLEAVE_CHECK_USER(!stats_path.empty(),
+                      "--standardize shared needs --stats FILE (written by --fit-stats)");
+    return Standardization::kShared;
+  }
+  CLEAVE_CHECK_USER(stats_path.empty(),
+                    "--stats is used only with --standardize shared (or auto), "
+                    "not with --standardize ",
+                    mode);
+  return mode == "file" ? Standardization::kFile : Standardization::kNone;
+}
+
+std::vector<int64_t> MissingClasses(const at::Tensor& labels, int64_t num_classes) {
+  const at::Tensor counts = at::bincount(labels.to(at::kLong).reshape({-1}), {}, num_classes);
+  std::vector<int64_t> missing;
+  for (int64_t c = 0; c < num_classes; ++c) {
+    if (counts[c].item<int64_t>() == 0) missing.push_back(c);
+  }
+  return missing;
+}
+
+void WarnAboutMissingClasses(const at::Tensor& labels, int64_t num_classes,
+                             const std::string& source) {
+  const std::vector<int64_t> missing = MissingClasses(labels, num_classes);
+  if (missing.empty()) return;
+  std::string list;
+  for (size_t i = 0; i < missing.size() && i < 10; ++i) {
+    list += (i == 0 ? "" : ", ") + std::to_string(missing[i]);
+  }
+  if (missing.size() > 10) list += ", ...";
+  spdlog::warn(
+      "--classes is {} but the training data of {} has samples of {} class(es) only (none of "
+      "class {}): check --classes (fine if other hospitals hold those classes)",
+      num_classes, source, num_classes - static_cast<int64_t>(missing.size()), list);
+}
+
+FeatureStats FitSharedStats(const DataFlags& flags, int64_t num_classes) {
+  std::vector<FeatureStats> parts;
+  std::vector<std::string> sources;
+  if (!flags.csv_path.empty()) {
+    const CsvSplits splits = LoadCsvSplits(flags, num_classes);
+    parts.push_back(FitFeatureStats(splits.data.train.inputs, splits.columns));
+    sources.push_back(flags.csv_path);
+  }
+  for (const std::string& path : flags.pool_stats_paths) {
+    parts.push_back(LoadFeatureStats(path));
+    sources.push_back(path);
+  }
+  CLEAVE_CHECK_USER(!parts.empty(), "--fit-stats needs --csv FILE or --pool-stats FILE...");
+  return parts.size() == 1 ? parts[0] : PoolFeatureStats(parts, sources);
+}
 
 TrainingData LoadTrainingData(const DataFlags& flags, int64_t num_classes) {
   CLEAVE_CHECK_USER(flags.shards >= 1 && flags.shard >= 0 && flags.shard < flags.shards, "--shard ",
@@ -149,6 +253,7 @@ TrainingData LoadTrainingData(const DataFlags& flags, int64_t num_classes) {
     data.test = LoadFashionMnist(flags.data_dir, FashionMnistSplit::kTest);
     CLEAVE_CHECK_USER(num_classes >= data.train.num_classes, "Fashion-MNIST has ",
                       data.train.num_classes, " classes but --classes is ", num_classes);
+    WarnAboutMissingClasses(data.train.labels, num_classes, "Fashion-MNIST");
   } else if (flags.dataset == "images") {
     TrainValidation split = LoadImageData(flags.images, flags.labels, flags.test_fraction,
                                           flags.partition_seed, num_classes);

@@ -44,6 +44,21 @@ expect_error 2 "holds out no test rows" "${csv[@]}" --csv "$dir/train.csv" --tes
 expect_error 2 "--csv-delimiter must be one character" "${csv[@]}" --csv "$dir/train.csv" --csv-delimiter ';;'
 expect_error 2 "has no column 'label'" "${csv[@]}" --csv "$dir/train.csv" --csv-delimiter tab
 # The model's input shape must be the data's sample shape (one line, not a LibTorch shape error).
+# Shared feature statistics: --fit-stats needs no server (and warns of classes without samples);
+# statistics whose columns are not the data's, or that are not statistics, are one line.
+"$client" --dataset csv --model mlp --input-shape 2 --classes 3 --csv "$dir/train.csv" \
+  --fit-stats "$dir/stats.json" >"$dir/out" 2>"$dir/err" || fail "--fit-stats: $(cat "$dir/err")"
+grep -q "wrote the mean and std of 2 feature column(s) over 2 row(s)" "$dir/out" || fail "--fit-stats: $(cat "$dir/out")"
+grep -q '"name": "b"' "$dir/stats.json" || fail "--fit-stats wrote $(cat "$dir/stats.json")"
+grep -q -- "--classes is 3 but the training data of '$dir/train.csv' has samples of 2 class(es) only (none of class 2)" "$dir/err" ||
+  fail "no warning about --classes 3: $(cat "$dir/err")"
+printf 'a,c,label\n1,2,0\n3,4,1\n5,6,1\n' >"$dir/other.csv"
+expect_error 2 "feature statistics '$dir/stats.json' do not match the columns of the data: no statistics for 'c'; statistics for columns it lacks 'b'" "${csv[@]}" --csv "$dir/other.csv" --stats "$dir/stats.json"
+printf '{"format": "cleave-feature-stats", "version": 1, "rows": 2, "columns": [{"name": "a", "mean": 0, "std": -1}]}' >"$dir/bad.json"
+expect_error 2 "feature statistics '$dir/bad.json': the std of 'a' is negative" "${csv[@]}" --csv "$dir/train.csv" --stats "$dir/bad.json"
+expect_error 2 "--standardize shared needs --stats FILE" "${csv[@]}" --csv "$dir/train.csv" --standardize shared
+expect_error 2 "$dir/none.json" "${csv[@]}" --csv "$dir/train.csv" --stats "$dir/none.json"
+expect_error 2 "--fit-stats needs --csv FILE or --pool-stats" "$client" --fit-stats "$dir/s.json"
 expect_error 2 "the data's samples have shape 2 but --input-shape is 3" "$client" "${tls_client[@]}" --dataset csv --model mlp --input-shape 3 --classes 2 --csv "$dir/train.csv"
 expect_error 2 "$dir/missing.ckpt" "$server" --listen 127.0.0.1:0 "${tls_server[@]}" --checkpoint "$dir/missing.ckpt" --resume --require-checkpoint
 expect_error 2 "--epochs" "$client" "${tls_client[@]}" --epochs many
@@ -61,6 +76,7 @@ got=$?
 tail -n 1 "$dir/err" | grep -qF -- "--max-client-request-mb must be at least --max-message-mb" ||
   fail "--max-client-request-mb 8: $(cat "$dir/err")"
 expect_error 2 "cannot serve metrics on 'nowhere:99999'" "$server" --listen 127.0.0.1:0 "${tls_server[@]}" --metrics-listen nowhere:99999
+expect_error 2 "$dir/no-dir/metrics.prom" "$server" --listen 127.0.0.1:0 "${tls_server[@]}" --metrics-out "$dir/no-dir/metrics.prom"
 
 # A corrupt checkpoint is refused with a clear message and left in place.
 head -c 300 /dev/urandom >"$dir/bad.ckpt"
@@ -75,11 +91,11 @@ expect_error 2 "checkpoint '$dir/bad.ckpt' is corrupt" "$server" --listen 127.0.
 for flag in --checkpoint-every --schedule --rounds --round-samples --round-deadline --quorum \
             --min-clients --max-staleness --update-compression --metrics-listen --max-threads \
             --max-streams-per-connection --max-calls-per-client --max-client-request-mb \
-            --max-large-requests-mb; do
+            --max-large-requests-mb --linger-after-rounds --metrics-out; do
   grep -qE -- "^ +$flag " "$dir/server-help" || fail "server --help does not explain $flag"
 done
 for flag in --metrics-out --csv --test-csv --label-column --labels --csv-delimiter --test-fraction \
-            --input-shape --classes; do
+            --input-shape --classes --standardize --stats --fit-stats --pool-stats; do
   grep -qE -- "^ +$flag " "$dir/client-help" || fail "client --help does not explain $flag"
 done
 "$server" --listen 127.0.0.1:0 --insecure >"$dir/out" 2>"$dir/err" &

@@ -5,6 +5,7 @@
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
 
 #include "cleave/core/error.h"
 
@@ -109,6 +110,7 @@ struct MetricsExporter::Metrics {
 MetricsExporter::MetricsExporter(const std::string& address)
     : registry_(std::make_shared<prometheus::Registry>()),
       metrics_(std::make_unique<Metrics>(*registry_)) {
+  if (address.empty()) return;
   try {
     exposer_ = std::make_unique<prometheus::Exposer>(address);
   } catch (const std::exception& error) {
@@ -120,8 +122,13 @@ MetricsExporter::MetricsExporter(const std::string& address)
 MetricsExporter::~MetricsExporter() = default;
 
 int MetricsExporter::port() const {
+  if (!exposer_) return 0;
   const auto ports = exposer_->GetListeningPorts();
   return ports.empty() ? 0 : ports.front();
+}
+
+std::string MetricsExporter::Text() const {
+  return prometheus::TextSerializer().Serialize(registry_->Collect());
 }
 
 void MetricsExporter::OnStep(int64_t samples, double seconds) {

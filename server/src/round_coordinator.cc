@@ -174,6 +174,7 @@ SyncDecision RoundCoordinator::Sync(const std::string& identity, int64_t have_ve
     decision.version = state_.version;
     if (state_.phase == RoundPhase::kFinished) {
       decision.action = SyncDecision::Action::kDone;
+      decision.round = state_.round - 1;  // the last round run (state_.round is the one after)
     } else if (state_.phase == RoundPhase::kTraining && state_.submitted.count(identity) == 0 &&
                policy_->MayTrain(ViewLocked(), identity)) {
       AssignLocked(identity);

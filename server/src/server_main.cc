@@ -7,12 +7,14 @@
 #include <csignal>
 #include <cstdio>
 #include <memory>
+#include <string>
 
 #include "cleave/compress/method.h"
 #include "cleave/compress/sparse_codec.h"
 #include "cleave/core/certificates.h"
 #include "cleave/core/command_line.h"
 #include "cleave/core/error.h"
+#include "cleave/core/file_io.h"
 #include "cleave/core/logging.h"
 #include "cleave/core/model_flags.h"
 #include "cleave/server/grpc_server.h"
@@ -47,6 +49,11 @@ Several hospitals (--schedule):
 
   cleave-server ... --schedule splitfed --rounds 40 --round-samples 6000 --round-deadline 120 \
                     --quorum 2 --min-clients 3 --metrics-listen 127.0.0.1:9464
+
+With --rounds N the server stops by itself once the last round has closed and every hospital has
+left (each evaluates, fetches the final client-side weights with its last Sync, and says goodbye),
+or --linger-after-rounds seconds after the last round at the latest; it then writes its checkpoint
+(and --metrics-out) and exits 0.
 
 SIGINT/SIGTERM: stop accepting, finish open steps, write the checkpoint, exit 0.
 Exit codes: 0 ok, 1 internal error, 2 bad flags, files or certificates.)";
@@ -105,6 +112,8 @@ struct Flags {
   std::string metrics_listen;
   std::string aggregation = "mean";
   double session_idle_seconds = 180;
+  double linger_seconds = 300;  // after the last round; negative: until a signal
+  std::string metrics_out;
 };
 
 // Where to listen, the certificates, who may join, and the limits against flooding.
@@ -112,7 +121,7 @@ void AddConnectionFlags(CLI::App& app, Flags* f) {
   auto& [listen, ca_path, cert_path, key_path, insecure, model_flags, options, max_message_mb,
          log_level, act, grad, update, allowlist_path, limits, max_client_request_mb,
          max_large_requests_mb, schedule, round_deadline_seconds, metrics_listen, aggregation,
-         session_idle_seconds] = *f;
+         session_idle_seconds, linger_seconds, metrics_out] = *f;
   app.add_option("--listen", listen, "Address to listen on (port 0 picks a free port)")
       ->capture_default_str();
   app.add_option("--ca", ca_path, "CA certificate that signs client certificates (PEM)")
@@ -156,7 +165,7 @@ void AddTrainingFlags(CLI::App& app, Flags* f) {
   auto& [listen, ca_path, cert_path, key_path, insecure, model_flags, options, max_message_mb,
          log_level, act, grad, update, allowlist_path, limits, max_client_request_mb,
          max_large_requests_mb, schedule, round_deadline_seconds, metrics_listen, aggregation,
-         session_idle_seconds] = *f;
+         session_idle_seconds, linger_seconds, metrics_out] = *f;
   app.add_option("--optimizer", options.optimizer, "Server-side optimizer: adam or sgd")
       ->check(CLI::IsMember({"adam", "sgd"}))
       ->capture_default_str();
@@ -189,7 +198,7 @@ void AddRoundFlags(CLI::App& app, Flags* f) {
   auto& [listen, ca_path, cert_path, key_path, insecure, model_flags, options, max_message_mb,
          log_level, act, grad, update, allowlist_path, limits, max_client_request_mb,
          max_large_requests_mb, schedule, round_deadline_seconds, metrics_listen, aggregation,
-         session_idle_seconds] = *f;
+         session_idle_seconds, linger_seconds, metrics_out] = *f;
   app.add_option("--schedule", schedule, "single, sequential or splitfed (see above)")
       ->capture_default_str();
   app.add_option("--rounds", options.rounds.rounds,
@@ -254,9 +263,20 @@ void AddRoundFlags(CLI::App& app, Flags* f) {
                  "Sessions one hospital (certificate) may hold; a Join beyond it replaces its "
                  "oldest session (a restarted hospital takes over its own)")
       ->capture_default_str();
-  app.add_option("--metrics-listen", metrics_listen,
+}
+
+// When the server stops by itself, what it reports (metrics), and logging.
+void AddEndAndOutputFlags(CLI::App& app, Flags* f) {
+  app.add_option("--linger-after-rounds", f->linger_seconds,
+                 "With --rounds: once the last round has closed, the server exits when every "
+                 "hospital has left, or after this many seconds at the latest (hospitals still "
+                 "evaluating then lose the server). Negative: keep serving until SIGINT/SIGTERM")
+      ->capture_default_str();
+  app.add_option("--metrics-listen", f->metrics_listen,
                  "Serve Prometheus metrics at http://ADDRESS/metrics (e.g. 127.0.0.1:9464)");
-  app.add_option("--log-level", log_level, "trace, debug, info, warn or error")
+  app.add_option("--metrics-out", f->metrics_out,
+                 "At exit, write the final metrics (Prometheus text format) to this file");
+  app.add_option("--log-level", f->log_level, "trace, debug, info, warn or error")
       ->capture_default_str();
 }
 
@@ -282,7 +302,7 @@ void Resolve(Flags* f) {
   auto& [listen, ca_path, cert_path, key_path, insecure, model_flags, options, max_message_mb,
          log_level, act, grad, update, allowlist_path, limits, max_client_request_mb,
          max_large_requests_mb, schedule, round_deadline_seconds, metrics_listen, aggregation,
-         session_idle_seconds] = *f;
+         session_idle_seconds, linger_seconds, metrics_out] = *f;
   cleave::SetupLogging(log_level);
   cleave::server::RouteGrpcLogsToSpdlog();
   options.model = model_flags.Spec();
@@ -304,6 +324,12 @@ void Resolve(Flags* f) {
       std::chrono::milliseconds(static_cast<int64_t>(round_deadline_seconds * 1000));
 
   CheckRanges(*f);
+  if (options.rounds.rounds > 0 && options.rounds.schedule != cleave::server::Schedule::kSingle &&
+      options.checkpoint_path.empty()) {
+    spdlog::warn(
+        "--rounds without --checkpoint: the trained model is not kept when the server "
+        "exits");
+  }
 
   cleave::server::ListenOptions& listen_options = f->limits;
   listen_options.address = listen;
@@ -324,37 +350,63 @@ void Resolve(Flags* f) {
   }
 }
 
-// Serves until SIGINT/SIGTERM, then writes the checkpoint.
-int Serve(const cleave::server::SplitServerOptions& options,
-          const cleave::server::ListenOptions& listen_options, const std::string& metrics_listen) {
-  // Block the stop signals in every thread; the main thread waits for them with sigwait.
+// Waits for SIGINT/SIGTERM or, with a round limit and `linger_seconds` >= 0, for the end of the
+// server's work (SplitServer::FinishedServing). Checked a few times a second: the signals are
+// blocked in every thread, so this thread takes them with sigtimedwait between the checks.
+void WaitForStop(const sigset_t& stop_signals, const cleave::server::SplitServer& server,
+                 double linger_seconds) {
+  const timespec tick{0, 200 * 1000 * 1000};
+  const auto linger = std::chrono::milliseconds(static_cast<int64_t>(linger_seconds * 1000));
+  while (true) {
+    const int signal_number = sigtimedwait(&stop_signals, nullptr, &tick);
+    if (signal_number == SIGINT || signal_number == SIGTERM) {
+      spdlog::info("received {}, shutting down", signal_number == SIGINT ? "SIGINT" : "SIGTERM");
+      return;
+    }
+    std::string why;
+    if (linger_seconds >= 0 &&
+        server.FinishedServing(std::chrono::steady_clock::now(), linger, &why)) {
+      spdlog::info("{}: shutting down", why);
+      return;
+    }
+  }
+}
+
+// Serves until SIGINT/SIGTERM or the end of its rounds, then writes the checkpoint (and the final
+// metrics).
+int Serve(const Flags& f) {
+  // Block the stop signals in every thread; the main thread waits for them with sigtimedwait.
   sigset_t stop_signals;
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGINT);
   sigaddset(&stop_signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
-  // Bind the metrics port first: a bad address fails before the model is built.
+  // Bind the metrics port (and create the metrics file) first: a bad address or path fails
+  // before the model is built.
   std::unique_ptr<cleave::server::MetricsExporter> metrics;
-  if (!metrics_listen.empty()) {
-    metrics = std::make_unique<cleave::server::MetricsExporter>(metrics_listen);
+  if (!f.metrics_listen.empty() || !f.metrics_out.empty()) {
+    metrics = std::make_unique<cleave::server::MetricsExporter>(f.metrics_listen);
   }
-  cleave::server::SplitServer server(options);
-  if (metrics) {
-    server.SetObserver(metrics.get());
-    spdlog::info("Prometheus metrics at http://{}/metrics (port {})", metrics_listen,
+  if (!f.metrics_out.empty()) cleave::WriteFileAtomic(f.metrics_out, "");
+  cleave::server::SplitServer server(f.options);
+  if (metrics) server.SetObserver(metrics.get());
+  if (!f.metrics_listen.empty()) {
+    spdlog::info("Prometheus metrics at http://{}/metrics (port {})", f.metrics_listen,
                  metrics->port());
   }
-  cleave::server::GrpcServer grpc_server(server, listen_options);
+  cleave::server::GrpcServer grpc_server(server, f.limits);
   std::printf("cleave-server listening on port %d\n", grpc_server.port());
   std::fflush(stdout);
 
-  int signal_number = 0;
-  sigwait(&stop_signals, &signal_number);
-  spdlog::info("received {}, shutting down", signal_number == SIGINT ? "SIGINT" : "SIGTERM");
+  WaitForStop(stop_signals, server, f.linger_seconds);
   grpc_server.Shutdown();
   server.SaveCheckpoint();
   server.SetObserver(nullptr);
+  if (!f.metrics_out.empty()) {
+    cleave::WriteFileAtomic(f.metrics_out, metrics->Text());
+    spdlog::info("final metrics written to '{}'", f.metrics_out);
+  }
   spdlog::info("stopped after {} steps; received {} bytes, sent {} bytes", server.step(),
                server.bytes_received(), server.bytes_sent());
   return 0;
@@ -367,9 +419,10 @@ int Run(int argc, char** argv) {
   AddConnectionFlags(app, &flags);
   AddTrainingFlags(app, &flags);
   AddRoundFlags(app, &flags);
+  AddEndAndOutputFlags(app, &flags);
   if (const auto code = cleave::ParseCommandLine(app, argc, argv)) return *code;
   Resolve(&flags);
-  return Serve(flags.options, flags.limits, flags.metrics_listen);
+  return Serve(flags);
 }
 
 }  // namespace

@@ -70,6 +70,8 @@ SplitServer::SplitServer(SplitServerOptions options)
                          client_parameters_);
   }
   if (coordinator_) {
+    // Resumed after the last round: the linger after it starts now.
+    if (coordinator_->finished()) rounds_finished_at_ = Clock::now();
     coordinator_->SetRoundClosedCallback(
         [this](const RoundSummary& summary) { OnRoundClosed(summary); });
     spdlog::info("{}", DescribeRoundOptions(options_.rounds));
@@ -302,6 +304,34 @@ void SplitServer::OnRoundClosed(const RoundSummary& summary) {
       totals.bytes_sent / 1e6, summary.finished ? "; training finished" : "");
   if (observer_) observer_->OnRound(summary);
   SaveCheckpoint();
+  if (summary.finished) {
+    std::lock_guard<std::mutex> lock(finished_mutex_);
+    rounds_finished_at_ = Clock::now();
+  }
+}
+
+bool SplitServer::FinishedServing(Clock::time_point now, std::chrono::milliseconds linger,
+                                  std::string* why) const {
+  std::optional<Clock::time_point> finished_at;
+  {
+    std::lock_guard<std::mutex> lock(finished_mutex_);
+    finished_at = rounds_finished_at_;
+  }
+  if (!finished_at) return false;
+  const size_t open = sessions_.size();
+  std::string reason;
+  if (open == 0) {
+    reason = "every hospital has left";
+  } else if (now - *finished_at >= linger) {
+    reason = detail::Concat(open, " session(s) still open ", linger.count() / 1000.0,
+                            " s after the last round");
+  } else {
+    return false;
+  }
+  if (why)
+    *why = detail::Concat("training finished after ", options_.rounds.rounds, " round(s) and ",
+                          reason);
+  return true;
 }
 
 void SplitServer::SaveCheckpoint() {

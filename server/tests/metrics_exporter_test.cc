@@ -70,6 +70,21 @@ TEST(MetricsExporterTest, ServesWhatTheServerReported) {
   }
 }
 
+// Without an address nothing is served, and the figures are still there for a file at exit.
+TEST(MetricsExporterTest, WithoutAnAddressKeepsTheFiguresForText) {
+  MetricsExporter exporter("");
+  EXPECT_EQ(exporter.port(), 0);
+  exporter.OnStep(64, 0.004);
+  RoundSummary round;
+  round.version = 7;
+  exporter.OnRound(round);
+  const std::string text = exporter.Text();
+  for (const char* line : {"cleave_steps_total 1\n", "cleave_samples_total 64",
+                           "cleave_rounds_total 1", "cleave_client_model_version 7"}) {
+    EXPECT_NE(text.find(line), std::string::npos) << "missing '" << line << "' in\n" << text;
+  }
+}
+
 // The server reports to its observer: a step, a refusal, a session and a round each move the
 // metric that names them.
 TEST(MetricsExporterTest, TheServerReportsItsEventsToTheExporter) {

@@ -309,6 +309,7 @@ TEST(RoundCoordinatorTest, TrainingEndsAfterTheConfiguredRounds) {
   EXPECT_TRUE(rounds.finished());
   const SyncDecision done = rounds.Sync("a", 0, 0ms);
   EXPECT_EQ(done.action, Action::kDone);
+  EXPECT_EQ(done.round, 2) << "DONE names the last round run, as the server's log does";
   ExpectAllClose(done.weights, at::full({kParameters}, 2.0));
 }
 

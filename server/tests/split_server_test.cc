@@ -298,6 +298,53 @@ TEST(SplitServerTest, RestartedServerResumesTheRoundFromItsCheckpoint) {
   std::remove(path.c_str());
 }
 
+// After its last round the server's work is over once every hospital has left, or after the
+// linger at the latest; never before the last round has closed.
+TEST(SplitServerTest, FinishedServingAfterTheLastRoundOnceEveryHospitalHasLeft) {
+  using std::chrono::seconds;
+  SplitServerOptions options = MlpOptions();
+  options.rounds.schedule = Schedule::kSplitFed;
+  options.rounds.rounds = 1;
+  options.rounds.round_samples = 4;
+  options.compression.mutable_updates()->set_method("none");
+  SplitServer server(options);
+  const auto linger = std::chrono::milliseconds(60000);
+  const auto later = [] { return std::chrono::steady_clock::now() + seconds(3600); };
+  const std::string a = server.Join("a", JoinFor(server)).session_id();
+  const std::string b = server.Join("b", JoinFor(server)).session_id();
+  ASSERT_EQ(server.Sync("a", SyncFor(a, -1)).action(), v1::SyncReply::TRAIN);
+  EXPECT_FALSE(server.FinishedServing(later(), linger)) << "rounds left: no linger applies";
+  EXPECT_TRUE(server.Train("a", Batch(a, 128)).round_closing());
+  const int64_t parameters = server.rounds()->num_parameters();
+  server.SubmitUpdate("a", UpdateFor(a, 0, 1, 4, at::zeros({parameters})));
+  ASSERT_TRUE(server.rounds()->finished());
+  // a evaluates and fetches the final weights (DONE names round 1 of 1), then leaves.
+  const v1::SyncReply done = server.Sync("a", SyncFor(a, 0));
+  EXPECT_EQ(done.action(), v1::SyncReply::DONE);
+  EXPECT_EQ(done.round(), 1);
+  server.Leave("a", a);
+  EXPECT_FALSE(server.FinishedServing(std::chrono::steady_clock::now(), linger))
+      << "b has not left";
+  std::string why;
+  EXPECT_TRUE(server.FinishedServing(later(), linger, &why)) << "b outstayed the linger";
+  EXPECT_NE(why.find("1 session(s) still open"), std::string::npos) << why;
+  server.Leave("b", b);
+  EXPECT_TRUE(server.FinishedServing(std::chrono::steady_clock::now(), linger, &why));
+  EXPECT_NE(why.find("every hospital has left"), std::string::npos) << why;
+}
+
+TEST(SplitServerTest, WithoutARoundLimitTheServerNeverFinishesServing) {
+  SplitServerOptions options = MlpOptions();
+  SplitServer single(options);
+  EXPECT_FALSE(single.FinishedServing(std::chrono::steady_clock::now() + std::chrono::hours(1),
+                                      std::chrono::milliseconds(0)));
+  options.rounds.schedule = Schedule::kSplitFed;
+  options.rounds.rounds = 0;
+  SplitServer unlimited(options);
+  EXPECT_FALSE(unlimited.FinishedServing(std::chrono::steady_clock::now() + std::chrono::hours(1),
+                                         std::chrono::milliseconds(0)));
+}
+
 TEST(SplitServerTest, AnotherHospitalCannotSyncOrUpdateThroughASession) {
   SplitServerOptions options = MlpOptions();
   options.rounds.schedule = Schedule::kSplitFed;

@@ -205,6 +205,8 @@ TEST_P(ScheduledRoundsTest, ThreeHospitalsSplitFedAverageMatchesTheReference) {
   int64_t sent = 0;
   for (const auto& stats : stats_) sent += stats.updates_sent;
   EXPECT_EQ(sent, state.updates_accepted);
+  // Each hospital reports the round it ended on as the server numbers it (4 of 4, not 5).
+  for (const auto& stats : stats_) EXPECT_EQ(stats.final_round, 4);
   const at::Tensor reference = ReferenceWeights(initial, state.version);
   EXPECT_TRUE(at::allclose(state.weights, reference, 1e-4, 1e-5));
   for (const at::Tensor& weights : final_weights_) {

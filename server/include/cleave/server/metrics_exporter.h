@@ -18,10 +18,12 @@ namespace cleave::server {
 class MetricsExporter final : public ServerObserver {
  public:
   // Listens on `address` ("127.0.0.1:9464"; port 0 picks a free one). Throws UserError if it
-  // cannot bind.
+  // cannot bind. An empty address serves nothing (the figures are still kept, for Text()).
   explicit MetricsExporter(const std::string& address);
   ~MetricsExporter() override;
-  int port() const;
+  int port() const;  // 0 when not serving
+  // The figures as /metrics serves them (Prometheus text format), e.g. for a file at exit.
+  std::string Text() const;
 
   void OnStep(int64_t samples, double seconds) override;
   void OnBytes(int64_t received, int64_t sent) override;

@@ -32,7 +32,7 @@ namespace cleave::server {
 struct SyncDecision {
   enum class Action { kWait, kTrain, kDone };
   Action action = Action::kWait;
-  int64_t round = 0;
+  int64_t round = 0;  // to train in (kTrain, kWait); the last round run (kDone)
   int64_t version = 0;
   at::Tensor weights;  // defined when the caller's version differs
 };

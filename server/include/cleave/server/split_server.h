@@ -13,6 +13,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -128,6 +129,14 @@ class SplitServer {
   // Writes the checkpoint now (no-op without a checkpoint path).
   void SaveCheckpoint();
 
+  // Whether the server's work is over and it may stop (cleave-server then writes its checkpoint
+  // and exits): its configured rounds are done and every session has ended (each hospital
+  // evaluated and left, or its session expired), or `linger` has passed since the last round
+  // closed (a hospital that never leaves does not hold the server up). Always false for the
+  // single schedule and without a round limit. `why`, if given, receives the reason.
+  bool FinishedServing(std::chrono::steady_clock::time_point now, std::chrono::milliseconds linger,
+                       std::string* why = nullptr) const;
+
   // Releases the sessions idle since before now - session_idle_timeout; returns how many. A
   // background thread calls it; tests call it with a time of their choosing.
   int ExpireIdleSessions(std::chrono::steady_clock::time_point now);
@@ -201,6 +210,9 @@ class SplitServer {
   std::atomic<int64_t> refused_updates_{0};
 
   std::unique_ptr<PeriodicTask> reaper_;  // expires idle sessions
+
+  mutable std::mutex finished_mutex_;
+  std::optional<std::chrono::steady_clock::time_point> rounds_finished_at_;  // the last round
 };
 
 }  // namespace cleave::server

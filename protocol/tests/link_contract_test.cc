@@ -144,7 +144,7 @@ TEST(LinkSpecTest, EveryBadConfigIsOneUserErrorNamingTheDirection) {
                                     "gaussiank+, randomk)"))
         << error;
     error = UserErrorOf([&] { ParseLinkSpec(with(Settings("topk", 0.1, "fp8"))); });
-    EXPECT_TRUE(Contains(error, "unknown value precision 'fp8' (use fp32, fp16 or bf16)")) << error;
+    EXPECT_TRUE(Contains(error, "unknown value precision 'fp8' (use fp32, fp16, bf16, int8, int4)")) << error;
     for (const double density : {0.0, -0.5, 1.5, std::nan("")}) {
       error = UserErrorOf([&] { ParseLinkSpec(with(Settings("randomk", density, "fp32"))); });
       EXPECT_TRUE(Contains(error, std::string(directions[d]) + " density ")) << error;

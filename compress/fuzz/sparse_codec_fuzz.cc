@@ -47,8 +47,8 @@ void DecodeAsPayload(std::string_view bytes) {
 }
 
 struct Recipe {
-  cleave::ValuePrecision precision;
-  cleave::IndexEncoding encoding;
+  cleave::ValuePrecision precision = cleave::ValuePrecision::kFp32;
+  cleave::IndexEncoding encoding = cleave::IndexEncoding::kBitmap;
   uint64_t dense_numel = 0;
   std::vector<uint32_t> indices;
   std::vector<float> values;
@@ -57,8 +57,9 @@ struct Recipe {
 // Byte 0: precision, byte 1: encoding, byte 2: slack after the last index; then per entry
 // three bytes: gap - 1, a signed mantissa and an exponent (so magnitudes from 2^-150 to 2^90).
 Recipe ReadRecipe(const uint8_t* data, size_t size) {
-  Recipe r{static_cast<cleave::ValuePrecision>(data[0] % 5),
-           static_cast<cleave::IndexEncoding>(data[1] % 3)};
+  Recipe r;
+  r.precision = static_cast<cleave::ValuePrecision>(data[0] % 5);
+  r.encoding = static_cast<cleave::IndexEncoding>(data[1] % 3);
   uint64_t next = 0;
   for (size_t at = 3; at + 3 <= size; at += 3) {
     const uint64_t index = next + data[at];

@@ -298,17 +298,37 @@ void CheckIndices(uint64_t dense_numel, const uint32_t* indices, size_t count) {
   }
 }
 
-// The smallest encoding; on a tie delta-varint, then the bitmap (what version 1 chose).
-IndexEncoding SmallestEncoding(uint64_t dense_numel, const uint32_t* indices, size_t count) {
-  const size_t bitmap = BitmapBytes(dense_numel);
-  const size_t varint = DeltaVarintBytes(indices, count);
-  const size_t rice = GolombRiceBytes(indices, count);
-  if (rice < bitmap && rice < varint) return IndexEncoding::kGolombRice;
-  return bitmap < varint ? IndexEncoding::kBitmap : IndexEncoding::kDeltaVarint;
+// An index section's encoding and size (and the Golomb-Rice parameter, computed once).
+struct IndexPlan {
+  IndexEncoding encoding;
+  size_t bytes = 0;
+  unsigned rice_parameter = 0;
+};
+
+IndexPlan PlanIndices(IndexEncoding encoding, uint64_t dense_numel, const uint32_t* indices,
+                      size_t count) {
+  IndexPlan plan{encoding};
+  if (encoding == IndexEncoding::kGolombRice) {
+    plan.rice_parameter = golomb_rice::ChooseParameter(indices, count);
+    plan.bytes = golomb_rice::SectionBytes(indices, count, plan.rice_parameter);
+  } else {
+    plan.bytes = IndexBytes(encoding, dense_numel, indices, count);
+  }
+  return plan;
 }
 
-void AppendIndices(std::string* out, IndexEncoding encoding, uint64_t dense_numel,
+// The smallest encoding; on a tie delta-varint, then the bitmap (what version 1 chose).
+IndexPlan SmallestEncoding(uint64_t dense_numel, const uint32_t* indices, size_t count) {
+  const IndexPlan bitmap = PlanIndices(IndexEncoding::kBitmap, dense_numel, indices, count);
+  const IndexPlan varint = PlanIndices(IndexEncoding::kDeltaVarint, dense_numel, indices, count);
+  const IndexPlan rice = PlanIndices(IndexEncoding::kGolombRice, dense_numel, indices, count);
+  if (rice.bytes < bitmap.bytes && rice.bytes < varint.bytes) return rice;
+  return bitmap.bytes < varint.bytes ? bitmap : varint;
+}
+
+void AppendIndices(std::string* out, const IndexPlan& plan, uint64_t dense_numel,
                    const uint32_t* indices, size_t count) {
+  const IndexEncoding encoding = plan.encoding;
   if (encoding == IndexEncoding::kBitmap) {
     const size_t start = out->size();
     out->resize(start + BitmapBytes(dense_numel), '\0');
@@ -322,7 +342,7 @@ void AppendIndices(std::string* out, IndexEncoding encoding, uint64_t dense_nume
       previous = indices[i];
     }
   } else {
-    golomb_rice::AppendSection(out, indices, count, golomb_rice::ChooseParameter(indices, count));
+    golomb_rice::AppendSection(out, indices, count, plan.rice_parameter);
   }
 }
 
@@ -405,17 +425,13 @@ void DecodeDeltaVarints(std::string_view data, const Header& h, std::vector<uint
 
 }  // namespace
 
-std::string EncodeSparse(uint64_t dense_numel, const uint32_t* indices, const float* values,
-                         size_t count, ValuePrecision precision) {
-  CheckIndices(dense_numel, indices, count);
-  return EncodeSparse(dense_numel, indices, values, count, precision,
-                      SmallestEncoding(dense_numel, indices, count));
-}
+namespace {
 
-std::string EncodeSparse(uint64_t dense_numel, const uint32_t* indices, const float* values,
-                         size_t count, ValuePrecision precision, IndexEncoding encoding) {
-  CheckIndices(dense_numel, indices, count);
-  const size_t index_bytes = IndexBytes(encoding, dense_numel, indices, count);
+// `indices` checked (CheckIndices).
+std::string EncodePlanned(uint64_t dense_numel, const uint32_t* indices, const float* values,
+                          size_t count, ValuePrecision precision, const IndexPlan& plan) {
+  const size_t index_bytes = plan.bytes;
+  const IndexEncoding encoding = plan.encoding;
   std::string out;
   out.reserve(32 + index_bytes + ValueBytes(precision, count));
   out.push_back(kMagic0);
@@ -427,10 +443,28 @@ std::string EncodeSparse(uint64_t dense_numel, const uint32_t* indices, const fl
   PutVarint(&out, count);
   PutVarint(&out, index_bytes);
   const size_t index_start = out.size();
-  AppendIndices(&out, encoding, dense_numel, indices, count);
+  AppendIndices(&out, plan, dense_numel, indices, count);
   CLEAVE_ENFORCE(out.size() - index_start == index_bytes, "index size computed wrongly");
   AppendValues(&out, values, count, precision);
   return out;
+}
+
+}  // namespace
+
+std::string EncodeSparse(uint64_t dense_numel, const uint32_t* indices, const float* values,
+                         size_t count, ValuePrecision precision) {
+  CheckIndices(dense_numel, indices, count);
+  return EncodePlanned(dense_numel, indices, values, count, precision,
+                       SmallestEncoding(dense_numel, indices, count));
+}
+
+std::string EncodeSparse(uint64_t dense_numel, const uint32_t* indices, const float* values,
+                         size_t count, ValuePrecision precision, IndexEncoding encoding) {
+  CheckIndices(dense_numel, indices, count);
+  CLEAVE_ENFORCE(static_cast<unsigned>(encoding) <= 2, "unknown index encoding");
+  CLEAVE_ENFORCE(static_cast<unsigned>(precision) <= 4, "unknown value precision");
+  return EncodePlanned(dense_numel, indices, values, count, precision,
+                       PlanIndices(encoding, dense_numel, indices, count));
 }
 
 DecodedSparse DecodeSparse(std::string_view bytes, const DecodeLimits& limits) {

@@ -15,7 +15,8 @@ namespace cleave {
 
 // int8 / int4: blocks of 64 values (the last one shorter), each with its maximum magnitude m as
 // an fp32 (the step is m / 127, or m / 7), then the values rounded to the nearest step:
-// |v - decoded| <= step / 2 (before the result's own fp32 rounding). See block_quantization.h.
+// |v - decoded| <= step / 2 (before the result's own fp32 rounding). A block holding NaN or Inf
+// travels with a NaN scale, which the decoder refuses. See compress/src/block_quantization.h.
 enum class ValuePrecision : uint8_t { kFp32 = 0, kFp16 = 1, kBf16 = 2, kInt8 = 3, kInt4 = 4 };
 
 const char* ToString(ValuePrecision precision);
@@ -29,7 +30,8 @@ std::string ValuePrecisionList();
 uint64_t ValueBytes(ValuePrecision precision, uint64_t count);
 
 // kGolombRice: u8 parameter k, then the first index and every gap - 1 as Golomb-Rice codes
-// (see golomb_rice.h), chosen when it is the smallest of the three (random masks below ~40%).
+// (compress/src/golomb_rice.h), chosen when it is the smallest of the three (random masks up to
+// about 38%; above, its best parameter 0 is a bitmap that stops at the last index).
 enum class IndexEncoding : uint8_t { kBitmap = 0, kDeltaVarint = 1, kGolombRice = 2 };
 const char* ToString(IndexEncoding encoding);
 

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <tuple>
@@ -100,7 +101,8 @@ TEST(LinkSpecTest, ParsesDescribesAndWritesBackTheSameConfig) {
 
 TEST(LinkSpecTest, EveryMethodAndPrecisionNameParses) {
   for (const Method method : kMethods) {
-    for (const ValuePrecision precision : kPrecisions) {
+    for (const std::string& name : ValuePrecisionNames()) {  // int8 and int4 included
+      const ValuePrecision precision = ParseValuePrecision(name);
       v1::CompressionConfig config;
       *config.mutable_activations() = Settings(MethodName(method), 0.25, ToString(precision));
       const DirectionSpec parsed = ParseLinkSpec(config).activations;
@@ -144,7 +146,7 @@ TEST(LinkSpecTest, EveryBadConfigIsOneUserErrorNamingTheDirection) {
                                     "gaussiank+, randomk)"))
         << error;
     error = UserErrorOf([&] { ParseLinkSpec(with(Settings("topk", 0.1, "fp8"))); });
-    EXPECT_TRUE(Contains(error, "unknown value precision 'fp8' (use fp32, fp16 or bf16)")) << error;
+    EXPECT_TRUE(Contains(error, "unknown value precision 'fp8' (use fp32, fp16, bf16, int8, int4)")) << error;
     for (const double density : {0.0, -0.5, 1.5, std::nan("")}) {
       error = UserErrorOf([&] { ParseLinkSpec(with(Settings("randomk", density, "fp32"))); });
       EXPECT_TRUE(Contains(error, std::string(directions[d]) + " density ")) << error;
@@ -167,7 +169,7 @@ float Rounded(float value, ValuePrecision precision) {
       return HalfToFloat(FloatToHalf(value));
     case ValuePrecision::kBf16:
       return Bfloat16ToFloat(FloatToBfloat16(value));
-    case ValuePrecision::kFp32:
+    default:  // fp32 (int8 / int4 are block-wise: CodecRounded)
       break;
   }
   return value;
@@ -515,6 +517,82 @@ TEST(UpdateDecoderTest, RefusesTheWrongCountOrValuesBeyondTheBound) {
   EXPECT_THROW(UpdateDecoder(spec, 5, 3.0).Decode(message), InvalidInput);
   EXPECT_THROW(UpdateDecoder(DirectionSpec{}, 4, 3.0).Decode(message), InvalidInput);  // sparse
 }
+
+// ---- int8 / int4 over the link: positions exact, values as the codec rounds them, bounds ----
+
+// The values a payload of these values decodes to (exact: the same blocks in the same order).
+std::vector<float> CodecRounded(const std::vector<float>& values, ValuePrecision precision) {
+  return DecodeValues(EncodeValues(values.data(), values.size(), precision), values.size(),
+                      precision);
+}
+
+class IntegerPrecisionLinkTest : public ::testing::TestWithParam<ValuePrecision> {};
+
+TEST_P(IntegerPrecisionLinkTest, ActivationsAndGradientsArriveWhereTheyWereSent) {
+  const ValuePrecision precision = GetParam();
+  v1::CompressionConfig config;
+  *config.mutable_activations() = Settings("gaussiank+", 0.1, ToString(precision));
+  *config.mutable_gradients() = Settings("none", 1.0, ToString(precision));
+  const LinkSpec spec = ParseLinkSpec(config);
+  const at::Tensor activations = Activations(1);
+  ActivationEncoder client(spec.activations, /*seed=*/3);
+  const ActivationSelection selection = client.Select(activations);
+  v1::Tensor up;
+  client.Encode(activations, selection, &up);
+  const ReceivedActivations received =
+      ActivationDecoder(spec.activations, ActivationTensorSpec()).Decode(up);
+  // Small values may round to 0, so the sent set comes from the payload, not from the support.
+  ASSERT_EQ(received.sent.indices, selection.indices);
+  const std::vector<float> expected = CodecRounded(selection.values, precision);
+  const std::vector<float> flat = Elements(received.dense);
+  for (size_t i = 0; i < selection.indices.size(); ++i) {
+    ASSERT_EQ(flat[selection.indices[i]], expected[i]);
+    ASSERT_NEAR(expected[i], selection.values[i], 0.1 * 4.5);  // |x| < 4.5: half a step at most
+  }
+  EXPECT_TRUE(IsSubset(Support(received.dense), selection.indices));
+
+  // Gradients back as values only, in the same order, in the same precision.
+  const at::Tensor gradient = Activations(4) * 3.0;
+  v1::Tensor down;
+  GradientEncoder(spec.gradients, 9).Encode(gradient, received.sent, &down);
+  const at::Tensor decoded =
+      GradientDecoder(spec.gradients).Decode(down, SizesOf(activations), selection);
+  const std::vector<float> want = Elements(gradient), got = Elements(decoded);
+  std::vector<float> sent_values;
+  for (uint32_t position : selection.indices) sent_values.push_back(want[position]);
+  const std::vector<float> rounded = CodecRounded(sent_values, precision);
+  for (size_t i = 0; i < selection.indices.size(); ++i) {
+    ASSERT_EQ(got[selection.indices[i]], rounded[i]);
+  }
+  EXPECT_TRUE(IsSubset(Support(decoded), selection.indices));
+}
+
+TEST_P(IntegerPrecisionLinkTest, TheServersMagnitudeBoundAppliesToDecodedValues) {
+  const ValuePrecision precision = GetParam();
+  const DirectionSpec spec{Method::kTopK, 0.5, precision};
+  UpdateEncoder client(spec, 1);
+  v1::Tensor message;
+  client.Encode(at::tensor({1.0f, -2.0f, 3.0f, 0.5f}), &message);
+  EXPECT_NO_THROW(UpdateDecoder(spec, 4, 3.0).Decode(message));  // the block maximum is exact
+  EXPECT_THROW(UpdateDecoder(spec, 4, 2.5).Decode(message), OutOfBounds);
+  // A hostile scale: finite, so the codec accepts it; the bound refuses the values it makes.
+  std::string payload = message.sparse();
+  const float huge = 3e38f;
+  const size_t scale_at = payload.size() - ValueBytes(precision, 2);
+  std::memcpy(payload.data() + scale_at, &huge, sizeof(huge));
+  message.set_sparse(payload);
+  EXPECT_THROW(UpdateDecoder(spec, 4, 100.0).Decode(message), OutOfBounds);
+  const float nan = std::nanf("");
+  std::memcpy(payload.data() + scale_at, &nan, sizeof(nan));
+  message.set_sparse(payload);
+  EXPECT_THROW(UpdateDecoder(spec, 4, 100.0).Decode(message), InvalidInput);
+}
+
+INSTANTIATE_TEST_SUITE_P(Int8AndInt4, IntegerPrecisionLinkTest,
+                         ::testing::Values(ValuePrecision::kInt8, ValuePrecision::kInt4),
+                         [](const ::testing::TestParamInfo<ValuePrecision>& info) {
+                           return std::string(ToString(info.param));
+                         });
 
 TEST(WeightsCodecTest, DenseRoundTripOfExactlyTheModelsSize) {
   const at::Tensor weights = at::randn({300});

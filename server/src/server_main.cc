@@ -75,7 +75,8 @@ void AddCompressionFlags(CLI::App& app, const std::string& direction, const std:
                  "Fraction of " + what + " kept, in (0, 1]")
       ->capture_default_str();
   app.add_option("--" + direction + "-precision", flags->precision,
-                 "Value precision of " + what + " on the wire: fp32, fp16, bf16")
+                 "Value precision of " + what + " on the wire: " + cleave::ValuePrecisionList() +
+                     " (int8/int4: each block of 64 values scaled by its largest magnitude)")
       ->capture_default_str();
   if (direction == "act") {
     app.add_flag("--act-per-sample", flags->per_sample,

@@ -210,6 +210,13 @@ ScriptHalf LoadScriptHalf(const std::string& path, const std::string& expected_h
   return half;
 }
 
+ScriptHalfImpl* FindScriptHalf(const torch::nn::Module& half) {
+  for (const auto& child : half.children()) {
+    if (auto* script = child->as<ScriptHalfImpl>()) return script;
+  }
+  return nullptr;
+}
+
 void SaveScriptHalf(const ScriptHalfImpl& half, const std::string& path) {
   for (const auto& item : half.named_parameters()) {
     CLEAVE_CHECK_USER(!item.value().is_floating_point() || item.value().isfinite().all().item<bool>(),

@@ -20,10 +20,14 @@ class ResidualBlock(nn.Module):
 
 
 class SmallResNet(nn.Module):
-    def __init__(self, channels: int = 8, classes: int = 10, in_channels: int = 1):
+    """image > 0: the input is a flat vector of in_channels x image x image values (a CSV row)."""
+
+    def __init__(self, channels: int = 8, classes: int = 10, in_channels: int = 1,
+                 image: int = 0):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1), nn.ReLU(),
-                                  nn.MaxPool2d(2))
+        unflatten = [nn.Unflatten(1, (in_channels, image, image))] if image > 0 else []
+        self.stem = nn.Sequential(*unflatten, nn.Conv2d(in_channels, channels, 3, padding=1),
+                                  nn.ReLU(), nn.MaxPool2d(2))
         self.block = ResidualBlock(channels)
         self.pool = nn.AdaptiveAvgPool2d(2)
         self.flatten = nn.Flatten()
@@ -39,9 +43,3 @@ class FlattensInForward(SmallResNet):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(torch.flatten(self.pool(self.block(self.stem(x))), 1) * 2)
 
-
-def traced_with_dropout():
-    """A traced module with dropout (written by the test as a .pt with cleave metadata)."""
-    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                          nn.Dropout(0.5))
-    return torch.jit.trace(model.eval(), torch.randn(1, 1, 28, 28))

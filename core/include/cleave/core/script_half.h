@@ -54,6 +54,10 @@ TORCH_MODULE(ScriptHalf);
 // [1, classes] (top). Returns it in training mode. Throws UserError naming the file otherwise.
 ScriptHalf LoadScriptHalf(const std::string& path, const std::string& expected_half);
 
+// The ScriptHalf inside a half BuildSplitModel made from a "torchscript" spec; nullptr for a zoo
+// half (or a null one).
+ScriptHalfImpl* FindScriptHalf(const torch::nn::Module& half);
+
 // Writes the half's script module, with its metadata as the extra file, to `path` atomically.
 // Throws UserError, writing nothing, if a floating-point parameter or buffer is not finite.
 void SaveScriptHalf(const ScriptHalfImpl& half, const std::string& path);

@@ -59,10 +59,20 @@ awk 'BEGIN { srand(11); for (j = 0; j < 64; j++) printf "f%d,", j; print "label"
     printf "%.4f,", v } printf "%d\n", (s > 4) } }' >"$dir/data.csv"
 data=(--dataset csv --csv "$dir/data.csv" --progress none)
 
+"$python" "$export_py" --help >"$dir/help.out" 2>&1 || fail "cleave_export.py --help failed"
+for flag in --model --kwargs --cut --input-shape --classes --out-dir --split-id --tolerance; do
+  grep -q -- "$flag" "$dir/help.out" || fail "cleave_export.py --help does not document $flag"
+done
 "$python" "$export_py" --model "$here/small_resnet.py:SmallResNet" \
   --kwargs '{"image": 8, "classes": 2}' --input-shape 64 --cut stem --out-dir "$dir/halves" \
   >"$dir/export.out" 2>"$dir/export.log" || fail "cleave_export.py: $(cat "$dir/export.log")"
 grep -q "top(bottom(x)) matches the model" "$dir/export.out" || fail "export: $(cat "$dir/export.out")"
+
+# An nn.Sequential instance, cut after its second child.
+"$python" "$export_py" --model "$here/small_resnet.py:MLP" --input-shape 64 --cut 2 \
+  --out-dir "$dir/mlp" >"$dir/export_mlp.out" 2>"$dir/export_mlp.log" ||
+  fail "cleave_export.py (nn.Sequential): $(cat "$dir/export_mlp.log")"
+grep -q "cut 32 -> 2 classes" "$dir/export_mlp.out" || fail "export: $(cat "$dir/export_mlp.out")"
 
 # start_server LOG ARGS...: starts cleave-server, waits for its port; sets $server_pid, $port.
 start_server() {

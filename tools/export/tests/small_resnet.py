@@ -43,3 +43,7 @@ class FlattensInForward(SmallResNet):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(torch.flatten(self.pool(self.block(self.stem(x))), 1) * 2)
 
+
+
+# An nn.Sequential instance (for --model small_resnet.py:MLP): 64 features, 2 classes.
+MLP = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 2))

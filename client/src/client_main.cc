@@ -55,8 +55,7 @@ struct Flags {
   cleave::client::DataFlags data_flags;
   cleave::client::TrainerOptions options;
   int64_t epochs = 1;
-  std::string metrics_out, checkpoint_path, save_bottom, progress_mode = "auto",
-      log_level = "info";
+  std::string metrics_out, checkpoint_path, save_bottom, progress_mode = "auto", log_level = "info";
   double max_message_mb = 64;
   int connect_timeout = 30;
 };

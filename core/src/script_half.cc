@@ -75,9 +75,12 @@ ScriptMeta ParseMeta(const std::string& text, const std::string& path) {
 bool FixedTrainingFlag(const torch::jit::Node* node) {
   using c10::Symbol;
   static const std::vector<std::pair<Symbol, size_t>> kTrainingInput = {
-      {Symbol::aten("dropout"), 2},       {Symbol::aten("dropout_"), 2},
-      {Symbol::aten("feature_dropout"), 2}, {Symbol::aten("alpha_dropout"), 2},
-      {Symbol::aten("feature_alpha_dropout"), 2}, {Symbol::aten("batch_norm"), 5}};
+      {Symbol::aten("dropout"), 2},
+      {Symbol::aten("dropout_"), 2},
+      {Symbol::aten("feature_dropout"), 2},
+      {Symbol::aten("alpha_dropout"), 2},
+      {Symbol::aten("feature_alpha_dropout"), 2},
+      {Symbol::aten("batch_norm"), 5}};
   for (const auto& [kind, index] : kTrainingInput) {
     if (node->kind() == kind && node->inputs().size() > index) {
       return node->input(index)->node()->kind() == c10::prim::Constant;
@@ -133,8 +136,7 @@ void CheckShapes(torch::jit::Module& module, const ScriptMeta& meta, const std::
   CLEAVE_CHECK_USER(value.isTensor(), "'", path, "' does not return one tensor");
   const at::Tensor out = value.toTensor();
   CLEAVE_CHECK_USER(out.sizes().vec() == expected, "'", path, "' maps ", JoinShape(in), " to ",
-                    JoinShape(out.sizes().vec()), ", but its metadata says ",
-                    JoinShape(expected));
+                    JoinShape(out.sizes().vec()), ", but its metadata says ", JoinShape(expected));
   module.train();
 }
 
@@ -219,12 +221,14 @@ ScriptHalfImpl* FindScriptHalf(const torch::nn::Module& half) {
 
 void SaveScriptHalf(const ScriptHalfImpl& half, const std::string& path) {
   for (const auto& item : half.named_parameters()) {
-    CLEAVE_CHECK_USER(!item.value().is_floating_point() || item.value().isfinite().all().item<bool>(),
-                      "not writing '", path, "': parameter '", item.key(), "' is not finite");
+    CLEAVE_CHECK_USER(
+        !item.value().is_floating_point() || item.value().isfinite().all().item<bool>(),
+        "not writing '", path, "': parameter '", item.key(), "' is not finite");
   }
   for (const auto& item : half.named_buffers()) {
-    CLEAVE_CHECK_USER(!item.value().is_floating_point() || item.value().isfinite().all().item<bool>(),
-                      "not writing '", path, "': buffer '", item.key(), "' is not finite");
+    CLEAVE_CHECK_USER(
+        !item.value().is_floating_point() || item.value().isfinite().all().item<bool>(),
+        "not writing '", path, "': buffer '", item.key(), "' is not finite");
   }
   std::ostringstream bytes;
   torch::jit::ExtraFilesMap extra = {{kScriptMetaFile, ScriptMetaToJson(half.meta())}};

@@ -94,8 +94,7 @@ TEST(ScriptHalfTest, MetadataMakesTheSpecAndFingerprint) {
 
 TEST(ScriptHalfTest, BadFilesAreRefusedWithOneLine) {
   test_support::TempDir dir;
-  EXPECT_NE(RefusalOf(dir.File("missing.pt"), "bottom").find("does not exist"),
-            std::string::npos);
+  EXPECT_NE(RefusalOf(dir.File("missing.pt"), "bottom").find("does not exist"), std::string::npos);
   WriteFileAtomic(dir.File("junk.pt"), "not a zip archive");
   EXPECT_NE(RefusalOf(dir.File("junk.pt"), "bottom").find("not a TorchScript file"),
             std::string::npos);
@@ -118,8 +117,7 @@ TEST(ScriptHalfTest, TracedDropoutFrozenAndShapeMismatchAreRefused) {
   EXPECT_NE(RefusalOf(Save(dir, "traced.pt", Bottom(true), Meta("bottom")), "bottom")
                 .find("traced (torch.jit.trace)"),
             std::string::npos);
-  EXPECT_NE(RefusalOf(Save(dir, "frozen.pt", Top(false), Meta("top")), "top")
-                .find("no parameters"),
+  EXPECT_NE(RefusalOf(Save(dir, "frozen.pt", Top(false), Meta("top")), "top").find("no parameters"),
             std::string::npos);
   // The module gives 5 values at the cut; its metadata says 4.
   const std::string wide = Save(dir, "wide.pt", Bottom(false, 5), Meta("bottom"));

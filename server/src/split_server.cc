@@ -35,8 +35,8 @@ SplitServer::SplitServer(SplitServerOptions options)
   cut_shape_ = model.cut_shape;
   CLEAVE_CHECK_USER(model.top, "the server runs the top half: --top is missing");
   // A server given only a TorchScript top holds no client-side weights: rounds need them.
-  CLEAVE_CHECK_USER(model.bottom || options_.rounds.schedule == Schedule::kSingle,
-                    "--schedule ", ScheduleName(options_.rounds.schedule),
+  CLEAVE_CHECK_USER(model.bottom || options_.rounds.schedule == Schedule::kSingle, "--schedule ",
+                    ScheduleName(options_.rounds.schedule),
                     " needs the client-side half too (--bottom with --top): the server keeps the "
                     "shared client-side weights");
   CLEAVE_CHECK_USER(options_.save_top_path.empty() || FindScriptHalf(*model.top),

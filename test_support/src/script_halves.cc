@@ -22,8 +22,7 @@ torch::jit::Module Linear(const std::string& name, int64_t in, int64_t out,
   module.register_parameter("weight", (at::randn({out, in}, generator) * scale).requires_grad_(),
                             false);
   module.register_parameter("bias", at::zeros({out}).requires_grad_(), false);
-  module.define("def forward(self, x):\n    y = torch.linear(x, self.weight, self.bias)\n" +
-                after);
+  module.define("def forward(self, x):\n    y = torch.linear(x, self.weight, self.bias)\n" + after);
   return module;
 }
 

@@ -5,11 +5,17 @@
 #include <torch/csrc/jit/passes/inliner.h>
 #include <torch/csrc/jit/serialization/import.h>
 
-#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "cleave/core/error.h"
 #include "cleave/core/file_io.h"
+
+#ifndef CLEAVE_HAVE_JSON
+#define CLEAVE_HAVE_JSON 0
+#endif
+#if CLEAVE_HAVE_JSON
+#include <nlohmann/json.hpp>
+#endif
 
 namespace cleave {
 
@@ -36,6 +42,7 @@ std::string ErrorLine(const std::exception& e) {
   return text.substr(start, text.find('\n', start) - start);
 }
 
+#if CLEAVE_HAVE_JSON
 std::vector<int64_t> ShapeField(const nlohmann::json& json, const char* key,
                                 const std::string& path) {
   std::vector<int64_t> shape;
@@ -69,6 +76,15 @@ ScriptMeta ParseMeta(const std::string& text, const std::string& path) {
                     "': metadata field 'split_id' must be 1..64 characters");
   return meta;
 }
+
+#else
+[[noreturn]] void NoJson() {
+  throw UserError(
+      "this cleave was built without nlohmann-json (Debian: nlohmann-json3-dev): TorchScript "
+      "halves are unavailable");
+}
+ScriptMeta ParseMeta(const std::string&, const std::string&) { NoJson(); }
+#endif
 
 // Dropout and batch-norm read `training` from the module when scripted; a trace records the mode
 // it ran in as a constant, which train()/eval() can no longer change.
@@ -165,13 +181,20 @@ ScriptMeta ReadScriptMeta(const std::string& path) {
   return ParseMeta(text, path);
 }
 
+bool ScriptHalvesAvailable() { return CLEAVE_HAVE_JSON; }
+
 std::string ScriptMetaToJson(const ScriptMeta& meta) {
+#if !CLEAVE_HAVE_JSON
+  (void)meta;
+  NoJson();
+#else
   const nlohmann::json json = {{"half", meta.half},
                                {"input_shape", meta.input_shape},
                                {"cut_shape", meta.cut_shape},
                                {"classes", meta.num_classes},
                                {"split_id", meta.split_id}};
   return json.dump();
+#endif
 }
 
 ScriptHalfImpl::ScriptHalfImpl(torch::jit::Module module, ScriptMeta meta)

@@ -67,6 +67,7 @@ std::string RefusalOf(const std::string& path, const std::string& half) {
 }
 
 TEST(ScriptHalfTest, MetadataMakesTheSpecAndFingerprint) {
+  if (!ScriptHalvesAvailable()) GTEST_SKIP() << "built without nlohmann-json";
   test_support::TempDir dir;
   const std::string bottom = Save(dir, "bottom.pt", Bottom(), Meta("bottom"));
   const std::string top = Save(dir, "top.pt", Top(), Meta("top"));
@@ -93,6 +94,7 @@ TEST(ScriptHalfTest, MetadataMakesTheSpecAndFingerprint) {
 }
 
 TEST(ScriptHalfTest, BadFilesAreRefusedWithOneLine) {
+  if (!ScriptHalvesAvailable()) GTEST_SKIP() << "built without nlohmann-json";
   test_support::TempDir dir;
   EXPECT_NE(RefusalOf(dir.File("missing.pt"), "bottom").find("does not exist"), std::string::npos);
   WriteFileAtomic(dir.File("junk.pt"), "not a zip archive");
@@ -113,6 +115,7 @@ TEST(ScriptHalfTest, BadFilesAreRefusedWithOneLine) {
 }
 
 TEST(ScriptHalfTest, TracedDropoutFrozenAndShapeMismatchAreRefused) {
+  if (!ScriptHalvesAvailable()) GTEST_SKIP() << "built without nlohmann-json";
   test_support::TempDir dir;
   EXPECT_NE(RefusalOf(Save(dir, "traced.pt", Bottom(true), Meta("bottom")), "bottom")
                 .find("traced (torch.jit.trace)"),
@@ -134,6 +137,7 @@ TEST(ScriptHalfTest, TracedDropoutFrozenAndShapeMismatchAreRefused) {
 }
 
 TEST(ScriptHalfTest, TrainsSharesWeightsAndFollowsTrainEval) {
+  if (!ScriptHalvesAvailable()) GTEST_SKIP() << "built without nlohmann-json";
   test_support::TempDir dir;
   torch::manual_seed(5);
   const std::string path = Save(dir, "bottom.pt", Bottom(), Meta("bottom"));
@@ -176,6 +180,7 @@ TEST(ScriptHalfTest, TrainsSharesWeightsAndFollowsTrainEval) {
 }
 
 TEST(ScriptHalfTest, CheckpointsHoldWeightsAndOptimizerState) {
+  if (!ScriptHalvesAvailable()) GTEST_SKIP() << "built without nlohmann-json";
   test_support::TempDir dir;
   const std::string path = Save(dir, "top.pt", Top(), Meta("top"));
   const ModelSpec spec = TorchScriptSpec("", path);
@@ -200,6 +205,7 @@ TEST(ScriptHalfTest, CheckpointsHoldWeightsAndOptimizerState) {
 }
 
 TEST(ScriptHalfTest, NonFiniteWeightsAreNotWritten) {
+  if (!ScriptHalvesAvailable()) GTEST_SKIP() << "built without nlohmann-json";
   test_support::TempDir dir;
   ScriptHalf half = LoadScriptHalf(Save(dir, "top.pt", Top(), Meta("top")), "top");
   {

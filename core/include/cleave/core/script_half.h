@@ -26,6 +26,10 @@ struct ScriptMeta {
   std::string split_id;  // the same in both halves of one export
 };
 
+// False in a build without nlohmann-json: every function below that reads or writes metadata
+// then throws UserError saying so.
+bool ScriptHalvesAvailable();
+
 // The metadata of the .pt at `path`, read from its extra file without loading the module.
 // Throws UserError naming the file if it is missing, not a TorchScript archive, has no cleave
 // metadata, or the metadata is malformed (bad shapes, fewer than 2 classes, unknown half).

@@ -15,6 +15,7 @@ packages=(
   gnuplot-nox                                    # leakage-vs-accuracy plots
   clang-16 libfuzzer-16-dev libclang-rt-16-dev  # the codec fuzzer (+ sanitizer runtimes)
   universal-ctags                                # function lengths (check_function_length.sh)
+  python3-torch                                  # tools/export/cleave_export.py and its tests
 )
 
 missing=()

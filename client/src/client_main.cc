@@ -17,6 +17,7 @@
 #include "cleave/core/file_io.h"
 #include "cleave/core/logging.h"
 #include "cleave/core/model_flags.h"
+#include "cleave/core/script_half.h"
 #include "cleave/protocol/status_error.h"
 #include "cleave/protocol/tensor_message.h"
 
@@ -33,6 +34,10 @@ Example:
   cleave-client --server localhost:50051 --ca pki/ca.crt --cert pki/clients/st-mary.crt \
                 --key pki/clients/st-mary.key --dataset fashion-mnist --epochs 10 \
                 --metrics-out runs/st-mary.json
+
+Bring your own model: export it with tools/export/cleave_export.py and pass --bottom bottom.pt
+(the server runs --top top.pt of the same export); --save-bottom writes the trained half back as
+TorchScript.
 
 When the server runs rounds (cleave-server --schedule sequential or splitfed), the client follows
 them: it trains each round from the current shared client-side weights, sends its weight delta
@@ -57,7 +62,7 @@ struct Flags {
   cleave::client::DataFlags data_flags;
   cleave::client::TrainerOptions options;
   int64_t epochs = 1;
-  std::string metrics_out, checkpoint_path, progress_mode = "auto", log_level = "info";
+  std::string metrics_out, checkpoint_path, save_bottom, progress_mode = "auto", log_level = "info";
   double max_message_mb = 64;
   int connect_timeout = 30;
 };
@@ -81,6 +86,7 @@ void AddConnectionFlags(CLI::App& app, Flags* f) {
 void AddTrainingFlags(CLI::App& app, Flags* f) {
   cleave::client::TrainerOptions& options = f->options;
   f->model_flags.Register(app);
+  f->model_flags.RegisterScript(app, /*top=*/false);
   f->data_flags.Register(app);
   app.add_option("--epochs", f->epochs, "Training epochs")->capture_default_str();
   app.add_option("--batch-size", options.batch_size, "Mini-batch size")->capture_default_str();
@@ -105,6 +111,10 @@ void AddOutputFlags(CLI::App& app, Flags* f) {
   app.add_option("--metrics-out", f->metrics_out, "Write final figures as JSON to this file");
   app.add_option("--checkpoint", f->checkpoint_path,
                  "Write the client-side model here after every epoch (atomically)");
+  app.add_option("--save-bottom", f->save_bottom,
+                 "With --bottom: write the trained half as TorchScript (with its metadata) here "
+                 "after every epoch and at the end (atomically)")
+      ->needs("--bottom");
   app.add_option("--progress", f->progress_mode, "auto (bar on a terminal), bar, lines or none")
       ->capture_default_str();
   app.add_option("--max-message-mb", f->max_message_mb,
@@ -137,13 +147,17 @@ cleave::client::ConnectOptions ResolveConnection(const Flags& f) {
   return connect;
 }
 
-void SaveClientCheckpoint(cleave::client::SplitTrainer& trainer, const std::string& path,
+// The checkpoint (weights and optimizer state) and, with --save-bottom, the TorchScript half.
+void SaveClientCheckpoint(cleave::client::SplitTrainer& trainer, const Flags& f,
                           const std::string& counter, int64_t value) {
-  if (path.empty()) return;
+  if (!f.save_bottom.empty()) {
+    cleave::SaveScriptHalf(*cleave::FindScriptHalf(*trainer.model().bottom), f.save_bottom);
+  }
+  if (f.checkpoint_path.empty()) return;
   cleave::CheckpointMeta meta;
   meta.fingerprint = trainer.fingerprint();
   meta.counters[counter] = value;
-  cleave::SaveCheckpoint(path, *trainer.model().bottom, &trainer.optimizer(), meta);
+  cleave::SaveCheckpoint(f.checkpoint_path, *trainer.model().bottom, &trainer.optimizer(), meta);
 }
 
 // What training did, whichever way it ran.
@@ -176,7 +190,7 @@ Training TrainRounds(cleave::client::SplitTrainer& trainer, const cleave::Datase
       "sent {} update(s), {} refused as stale, {} reconnect(s)",
       p.final_round, p.final_version, p.rounds_trained, p.updates_sent, p.updates_refused,
       p.reconnects);
-  SaveClientCheckpoint(trainer, f.checkpoint_path, "version", p.final_version);
+  SaveClientCheckpoint(trainer, f, "version", p.final_version);
   return training;
 }
 
@@ -191,7 +205,7 @@ Training TrainEpochs(cleave::client::SplitTrainer& trainer, const cleave::Datase
     if (f.options.nopeek_alpha > 0) {
       spdlog::info("epoch {} mean dCor {:.4f}", epoch + 1, training.last.dcor);
     }
-    SaveClientCheckpoint(trainer, f.checkpoint_path, "epoch", epoch + 1);
+    SaveClientCheckpoint(trainer, f, "epoch", epoch + 1);
   }
   return training;
 }
@@ -303,8 +317,11 @@ nlohmann::json MetricsJson(const cleave::client::SplitTrainer& trainer,
 void CheckDataFitsModel(const cleave::client::TrainingData& data, const cleave::ModelSpec& model) {
   const auto sample = data.train.inputs.sizes().slice(1);
   const std::vector<int64_t> shape(sample.begin(), sample.end());
+  const std::string expected = model.architecture == "torchscript"
+                                   ? "'" + model.bottom_script + "' takes "
+                                   : std::string("--input-shape is ");
   CLEAVE_CHECK_USER(shape == model.input_shape, "the data's samples have shape ",
-                    cleave::protocol::ShapeToString(shape), " but --input-shape is ",
+                    cleave::protocol::ShapeToString(shape), " but ", expected,
                     cleave::protocol::ShapeToString(model.input_shape));
 }
 

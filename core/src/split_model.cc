@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "cleave/core/error.h"
+#include "cleave/core/script_half.h"
 
 namespace cleave {
 
@@ -53,6 +54,11 @@ int ValidateSpec(const ModelSpec& spec) {
       CLEAVE_CHECK_USER(hidden > 0, "mlp hidden widths must be positive");
     }
     return static_cast<int>(MlpHidden(spec).size()) + 1;
+  }
+  if (spec.architecture == "torchscript") {
+    CLEAVE_CHECK_USER(!spec.bottom_script.empty() || !spec.top_script.empty(),
+                      "a torchscript model needs a bottom or a top half (.pt)");
+    return 2;
   }
   throw UserError("unknown model architecture '" + spec.architecture + "' (use cnn or mlp)");
 }
@@ -151,20 +157,95 @@ SplitModel Assemble(const ModelSpec& spec) {
 
 }  // namespace
 
+namespace {
+
+torch::nn::Sequential LoadHalf(const std::string& path, const char* half, const ModelSpec& spec) {
+  if (path.empty()) return torch::nn::Sequential(nullptr);
+  ScriptHalf loaded = LoadScriptHalf(path, half);
+  const ScriptMeta& meta = loaded->meta();
+  CLEAVE_CHECK_USER(meta.split_id == spec.split_id && meta.input_shape == spec.input_shape &&
+                        meta.cut_shape == spec.cut_shape && meta.num_classes == spec.num_classes,
+                    "'", path, "' changed since its metadata was read");
+  return torch::nn::Sequential(loaded);
+}
+
+SplitModel LoadScriptModel(const ModelSpec& spec) {
+  ValidateSpec(spec);
+  SplitModel model;
+  model.num_blocks = 2;
+  model.cut_shape = spec.cut_shape;
+  model.bottom = LoadHalf(spec.bottom_script, "bottom", spec);
+  model.top = LoadHalf(spec.top_script, "top", spec);
+  return model;
+}
+
+void CheckSameSplit(const ScriptMeta& bottom, const ScriptMeta& top, const ModelSpec& spec) {
+  CLEAVE_CHECK_USER(bottom.split_id == top.split_id && bottom.input_shape == top.input_shape &&
+                        bottom.cut_shape == top.cut_shape && bottom.num_classes == top.num_classes,
+                    "'", spec.bottom_script, "' (split ", bottom.split_id, ") and '",
+                    spec.top_script, "' (split ", top.split_id,
+                    ") are not the two halves of one export");
+}
+
+}  // namespace
+
+ModelSpec TorchScriptSpec(const std::string& bottom_path, const std::string& top_path) {
+  ModelSpec spec;
+  spec.architecture = "torchscript";
+  spec.cut = 1;
+  spec.bottom_script = bottom_path;
+  spec.top_script = top_path;
+  ValidateSpec(spec);
+  ScriptMeta meta;
+  for (const auto& [path, half] : {std::pair{bottom_path, "bottom"}, {top_path, "top"}}) {
+    if (path.empty()) continue;
+    const ScriptMeta read = ReadScriptMeta(path);
+    CLEAVE_CHECK_USER(read.half == half, "'", path, "' is the ", read.half,
+                      " half of a split, not the ", half);
+    if (!meta.half.empty()) CheckSameSplit(meta, read, spec);
+    meta = read;
+  }
+  spec.input_shape = meta.input_shape;
+  spec.cut_shape = meta.cut_shape;
+  spec.num_classes = meta.num_classes;
+  spec.split_id = meta.split_id;
+  return spec;
+}
+
 SplitModel BuildSplitModel(const ModelSpec& spec, uint64_t seed) {
   torch::manual_seed(seed);
+  if (spec.architecture == "torchscript") return LoadScriptModel(spec);
   return Assemble(spec);
 }
 
 std::string DescribeSpec(const ModelSpec& spec) {
   std::ostringstream out;
+  if (spec.architecture == "torchscript") {
+    out << "torchscript split=" << spec.split_id << " input=" << JoinShape(spec.input_shape)
+        << " cut_shape=" << JoinShape(spec.cut_shape) << " classes=" << spec.num_classes;
+    return out.str();
+  }
   out << spec.architecture << " cut=" << spec.cut << " input=" << JoinShape(spec.input_shape)
       << " classes=" << spec.num_classes;
   if (spec.architecture == "mlp") out << " hidden=" << JoinShape(MlpHidden(spec));
   return out.str();
 }
 
+namespace {
+
+std::string Hex(uint64_t value) {
+  char hex[17];
+  std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(value));
+  return hex;
+}
+
+}  // namespace
+
 std::string ModelFingerprint(const ModelSpec& spec) {
+  if (spec.architecture == "torchscript") {
+    ValidateSpec(spec);
+    return Hex(Fnv1a64("cleave-torchscript-v1|" + DescribeSpec(spec) + "|"));
+  }
   // The cut shape follows from the spec, but hashing it guards against model zoo changes that
   // keep the spec text and change the layers.
   SplitModel model;
@@ -176,9 +257,7 @@ std::string ModelFingerprint(const ModelSpec& spec) {
                           "|cut_shape=" + JoinShape(model.cut_shape) +
                           "|blocks=" + std::to_string(model.num_blocks) +
                           "|";  // the trailing '|' keeps fingerprints of earlier versions
-  char hex[17];
-  std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(Fnv1a64(canonical)));
-  return hex;
+  return Hex(Fnv1a64(canonical));
 }
 
 at::Tensor FlattenParameters(const torch::nn::Module& module) {

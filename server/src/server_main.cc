@@ -55,6 +55,10 @@ left (each evaluates, fetches the final client-side weights with its last Sync, 
 or --linger-after-rounds seconds after the last round at the latest; it then writes its checkpoint
 (and --metrics-out) and exits 0.
 
+Bring your own model: export it with tools/export/cleave_export.py and run --top top.pt (the
+hospitals run --bottom bottom.pt of the same export; a pair from different exports is refused at
+Join). --save-top writes the trained half back as TorchScript.
+
 SIGINT/SIGTERM: stop accepting, finish open steps, write the checkpoint, exit 0.
 Exit codes: 0 ok, 1 internal error, 2 bad flags, files or certificates.)";
 
@@ -132,6 +136,7 @@ void AddConnectionFlags(CLI::App& app, Flags* f) {
   app.add_flag("--insecure", insecure,
                "Plaintext without client authentication. For debugging only: anyone can connect");
   model_flags.Register(app);
+  model_flags.RegisterScript(app, /*top=*/true);
   app.add_option("--clients", allowlist_path,
                  "Allowlist: one client name (certificate CN) per line; others are refused with "
                  "PERMISSION_DENIED even with a valid certificate");
@@ -184,6 +189,10 @@ void AddTrainingFlags(CLI::App& app, Flags* f) {
       ->needs(checkpoint);
   app.add_flag("--require-checkpoint", options.require_checkpoint,
                "With --resume: refuse to start when the checkpoint is missing");
+  app.add_option("--save-top", options.save_top_path,
+                 "With --top: write the trained half as TorchScript (with its metadata) here "
+                 "whenever the checkpoint is written and at shutdown (atomically)")
+      ->needs("--top");
   app.add_option("--max-message-mb", max_message_mb, "Largest gRPC message accepted or sent, MiB")
       ->capture_default_str();
   app.add_option("--max-batch", options.max_batch, "Largest batch a client may send")

@@ -12,6 +12,7 @@
 #include "cleave/core/file_io.h"
 #include "cleave/core/optimizer_factory.h"
 #include "cleave/core/peer_text.h"
+#include "cleave/core/script_half.h"
 #include "cleave/protocol/link_spec.h"
 #include "cleave/protocol/tensor_message.h"
 #include "cleave/server/client_admission.h"
@@ -32,7 +33,16 @@ SplitServer::SplitServer(SplitServerOptions options)
   fingerprint_ = ModelFingerprint(options_.model);
   const SplitModel model = BuildSplitModel(options_.model, options_.seed);
   cut_shape_ = model.cut_shape;
-  const at::Tensor client_weights = FlattenParameters(*model.bottom);
+  CLEAVE_CHECK_USER(model.top, "the server runs the top half: --top is missing");
+  // A server given only a TorchScript top holds no client-side weights: rounds need them.
+  CLEAVE_CHECK_USER(model.bottom || options_.rounds.schedule == Schedule::kSingle, "--schedule ",
+                    ScheduleName(options_.rounds.schedule),
+                    " needs the client-side half too (--bottom with --top): the server keeps the "
+                    "shared client-side weights");
+  CLEAVE_CHECK_USER(options_.save_top_path.empty() || FindScriptHalf(*model.top),
+                    "writing the top as TorchScript needs a TorchScript top (--top)");
+  const at::Tensor client_weights =
+      model.bottom ? FlattenParameters(*model.bottom) : at::zeros({0}, at::kFloat);
   client_parameters_ = client_weights.numel();
   const ValueBounds bounds =
       ResolveValueBounds({options_.max_activation_abs, options_.rounds.max_update_abs},
@@ -340,6 +350,10 @@ void SplitServer::SaveCheckpoint() {
 }
 
 void SplitServer::SaveCheckpointLocked() {
+  if (!options_.save_top_path.empty()) {
+    SaveScriptHalf(*FindScriptHalf(*top_->layers()), options_.save_top_path);
+    spdlog::debug("TorchScript top written to '{}' at step {}", options_.save_top_path, step_);
+  }
   if (options_.checkpoint_path.empty()) return;
   std::optional<RoundState> round;
   if (coordinator_) round = coordinator_->Snapshot();

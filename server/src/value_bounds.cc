@@ -11,6 +11,7 @@
 namespace cleave::server {
 
 double DeriveActivationBound(const ModelSpec& spec, SplitModel model, uint64_t seed) {
+  if (!model.bottom) return kActivationBoundWithoutBottom;
   at::NoGradGuard no_grad;
   // A generator of its own: drawing from the global one would change later dropout masks.
   const at::Generator generator = at::detail::createCPUGenerator(seed);
@@ -25,6 +26,7 @@ double DeriveActivationBound(const ModelSpec& spec, SplitModel model, uint64_t s
 }
 
 double DeriveUpdateBound(const SplitModel& model) {
+  if (!model.bottom || model.bottom->parameters().empty()) return 1.0;
   return std::max(100.0 * FlattenParameters(*model.bottom).abs().max().item<double>(), 1.0);
 }
 

@@ -35,6 +35,7 @@ struct ModelFlags {
   std::string input_shape = "1x28x28";
   int64_t num_classes = 10;
   std::vector<int64_t> hidden;
+  std::string bottom_script, top_script;  // TorchScript halves (.pt) instead of the zoo
 
   void Register(CLI::App& app) {
     app.add_option("--model", architecture, "Split model architecture: cnn (1x28x28 images) or mlp")
@@ -49,7 +50,34 @@ struct ModelFlags {
     app.add_option("--hidden", hidden, "mlp only: hidden layer widths (default 128 64)");
   }
 
+  // The TorchScript halves this end may hold, after Register: --bottom (the client's half; on
+  // the server, for rounds: the starting client-side weights) and, with `top`, --top (the
+  // server's). Either replaces the zoo's flags, which it excludes.
+  void RegisterScript(CLI::App& app, bool top) {
+    std::vector<CLI::Option*> halves = {app.add_option(
+        "--bottom", bottom_script,
+        top ? "The client-side TorchScript half (.pt, from tools/export/cleave_export.py): the "
+              "starting client-side weights for --schedule sequential or splitfed with --top"
+            : "Train this TorchScript half (.pt, from tools/export/cleave_export.py) instead of "
+              "--model; input shape and classes come from its metadata")};
+    if (top) {
+      halves.push_back(app.add_option(
+          "--top", top_script,
+          "Train this TorchScript half (.pt, from tools/export/cleave_export.py) instead of "
+          "--model; input shape, cut shape and classes come from its metadata"));
+    }
+    for (CLI::Option* half : halves) {
+      half->check(CLI::ExistingFile);
+      for (const char* zoo : {"--model", "--cut", "--input-shape", "--classes", "--hidden"}) {
+        half->excludes(zoo);
+      }
+    }
+  }
+
+  bool Scripted() const { return !bottom_script.empty() || !top_script.empty(); }
+
   ModelSpec Spec() const {
+    if (Scripted()) return TorchScriptSpec(bottom_script, top_script);
     ModelSpec spec;
     spec.architecture = architecture;
     spec.cut = cut;

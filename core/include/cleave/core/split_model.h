@@ -11,11 +11,18 @@
 namespace cleave {
 
 struct ModelSpec {
-  std::string architecture = "cnn";  // "cnn" (1x28x28 images) or "mlp" (tabular)
+  std::string architecture = "cnn";  // "cnn" (1x28x28 images), "mlp" (tabular) or "torchscript"
   int cut = 1;                       // number of blocks that run on the client (1..blocks-1)
   std::vector<int64_t> input_shape = {1, 28, 28};  // one sample, without the batch dimension
   int64_t num_classes = 10;
   std::vector<int64_t> hidden = {};  // mlp only: hidden widths (default {128, 64})
+  // torchscript only (TorchScriptSpec fills these from the halves' metadata): the halves this
+  // end holds (.pt files exported by tools/export/cleave_export.py), the cut-layer shape of one
+  // sample and the id both halves of one export share.
+  std::string bottom_script;
+  std::string top_script;
+  std::vector<int64_t> cut_shape = {};
+  std::string split_id;
 };
 
 struct SplitModel {
@@ -30,11 +37,20 @@ struct SplitModel {
 //   [Flatten, Linear(64*H/4*W/4 -> 128), ReLU, Dropout(0.3)] [Linear(128 -> classes)]
 // "mlp" (input F): [Linear, ReLU] per hidden width, then [Linear(-> classes)].
 //
-// Builds the model with weights initialised from `seed`. This seeds LibTorch's global generator
-// (torch::manual_seed), so later random draws in the process (dropout masks) follow `seed` too.
-// Throws UserError for an unknown architecture, a cut outside 1..num_blocks-1, or a bad input
-// shape.
+// "torchscript": the halves named in the spec, loaded and checked by LoadScriptHalf (each a
+// Sequential holding one ScriptHalf, script_half.h); a half this end does not hold is null.
+//
+// Builds the model with weights initialised from `seed` (a torchscript half keeps its own). This
+// seeds LibTorch's global generator (torch::manual_seed), so later random draws in the process
+// (dropout masks) follow `seed` too. Throws UserError for an unknown architecture, a cut outside
+// 1..num_blocks-1, a bad input shape, or a torchscript half LoadScriptHalf refuses.
 SplitModel BuildSplitModel(const ModelSpec& spec, uint64_t seed);
+
+// A "torchscript" spec from the halves this end holds (either or both paths may be empty, not
+// both): input shape, classes, cut shape and split id come from their metadata (ReadScriptMeta).
+// Throws UserError if a file's metadata is missing or bad, if a file holds the other half, or if
+// the two halves' metadata disagree.
+ModelSpec TorchScriptSpec(const std::string& bottom_path, const std::string& top_path);
 
 // The parameters of `module` (recursively, in registration order) as one flat float32 vector:
 // how client-side weights travel between hospitals and the server in rounds.
@@ -47,7 +63,9 @@ void AssignFlatParameters(torch::nn::Module& module, const at::Tensor& flat);
 int NumBlocks(const ModelSpec& spec);
 
 // A short hex digest (16 chars) over the architecture, cut, input shape, classes, hidden widths
-// and the cut-layer shape (not the link's compression: the server's JoinReply sets that). Equal
+// and the cut-layer shape (not the link's compression: the server's JoinReply sets that); for
+// "torchscript", over the split id, input shape, cut shape and classes of the metadata, so two
+// halves of different exports are refused at Join. Equal
 // specs give equal fingerprints on every machine. Leaves LibTorch's global generator as it was.
 std::string ModelFingerprint(const ModelSpec& spec);
 

@@ -50,6 +50,9 @@ struct SplitServerOptions {
   int64_t checkpoint_every = 0;       // steps between checkpoints (0: only on request)
   bool resume = false;                // load checkpoint_path at start if it exists
   bool require_checkpoint = false;    // with resume: a missing checkpoint is an error
+  // A TorchScript top (model.top_script): also written back as TorchScript here, with its
+  // metadata, whenever the checkpoint is (and at shutdown); empty: not written.
+  std::string save_top_path;
   // Client identities (certificate CNs) allowed to join; empty: any client the CA signed.
   std::set<std::string> allowed_clients;
   // Schedule and round rules; schedule "single" (the default) runs no rounds.

@@ -12,10 +12,13 @@ namespace cleave::server {
 
 // The activation bound derived from the model: 1000 x the largest cut activation of the initial
 // client-side model on a batch of standard-normal inputs (at least 100).
-// (`model` by value: it shares the modules, and running them needs a non-const holder.)
+// (`model` by value: it shares the modules, and running them needs a non-const holder.) Without
+// a client-side model (a server given only a TorchScript --top): kActivationBoundWithoutBottom.
+inline constexpr double kActivationBoundWithoutBottom = 1e6;
 double DeriveActivationBound(const ModelSpec& spec, SplitModel model, uint64_t seed);
 // The per-value bound on a client-model update: 100 x the largest initial client-side weight
-// (at least 1). An honest round moves a weight by a small fraction of that.
+// (at least 1; 1 without a client-side model). An honest round moves a weight by a small
+// fraction of that.
 double DeriveUpdateBound(const SplitModel& model);
 
 struct ValueBounds {

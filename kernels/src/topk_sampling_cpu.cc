@@ -126,12 +126,16 @@ detail::Collected CollectScalar(const float* x, Bracket bracket, Chunk* chunk) {
     });
     return out;
   }
+  size_t count = 0, in_band = 0;  // locals, so that the stores cannot alias them
   for (size_t i = chunk->begin; i < chunk->end; ++i) {
     const uint32_t magnitude = MagnitudeBits(x[i]);
-    band[out.band] = x[i];
-    out.count += magnitude > bracket.low;
-    out.band += magnitude > bracket.low && magnitude <= bracket.high;
+    const size_t above = magnitude > bracket.low;
+    band[in_band] = x[i];
+    count += above;
+    in_band += above & static_cast<size_t>(magnitude <= bracket.high);
   }
+  out.count = count;
+  out.band = in_band;
   return out;
 }
 
@@ -223,20 +227,22 @@ uint32_t KthInBand(std::vector<Chunk>* chunks, uint32_t base, uint32_t top, size
   }
 }
 
-// Writes, in order, the entries above kth and those equal to it while *ties lasts (portable).
+// Writes, in order, the entries above kth and those equal to it while *ties lasts, `share` of
+// them in all (portable): every entry is stored and the position advances when it is chosen (no
+// branch to mispredict), stopping at the share so that nothing lands past it.
 size_t CompactScalar(const uint32_t* indices, size_t first_index, const float* values,
-                     size_t count, uint32_t kth, size_t* ties, uint32_t* out_indices,
+                     size_t count, uint32_t kth, size_t* ties, size_t share, uint32_t* out_indices,
                      float* out_values) {
-  size_t written = 0;
-  for (size_t i = 0; i < count; ++i) {
+  size_t written = 0, ties_left = *ties;
+  for (size_t i = 0; i < count && written < share; ++i) {
     const uint32_t bits = MagnitudeBits(values[i]);
-    const bool tie = bits == kth && *ties > 0;
-    if (bits > kth || tie) {
-      out_indices[written] = indices != nullptr ? indices[i] : static_cast<uint32_t>(first_index + i);
-      out_values[written++] = values[i];
-      *ties -= tie;
-    }
+    const size_t tie = static_cast<size_t>(bits == kth) & static_cast<size_t>(ties_left > 0);
+    out_indices[written] = indices != nullptr ? indices[i] : static_cast<uint32_t>(first_index + i);
+    out_values[written] = values[i];
+    written += static_cast<size_t>(bits > kth) | tie;
+    ties_left -= tie;
   }
+  *ties = ties_left;
   return written;
 }
 
@@ -260,9 +266,13 @@ size_t WriteTopK(const float* x, std::vector<Chunk>* chunks, uint32_t kth_bits, 
     const uint32_t* from_indices = chunk.stored ? chunk.indices.data.get() : nullptr;
     const float* from_values = chunk.stored ? chunk.values.data.get() : x + chunk.begin;
     const size_t count = chunk.stored ? chunk.count : chunk.end - chunk.begin;
-    auto compact = detail::HaveAvx512() ? detail::CompactAvx512 : CompactScalar;
-    compact(from_indices, chunk.begin, from_values, count, kth_bits, &chunk.ties,
-            indices + chunk.offset, values + chunk.offset);
+    if (detail::HaveAvx512()) {
+      detail::CompactAvx512(from_indices, chunk.begin, from_values, count, kth_bits, &chunk.ties,
+                            indices + chunk.offset, values + chunk.offset);
+    } else {
+      CompactScalar(from_indices, chunk.begin, from_values, count, kth_bits, &chunk.ties,
+                    chunk.greater + chunk.ties, indices + chunk.offset, values + chunk.offset);
+    }
   });
   return offset;
 }

@@ -1,4 +1,4 @@
-#include "compact_avx512.h"
+#include "compact_x86.h"
 
 #include <atomic>
 #include <stdexcept>

@@ -5,7 +5,7 @@
 // stores every element above the low threshold (the candidates, a little more than k) and, apart,
 // the few in the band between the two thresholds. The k-th magnitude is then found exactly by a
 // radix select over the band alone (everything above the band is in), and one parallel pass over
-// the candidates writes the chosen ones. Compaction uses AVX-512 where the CPU has it.
+// the candidates writes the chosen ones. Compaction uses AVX-512 or AVX2 where the CPU has them.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -17,7 +17,7 @@
 
 #include "append_above.h"
 #include "cleave/kernels/sparsify.h"
-#include "compact_avx512.h"
+#include "compact_x86.h"
 #include "parallel.h"
 
 namespace cleave::kernels {
@@ -153,9 +153,11 @@ size_t CollectCandidates(const float* x, size_t n, Bracket bracket, std::vector<
     float* values = chunk.stored ? chunk.values.Reserve(room) : nullptr;
     float* band = chunk.band.Reserve(room);
     const detail::Collected got =
-        detail::HaveAvx512() ? detail::CollectAvx512(x, begin, end, bracket.low, bracket.high,
-                                                     indices, values, band)
-                             : CollectScalar(x, bracket, &chunk);
+        detail::HaveAvx512()
+            ? detail::CollectAvx512(x, begin, end, bracket.low, bracket.high, indices, values, band)
+        : detail::HaveAvx2()
+            ? detail::CollectAvx2(x, begin, end, bracket.low, bracket.high, indices, values, band)
+            : CollectScalar(x, bracket, &chunk);
     chunk.count = got.count;
     chunk.band_count = got.band;
   });
@@ -269,6 +271,9 @@ size_t WriteTopK(const float* x, std::vector<Chunk>* chunks, uint32_t kth_bits, 
     if (detail::HaveAvx512()) {
       detail::CompactAvx512(from_indices, chunk.begin, from_values, count, kth_bits, &chunk.ties,
                             indices + chunk.offset, values + chunk.offset);
+    } else if (detail::HaveAvx2()) {
+      detail::CompactAvx2(from_indices, chunk.begin, from_values, count, kth_bits, &chunk.ties,
+                          indices + chunk.offset, values + chunk.offset);
     } else {
       CompactScalar(from_indices, chunk.begin, from_values, count, kth_bits, &chunk.ties,
                     chunk.greater + chunk.ties, indices + chunk.offset, values + chunk.offset);

@@ -151,15 +151,23 @@ INSTANTIATE_TEST_SUITE_P(Sizes, KernelSizes,
 using LandingParam = std::tuple<Distribution, double>;
 class SampledTopKLanding : public ::testing::TestWithParam<LandingParam> {};
 
-// Runs `body` with the AVX-512 paths allowed and with the portable paths forced.
+// Runs `body` with each compaction: AVX-512, AVX2 (where the CPU has them) and the portable one.
 template <typename Body>
 void BothCompactions(Body body) {
-  for (const bool avx512 : {true, false}) {
-    SCOPED_TRACE(avx512 ? "AVX-512 where the CPU has it" : "portable paths");
-    SetCpuAvx512(avx512);
+  const struct {
+    bool avx512, avx2;
+    const char* name;
+  } modes[] = {{true, true, "AVX-512 where the CPU has it"},
+               {false, true, "AVX2 where the CPU has it"},
+               {false, false, "portable paths"}};
+  for (const auto& mode : modes) {
+    SCOPED_TRACE(mode.name);
+    SetCpuAvx512(mode.avx512);
+    SetCpuAvx2(mode.avx2);
     body();
   }
   SetCpuAvx512(true);
+  SetCpuAvx2(true);
 }
 
 // The exact top-k without zeros (which the sampled selection never takes), ascending.

@@ -88,8 +88,9 @@ float ThresholdByHistogram(const float* x, size_t n, size_t k, size_t* expected_
 // Threads the CPU kernels use (default: hardware concurrency). 1 disables threading.
 void SetCpuThreads(int threads);
 int CpuThreads();
-// Whether the CPU kernels may use AVX-512 where the processor has it (default: yes). No means the
-// portable paths everywhere; the tests run both.
+// Whether the CPU kernels may use AVX-512 / AVX2 where the processor has them (default: yes). No
+// to both means the portable paths everywhere; the tests run all three.
 void SetCpuAvx512(bool allowed);
+void SetCpuAvx2(bool allowed);
 
 }  // namespace cleave::kernels

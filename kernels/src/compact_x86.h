@@ -1,6 +1,7 @@
-// Stream compaction with AVX-512 (compress into a register, then one store per 16 lanes), chosen
-// at run time on x86-64 CPUs that have it; the callers keep a portable scalar path for the rest.
-// No -march flag: only these functions are compiled for AVX-512.
+// Stream compaction on x86-64, chosen at run time by what the CPU has: AVX-512 (compress 16 lanes
+// into a register, one store) or AVX2 (permute 8 lanes by a table indexed by the comparison mask,
+// one store); the callers keep a portable scalar path for the rest. No -march flag: only these
+// functions are compiled for those instruction sets.
 #pragma once
 
 #include <cstddef>
@@ -8,8 +9,10 @@
 
 namespace cleave::kernels::detail {
 
-// True when the CPU has AVX-512F (checked once).
+// True when the CPU has AVX-512F (checked once) and SetCpuAvx512 allows it.
 bool HaveAvx512();
+// True when the CPU has AVX2 (checked once) and SetCpuAvx2 allows it.
+bool HaveAvx2();
 
 struct Collected {
   size_t count = 0;  // candidates stored
@@ -30,5 +33,11 @@ Collected CollectAvx512(const float* x, size_t begin, size_t end, uint32_t low, 
 size_t CompactAvx512(const uint32_t* indices, size_t first_index, const float* values,
                      size_t count, uint32_t kth, size_t* ties, uint32_t* out_indices,
                      float* out_values);
+
+// The same two operations with AVX2 (8 lanes a step).
+Collected CollectAvx2(const float* x, size_t begin, size_t end, uint32_t low, uint32_t high,
+                      uint32_t* indices, float* values, float* band);
+size_t CompactAvx2(const uint32_t* indices, size_t first_index, const float* values, size_t count,
+                   uint32_t kth, size_t* ties, uint32_t* out_indices, float* out_values);
 
 }  // namespace cleave::kernels::detail

@@ -89,7 +89,10 @@ Bracket SampleBracket(const float* x, size_t n, size_t k, uint64_t seed,
   sample->clear();
   for (size_t g = 0; g < groups; ++g) {
     const size_t start = static_cast<size_t>(rng() % (n - kGroupSize));
-    for (size_t i = start; i < start + kGroupSize; ++i) sample->push_back(std::fabs(x[i]));
+    for (size_t i = start; i < start + kGroupSize; ++i) {
+      const float magnitude = std::fabs(x[i]);
+      sample->push_back(magnitude == magnitude ? magnitude : 0.0f);  // NaN would break the ordering
+    }
   }
   const double size = static_cast<double>(sample->size());
   const double expected = static_cast<double>(k) * size / static_cast<double>(n);

@@ -2,7 +2,6 @@
 #include <atomic>
 #include <stdexcept>
 
-#include "append_above.h"
 #include "cleave/kernels/sparsify.h"
 #include "compact_x86.h"
 
@@ -90,16 +89,7 @@ __attribute__((target("avx2"))) Collected CollectAvx2(const float* x, size_t beg
     out.band += static_cast<size_t>(__builtin_popcount(in_band));
     position = _mm256_add_epi32(position, _mm256_set1_epi32(8));
   }
-  for (; i < end; ++i) {
-    const uint32_t magnitude = MagnitudeBits(x[i]);
-    if (magnitude <= low) continue;
-    if (indices != nullptr) {
-      indices[out.count] = static_cast<uint32_t>(i);
-      values[out.count] = x[i];
-    }
-    ++out.count;
-    if (magnitude <= high) band[out.band++] = x[i];
-  }
+  for (; i < end; ++i) CollectOne(x, i, low, high, indices, values, band, &out);
   return out;
 }
 
@@ -112,14 +102,7 @@ __attribute__((target("avx2"))) size_t CompactAvx2(const uint32_t* indices, size
   const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   size_t written = 0, i = 0, ties_left = *ties;
   auto scalar = [&](size_t j) {
-    const uint32_t magnitude = MagnitudeBits(values[j]);
-    const bool tie = magnitude == kth && ties_left > 0;
-    if (magnitude > kth || tie) {
-      out_indices[written] =
-          indices != nullptr ? indices[j] : static_cast<uint32_t>(first_index + j);
-      out_values[written++] = values[j];
-      ties_left -= tie;
-    }
+    CompactOne(indices, first_index, values, j, kth, &ties_left, out_indices, out_values, &written);
   };
   for (; i + 8 <= count; i += 8) {
     const __m256 v = _mm256_loadu_ps(values + i);

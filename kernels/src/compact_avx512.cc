@@ -3,7 +3,6 @@
 #include <atomic>
 #include <stdexcept>
 
-#include "append_above.h"
 #include "cleave/kernels/sparsify.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -59,16 +58,7 @@ __attribute__((target("avx512f"))) Collected CollectAvx512(const float* x, size_
     out.band += static_cast<size_t>(__builtin_popcount(in_band));
     position = _mm512_add_epi32(position, sixteen);
   }
-  for (; i < end; ++i) {
-    const uint32_t magnitude = MagnitudeBits(x[i]);
-    if (magnitude <= low) continue;
-    if (indices != nullptr) {
-      indices[out.count] = static_cast<uint32_t>(i);
-      values[out.count] = x[i];
-    }
-    ++out.count;
-    if (magnitude <= high) band[out.band++] = x[i];
-  }
+  for (; i < end; ++i) CollectOne(x, i, low, high, indices, values, band, &out);
   return out;
 }
 
@@ -81,14 +71,7 @@ __attribute__((target("avx512f"))) size_t CompactAvx512(const uint32_t* indices,
   const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   size_t written = 0, i = 0, ties_left = *ties;
   auto scalar = [&](size_t j) {
-    const uint32_t magnitude = MagnitudeBits(values[j]);
-    const bool tie = magnitude == kth && ties_left > 0;
-    if (magnitude > kth || tie) {
-      out_indices[written] =
-          indices != nullptr ? indices[j] : static_cast<uint32_t>(first_index + j);
-      out_values[written++] = values[j];
-      ties_left -= tie;
-    }
+    CompactOne(indices, first_index, values, j, kth, &ties_left, out_indices, out_values, &written);
   };
   for (; i + 16 <= count; i += 16) {
     const __m512 v = _mm512_loadu_ps(values + i);

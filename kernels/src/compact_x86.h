@@ -7,6 +7,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "append_above.h"
+
 namespace cleave::kernels::detail {
 
 // True when the CPU has AVX-512F (checked once) and SetCpuAvx512 allows it.
@@ -18,6 +20,33 @@ struct Collected {
   size_t count = 0;  // candidates stored
   size_t band = 0;   // of them, also stored in the band
 };
+
+// One element of a collection, element by element (the vector loops' tails).
+inline void CollectOne(const float* x, size_t i, uint32_t low, uint32_t high, uint32_t* indices,
+                       float* values, float* band, Collected* out) {
+  const uint32_t magnitude = MagnitudeBits(x[i]);
+  if (magnitude <= low) return;
+  if (indices != nullptr) {
+    indices[out->count] = static_cast<uint32_t>(i);
+    values[out->count] = x[i];
+  }
+  ++out->count;
+  if (magnitude <= high) band[out->band++] = x[i];
+}
+
+// One entry of a compaction, element by element (tails, and vectors that hold ties): writes it
+// at out[*written] when it is above kth, or equal to it while *ties_left lasts.
+inline void CompactOne(const uint32_t* indices, size_t first_index, const float* values, size_t j,
+                       uint32_t kth, size_t* ties_left, uint32_t* out_indices, float* out_values,
+                       size_t* written) {
+  const uint32_t magnitude = MagnitudeBits(values[j]);
+  const bool tie = magnitude == kth && *ties_left > 0;
+  if (magnitude > kth || tie) {
+    out_indices[*written] = indices != nullptr ? indices[j] : static_cast<uint32_t>(first_index + j);
+    out_values[(*written)++] = values[j];
+    *ties_left -= tie;
+  }
+}
 
 // For i in [begin, end) with magnitude bits of x[i] > low: counts it, stores (i, x[i]) at
 // indices/values unless they are null, and stores x[i] at band when its magnitude bits are also

@@ -247,6 +247,10 @@ FeatureStats FitSharedStats(const DataFlags& flags, int64_t num_classes) {
 TrainingData LoadTrainingData(const DataFlags& flags, int64_t num_classes) {
   CLEAVE_CHECK_USER(flags.shards >= 1 && flags.shard >= 0 && flags.shard < flags.shards, "--shard ",
                     flags.shard, " is outside 0..", flags.shards - 1);
+  CLEAVE_CHECK_USER(
+      flags.dataset == "csv" || (flags.stats_path.empty() && flags.standardize == "auto"),
+      "--stats and --standardize apply to --dataset csv only, not ", flags.dataset,
+      " (images: --normalize)");
   TrainingData data;
   if (flags.dataset == "fashion-mnist") {
     data.train = LoadFashionMnist(flags.data_dir, FashionMnistSplit::kTrain);

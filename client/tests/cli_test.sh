@@ -59,6 +59,8 @@ expect_error 2 "feature statistics '$dir/bad.json': the std of 'a' is negative" 
 expect_error 2 "--standardize shared needs --stats FILE" "${csv[@]}" --csv "$dir/train.csv" --standardize shared
 expect_error 2 "$dir/none.json" "${csv[@]}" --csv "$dir/train.csv" --stats "$dir/none.json"
 expect_error 2 "--fit-stats needs --csv FILE or --pool-stats" "$client" --fit-stats "$dir/s.json"
+expect_error 2 "--stats and --standardize apply to --dataset csv only, not fashion-mnist" "$client" "${tls_client[@]}" --stats "$dir/stats.json"
+expect_error 2 "--stats and --standardize apply to --dataset csv only, not images" "$client" "${tls_client[@]}" --dataset images --images "$dir" --standardize none
 expect_error 2 "the data's samples have shape 2 but --input-shape is 3" "$client" "${tls_client[@]}" --dataset csv --model mlp --input-shape 3 --classes 2 --csv "$dir/train.csv"
 expect_error 2 "$dir/missing.ckpt" "$server" --listen 127.0.0.1:0 "${tls_server[@]}" --checkpoint "$dir/missing.ckpt" --resume --require-checkpoint
 expect_error 2 "--epochs" "$client" "${tls_client[@]}" --epochs many

@@ -3,24 +3,8 @@
 # is refused and kept; --help documents every flag; --insecure warns.
 set -uo pipefail
 server="$1"; client="$2"; provision="$3"
-dir="$(mktemp -d)"
-trap 'rm -rf "$dir"; kill $(jobs -p) 2>/dev/null' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
-
-# expect_error CODE TEXT CMD...: runs CMD, wants exit CODE and one stderr line containing TEXT.
-expect_error() {
-  local code="$1" text="$2"; shift 2
-  "$@" >"$dir/out" 2>"$dir/err"
-  local got=$?
-  [ "$got" = "$code" ] || fail "$* exited $got, expected $code: $(cat "$dir/err")"
-  grep -qF -- "$text" "$dir/err" || fail "$*: stderr does not mention '$text': $(cat "$dir/err")"
-  [ "$(grep -vc '^\s*$' "$dir/err")" = 1 ] || fail "$*: error is not one line: $(cat "$dir/err")"
-}
-
-"$provision" --out "$dir/pki" --client st-mary >/dev/null || fail "provision"
-P="$dir/pki"
-tls_server=(--ca "$P/ca.crt" --cert "$P/server.crt" --key "$P/server.key")
-tls_client=(--ca "$P/ca.crt" --cert "$P/clients/st-mary.crt" --key "$P/clients/st-mary.key")
+source "$(dirname "$0")/../../test_support/shell/test_lib.sh"
+make_pki "$provision" st-mary
 
 # Missing or unreadable files.
 expect_error 2 "$dir/nope.crt" "$server" --listen 127.0.0.1:0 --ca "$P/ca.crt" --cert "$dir/nope.crt" --key "$P/server.key"

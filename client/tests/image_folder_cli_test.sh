@@ -5,34 +5,8 @@
 # and with a seeded --test-fraction, and learns the classes. A few seconds; no fixed ports.
 set -uo pipefail
 server="$1"; client="$2"; provision="$3"; folders="$4"
-dir="$(mktemp -d)"
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null; done
-  wait 2>/dev/null
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-fail() {
-  echo "FAIL: $*" >&2
-  for log in "$dir"/*.log; do [ -f "$log" ] && { echo "--- $log" >&2; tail -20 "$log" >&2; }; done
-  exit 1
-}
-
-# expect_error TEXT CMD...: runs CMD, wants exit 2 and one stderr line containing TEXT.
-expect_error() {
-  local text="$1"; shift
-  "$@" >"$dir/out" 2>"$dir/err"
-  local got=$?
-  [ "$got" = 2 ] || fail "$* exited $got, expected 2: $(cat "$dir/err")"
-  grep -qF -- "$text" "$dir/err" || fail "$*: stderr does not mention '$text': $(cat "$dir/err")"
-  [ "$(grep -vc '^\s*$' "$dir/err")" = 1 ] || fail "$*: error is not one line: $(cat "$dir/err")"
-}
-
-"$provision" --out "$dir/pki" --client st-mary >/dev/null || fail "provision"
-P="$dir/pki"
-tls_server=(--ca "$P/ca.crt" --cert "$P/server.crt" --key "$P/server.key")
-tls_client=(--ca "$P/ca.crt" --cert "$P/clients/st-mary.crt" --key "$P/clients/st-mary.key")
+source "$(dirname "$0")/../../test_support/shell/test_lib.sh"
+make_pki "$provision" st-mary
 model=(--model cnn --input-shape 3x16x16 --classes 3 --cut 1)
 images=(--dataset images --image-size 16x16 --channels 3)
 
@@ -44,9 +18,9 @@ make --out "$dir/test" --per-class 8 --size 20x24 --format mixed --seed 3
 [ "$(find "$dir/train" -name '*.jpg' | wc -l)" = 60 ] || fail "cleave-image-folder: not 60 JPEGs"
 
 # cleave-image-folder itself: bad flags are exit 2; Fashion-MNIST (when on disk) as class folders.
-expect_error "--format" "$folders" synthetic --out "$dir/x" --format gif
-expect_error "--out" "$folders" fashion-mnist
-expect_error "--size must be HxW" "$folders" synthetic --out "$dir/x" --size 8
+expect_error 2 "--format" "$folders" synthetic --out "$dir/x" --format gif
+expect_error 2 "--out" "$folders" fashion-mnist
+expect_error 2 "--size must be HxW" "$folders" synthetic --out "$dir/x" --size 8
 fmnist="${CLEAVE_FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}"
 if [ -d "$fmnist" ]; then
   "$folders" fashion-mnist --data-dir "$fmnist" --split test --limit 30 --out "$dir/fm" >/dev/null ||
@@ -57,26 +31,26 @@ fi
 
 # Bad folders and flags: one line, exit 2, before any connection.
 c=("$client" "${tls_client[@]}" "${model[@]}" "${images[@]}")
-expect_error "--dataset images needs --images DIR" "${c[@]}"
-expect_error "image folder '$dir/nowhere' does not exist" "${c[@]}" --images "$dir/nowhere"
+expect_error 2 "--dataset images needs --images DIR" "${c[@]}"
+expect_error 2 "image folder '$dir/nowhere' does not exist" "${c[@]}" --images "$dir/nowhere"
 mkdir -p "$dir/empty/class-000" "$dir/empty/class-001" "$dir/empty/class-002"
-expect_error "image folder '$dir/empty' has no images" "${c[@]}" --images "$dir/empty"
-expect_error "image folder '$dir/empty' has no images" "${c[@]}" --images "$dir/train" --test-images "$dir/empty"
+expect_error 2 "image folder '$dir/empty' has no images" "${c[@]}" --images "$dir/empty"
+expect_error 2 "image folder '$dir/empty' has no images" "${c[@]}" --images "$dir/train" --test-images "$dir/empty"
 cp -r "$dir/test" "$dir/broken"
 printf 'not a jpeg' >"$dir/broken/class-001/00003.jpg"
-expect_error "cannot decode image '$dir/broken/class-001/00003.jpg'" "${c[@]}" --images "$dir/broken"
+expect_error 2 "cannot decode image '$dir/broken/class-001/00003.jpg'" "${c[@]}" --images "$dir/broken"
 cp -r "$dir/test" "$dir/extra"
 mkdir -p "$dir/extra/zebra" && cp "$dir/test/class-000/00000.png" "$dir/extra/zebra/"
-expect_error "has 4 class folders (class-000, class-001, class-002, zebra) but --classes is 3" "${c[@]}" --images "$dir/extra"
-expect_error "has a subfolder 'zebra' that is not one of the classes" "${c[@]}" --images "$dir/train" --test-images "$dir/extra"
-expect_error "--labels names 2 classes but --classes is 3" "${c[@]}" --images "$dir/train" --labels class-000,class-001
-expect_error "holds out no test images" "${c[@]}" --images "$dir/train" --test-fraction 0.001
+expect_error 2 "has 4 class folders (class-000, class-001, class-002, zebra) but --classes is 3" "${c[@]}" --images "$dir/extra"
+expect_error 2 "has a subfolder 'zebra' that is not one of the classes" "${c[@]}" --images "$dir/train" --test-images "$dir/extra"
+expect_error 2 "--labels names 2 classes but --classes is 3" "${c[@]}" --images "$dir/train" --labels class-000,class-001
+expect_error 2 "holds out no test images" "${c[@]}" --images "$dir/train" --test-fraction 0.001
 c0=("$client" "${tls_client[@]}" "${model[@]}" --dataset images --images "$dir/train")
-expect_error "images differ in size" "${c0[@]}"
-expect_error "--image-size must be HxW" "${c0[@]}" --image-size 16
-expect_error "--normalize must be MEAN,STD" "${c[@]}" --images "$dir/train" --normalize 0.5
-expect_error "--channels" "${c0[@]}" --image-size 16x16 --channels 2
-expect_error "the data's samples have shape 1x16x16 but --input-shape is 3x16x16" "${c0[@]}" --image-size 16x16 --channels 1
+expect_error 2 "images differ in size" "${c0[@]}"
+expect_error 2 "--image-size must be HxW" "${c0[@]}" --image-size 16
+expect_error 2 "--normalize must be MEAN,STD" "${c[@]}" --images "$dir/train" --normalize 0.5
+expect_error 2 "--channels" "${c0[@]}" --image-size 16x16 --channels 2
+expect_error 2 "the data's samples have shape 1x16x16 but --input-shape is 3x16x16" "${c0[@]}" --image-size 16x16 --channels 1
 
 "$client" --help >"$dir/client-help" || fail "client --help exited non-zero"
 for flag in --images --test-images --image-size --channels --normalize --labels --test-fraction; do

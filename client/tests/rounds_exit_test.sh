@@ -6,42 +6,9 @@
 # Bounded in time, no fixed ports; every process it starts is stopped on exit.
 set -uo pipefail
 server="$1"; client="$2"; provision="$3"
-dir="$(mktemp -d)"
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null; done
-  wait 2>/dev/null
-  if [ -n "${KEEP:-}" ]; then echo "kept $dir" >&2; else rm -rf "$dir"; fi
-}
-trap cleanup EXIT
-fail() {
-  echo "FAIL: $*" >&2
-  for log in "$dir"/*.log; do [ -f "$log" ] && { echo "--- $log" >&2; tail -20 "$log" >&2; }; done
-  exit 1
-}
+source "$(dirname "$0")/../../test_support/shell/test_lib.sh"
 
-# wait_for FILE PATTERN SECONDS PID: until FILE has a line matching PATTERN; fails if PID exits.
-wait_for() {
-  local file="$1" pattern="$2" deadline=$((SECONDS + $3)) pid="$4"
-  until grep -qE -- "$pattern" "$file" 2>/dev/null; do
-    kill -0 "$pid" 2>/dev/null || fail "process $pid exited before '$pattern' appeared in $file"
-    [ "$SECONDS" -lt "$deadline" ] || fail "no '$pattern' in $file after $3 s"
-    sleep 0.05
-  done
-}
-
-# wait_exit PID SECONDS: the process's exit code, or fails if it is still running by then.
-wait_exit() {
-  local pid="$1" deadline=$((SECONDS + $2))
-  while kill -0 "$pid" 2>/dev/null; do
-    [ "$SECONDS" -lt "$deadline" ] || fail "process $pid still running after $2 s"
-    sleep 0.05
-  done
-  wait "$pid"
-}
-
-"$provision" --out "$dir/pki" --client st-mary --client riverside >/dev/null || fail "provision"
-P="$dir/pki"
+make_pki "$provision" st-mary riverside
 model=(--model mlp --input-shape 4 --classes 2 --cut 1 --hidden 16 8)
 awk 'BEGIN { srand(7); print "a,b,c,d,label";
   for (i = 0; i < 400; i++) { a = rand() - 0.5; b = rand() - 0.5; c = rand(); d = rand();

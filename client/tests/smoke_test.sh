@@ -7,30 +7,8 @@
 # Bounded in time, no fixed ports; every process it starts is stopped on exit.
 set -uo pipefail
 server="$1"; client="$2"; provision="$3"
-dir="$(mktemp -d)"
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null; done
-  wait 2>/dev/null
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-fail() {
-  echo "FAIL: $*" >&2
-  for log in "$dir"/*.log; do [ -f "$log" ] && { echo "--- $log" >&2; tail -20 "$log" >&2; }; done
-  exit 1
-}
+source "$(dirname "$0")/../../test_support/shell/test_lib.sh"
 mode() { stat -c %a "$1"; }
-
-# wait_for FILE PATTERN SECONDS PID: until FILE has a line matching PATTERN; fails if PID exits.
-wait_for() {
-  local file="$1" pattern="$2" deadline=$((SECONDS + $3)) pid="$4"
-  until grep -qE -- "$pattern" "$file" 2>/dev/null; do
-    kill -0 "$pid" 2>/dev/null || fail "process $pid exited before '$pattern' appeared in $file"
-    [ "$SECONDS" -lt "$deadline" ] || fail "no '$pattern' in $file after $3 s"
-    sleep 0.05
-  done
-}
 
 # GET /metrics with bash's /dev/tcp (curl may be missing).
 scrape() {
@@ -41,11 +19,8 @@ scrape() {
   exec 5<&-
 }
 
-"$provision" --out "$dir/pki" --client st-mary >/dev/null || fail "provision"
+make_pki "$provision" st-mary
 "$provision" --out "$dir/foreign" --client st-mary >/dev/null || fail "provision (foreign CA)"
-P="$dir/pki"
-tls_server=(--ca "$P/ca.crt" --cert "$P/server.crt" --key "$P/server.key")
-tls_client=(--ca "$P/ca.crt" --cert "$P/clients/st-mary.crt" --key "$P/clients/st-mary.key")
 model=(--model mlp --input-shape 4 --classes 2 --cut 1 --hidden 16 8)
 
 # 400 rows, two classes from a fixed linear rule (awk's generator, fixed seed).

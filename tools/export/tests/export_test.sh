@@ -16,27 +16,7 @@ for candidate in "${CLEAVE_PYTHON:-}" python3 /usr/bin/python3; do
 done
 [ -n "$python" ] || { echo "export_test: skipped: no python3 with PyTorch (apt-get install python3-torch)"; exit 77; }
 
-dir="$(mktemp -d)"
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null; done
-  wait 2>/dev/null
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-fail() {
-  echo "FAIL: $*" >&2
-  for log in "$dir"/*.log; do [ -f "$log" ] && { echo "--- $log" >&2; tail -20 "$log" >&2; }; done
-  exit 1
-}
-wait_for() {
-  local file="$1" pattern="$2" deadline=$((SECONDS + $3)) pid="$4"
-  until grep -qE -- "$pattern" "$file" 2>/dev/null; do
-    kill -0 "$pid" 2>/dev/null || fail "process $pid exited before '$pattern' appeared in $file"
-    [ "$SECONDS" -lt "$deadline" ] || fail "no '$pattern' in $file after $3 s"
-    sleep 0.05
-  done
-}
+source "$(dirname "$0")/../../../test_support/shell/test_lib.sh"
 # expect_refusal CODE PATTERN LOG: the command after it exits CODE with one error line matching.
 expect_refusal() {
   local want="$1" pattern="$2" log="$3"; shift 3
@@ -48,10 +28,7 @@ expect_refusal() {
     fail "$log: not one line: $(cat "$dir/$log.log")"
 }
 
-"$provision" --out "$dir/pki" --client st-mary >/dev/null || fail "provision"
-P="$dir/pki"
-tls_server=(--ca "$P/ca.crt" --cert "$P/server.crt" --key "$P/server.key")
-tls_client=(--ca "$P/ca.crt" --cert "$P/clients/st-mary.crt" --key "$P/clients/st-mary.key")
+make_pki "$provision" st-mary
 
 # 400 rows of 64 features (an 8x8 image to the model), two classes from a fixed rule.
 awk 'BEGIN { srand(11); for (j = 0; j < 64; j++) printf "f%d,", j; print "label";

@@ -57,13 +57,7 @@ for flag in --images --test-images --image-size --channels --normalize --labels 
   grep -qE -- "^ +$flag " "$dir/client-help" || fail "client --help does not explain $flag"
 done
 
-"$server" --listen 127.0.0.1:0 "${tls_server[@]}" "${model[@]}" >"$dir/server.out" \
-  2>"$dir/server.log" &
-server_pid=$!
-pids+=("$server_pid")
-for _ in $(seq 400); do grep -qE "listening on port [0-9]+" "$dir/server.out" && break; sleep 0.05; done
-port="$(sed -nE 's/.*listening on port ([0-9]+).*/\1/p' "$dir/server.out")"
-[ -n "$port" ] || fail "the server did not start"
+start_server server "${model[@]}"
 
 # train RUN ARGS...: one client run; wants exit 0 and a test accuracy of at least 90%.
 train() {

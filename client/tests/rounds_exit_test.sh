@@ -10,20 +10,9 @@ source "$(dirname "$0")/../../test_support/shell/test_lib.sh"
 
 make_pki "$provision" st-mary riverside
 model=(--model mlp --input-shape 4 --classes 2 --cut 1 --hidden 16 8)
-awk 'BEGIN { srand(7); print "a,b,c,d,label";
-  for (i = 0; i < 400; i++) { a = rand() - 0.5; b = rand() - 0.5; c = rand(); d = rand();
-    printf "%.4f,%.4f,%.4f,%.4f,%d\n", a, b, c, d, (a + b > 0) } }' >"$dir/data.csv"
+write_linear_csv "$dir/data.csv"
 
-# start_server LOG ARGS...: starts cleave-server, waits for its port; sets $server_pid, $port.
-start_server() {
-  local log="$1"; shift
-  "$server" --listen 127.0.0.1:0 --ca "$P/ca.crt" --cert "$P/server.crt" --key "$P/server.key" \
-    "${model[@]}" --schedule splitfed --round-samples 64 "$@" >"$dir/$log.out" 2>"$dir/$log.log" &
-  server_pid=$!
-  pids+=("$server_pid")
-  wait_for "$dir/$log.out" "listening on port [0-9]+" 20 "$server_pid"
-  port="$(sed -nE 's/.*listening on port ([0-9]+).*/\1/p' "$dir/$log.out")"
-}
+rounds=("${model[@]}" --schedule splitfed --round-samples 64)
 
 # start_client NAME: a hospital on the CSV, in the background; sets $client_pid.
 start_client() {
@@ -34,7 +23,7 @@ start_client() {
   pids+=("$client_pid")
 }
 
-start_server server --rounds 3 --min-clients 2 --checkpoint "$dir/server.ckpt" \
+start_server server "${rounds[@]}" --rounds 3 --min-clients 2 --checkpoint "$dir/server.ckpt" \
   --metrics-out "$dir/metrics.prom"
 start_client st-mary; first=$client_pid
 start_client riverside; second=$client_pid
@@ -54,7 +43,7 @@ done
 
 # A hospital that hangs (SIGSTOP: its connection stays, it never says goodbye) holds the server up
 # for --linger-after-rounds only; the round itself closes at its deadline with the other's update.
-start_server lingering --rounds 1 --min-clients 2 --round-deadline 2 --quorum 1 \
+start_server lingering "${rounds[@]}" --rounds 1 --min-clients 2 --round-deadline 2 --quorum 1 \
   --linger-after-rounds 1 --session-idle 0
 start_client riverside; hung=$client_pid
 wait_for "$dir/lingering.log" "client 'riverside' joined" 30 "$server_pid"

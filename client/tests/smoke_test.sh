@@ -23,23 +23,9 @@ make_pki "$provision" st-mary
 "$provision" --out "$dir/foreign" --client st-mary >/dev/null || fail "provision (foreign CA)"
 model=(--model mlp --input-shape 4 --classes 2 --cut 1 --hidden 16 8)
 
-# 400 rows, two classes from a fixed linear rule (awk's generator, fixed seed).
-awk 'BEGIN { srand(7); print "a,b,c,d,label";
-  for (i = 0; i < 400; i++) { a = rand() - 0.5; b = rand() - 0.5; c = rand(); d = rand();
-    printf "%.4f,%.4f,%.4f,%.4f,%d\n", a, b, c, d, (a + b > 0) } }' >"$dir/data.csv"
+write_linear_csv "$dir/data.csv"
 
-# start_server LOG ARGS...: starts cleave-server, waits for its port; sets $server_pid, $port.
-start_server() {
-  local log="$1"; shift
-  "$server" --listen 127.0.0.1:0 "${tls_server[@]}" "${model[@]}" "$@" >"$dir/$log.out" \
-    2>"$dir/$log.log" &
-  server_pid=$!
-  pids+=("$server_pid")
-  wait_for "$dir/$log.out" "listening on port [0-9]+" 20 "$server_pid"
-  port="$(sed -nE 's/.*listening on port ([0-9]+).*/\1/p' "$dir/$log.out")"
-}
-
-start_server first --checkpoint "$dir/server.ckpt" --metrics-listen 127.0.0.1:0
+start_server first "${model[@]}" --checkpoint "$dir/server.ckpt" --metrics-listen 127.0.0.1:0
 metrics_port="$(sed -nE 's/.*Prometheus metrics at .*\(port ([0-9]+)\).*/\1/p' "$dir/first.log")"
 [ -n "$metrics_port" ] && [ "$metrics_port" != 0 ] || fail "no metrics port in the server's log"
 
@@ -70,8 +56,10 @@ F="$dir/foreign"
   "${model[@]}" >"$dir/impostor.out" 2>"$dir/impostor.log" &
 impostor_pid=$!
 pids+=("$impostor_pid")
-wait_for "$dir/impostor.out" "listening on port [0-9]+" 20 "$impostor_pid"
-impostor_port="$(sed -nE 's/.*listening on port ([0-9]+).*/\1/p' "$dir/impostor.out")"
+saved_port="$port"
+wait_listening "$dir/impostor.out" "$impostor_pid" 20
+impostor_port="$port"
+port="$saved_port"
 timeout 20 "$client" --server "127.0.0.1:$impostor_port" "${tls_client[@]}" "${model[@]}" \
   --dataset csv --csv "$dir/data.csv" --connect-timeout 2 --progress none >"$dir/foreign.out" \
   2>"$dir/foreign.log"
@@ -101,7 +89,7 @@ code=$?
 [ "$(mode "$dir/server.ckpt")" = 600 ] || fail "the server checkpoint is mode $(mode "$dir/server.ckpt")"
 
 # Restarted with --resume, it goes on from step 10.
-start_server second --checkpoint "$dir/server.ckpt" --resume --require-checkpoint
+start_server second "${model[@]}" --checkpoint "$dir/server.ckpt" --resume --require-checkpoint
 grep -qF "resumed from checkpoint '$dir/server.ckpt' at step 10" "$dir/second.log" ||
   fail "the restarted server did not resume at step 10: $(cat "$dir/second.log")"
 kill -TERM "$server_pid"

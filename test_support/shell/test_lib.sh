@@ -61,3 +61,29 @@ make_pki() {
   tls_server=(--ca "$P/ca.crt" --cert "$P/server.crt" --key "$P/server.key")
   tls_client=(--ca "$P/ca.crt" --cert "$P/clients/$first.crt" --key "$P/clients/$first.key")
 }
+
+# wait_listening OUT PID SECONDS: until cleave-server's stdout OUT says it listens (fails if PID
+# exits first or SECONDS pass); sets $port.
+wait_listening() {
+  wait_for "$1" "listening on port [0-9]+" "$3" "$2"
+  port="$(sed -nE 's/.*listening on port ([0-9]+).*/\1/p' "$1")"
+}
+
+# start_server LOG ARGS...: the test's cleave-server ($server) on a port the system picks, with the
+# PKI's server flags and ARGS, logging to $dir/LOG.out and .log; waits START_SECONDS (20) for it
+# to listen; sets $server_pid and $port.
+start_server() {
+  local log="$1"; shift
+  "$server" --listen 127.0.0.1:0 "${tls_server[@]}" "$@" >"$dir/$log.out" 2>"$dir/$log.log" &
+  server_pid=$!
+  pids+=("$server_pid")
+  wait_listening "$dir/$log.out" "$server_pid" "${START_SECONDS:-20}"
+}
+
+# write_linear_csv FILE: 400 rows of features a,b,c,d and a label from a fixed linear rule
+# (a + b > 0), by awk's generator with a fixed seed.
+write_linear_csv() {
+  awk 'BEGIN { srand(7); print "a,b,c,d,label";
+    for (i = 0; i < 400; i++) { a = rand() - 0.5; b = rand() - 0.5; c = rand(); d = rand();
+      printf "%.4f,%.4f,%.4f,%.4f,%d\n", a, b, c, d, (a + b > 0) } }' >"$1"
+}

@@ -51,15 +51,7 @@ grep -q "top(bottom(x)) matches the model" "$dir/export.out" || fail "export: $(
   fail "cleave_export.py (nn.Sequential): $(cat "$dir/export_mlp.log")"
 grep -q "cut 32 -> 2 classes" "$dir/export_mlp.out" || fail "export: $(cat "$dir/export_mlp.out")"
 
-# start_server LOG ARGS...: starts cleave-server, waits for its port; sets $server_pid, $port.
-start_server() {
-  local log="$1"; shift
-  "$server" --listen 127.0.0.1:0 "${tls_server[@]}" "$@" >"$dir/$log.out" 2>"$dir/$log.log" &
-  server_pid=$!
-  pids+=("$server_pid")
-  wait_for "$dir/$log.out" "listening on port [0-9]+" 30 "$server_pid"
-  port="$(sed -nE 's/.*listening on port ([0-9]+).*/\1/p' "$dir/$log.out")"
-}
+START_SECONDS=30  # loading TorchScript halves takes longer than the built-in models
 stop_server() {
   kill -TERM "$server_pid"
   wait "$server_pid" || fail "cleave-server did not exit 0 on SIGTERM"

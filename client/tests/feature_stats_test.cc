@@ -11,21 +11,12 @@
 #include "cleave/core/error.h"
 #include "cleave/core/file_io.h"
 #include "cleave/test_support/temp_dir.h"
+#include "cleave/test_support/user_error.h"
 
 namespace cleave::client {
 namespace {
 
-// The UserError's message of `call`, or a failure if it does not throw one.
-template <typename Call>
-std::string UserErrorOf(Call&& call) {
-  try {
-    call();
-  } catch (const UserError& error) {
-    return error.what();
-  }
-  ADD_FAILURE() << "no UserError";
-  return "";
-}
+using test_support::UserErrorOf;
 
 TEST(FeatureStatsTest, FitsThePopulationMeanAndStdOfEachColumn) {
   const at::Tensor features = at::tensor({1.0f, 10.0f, 3.0f, 10.0f, 5.0f, 10.0f}).reshape({3, 2});

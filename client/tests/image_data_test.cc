@@ -11,9 +11,12 @@
 #include "cleave/core/error.h"
 #include "cleave/core/image_file.h"
 #include "cleave/test_support/temp_dir.h"
+#include "cleave/test_support/user_error.h"
 
 namespace cleave::client {
 namespace {
+
+using test_support::UserErrorOf;
 
 // DIR/<cls>/<i>.png, `count` 4x4 grey images whose pixels are all `value + i`.
 void PutClass(const std::string& dir, const std::string& cls, int count, int value,
@@ -31,15 +34,6 @@ DataFlags ImageDataFlags(const std::string& images, const std::string& test_imag
   flags.images.images_dir = images;
   flags.images.test_images_dir = test_images;
   return flags;
-}
-
-std::string ErrorOf(const std::function<void()>& run) {
-  try {
-    run();
-  } catch (const UserError& error) {
-    return error.what();
-  }
-  return "(no error)";
 }
 
 // The label of every sample whose pixels are `value` (+ up to 9): what its class is called.
@@ -63,7 +57,7 @@ TEST(ImageDataTest, LabelsNameTheSameClassesOnEveryHospital) {
   DataFlags a = ImageDataFlags(dir.File("a"), dir.File("test"));
   DataFlags b = ImageDataFlags(dir.File("b"), dir.File("test"));
   // Without a class list, hospital b would call cow 1: refused.
-  EXPECT_NE(ErrorOf([&] {
+  EXPECT_NE(UserErrorOf([&] {
               LoadTrainingData(b, 3);
             }).find("has 2 class folders (ant, cow) but --classes is 3"),
             std::string::npos);
@@ -107,14 +101,14 @@ TEST(ImageDataTest, TestFolderMustGiveTheTrainingShape) {
   PutClass(dir.File("a"), "ant", 2, 10);
   PutClass(dir.File("t"), "ant", 2, 10, 8);
   DataFlags flags = ImageDataFlags(dir.File("a"), dir.File("t"));
-  EXPECT_NE(ErrorOf([&] {
+  EXPECT_NE(UserErrorOf([&] {
               LoadTrainingData(flags, 1);
             }).find("--test-images gives samples of 1x8x8 but --images of 1x4x4"),
             std::string::npos);
   flags.images.image_size = "4x4";
   EXPECT_EQ(LoadTrainingData(flags, 1).test.inputs.sizes(), (std::vector<int64_t>{2, 1, 4, 4}));
   flags.images.images_dir.clear();
-  EXPECT_NE(ErrorOf([&] { LoadTrainingData(flags, 1); }).find("needs --images DIR"),
+  EXPECT_NE(UserErrorOf([&] { LoadTrainingData(flags, 1); }).find("needs --images DIR"),
             std::string::npos);
 }
 

@@ -13,9 +13,12 @@
 #include "cleave/core/error.h"
 #include "cleave/core/file_io.h"
 #include "cleave/test_support/temp_dir.h"
+#include "cleave/test_support/user_error.h"
 
 namespace cleave {
 namespace {
+
+using test_support::UserErrorOf;
 
 // A smooth pattern (JPEG keeps it within a few grey levels), different in every channel.
 Image Pattern(int64_t height, int64_t width, int64_t channels) {
@@ -28,15 +31,6 @@ Image Pattern(int64_t height, int64_t width, int64_t channels) {
     }
   }
   return image;
-}
-
-std::string ErrorOf(const std::function<void()>& run) {
-  try {
-    run();
-  } catch (const UserError& error) {
-    return error.what();
-  }
-  return "";
 }
 
 TEST(ImageFileTest, PngRoundTripIsExactForGreyAndRgb) {
@@ -123,10 +117,10 @@ TEST(ImageFileTest, SixteenBitPngIsScaledNotGammaEncoded) {
 TEST(ImageFileTest, UndecodableFilesAreNamed) {
   test_support::TempDir dir;
   WriteFileAtomic(dir.File("text.png"), "hello, not an image");
-  EXPECT_NE(ErrorOf([&] { ReadImageFile(dir.File("text.png")); }).find("text.png': not a PNG"),
+  EXPECT_NE(UserErrorOf([&] { ReadImageFile(dir.File("text.png")); }).find("text.png': not a PNG"),
             std::string::npos);
   WriteFileAtomic(dir.File("empty.jpg"), "");
-  EXPECT_NE(ErrorOf([&] { ReadImageFile(dir.File("empty.jpg")); }).find("empty.jpg"),
+  EXPECT_NE(UserErrorOf([&] { ReadImageFile(dir.File("empty.jpg")); }).find("empty.jpg"),
             std::string::npos);
   // Cut short: both decoders refuse instead of returning a half-grey image.
   WritePng(dir.File("whole.png"), Pattern(32, 32, 3));
@@ -135,10 +129,10 @@ TEST(ImageFileTest, UndecodableFilesAreNamed) {
     const std::string bytes = ReadFile(dir.File(name), "test");
     const std::string cut = dir.File(std::string("cut-") + name);
     WriteFileAtomic(cut, bytes.substr(0, bytes.size() / 2));
-    const std::string error = ErrorOf([&] { ReadImageFile(cut); });
+    const std::string error = UserErrorOf([&] { ReadImageFile(cut); });
     EXPECT_NE(error.find("cannot decode image '" + cut + "'"), std::string::npos) << error;
   }
-  EXPECT_NE(ErrorOf([&] { ReadImageFile(dir.File("missing.png")); }).find("missing.png"),
+  EXPECT_NE(UserErrorOf([&] { ReadImageFile(dir.File("missing.png")); }).find("missing.png"),
             std::string::npos);
 }
 

@@ -13,9 +13,12 @@
 #include "cleave/core/file_io.h"
 #include "cleave/core/image_file.h"
 #include "cleave/test_support/temp_dir.h"
+#include "cleave/test_support/user_error.h"
 
 namespace cleave {
 namespace {
+
+using test_support::UserErrorOf;
 
 namespace fs = std::filesystem;
 
@@ -29,15 +32,6 @@ Image Pattern(int64_t height, int64_t width, int64_t channels, int seed) {
     }
   }
   return image;
-}
-
-std::string ErrorOf(const std::function<void()>& run) {
-  try {
-    run();
-  } catch (const UserError& error) {
-    return error.what();
-  }
-  return "(no error)";
 }
 
 // root/<class>/<name> written as PNG or JPEG by its extension.
@@ -129,7 +123,8 @@ TEST_F(ImageFolderTest, PerChannelNormalisation) {
   const std::vector<float> raw = Expected(Pattern(6, 8, 3, 2), 2);
   for (size_t i = 0; i < raw.size(); ++i) EXPECT_NEAR(blue[i], (raw[i] - 0.3f) / 2.0f, 1e-6);
   options.channels = 1;  // 3 means for 1 channel
-  EXPECT_NE(ErrorOf([&] { LoadImageFolder(root_, options); }).find("3 means"), std::string::npos);
+  EXPECT_NE(UserErrorOf([&] { LoadImageFolder(root_, options); }).find("3 means"),
+            std::string::npos);
 }
 
 TEST_F(ImageFolderTest, AllGreyFolderGivesOneChannel) {
@@ -149,18 +144,18 @@ TEST_F(ImageFolderTest, ClassListFixesOrderAndAllowsMissingFolders) {
       std::vector<int64_t>(data.labels.data_ptr<int64_t>(), data.labels.data_ptr<int64_t>() + 5),
       (std::vector<int64_t>{0, 1, 1, 2, 2}));
   options.class_names = {"ant", "bee"};
-  EXPECT_NE(ErrorOf([&] {
+  EXPECT_NE(UserErrorOf([&] {
               LoadImageFolder(root_, options);
             }).find("has a subfolder 'cow' that is not one of the classes (ant, bee)"),
             std::string::npos);
   options.class_names = {"ant", "bee", "ant", "cow"};
-  EXPECT_NE(ErrorOf([&] { LoadImageFolder(root_, options); }).find("names a class twice"),
+  EXPECT_NE(UserErrorOf([&] { LoadImageFolder(root_, options); }).find("names a class twice"),
             std::string::npos);
 }
 
 TEST_F(ImageFolderTest, ErrorsAreOneLineNamingWhatIsWrong) {
   const auto error = [](const std::string& dir, const ImageFolderOptions& options = {}) {
-    return ErrorOf([&] { LoadImageFolder(dir, options); });
+    return UserErrorOf([&] { LoadImageFolder(dir, options); });
   };
   EXPECT_NE(error(dir_.File("nowhere"))
                 .find("image folder '" + dir_.File("nowhere") + "' does not exist"),
@@ -188,14 +183,15 @@ TEST_F(ImageFolderTest, ErrorsAreOneLineNamingWhatIsWrong) {
 TEST(ImageFolderFlagsTest, ParseSizeAndNormalisation) {
   EXPECT_EQ(ParseImageSize("64x32", "--image-size"), (std::vector<int64_t>{64, 32}));
   for (const char* bad : {"64", "0x5", "5x", "x5", "1x2x3", "-4x4", "ax4"}) {
-    EXPECT_NE(ErrorOf([&] { ParseImageSize(bad, "--image-size"); }).find("--image-size must be"),
-              std::string::npos)
+    EXPECT_NE(
+        UserErrorOf([&] { ParseImageSize(bad, "--image-size"); }).find("--image-size must be"),
+        std::string::npos)
         << bad;
   }
   ImageFolderOptions options;
   for (const char* bad : {"0.5", "0.5,0", "0.5,-1", "a,b", "1,2,3", "nan,1", "0.5,,1"}) {
     EXPECT_NE(
-        ErrorOf([&] { ParseNormalization(bad, "--normalize", &options); }).find("--normalize"),
+        UserErrorOf([&] { ParseNormalization(bad, "--normalize", &options); }).find("--normalize"),
         std::string::npos)
         << bad;
   }
@@ -259,7 +255,7 @@ TEST(SplitStratifiedTest, HoldsOutTheFractionOfEveryClassDeterministically) {
   EXPECT_EQ(Rows(again.validation), test);
   EXPECT_EQ(Rows(again.train), Rows(a.train));
   EXPECT_NE(Rows(SplitStratified(data, 0.2, 8).validation), test);
-  EXPECT_NE(ErrorOf([&] { SplitStratified(data, 1.0, 7); }).find("test fraction"),
+  EXPECT_NE(UserErrorOf([&] { SplitStratified(data, 1.0, 7); }).find("test fraction"),
             std::string::npos);
 }
 

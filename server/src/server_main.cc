@@ -16,6 +16,7 @@
 #include "cleave/core/error.h"
 #include "cleave/core/file_io.h"
 #include "cleave/core/logging.h"
+#include "cleave/core/device.h"
 #include "cleave/core/model_flags.h"
 #include "cleave/server/grpc_server.h"
 #include "cleave/server/metrics_exporter.h"
@@ -172,11 +173,15 @@ void AddTrainingFlags(CLI::App& app, Flags* f) {
          log_level, act, grad, update, allowlist_path, limits, max_client_request_mb,
          max_large_requests_mb, schedule, round_deadline_seconds, metrics_listen, aggregation,
          session_idle_seconds, linger_seconds, metrics_out] = *f;
-  app.add_option("--optimizer", options.optimizer, "Server-side optimizer: adam or sgd")
-      ->check(CLI::IsMember({"adam", "sgd"}))
+  app.add_option("--optimizer", options.optimizer,
+                 "Server-side optimizer: adam, adamw (decoupled weight decay) or sgd (momentum 0.9)")
+      ->check(CLI::IsMember({"adam", "adamw", "sgd"}))
       ->capture_default_str();
   app.add_option("--lr", options.learning_rate, "Learning rate of the server-side layers")
       ->capture_default_str();
+  cleave::AddOptimizerTuningFlags(app, "server-side", &options.weight_decay,
+                                  &options.lr_schedule);
+  app.add_option("--device", options.device, cleave::kDeviceFlagHelp)->capture_default_str();
   app.add_option("--seed", options.seed, "Seed of the server-side weight initialisation")
       ->capture_default_str();
   CLI::Option* checkpoint =

@@ -122,7 +122,10 @@ TEST(GradientDefence, ClipEqualisesNormsAndDefeatsTheNormAttack) {
   const at::Tensor clipped = ApplyGradientDefence(g, {GradientDefenceKind::kClip, 0.25}, 1);
   const at::Tensor norms = GradientNormScores(clipped);
   EXPECT_LT((norms.max() - norms.min()).item<double>(), 1e-6 * norms.max().item<double>());
-  EXPECT_NEAR(RocAuc(norms.to(at::kFloat).to(at::kDouble), labels), 0.5, 1e-9);
+  // Equal up to rounding: at 5 significant digits they tie, and ties tell the attacker nothing.
+  const at::Tensor rounded = (norms / norms.max() * 1e5).round();
+  EXPECT_DOUBLE_EQ(RocAuc(rounded, labels), 0.5);
+  EXPECT_GT(RocAuc(GradientNormScores(g), labels), 0.8);  // before clipping, the norm leaks
   // Directions are kept: clipping only scales rows.
   EXPECT_TRUE(at::allclose(GradientCosineScores(clipped, g[0]), GradientCosineScores(g, g[0]),
                            1e-4, 1e-5));

@@ -141,7 +141,7 @@ std::vector<std::vector<std::string>> RandomSets(size_t parties, size_t common, 
     for (size_t i = 0; i < own; ++i) {
       const std::string id = "p" + std::to_string(p) + "-" + std::to_string(i);
       sets[p].push_back(id);
-      if (i % 3 == 0) sets[(p + 1) % parties].push_back(id);  // in two sets, not in all
+      if (parties > 2 && i % 3 == 0) sets[(p + 1) % parties].push_back(id);  // not in all
     }
   }
   for (auto& set : sets) {

@@ -315,6 +315,8 @@ void CheckRanges(const Flags& f) {
                     "--max-client-request-mb must be at least --max-message-mb");
   CLEAVE_CHECK_USER(f.max_large_requests_mb == 0 || f.max_large_requests_mb >= f.max_message_mb,
                     "--max-large-requests-mb must be at least --max-message-mb");
+  CLEAVE_CHECK_USER(f.limits.psi_parties != 1,
+                    "--psi-parties must be 0 (off) or at least 2 parties");
 }
 
 // The parsed flags as the server's and the listener's options (files read, names checked).

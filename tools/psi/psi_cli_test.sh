@@ -26,7 +26,7 @@ seq -f "id-%03g" 30 99 >"$dir/radiology.ids"
 expect_error 2 "--ids" "$psi" --out "$dir/x" $(party_flags lab)
 expect_error 2 "$dir/missing.ids" "$psi" --ids "$dir/missing.ids" --out "$dir/x" $(party_flags lab)
 expect_error 2 "--cert" "$psi" --ids "$dir/lab.ids" --out "$dir/x" --ca "$P/ca.crt"
-expect_error 2 "at least 2 parties" "$server" --listen 127.0.0.1:0 "${tls_server[@]}" \
+expect_error 2 "--psi-parties must be 0 (off) or at least 2" "$server" --listen 127.0.0.1:0 "${tls_server[@]}" \
   --psi-parties 1
 
 # run_parties N NAME...: each party in the background against $port; waits for all; each must

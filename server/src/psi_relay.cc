@@ -130,7 +130,8 @@ v1::PsiAwaitReply PsiRelay::TakeWork(size_t party) {
     blind->set_hops(p.handed_out->hops);
     blind->set_points(p.handed_out->points);
   } else if (complete_ && !p.result_delivered) {
-    for (uint32_t position : results_[party]) reply.mutable_result()->add_positions(position);
+    v1::PsiResult* result = reply.mutable_result();  // set even when empty: "none shared"
+    for (uint32_t position : results_[party]) result->add_positions(position);
     p.result_delivered = true;
   }
   return reply;

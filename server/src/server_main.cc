@@ -56,6 +56,10 @@ left (each evaluates, fetches the final client-side weights with its last Sync, 
 or --linger-after-rounds seconds after the last round at the latest; it then writes its checkpoint
 (and --metrics-out) and exits 0.
 
+Sample alignment for vertical split learning (--psi-parties N): the parties run cleave-psi
+against this server, which relays their blinded ids around the ring and compares only fully
+blinded sets; each party learns which of its own ids all parties hold, nothing else.
+
 Bring your own model: export it with tools/export/cleave_export.py and run --top top.pt (the
 hospitals run --bottom bottom.pt of the same export; a pair from different exports is refused at
 Join). --save-top writes the trained half back as TorchScript.
@@ -155,6 +159,12 @@ void AddConnectionFlags(CLI::App& app, Flags* f) {
                  "Calls one client (certificate CN) may have open at once; more get "
                  "RESOURCE_EXHAUSTED")
       ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--psi-parties", limits.psi_parties,
+                 "Relay a private set intersection of sample ids among N parties (cleave-psi; "
+                 "vertical split learning); 0: none. The server sees only blinded points and "
+                 "learns the set and intersection sizes")
+      ->check(CLI::Range(0, 1000))
       ->capture_default_str();
   app.add_option("--max-client-request-mb", max_client_request_mb,
                  "MiB of one client's requests being processed at once (0: 2 x --max-message-mb)")
@@ -310,6 +320,8 @@ void CheckRanges(const Flags& f) {
                     "--max-client-request-mb must be at least --max-message-mb");
   CLEAVE_CHECK_USER(f.max_large_requests_mb == 0 || f.max_large_requests_mb >= f.max_message_mb,
                     "--max-large-requests-mb must be at least --max-message-mb");
+  CLEAVE_CHECK_USER(f.limits.psi_parties != 1,
+                    "--psi-parties must be 0 (off) or at least 2 parties");
 }
 
 // The parsed flags as the server's and the listener's options (files read, names checked).

@@ -53,6 +53,13 @@ v1::PsiSubmitReply PsiRelay::Submit(const std::string& identity,
   std::lock_guard lock(mutex_);
   auto known = index_.find(identity);
   size_t party = 0;
+  const auto now = options_.now();
+  if (known == index_.end() && parties_.size() == static_cast<size_t>(options_.parties) &&
+      now - last_progress_ > options_.abandon_after) {
+    spdlog::warn("PSI: the run of {} parties made no progress for {} s; abandoned", parties_.size(),
+                 std::chrono::duration_cast<std::chrono::seconds>(now - last_progress_).count());
+    Reset();
+  }
   if (known == index_.end()) {
     if (parties_.size() == static_cast<size_t>(options_.parties)) {
       throw Refusal(RefusalKind::kNotAllowed,
@@ -79,6 +86,7 @@ v1::PsiSubmitReply PsiRelay::Submit(const std::string& identity,
     handed.reset();
     Route(Task{set.owner(), set.hops(), set.points()});
   }
+  last_progress_ = now;  // only accepted sets are progress (a refused newcomer is not)
   changed_.notify_all();
   v1::PsiSubmitReply reply;
   reply.set_protocol_version(protocol::kProtocolVersion);
@@ -156,15 +164,21 @@ v1::PsiAwaitReply PsiRelay::Await(const std::string& identity,
   reply.set_parties(static_cast<uint32_t>(options_.parties));
   bool all_delivered = complete_;
   for (const Party& p : parties_) all_delivered = all_delivered && p.result_delivered;
+  if (reply.has_blind() || reply.has_result()) last_progress_ = options_.now();
   if (all_delivered) {  // every party has its answer: ready for the next intersection
     ++runs_completed_;
-    parties_.clear();
-    index_.clear();
-    for (auto& final_set : finals_) final_set.reset();
-    results_.clear();
-    complete_ = false;
+    Reset();
   }
   return reply;
+}
+
+void PsiRelay::Reset() {
+  parties_.clear();
+  index_.clear();
+  for (auto& queue : queues_) queue.clear();
+  for (auto& final_set : finals_) final_set.reset();
+  results_.clear();
+  complete_ = false;
 }
 
 int64_t PsiRelay::runs_completed() const {

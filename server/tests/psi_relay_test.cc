@@ -149,6 +149,21 @@ TEST(PsiRelayTest, RefusesWhatDoesNotFit) {
   EXPECT_EQ(for_a.blind().owner(), 1u);
 }
 
+TEST(PsiRelayTest, AnAbandonedRunGivesWayToANewParty) {
+  auto now = std::chrono::steady_clock::time_point{};
+  PsiRelayOptions options = Options(2);
+  options.now = [&now] { return now; };
+  PsiRelay relay(options);
+  relay.Submit("a", OwnSet(2));
+  relay.Submit("b", OwnSet(2));
+  now += std::chrono::minutes(9);
+  EXPECT_EQ(KindOf([&] { relay.Submit("c", OwnSet(1)); }), RefusalKind::kNotAllowed);
+  now += std::chrono::minutes(2);  // 11 minutes since b's set; c's refused call was no progress
+  EXPECT_EQ(relay.Submit("c", OwnSet(1)).party(), 0u);  // a new run
+  EXPECT_EQ(KindOf([&] { relay.Await("a", AwaitRequest()); }), RefusalKind::kMismatch);
+  EXPECT_FALSE(relay.Await("c", AwaitRequest()).has_blind());  // a's and b's sets are gone
+}
+
 TEST(PsiRelayTest, NothingYetIsAnEmptyReplyAndOptionsAreChecked) {
   PsiRelay relay(Options(3));
   relay.Submit("a", OwnSet(1));

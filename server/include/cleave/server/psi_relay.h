@@ -13,6 +13,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -27,6 +28,10 @@ struct PsiRelayOptions {
   int parties = 2;                                 // ring size, >= 2
   std::chrono::milliseconds max_wait{10000};       // longest PsiAwait before "nothing yet"
   int64_t max_points = 10'000'000;                 // per set
+  // A run in which nothing happened for this long is abandoned (a party vanished) when a new
+  // identity asks to join the full ring: the relay empties itself and the newcomer starts a run.
+  std::chrono::milliseconds abandon_after{std::chrono::minutes(10)};
+  std::function<std::chrono::steady_clock::time_point()> now = std::chrono::steady_clock::now;
 };
 
 class PsiRelay {
@@ -35,8 +40,8 @@ class PsiRelay {
   explicit PsiRelay(const PsiRelayOptions& options);
 
   // A party's own set (first call of an identity) or its answer to the set it was handed.
-  // Refusals: another protocol version (kMismatch), a new identity when the ring is full
-  // (kNotAllowed), points that are not whole 33-byte points or too many, hops other than 1 for an
+  // Refusals: another protocol version (kMismatch), a new identity when the ring is full and its
+  // run not abandoned (kNotAllowed), points that are not whole 33-byte points or too many, hops other than 1 for an
   // own set, an answer that does not match the set handed out (InvalidInput).
   v1::PsiSubmitReply Submit(const std::string& identity, const v1::PsiSubmitRequest& request);
 
@@ -65,6 +70,7 @@ class PsiRelay {
   bool HasWork(size_t party) const;  // with mutex_ held
   v1::PsiAwaitReply TakeWork(size_t party);  // with mutex_ held
   uint32_t CountPoints(const std::string& points) const;
+  void Reset();                    // with mutex_ held
 
   const PsiRelayOptions options_;
   mutable std::mutex mutex_;
@@ -75,6 +81,7 @@ class PsiRelay {
   std::vector<std::optional<std::string>> finals_;  // per owner, blinded by all
   std::vector<std::vector<uint32_t>> results_;      // per party, once all finals are in
   bool complete_ = false;
+  std::chrono::steady_clock::time_point last_progress_;
   int64_t runs_completed_ = 0, last_intersection_size_ = -1;
 };
 

@@ -100,8 +100,23 @@ struct AttackFlags {
   int64_t aux_samples = 3000;
   int64_t dcor_batch_size = 1024;
   int64_t grid_images = 8;
+  int64_t inversion_samples = 0;
+  cleave::privacy::InversionOptions inversion;
 
   void Register(CLI::App& app) {
+    app.add_option("--inversion-samples", inversion_samples,
+                   "Also run model inversion without auxiliary data (UnSplit: the attacker knows "
+                   "the bottom's layers, not its weights) on this many test images (0: off)")
+        ->check(CLI::NonNegativeNumber)
+        ->capture_default_str();
+    app.add_option("--inversion-rounds", inversion.rounds,
+                   "UnSplit: alternations of input and surrogate steps")
+        ->check(CLI::PositiveNumber)
+        ->capture_default_str();
+    app.add_option("--inversion-tv", inversion.total_variation,
+                   "UnSplit: weight of the total-variation prior on the reconstructed images")
+        ->check(CLI::NonNegativeNumber)
+        ->capture_default_str();
     app.add_option("--aux-samples", aux_samples,
                    "Training samples the attacker holds as (input, activation) pairs; never "
                    "tested on (sweep: never trained on either)")
@@ -128,6 +143,8 @@ struct AttackFlags {
     options.dcor_batch_size = dcor_batch_size;
     options.grid_images = grid_images;
     options.seed = seed;
+    options.inversion_samples = inversion_samples;
+    options.inversion = inversion;
     return options;
   }
 };
@@ -145,6 +162,12 @@ void PrintReport(const cleave::leakage::LeakageReport& report) {
       d.dcor_bias_corrected, 100 * report.density_sent,
       static_cast<long long>(report.auxiliary_samples), static_cast<long long>(report.test_samples),
       report.attack_ssim, report.attack_psnr, report.attack_mse);
+  if (report.inversion_samples > 0) {
+    std::printf(
+        "inversion without auxiliary data (UnSplit, %lld test images):\n"
+        "  SSIM %.4f (up to polarity)\n",
+        static_cast<long long>(report.inversion_samples), report.inversion_ssim);
+  }
 }
 
 nlohmann::json ReportJson(const cleave::leakage::LeakageReport& report) {
@@ -161,7 +184,9 @@ nlohmann::json ReportJson(const cleave::leakage::LeakageReport& report) {
           {"attack_psnr", report.attack_psnr},
           {"attack_ssim", number(report.attack_ssim)},
           {"auxiliary_samples", report.auxiliary_samples},
-          {"test_samples", report.test_samples}};
+          {"test_samples", report.test_samples},
+          {"inversion_ssim", number(report.inversion_ssim)},
+          {"inversion_samples", report.inversion_samples}};
 }
 
 // `measure`: one trained client's checkpoint, under the transmission the server asks for.
@@ -317,6 +342,7 @@ int Measure(const MeasureFlags& f) {
   const cleave::leakage::TransmissionSettings transmission = {
       cleave::ParseMethod(f.method), f.density, cleave::ParseValuePrecision(f.precision)};
   cleave::leakage::LeakageOptions options = f.attack.Options(f.seed);
+  options.surrogate = [spec](uint64_t seed) { return cleave::BuildSplitModel(spec, seed).bottom; };
   options.transmission = transmission;
   options.send_batch_size = f.send_batch_size;
   std::printf("measuring %s, transmission %s:%g:%s, %lld test samples\n",
@@ -349,6 +375,9 @@ cleave::leakage::SweepOptions ResolveSweep(const SweepFlags& f) {
   CLEAVE_CHECK_USER(!error && std::filesystem::is_directory(f.out_dir), "cannot create --out '",
                     f.out_dir, "'", error ? ": " + error.message() : std::string());
   options.leakage = f.attack.Options(options.seed);
+  options.leakage.surrogate = [spec = options.model](uint64_t seed) {
+    return cleave::BuildSplitModel(spec, seed).bottom;
+  };
   options.grid_dir = f.out_dir;
   return options;
 }

@@ -82,6 +82,30 @@ ClientAndAuxiliary SplitOffAuxiliary(const Dataset& train, int64_t auxiliary_sam
   return split;
 }
 
+namespace {
+
+// UnSplit on the first test images' transmitted activations: no auxiliary data, no weights.
+void MeasureInversion(const at::Tensor& test_sent, const Dataset& test,
+                      const LeakageOptions& options, LeakageReport* report) {
+  if (options.inversion_samples <= 0 || !options.surrogate) return;
+  const int64_t n = std::min(options.inversion_samples, test.size());
+  const std::vector<int64_t> input_shape(test.inputs.sizes().begin() + 1,
+                                         test.inputs.sizes().end());
+  privacy::InversionOptions inversion = options.inversion;
+  inversion.seed = options.seed + 2;
+  const at::Tensor reconstructions = privacy::InvertWithoutAuxiliaryData(
+      options.surrogate, test_sent.slice(0, 0, n), input_shape, inversion);
+  const at::Tensor truth = test.inputs.slice(0, 0, n).to(at::kFloat);
+  report->inversion_samples = n;
+  if (input_shape.size() == 3 && input_shape[1] >= 11 && input_shape[2] >= 11) {
+    report->inversion_ssim = privacy::SsimUpToPolarity(truth, reconstructions);
+  }
+  report->grid_inversions =
+      reconstructions.slice(0, 0, std::min<int64_t>(options.grid_images, n)).clone();
+}
+
+}  // namespace
+
 LeakageReport MeasureLeakage(torch::nn::Sequential& bottom, const Dataset& auxiliary,
                              const Dataset& test, const LeakageOptions& options) {
   CLEAVE_CHECK_USER(auxiliary.size() >= 1, "the attacker needs at least one auxiliary sample");
@@ -125,6 +149,7 @@ LeakageReport MeasureLeakage(torch::nn::Sequential& bottom, const Dataset& auxil
       report.grid_reconstructions = quality.reconstructions.slice(0, 0, shown).clone();
     }
   }
+  MeasureInversion(test_sent, test, options, &report);
   return report;
 }
 

@@ -204,7 +204,7 @@ std::string SweepCsv(const std::vector<SweepRow>& rows) {
   csv << "alpha,density,method,precision,density_sent,test_accuracy,test_loss,dcor,"
          "dcor_bias_corrected,dcor_baseline,dcor_batch_size,dcor_batches,attack_mse,attack_psnr,"
          "attack_ssim,auxiliary_samples,test_samples,train_samples,train_seconds,"
-         "train_dcor_last_epoch,grid\n";
+         "train_dcor_last_epoch,grid,inversion_ssim,inversion_samples\n";
   for (const SweepRow& row : rows) {
     const LeakageReport& l = row.leakage;
     csv << Short(row.alpha) << ',' << Short(row.density) << ',' << MethodName(row.method) << ','
@@ -215,7 +215,8 @@ std::string SweepCsv(const std::vector<SweepRow>& rows) {
         << Number(l.attack_mse, 6) << ',' << Number(l.attack_psnr, 3) << ','
         << Number(l.attack_ssim, 5) << ',' << l.auxiliary_samples << ',' << l.test_samples << ','
         << row.train_samples << ',' << Number(row.train_seconds, 1) << ','
-        << Number(row.train_dcor_last_epoch, 5) << ',' << row.grid_path << '\n';
+        << Number(row.train_dcor_last_epoch, 5) << ',' << row.grid_path << ','
+        << Number(l.inversion_ssim, 5) << ',' << l.inversion_samples << '\n';
   }
   return csv.str();
 }

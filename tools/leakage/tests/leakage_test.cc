@@ -181,6 +181,27 @@ class SweepTest : public ::testing::Test {
   test_support::TempDir dir_;
 };
 
+TEST(MeasureLeakageTest, InversionWithoutAuxiliaryDataRunsOnlyWhenAsked) {
+  SplitModel model = BuildSplitModel({}, 3);
+  const Dataset auxiliary = SmoothImages(64, 1), test = SmoothImages(32, 2);
+  LeakageOptions options;
+  options.dcor_batch_size = 16;
+  options.attack.epochs = 1;
+  options.grid_images = 4;
+  const LeakageReport off = MeasureLeakage(model.bottom, auxiliary, test, options);
+  EXPECT_TRUE(std::isnan(off.inversion_ssim));
+  EXPECT_EQ(off.inversion_samples, 0);
+  options.inversion_samples = 16;
+  options.inversion.rounds = 10;
+  options.surrogate = [](uint64_t seed) { return BuildSplitModel({}, seed).bottom; };
+  const LeakageReport on = MeasureLeakage(model.bottom, auxiliary, test, options);
+  EXPECT_EQ(on.inversion_samples, 16);
+  ASSERT_TRUE(std::isfinite(on.inversion_ssim));
+  EXPECT_GE(on.inversion_ssim, -1.0);
+  EXPECT_LE(on.inversion_ssim, 1.0);
+  ASSERT_EQ(on.grid_inversions.sizes(), (at::IntArrayRef{4, 1, 28, 28}));
+}
+
 TEST_F(SweepTest, NoPeekLowersLeakageAndTheOutputsDescribeEverySetting) {
   SweepOptions options;
   options.model = TabularSpec();

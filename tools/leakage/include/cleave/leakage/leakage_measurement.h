@@ -7,9 +7,11 @@
 #include <torch/nn/modules/container/sequential.h>
 
 #include <cstdint>
+#include <limits>
 #include <string>
 
 #include "cleave/core/dataset.h"
+#include "cleave/privacy/model_inversion.h"
 #include "cleave/privacy/reconstruction_attack.h"
 #include "cleave/protocol/link_spec.h"
 
@@ -50,6 +52,11 @@ struct LeakageOptions {
   privacy::ReconstructionAttackOptions attack;
   int64_t grid_images = 8;  // originals and reconstructions kept for the PNG grid
   uint64_t seed = 1;
+  // Inversion without auxiliary data (UnSplit) on the first `inversion_samples` test images
+  // (0: not run); `surrogate` builds the bottom's architecture with fresh random weights.
+  int64_t inversion_samples = 0;
+  privacy::InversionOptions inversion;
+  privacy::SurrogateFactory surrogate;
 };
 
 struct LeakageReport {
@@ -63,6 +70,10 @@ struct LeakageReport {
   int64_t test_samples = 0;          // inputs the attack and dCor were scored on
   at::Tensor grid_originals;         // [grid_images, input shape...]
   at::Tensor grid_reconstructions;   // the attacker's reconstructions of the same images
+  // Inversion without auxiliary data: SSIM up to polarity (NaN when not run or not images).
+  double inversion_ssim = std::numeric_limits<double>::quiet_NaN();
+  int64_t inversion_samples = 0;
+  at::Tensor grid_inversions;  // its reconstructions of the grid images (when run)
 };
 
 // The attacker's auxiliary pairs come from the training data but never from what the client

@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "cleave/core/error.h"
+#include "cleave/core/optimizer_factory.h"
 
 namespace cleave::server {
 
@@ -27,8 +28,9 @@ void CheckGradient(const at::Tensor& gradient, const char* what) {
 }  // namespace
 
 TopModel::TopModel(torch::nn::Sequential layers,
-                   std::unique_ptr<torch::optim::Optimizer> optimizer)
-    : layers_(std::move(layers)), optimizer_(std::move(optimizer)) {}
+                   std::unique_ptr<torch::optim::Optimizer> optimizer,
+                   std::unique_ptr<KfacPreconditioner> kfac)
+    : layers_(std::move(layers)), optimizer_(std::move(optimizer)), kfac_(std::move(kfac)) {}
 
 TopModel::~TopModel() = default;
 
@@ -36,7 +38,7 @@ TopModel::Step TopModel::Train(const at::Tensor& activations, const at::Tensor& 
                                const std::function<double()>& admit) {
   layers_->train();
   at::Tensor input = activations.detach().requires_grad_(true);
-  const at::Tensor logits = layers_->forward(input);
+  const at::Tensor logits = kfac_ ? kfac_->Forward(input) : layers_->forward(input);
   const at::Tensor loss = torch::nn::functional::cross_entropy(logits, labels);
   Step step;
   step.loss = loss.item<double>();
@@ -51,6 +53,7 @@ TopModel::Step TopModel::Train(const at::Tensor& activations, const at::Tensor& 
       CheckGradient(parameter.grad(), "a gradient of the server's layers");
     }
     const double scale = admit();
+    if (kfac_) kfac_->Precondition(optimizer_->param_groups().front().options().get_lr());
     std::vector<at::Tensor> before;
     for (const at::Tensor& parameter : layers_->parameters()) {
       before.push_back(parameter.detach().clone());
@@ -103,6 +106,19 @@ std::vector<at::Tensor> TopModel::ParameterCopies() const {
     copies.push_back(parameter.detach().clone());
   }
   return copies;
+}
+
+std::unique_ptr<TopModel> MakeTopModel(torch::nn::Sequential layers,
+                                       const TopOptimizerOptions& options) {
+  if (options.name != "kfac") {
+    auto optimizer =
+        MakeOptimizer(options.name, layers->parameters(), options.learning_rate, options.momentum);
+    return std::make_unique<TopModel>(std::move(layers), std::move(optimizer));
+  }
+  auto kfac = std::make_unique<KfacPreconditioner>(layers, options.kfac);
+  auto optimizer =
+      MakeOptimizer("sgd", layers->parameters(), options.learning_rate, options.momentum);
+  return std::make_unique<TopModel>(std::move(layers), std::move(optimizer), std::move(kfac));
 }
 
 }  // namespace cleave::server

@@ -14,9 +14,11 @@ class Optimizer;
 
 namespace cleave {
 
-// "adam" (Adam with default betas) or "sgd" (momentum 0.9); throws UserError otherwise.
+// "adam" (Adam with default betas) or "sgd" (with `momentum`, 0.9 unless given); throws
+// UserError otherwise (and for a learning rate <= 0 or a momentum outside [0, 1)).
 std::unique_ptr<torch::optim::Optimizer> MakeOptimizer(const std::string& name,
                                                        std::vector<at::Tensor> parameters,
-                                                       double learning_rate);
+                                                       double learning_rate,
+                                                       double momentum = 0.9);
 
 }  // namespace cleave

@@ -41,8 +41,10 @@ namespace cleave::server {
 struct SplitServerOptions {
   ModelSpec model;
   uint64_t seed = 1;
-  std::string optimizer = "adam";  // "adam" or "sgd"
+  std::string optimizer = "adam";  // "adam", "sgd" or "kfac" (K-FAC, then SGD)
   double learning_rate = 1e-3;
+  double momentum = 0.9;  // sgd and kfac
+  KfacOptions kfac;       // kfac only
   int64_t max_batch = 4096;
   int64_t max_message_bytes = protocol::kDefaultMaxMessageBytes;
   v1::CompressionConfig compression;  // advertised to clients in Join

@@ -46,8 +46,7 @@ void Register(CLI::App& app, Flags* f) {
   app.add_option("--kfac-kl-clip", f->kfac.kl_clip)->capture_default_str();
   app.add_option("--kfac-max-dim", f->kfac.max_dim)->capture_default_str();
   app.add_option("--target", f->target, "Test accuracy that ends the run")->capture_default_str();
-  app.add_option("--eval-every", f->eval_every, "Steps between evaluations")
-      ->capture_default_str();
+  app.add_option("--eval-every", f->eval_every, "Steps between evaluations")->capture_default_str();
   app.add_option("--max-steps", f->max_steps, "Steps at most")->capture_default_str();
   app.add_option("--cut", f->cut, "CNN blocks on the client")->capture_default_str();
   app.add_option("--data", f->data_dir, "Fashion-MNIST directory")->capture_default_str();

@@ -36,8 +36,8 @@ at::Tensor LinearOutputGradientFactor(const at::Tensor& output_gradient) {
 at::Tensor ConvInputFactor(const at::Tensor& input, const ConvGeometry& geometry, bool bias) {
   const int64_t batch = input.size(0);
   // [B, C·kh·kw, L], channels outermost as in the weight's [O, C, kh, kw].
-  const at::Tensor columns = at::im2col(input, geometry.kernel, geometry.dilation,
-                                        geometry.padding, geometry.stride);
+  const at::Tensor columns =
+      at::im2col(input, geometry.kernel, geometry.dilation, geometry.padding, geometry.stride);
   const int64_t positions = columns.size(2);
   at::Tensor patches = columns.transpose(1, 2).reshape({-1, columns.size(1)});
   if (bias) patches = AppendOnes(patches);
@@ -48,8 +48,7 @@ at::Tensor ConvInputFactor(const at::Tensor& input, const ConvGeometry& geometry
 at::Tensor ConvOutputGradientFactor(const at::Tensor& output_gradient) {
   const int64_t batch = output_gradient.size(0);
   const int64_t positions = output_gradient.size(2) * output_gradient.size(3);
-  const at::Tensor g =
-      PositionsAsRows(output_gradient) * static_cast<double>(batch * positions);
+  const at::Tensor g = PositionsAsRows(output_gradient) * static_cast<double>(batch * positions);
   return g.t().matmul(g / static_cast<double>(g.size(0)));
 }
 

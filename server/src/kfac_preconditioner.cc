@@ -52,11 +52,9 @@ std::unique_ptr<KfacLayer> LayerFor(torch::nn::Module& module) {
   return layer;
 }
 
-// Folds `batch` into the running `factor` in place; false (factor kept) if it is not finite.
-bool FoldIn(const at::Tensor& batch, double decay, at::Tensor& factor) {
-  if (!AllFinite(batch)) return false;
+// Folds `batch` into the running `factor`, in place.
+void FoldIn(const at::Tensor& batch, double decay, at::Tensor& factor) {
   factor.mul_(decay).add_(batch, 1 - decay);
-  return true;
 }
 
 // Eigendecomposes `factor` into (vectors, values) in place; false (previous kept) on failure.
@@ -118,8 +116,8 @@ void KfacPreconditioner::Collect(const torch::nn::Sequential& sequential,
     const std::string name = prefix + child.key();
     torch::nn::Module& module = *child.value();
     if (module.as<torch::nn::SequentialImpl>() != nullptr) {
-      Collect(torch::nn::Sequential(std::static_pointer_cast<torch::nn::SequentialImpl>(
-                  child.value())),
+      Collect(torch::nn::Sequential(
+                  std::dynamic_pointer_cast<torch::nn::SequentialImpl>(child.value())),
               name + ".");
       continue;
     }
@@ -129,9 +127,8 @@ void KfacPreconditioner::Collect(const torch::nn::Sequential& sequential,
     const int64_t a_dim = layer->weight.numel() / layer->weight.size(0) + (layer->bias.defined());
     const int64_t g_dim = layer->weight.size(0);
     if (options_.max_dim > 0 && std::max(a_dim, g_dim) > options_.max_dim) {
-      left_out_.push_back(detail::Concat(name, " (factors ", a_dim, "x", a_dim, " and ", g_dim,
-                                         "x", g_dim, ", over --kfac-max-dim ", options_.max_dim,
-                                         ")"));
+      left_out_.push_back(detail::Concat(name, " (factors ", a_dim, "x", a_dim, " and ", g_dim, "x",
+                                         g_dim, ", over --kfac-max-dim ", options_.max_dim, ")"));
       continue;
     }
     AddLayer(std::move(layer), a_dim, g_dim);
@@ -139,8 +136,7 @@ void KfacPreconditioner::Collect(const torch::nn::Sequential& sequential,
 }
 
 // Factors start at the identity (kfac-pytorch's first running average), eigenbases likewise.
-void KfacPreconditioner::AddLayer(std::unique_ptr<KfacLayer> layer, int64_t a_dim,
-                                  int64_t g_dim) {
+void KfacPreconditioner::AddLayer(std::unique_ptr<KfacLayer> layer, int64_t a_dim, int64_t g_dim) {
   const std::string key = "layer" + std::to_string(layers_.size()) + "_";
   const auto options = layer->weight.options().requires_grad(false);
   layer->a = state_->register_buffer(key + "a", at::eye(a_dim, options));
@@ -164,13 +160,11 @@ at::Tensor KfacPreconditioner::Forward(const at::Tensor& input) {
   return Run(sequential_, input, capture);
 }
 
-at::Tensor KfacPreconditioner::Run(torch::nn::Sequential& sequential, at::Tensor x,
-                                   bool capture) {
+at::Tensor KfacPreconditioner::Run(torch::nn::Sequential& sequential, at::Tensor x, bool capture) {
   for (size_t i = 0; i < sequential->size(); ++i) {
     const std::shared_ptr<torch::nn::Module> module = sequential->ptr(i);
     if (module->as<torch::nn::SequentialImpl>() != nullptr) {
-      torch::nn::Sequential nested(
-          std::static_pointer_cast<torch::nn::SequentialImpl>(module));
+      torch::nn::Sequential nested(std::dynamic_pointer_cast<torch::nn::SequentialImpl>(module));
       x = Run(nested, x, capture);
       continue;
     }
@@ -180,9 +174,8 @@ at::Tensor KfacPreconditioner::Run(torch::nn::Sequential& sequential, at::Tensor
     if (!capture || found == by_module_.end() || !x.requires_grad()) continue;
     KfacLayer* layer = found->second;
     layer->input = input.detach();
-    x.register_hook([layer](const at::Tensor& gradient) {
-      layer->output_gradient = gradient.detach();
-    });
+    x.register_hook(
+        [layer](const at::Tensor& gradient) { layer->output_gradient = gradient.detach(); });
   }
   return x;
 }

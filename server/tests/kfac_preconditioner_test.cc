@@ -47,8 +47,8 @@ at::Tensor Backward(KfacPreconditioner& kfac, const nn::Sequential& top, const a
 at::Tensor DampedSolve(const at::Tensor& g, const at::Tensor& a, const at::Tensor& gradient,
                        double damping) {
   const int64_t n = g.size(0) * a.size(0);
-  const at::Tensor system = at::kron(g.to(at::kDouble), a.to(at::kDouble)) +
-                            damping * at::eye(n, at::kDouble);
+  const at::Tensor system =
+      at::kron(g.to(at::kDouble), a.to(at::kDouble)) + damping * at::eye(n, at::kDouble);
   return at::linalg_solve(system, gradient.to(at::kDouble).reshape({n, 1}))
       .reshape(gradient.sizes());
 }
@@ -86,8 +86,7 @@ TEST(KfacPreconditionerTest, LinearGradientMatchesTheDirectFormula) {
   EXPECT_TRUE(report.factors_updated && report.eigen_updated);
   EXPECT_EQ(report.kl_scale, 1.0);
   const at::Tensor got = at::cat({linear->weight.grad(), linear->bias.grad().unsqueeze(1)}, 1);
-  EXPECT_TRUE(at::allclose(got.to(at::kDouble), expected, 1e-3, 1e-5))
-      << got << "\n" << expected;
+  EXPECT_TRUE(at::allclose(got.to(at::kDouble), expected, 1e-3, 1e-5)) << got << "\n" << expected;
   EXPECT_FALSE(at::allclose(got, gradient));  // it did change the gradient
   EXPECT_EQ(kfac.steps(), 1);
 }
@@ -105,10 +104,15 @@ TEST(KfacPreconditionerTest, ConvGradientMatchesTheDirectFormula) {
   Backward(kfac, top, x, labels);
   const at::Tensor gradient = GradientMatrix(conv->weight.grad(), conv->bias.grad());
 
-  // The conv output's gradient, from a second forward without the preconditioner.
+  // The conv output's gradient, from a second forward without the preconditioner (the
+  // parameters' gradients of the first are put back after it).
+  std::vector<at::Tensor> first_grads;
+  for (const at::Tensor& p : top->parameters()) first_grads.push_back(p.grad().clone());
   const at::Tensor out = conv->forward(x);
   out.retain_grad();
   at::cross_entropy_loss(linear->forward(out.flatten(1)), labels).backward();
+  size_t i = 0;
+  for (at::Tensor& p : top->parameters()) p.mutable_grad() = first_grads[i++];
   ConvGeometry geometry;
   geometry.kernel = {3, 3};
   geometry.padding = {1, 1};
@@ -138,7 +142,8 @@ TEST(KfacPreconditionerTest, RunningAveragesAndIntervals) {
     const KfacStepReport report = kfac.Precondition(0.1);
     EXPECT_EQ(report.factors_updated, step % 2 == 0) << step;
     EXPECT_EQ(report.eigen_updated, step % 3 == 0) << step;
-    if (step % 2 == 0) expected_a = 0.9 * expected_a + 0.1 * LinearInputFactor(x, true).to(at::kDouble);
+    if (step % 2 == 0)
+      expected_a = 0.9 * expected_a + 0.1 * LinearInputFactor(x, true).to(at::kDouble);
     EXPECT_TRUE(at::allclose(layer.a.to(at::kDouble), expected_a, 1e-4, 1e-6)) << step;
     if (step == 3) {  // eigenbasis of the factor as it stands (last updated at step 2)
       const at::Tensor rebuilt = layer.qa.matmul(at::diag(layer.da)).matmul(layer.qa.t());
@@ -236,9 +241,9 @@ TEST(KfacPreconditionerTest, RefusesATorchScriptTopAndTopsWithoutLayers) {
   test_support::TempDir dir;
   const auto halves = test_support::WriteScriptHalves(dir.path(), "k", "split-k");
   const SplitModel model = BuildSplitModel(TorchScriptSpec("", halves.top), 1);
-  EXPECT_NE(test_support::UserErrorOf([&] { KfacPreconditioner(model.top, {}); })
-                .find("TorchScript"),
-            std::string::npos);
+  EXPECT_NE(
+      test_support::UserErrorOf([&] { KfacPreconditioner(model.top, {}); }).find("TorchScript"),
+      std::string::npos);
   KfacOptions small;
   small.max_dim = 5;
   EXPECT_NE(test_support::UserErrorOf([&] {

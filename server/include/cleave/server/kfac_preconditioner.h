@@ -30,8 +30,8 @@ namespace cleave::server {
 // decay 0.95, KL clip 0.001, factors every 10 steps, eigendecompositions every 100.
 struct KfacOptions {
   double damping = 0.001;
-  double factor_decay = 0.95;  // running average: F = decay F + (1 - decay) F_batch
-  int64_t factor_every = 10;   // steps between factor updates
+  double factor_decay = 0.95;   // running average: F = decay F + (1 - decay) F_batch
+  int64_t factor_every = 10;    // steps between factor updates
   int64_t inverse_every = 100;  // steps between eigendecompositions
   double kl_clip = 0.001;
   // Layers with a factor larger than this (rows) are left to the plain optimizer (0: no limit):
@@ -48,10 +48,10 @@ struct KfacLayer {
   std::string name;  // path in the Sequential, e.g. "1.1"
   torch::nn::Module* module = nullptr;
   bool conv = false;
-  ConvGeometry geometry;  // conv only
-  at::Tensor weight, bias;  // bias undefined without one
-  at::Tensor a, g;          // running factors
-  at::Tensor qa, da, qg, dg;  // eigenbases of a and g
+  ConvGeometry geometry;              // conv only
+  at::Tensor weight, bias;            // bias undefined without one
+  at::Tensor a, g;                    // running factors
+  at::Tensor qa, da, qg, dg;          // eigenbases of a and g
   at::Tensor input, output_gradient;  // captured this step (undefined when not captured)
 };
 
@@ -59,8 +59,8 @@ struct KfacStepReport {
   bool factors_updated = false;
   bool eigen_updated = false;
   double kl_scale = 1.0;
-  int factors_skipped = 0;  // layers whose batch factors were not finite
-  int eigen_skipped = 0;    // layers whose eigendecomposition failed or was not finite
+  int factors_skipped = 0;    // layers whose batch factors were not finite
+  int eigen_skipped = 0;      // layers whose eigendecomposition failed or was not finite
   int gradients_skipped = 0;  // layers whose preconditioned gradient was not finite (plain kept)
 };
 

@@ -15,10 +15,12 @@
 
 #include "cleave/core/script_half.h"
 #include "cleave/server/server_checkpoint.h"
+#include "cleave/server/split_server.h"
 #include "cleave/server/top_model.h"
 #include "cleave/test_support/script_halves.h"
 #include "cleave/test_support/temp_dir.h"
 #include "cleave/test_support/user_error.h"
+#include "server_requests.h"
 
 namespace cleave::server {
 namespace {
@@ -303,6 +305,44 @@ TEST(KfacPreconditionerTest, StateGoesIntoTheServerCheckpoint) {
               LoadServerCheckpoint(plain, "fp", other->layers(), &other->optimizer(), 0,
                                    other->kfac_state());
             }).find("does not fit"),
+            std::string::npos);
+}
+
+v1::TrainRequest TrainBatch(const std::string& session) {
+  v1::TrainRequest request;
+  request.set_protocol_version(protocol::kProtocolVersion);
+  request.set_session_id(session);
+  protocol::EncodeDense(at::rand({8, 128}), request.mutable_activations());
+  protocol::EncodeDense(at::randint(0, 3, {8}, at::kLong), request.mutable_labels());
+  return request;
+}
+
+// cleave-server --optimizer kfac end to end in process: trains, checkpoints its K-FAC state with
+// the model, resumes from it; a checkpoint of a server without K-FAC does not fit.
+TEST(KfacPreconditionerTest, SplitServerCheckpointsAndResumesKfac) {
+  test_support::TempDir dir;
+  SplitServerOptions options = test::MlpOptions();
+  options.optimizer = "kfac";
+  options.learning_rate = 0.05;
+  options.kfac.factor_every = 2;
+  options.checkpoint_path = dir.File("kfac.ckpt");
+  options.checkpoint_every = 5;
+  {
+    SplitServer server(options);
+    const std::vector<at::Tensor> before = server.top_parameters();
+    const std::string session = server.Join("a", test::JoinFor(server)).session_id();
+    for (int i = 0; i < 7; ++i) server.Train("a", TrainBatch(session));
+    EXPECT_FALSE(server.top_parameters()[0].equal(before[0]));
+  }
+  options.resume = true;
+  SplitServer resumed(options);
+  EXPECT_EQ(resumed.step(), 5);
+
+  SplitServerOptions plain = test::MlpOptions();
+  plain.checkpoint_path = dir.File("plain.ckpt");
+  { SplitServer(plain).SaveCheckpoint(); }
+  options.checkpoint_path = plain.checkpoint_path;
+  EXPECT_NE(test_support::UserErrorOf([&] { SplitServer refused(options); }).find("does not fit"),
             std::string::npos);
 }
 

@@ -16,7 +16,8 @@ namespace {
 // What a checkpoint holds, as one module so that it is written and checked as one file: the
 // server-side model (the optimizer's parameters) and the round state's tensors (the client-side
 // weights and the round's accepted, not yet applied updates) and, with K-FAC, its factors,
-// eigenbases and step count ("kfac"); the round state's numbers travel as checkpoint counters. Built for each save and load: the number of updates varies.
+// eigenbases and step count ("kfac"); the round state's numbers travel as checkpoint counters.
+// Built for each save and load: the number of updates varies.
 struct CheckpointModule : torch::nn::Module {
   CheckpointModule(torch::nn::Sequential top, int64_t client_parameters, int64_t pending,
                    std::shared_ptr<torch::nn::Module> kfac_state) {
@@ -150,10 +151,10 @@ RoundState ReadRoundState(const CheckpointMeta& meta) {
   return state;
 }
 
-
 void SaveServerCheckpoint(const std::string& path, const std::string& fingerprint,
-                          const torch::nn::Sequential& top, const torch::optim::Optimizer& optimizer,
-                          int64_t client_parameters, int64_t step, const RoundState* round,
+                          const torch::nn::Sequential& top,
+                          const torch::optim::Optimizer& optimizer, int64_t client_parameters,
+                          int64_t step, const RoundState* round,
                           std::shared_ptr<torch::nn::Module> kfac_state) {
   CheckpointMeta meta;
   meta.fingerprint = fingerprint;
@@ -172,8 +173,7 @@ void SaveServerCheckpoint(const std::string& path, const std::string& fingerprin
 
 ServerCheckpoint LoadServerCheckpoint(const std::string& path, const std::string& fingerprint,
                                       const torch::nn::Sequential& top,
-                                      torch::optim::Optimizer* optimizer,
-                                      int64_t client_parameters,
+                                      torch::optim::Optimizer* optimizer, int64_t client_parameters,
                                       std::shared_ptr<torch::nn::Module> kfac_state) {
   // The number of pending deltas sizes a buffer: read it before the tensors.
   const CheckpointMeta header = ReadCheckpointMeta(path, fingerprint);
@@ -195,9 +195,8 @@ ServerCheckpoint LoadServerCheckpoint(const std::string& path, const std::string
 
 int64_t ResumeServer(const std::string& path, const std::string& fingerprint, TopModel& top,
                      RoundCoordinator* rounds, int64_t client_parameters) {
-  const ServerCheckpoint loaded =
-      LoadServerCheckpoint(path, fingerprint, top.layers(), &top.optimizer(), client_parameters,
-                           top.kfac_state());
+  const ServerCheckpoint loaded = LoadServerCheckpoint(
+      path, fingerprint, top.layers(), &top.optimizer(), client_parameters, top.kfac_state());
   if (rounds && loaded.round) {
     rounds->Restore(*loaded.round);
     spdlog::info("resumed from checkpoint '{}' at step {}, round {} ({}), client model version {}",

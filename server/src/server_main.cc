@@ -175,8 +175,7 @@ void AddKfacFlags(CLI::App& app, cleave::server::KfacOptions* kfac) {
                  "K-FAC running average of the factors: F = decay F + (1 - decay) F_batch, in "
                  "(0, 1]")
       ->capture_default_str();
-  app.add_option("--kfac-factor-every", kfac->factor_every,
-                 "K-FAC: steps between factor updates")
+  app.add_option("--kfac-factor-every", kfac->factor_every, "K-FAC: steps between factor updates")
       ->capture_default_str();
   app.add_option("--kfac-inverse-every", kfac->inverse_every,
                  "K-FAC: steps between eigendecompositions of the factors")

@@ -53,8 +53,8 @@ SplitServer::SplitServer(SplitServerOptions options)
       std::make_unique<protocol::ActivationDecoder>(link_spec_.activations, ActivationSpec());
   step_codec_ =
       std::make_unique<StepCodec>(link_spec_, ActivationSpec(), LabelSpec(), options_.seed);
-  top_ = MakeTopModel(model.top, {options_.optimizer, options_.learning_rate, options_.momentum,
-                                  options_.kfac});
+  top_ = MakeTopModel(
+      model.top, {options_.optimizer, options_.learning_rate, options_.momentum, options_.kfac});
   if (options_.rounds.schedule != Schedule::kSingle) {
     coordinator_ = std::make_unique<RoundCoordinator>(options_.rounds, client_weights);
     round_endpoint_ =
@@ -358,8 +358,7 @@ void SplitServer::SaveCheckpointLocked() {
   if (coordinator_) round = coordinator_->Snapshot();
   // Refuses (and keeps the previous file) if anything in it is not finite.
   SaveServerCheckpoint(options_.checkpoint_path, fingerprint_, top_->layers(), top_->optimizer(),
-                       client_parameters_, step_, round ? &*round : nullptr,
-                       top_->kfac_state());
+                       client_parameters_, step_, round ? &*round : nullptr, top_->kfac_state());
   spdlog::debug("checkpoint written to '{}' at step {}", options_.checkpoint_path, step_);
 }
 

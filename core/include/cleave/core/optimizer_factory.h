@@ -18,7 +18,6 @@ namespace cleave {
 // UserError otherwise (and for a learning rate <= 0 or a momentum outside [0, 1)).
 std::unique_ptr<torch::optim::Optimizer> MakeOptimizer(const std::string& name,
                                                        std::vector<at::Tensor> parameters,
-                                                       double learning_rate,
-                                                       double momentum = 0.9);
+                                                       double learning_rate, double momentum = 0.9);
 
 }  // namespace cleave

@@ -31,8 +31,9 @@ struct ServerCheckpoint {
 // Writes `top`, `optimizer`, `step`, (if given) the round state and (if given) the K-FAC state
 // (KfacPreconditioner::state(): factors, eigenbases, step count) to `path` atomically.
 void SaveServerCheckpoint(const std::string& path, const std::string& fingerprint,
-                          const torch::nn::Sequential& top, const torch::optim::Optimizer& optimizer,
-                          int64_t client_parameters, int64_t step, const RoundState* round,
+                          const torch::nn::Sequential& top,
+                          const torch::optim::Optimizer& optimizer, int64_t client_parameters,
+                          int64_t step, const RoundState* round,
                           std::shared_ptr<torch::nn::Module> kfac_state = nullptr);
 
 // Loads `path` into `top`, `optimizer` and (if given) `kfac_state` and returns the step and round
@@ -40,8 +41,7 @@ void SaveServerCheckpoint(const std::string& path, const std::string& fingerprin
 // model's fingerprint, or a file without K-FAC state when `kfac_state` is given.
 ServerCheckpoint LoadServerCheckpoint(const std::string& path, const std::string& fingerprint,
                                       const torch::nn::Sequential& top,
-                                      torch::optim::Optimizer* optimizer,
-                                      int64_t client_parameters,
+                                      torch::optim::Optimizer* optimizer, int64_t client_parameters,
                                       std::shared_ptr<torch::nn::Module> kfac_state = nullptr);
 
 // Resumes a server from `path`: the layers and optimizer of `top`, and the round state into

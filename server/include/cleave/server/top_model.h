@@ -64,9 +64,7 @@ class TopModel {
   std::vector<at::Tensor> ParameterCopies() const;
   // Null unless the top trains with K-FAC; its state() goes into the checkpoint.
   KfacPreconditioner* kfac() const { return kfac_.get(); }
-  std::shared_ptr<torch::nn::Module> kfac_state() const {
-    return kfac_ ? kfac_->state() : nullptr;
-  }
+  std::shared_ptr<torch::nn::Module> kfac_state() const { return kfac_ ? kfac_->state() : nullptr; }
 
  private:
   torch::nn::Sequential layers_;

@@ -10,9 +10,11 @@ namespace cleave {
 
 std::unique_ptr<torch::optim::Optimizer> MakeOptimizer(const std::string& name,
                                                        std::vector<at::Tensor> parameters,
-                                                       double learning_rate, double weight_decay) {
+                                                       double learning_rate, double weight_decay,
+                                                       double momentum) {
   CLEAVE_CHECK_USER(learning_rate > 0, "learning rate must be > 0, got ", learning_rate);
   CLEAVE_CHECK_USER(weight_decay >= 0, "weight decay must be >= 0, got ", weight_decay);
+  CLEAVE_CHECK_USER(momentum >= 0 && momentum < 1, "momentum must be in [0, 1), got ", momentum);
   if (name == "adam") {
     return std::make_unique<torch::optim::Adam>(
         std::move(parameters), torch::optim::AdamOptions(learning_rate).weight_decay(weight_decay));
@@ -25,7 +27,7 @@ std::unique_ptr<torch::optim::Optimizer> MakeOptimizer(const std::string& name,
   if (name == "sgd") {
     return std::make_unique<torch::optim::SGD>(
         std::move(parameters),
-        torch::optim::SGDOptions(learning_rate).momentum(0.9).weight_decay(weight_decay));
+        torch::optim::SGDOptions(learning_rate).momentum(momentum).weight_decay(weight_decay));
   }
   throw UserError("unknown optimizer '" + name + "' (use adam, adamw or sgd)");
 }

@@ -15,11 +15,14 @@ namespace {
 
 // What a checkpoint holds, as one module so that it is written and checked as one file: the
 // server-side model (the optimizer's parameters) and the round state's tensors (the client-side
-// weights and the round's accepted, not yet applied updates); the round state's numbers travel
-// as checkpoint counters. Built for each save and load: the number of updates varies.
+// weights and the round's accepted, not yet applied updates) and, with K-FAC, its factors,
+// eigenbases and step count ("kfac"); the round state's numbers travel as checkpoint counters.
+// Built for each save and load: the number of updates varies.
 struct CheckpointModule : torch::nn::Module {
-  CheckpointModule(torch::nn::Sequential top, int64_t client_parameters, int64_t pending) {
+  CheckpointModule(torch::nn::Sequential top, int64_t client_parameters, int64_t pending,
+                   std::shared_ptr<torch::nn::Module> kfac_state) {
     register_module("top", std::move(top));
+    if (kfac_state) register_module("kfac", std::move(kfac_state));
     client_weights = register_buffer("client_weights", at::zeros({client_parameters}));
     round_updates = register_buffer("round_updates", at::zeros({pending, client_parameters}));
   }
@@ -148,16 +151,16 @@ RoundState ReadRoundState(const CheckpointMeta& meta) {
   return state;
 }
 
-
 void SaveServerCheckpoint(const std::string& path, const std::string& fingerprint,
-                          const torch::nn::Sequential& top, const torch::optim::Optimizer& optimizer,
-                          int64_t client_parameters, int64_t step, const RoundState* round) {
+                          const torch::nn::Sequential& top,
+                          const torch::optim::Optimizer& optimizer, int64_t client_parameters,
+                          int64_t step, const RoundState* round,
+                          std::shared_ptr<torch::nn::Module> kfac_state) {
   CheckpointMeta meta;
   meta.fingerprint = fingerprint;
   meta.counters["step"] = step;
   const auto pending = round ? static_cast<int64_t>(round->pending.size()) : 0;
-  CheckpointModule module(top, client_parameters,
-                          pending);
+  CheckpointModule module(top, client_parameters, pending, std::move(kfac_state));
   if (round) {
     WriteRoundState(*round, &meta);
     module.client_weights.copy_(round->weights);
@@ -170,12 +173,11 @@ void SaveServerCheckpoint(const std::string& path, const std::string& fingerprin
 
 ServerCheckpoint LoadServerCheckpoint(const std::string& path, const std::string& fingerprint,
                                       const torch::nn::Sequential& top,
-                                      torch::optim::Optimizer* optimizer,
-                                      int64_t client_parameters) {
+                                      torch::optim::Optimizer* optimizer, int64_t client_parameters,
+                                      std::shared_ptr<torch::nn::Module> kfac_state) {
   // The number of pending deltas sizes a buffer: read it before the tensors.
   const CheckpointMeta header = ReadCheckpointMeta(path, fingerprint);
-  CheckpointModule module(top, client_parameters,
-                          PendingCount(header));
+  CheckpointModule module(top, client_parameters, PendingCount(header), std::move(kfac_state));
   const CheckpointMeta meta = LoadCheckpoint(path, module, optimizer, fingerprint);
   ServerCheckpoint loaded;
   const auto step = meta.counters.find("step");
@@ -193,8 +195,8 @@ ServerCheckpoint LoadServerCheckpoint(const std::string& path, const std::string
 
 int64_t ResumeServer(const std::string& path, const std::string& fingerprint, TopModel& top,
                      RoundCoordinator* rounds, int64_t client_parameters) {
-  const ServerCheckpoint loaded =
-      LoadServerCheckpoint(path, fingerprint, top.layers(), &top.optimizer(), client_parameters);
+  const ServerCheckpoint loaded = LoadServerCheckpoint(
+      path, fingerprint, top.layers(), &top.optimizer(), client_parameters, top.kfac_state());
   if (rounds && loaded.round) {
     rounds->Restore(*loaded.round);
     spdlog::info("resumed from checkpoint '{}' at step {}, round {} ({}), client model version {}",

@@ -177,6 +177,30 @@ void AddConnectionFlags(CLI::App& app, Flags* f) {
       ->capture_default_str();
 }
 
+// K-FAC's knobs (--optimizer kfac); the defaults are kfac-pytorch's (its SC20 code).
+void AddKfacFlags(CLI::App& app, cleave::server::KfacOptions* kfac) {
+  app.add_option("--kfac-damping", kfac->damping,
+                 "K-FAC damping: eigenvalue products dg x da get this added before dividing")
+      ->capture_default_str();
+  app.add_option("--kfac-factor-decay", kfac->factor_decay,
+                 "K-FAC running average of the factors: F = decay F + (1 - decay) F_batch, in "
+                 "(0, 1]")
+      ->capture_default_str();
+  app.add_option("--kfac-factor-every", kfac->factor_every, "K-FAC: steps between factor updates")
+      ->capture_default_str();
+  app.add_option("--kfac-inverse-every", kfac->inverse_every,
+                 "K-FAC: steps between eigendecompositions of the factors")
+      ->capture_default_str();
+  app.add_option("--kfac-kl-clip", kfac->kl_clip,
+                 "K-FAC KL clip: the preconditioned gradients are scaled by min(1, sqrt(clip / "
+                 "(lr^2 sum <g', g>)))")
+      ->capture_default_str();
+  app.add_option("--kfac-max-dim", kfac->max_dim,
+                 "K-FAC: layers with a factor larger than this (rows) are left to plain SGD "
+                 "(0: none); an eigendecomposition costs O(n^3)")
+      ->capture_default_str();
+}
+
 // The server's layers, their checkpoint, message sizes and the link's compression.
 void AddTrainingFlags(CLI::App& app, Flags* f) {
   auto& [listen, ca_path, cert_path, key_path, insecure, model_flags, options, max_message_mb,
@@ -184,11 +208,17 @@ void AddTrainingFlags(CLI::App& app, Flags* f) {
          max_large_requests_mb, schedule, round_deadline_seconds, metrics_listen, aggregation,
          session_idle_seconds, linger_seconds, metrics_out] = *f;
   app.add_option("--optimizer", options.optimizer,
-                 "Server-side optimizer: adam, adamw (decoupled weight decay) or sgd (momentum 0.9)")
-      ->check(CLI::IsMember({"adam", "adamw", "sgd"}))
+                 "Server-side optimizer: adam, adamw (decoupled weight decay), sgd (with "
+                 "--momentum) or kfac (K-FAC preconditioning of the Linear and Conv2d layers, then "
+                 "SGD with --momentum; see the --kfac-* flags)")
+      ->check(CLI::IsMember({"adam", "adamw", "sgd", "kfac"}))
       ->capture_default_str();
-  app.add_option("--lr", options.learning_rate, "Learning rate of the server-side layers")
+  app.add_option("--lr", options.learning_rate,
+                 "Learning rate of the server-side layers (kfac-pytorch uses 0.1 with K-FAC)")
       ->capture_default_str();
+  app.add_option("--momentum", options.momentum, "Momentum of sgd and kfac, in [0, 1)")
+      ->capture_default_str();
+  AddKfacFlags(app, &options.kfac);
   cleave::AddOptimizerTuningFlags(app, "server-side", &options.weight_decay,
                                   &options.lr_schedule);
   app.add_option("--device", options.device, cleave::kDeviceFlagHelp)->capture_default_str();
@@ -316,6 +346,9 @@ void CheckRanges(const Flags& f) {
   CLEAVE_CHECK_USER(rounds.max_update_abs >= 0, "--max-update-value must be >= 0");
   CLEAVE_CHECK_USER(f.options.max_activation_abs >= 0, "--max-activation-value must be >= 0");
   CLEAVE_CHECK_USER(f.options.max_sessions_per_identity >= 1, "--max-sessions must be >= 1");
+  CLEAVE_CHECK_USER(f.options.momentum >= 0 && f.options.momentum < 1,
+                    "--momentum must be in [0, 1), got ", f.options.momentum);
+  if (f.options.optimizer == "kfac") cleave::server::CheckKfacOptions(f.options.kfac);
   CLEAVE_CHECK_USER(f.max_client_request_mb == 0 || f.max_client_request_mb >= f.max_message_mb,
                     "--max-client-request-mb must be at least --max-message-mb");
   CLEAVE_CHECK_USER(f.max_large_requests_mb == 0 || f.max_large_requests_mb >= f.max_message_mb,

@@ -57,10 +57,13 @@ SplitServer::SplitServer(SplitServerOptions options)
       std::make_unique<StepCodec>(link_spec_, ActivationSpec(), LabelSpec(), options_.seed);
   torch::nn::Sequential top = model.top;  // shares the layers
   top->to(ResolveDevice(options_.device));
-  top_ = std::make_unique<TopModel>(
-      top,
-      MakeOptimizer(options_.optimizer, top->parameters(), options_.learning_rate,
-                    options_.weight_decay));
+  TopOptimizerOptions top_optimizer;
+  top_optimizer.name = options_.optimizer;
+  top_optimizer.learning_rate = options_.learning_rate;
+  top_optimizer.weight_decay = options_.weight_decay;
+  top_optimizer.momentum = options_.momentum;
+  top_optimizer.kfac = options_.kfac;
+  top_ = MakeTopModel(top, top_optimizer);
   if (options_.rounds.schedule != Schedule::kSingle) {
     coordinator_ = std::make_unique<RoundCoordinator>(options_.rounds, client_weights);
     round_endpoint_ =
@@ -365,7 +368,7 @@ void SplitServer::SaveCheckpointLocked() {
   if (coordinator_) round = coordinator_->Snapshot();
   // Refuses (and keeps the previous file) if anything in it is not finite.
   SaveServerCheckpoint(options_.checkpoint_path, fingerprint_, top_->layers(), top_->optimizer(),
-                       client_parameters_, step_, round ? &*round : nullptr);
+                       client_parameters_, step_, round ? &*round : nullptr, top_->kfac_state());
   spdlog::debug("checkpoint written to '{}' at step {}", options_.checkpoint_path, step_);
 }
 

@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "cleave/core/error.h"
+#include "cleave/core/optimizer_factory.h"
 
 namespace cleave::server {
 
@@ -27,8 +28,12 @@ void CheckGradient(const at::Tensor& gradient, const char* what) {
 }  // namespace
 
 TopModel::TopModel(torch::nn::Sequential layers,
-                   std::unique_ptr<torch::optim::Optimizer> optimizer)
-    : layers_(std::move(layers)), optimizer_(std::move(optimizer)), device_(c10::kCPU) {
+                   std::unique_ptr<torch::optim::Optimizer> optimizer,
+                   std::unique_ptr<KfacPreconditioner> kfac)
+    : layers_(std::move(layers)),
+      optimizer_(std::move(optimizer)),
+      device_(c10::kCPU),
+      kfac_(std::move(kfac)) {
   const std::vector<at::Tensor> parameters = layers_->parameters();
   if (!parameters.empty()) device_ = parameters.front().device();
 }
@@ -40,7 +45,7 @@ TopModel::Step TopModel::Train(const at::Tensor& activations, const at::Tensor& 
   layers_->train();
   at::Tensor input = activations.to(device_).detach().requires_grad_(true);
   const at::Tensor targets = labels.to(device_);
-  const at::Tensor logits = layers_->forward(input);
+  const at::Tensor logits = kfac_ ? kfac_->Forward(input) : layers_->forward(input);
   const at::Tensor loss = torch::nn::functional::cross_entropy(logits, targets);
   Step step;
   step.loss = loss.item<double>();
@@ -55,6 +60,7 @@ TopModel::Step TopModel::Train(const at::Tensor& activations, const at::Tensor& 
       CheckGradient(parameter.grad(), "a gradient of the server's layers");
     }
     const double scale = admit();
+    if (kfac_) kfac_->Precondition(optimizer_->param_groups().front().options().get_lr());
     std::vector<at::Tensor> before;
     for (const at::Tensor& parameter : layers_->parameters()) {
       before.push_back(parameter.detach().clone());
@@ -110,6 +116,19 @@ std::vector<at::Tensor> TopModel::ParameterCopies() const {
     copies.push_back(parameter.detach().clone());
   }
   return copies;
+}
+
+std::unique_ptr<TopModel> MakeTopModel(torch::nn::Sequential layers,
+                                       const TopOptimizerOptions& options) {
+  if (options.name != "kfac") {
+    auto optimizer = MakeOptimizer(options.name, layers->parameters(), options.learning_rate,
+                                   options.weight_decay, options.momentum);
+    return std::make_unique<TopModel>(std::move(layers), std::move(optimizer));
+  }
+  auto kfac = std::make_unique<KfacPreconditioner>(layers, options.kfac);
+  auto optimizer = MakeOptimizer("sgd", layers->parameters(), options.learning_rate,
+                                 options.weight_decay, options.momentum);
+  return std::make_unique<TopModel>(std::move(layers), std::move(optimizer), std::move(kfac));
 }
 
 }  // namespace cleave::server

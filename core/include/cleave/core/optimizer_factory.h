@@ -14,12 +14,14 @@ class Optimizer;
 
 namespace cleave {
 
-// "adam" (Adam with default betas), "adamw" (Adam with decoupled weight decay) or "sgd"
-// (momentum 0.9); throws UserError otherwise. `weight_decay` is AdamW's decoupled decay, and an
-// L2 term added to the gradient for adam and sgd.
+// "adam" (Adam with default betas), "adamw" (Adam with decoupled weight decay) or "sgd" (with
+// `momentum`, 0.9 unless given); throws UserError otherwise (and for a learning rate <= 0, a
+// negative weight decay or a momentum outside [0, 1)). `weight_decay` is AdamW's decoupled
+// decay, and an L2 term added to the gradient for adam and sgd.
 std::unique_ptr<torch::optim::Optimizer> MakeOptimizer(const std::string& name,
                                                        std::vector<at::Tensor> parameters,
                                                        double learning_rate,
-                                                       double weight_decay = 0);
+                                                       double weight_decay = 0,
+                                                       double momentum = 0.9);
 
 }  // namespace cleave

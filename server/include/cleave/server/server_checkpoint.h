@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -27,17 +28,21 @@ struct ServerCheckpoint {
   std::optional<RoundState> round;  // with weights and pending deltas; absent without rounds
 };
 
-// Writes `top`, `optimizer`, `step` and (if given) the round state to `path` atomically.
+// Writes `top`, `optimizer`, `step`, (if given) the round state and (if given) the K-FAC state
+// (KfacPreconditioner::state(): factors, eigenbases, step count) to `path` atomically.
 void SaveServerCheckpoint(const std::string& path, const std::string& fingerprint,
-                          const torch::nn::Sequential& top, const torch::optim::Optimizer& optimizer,
-                          int64_t client_parameters, int64_t step, const RoundState* round);
+                          const torch::nn::Sequential& top,
+                          const torch::optim::Optimizer& optimizer, int64_t client_parameters,
+                          int64_t step, const RoundState* round,
+                          std::shared_ptr<torch::nn::Module> kfac_state = nullptr);
 
-// Loads `path` into `top` and `optimizer` and returns the step and round state. Throws UserError
-// (nothing changed) for a missing, corrupt or non-finite file or another model's fingerprint.
+// Loads `path` into `top`, `optimizer` and (if given) `kfac_state` and returns the step and round
+// state. Throws UserError (nothing changed) for a missing, corrupt or non-finite file, another
+// model's fingerprint, or a file without K-FAC state when `kfac_state` is given.
 ServerCheckpoint LoadServerCheckpoint(const std::string& path, const std::string& fingerprint,
                                       const torch::nn::Sequential& top,
-                                      torch::optim::Optimizer* optimizer,
-                                      int64_t client_parameters);
+                                      torch::optim::Optimizer* optimizer, int64_t client_parameters,
+                                      std::shared_ptr<torch::nn::Module> kfac_state = nullptr);
 
 // Resumes a server from `path`: the layers and optimizer of `top`, and the round state into
 // `rounds` (when the server runs rounds and the file has them). Returns the step; logs what it

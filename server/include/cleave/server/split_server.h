@@ -42,9 +42,11 @@ namespace cleave::server {
 struct SplitServerOptions {
   ModelSpec model;
   uint64_t seed = 1;
-  std::string optimizer = "adam";  // "adam", "adamw" or "sgd"
+  std::string optimizer = "adam";  // "adam", "adamw", "sgd" or "kfac" (K-FAC, then SGD)
   double learning_rate = 1e-3;
   double weight_decay = 0;
+  double momentum = 0.9;  // sgd and kfac
+  KfacOptions kfac;       // kfac only
   // Where the top runs: cpu, cuda, cuda:N or auto (core/device.h; UserError if not available).
   std::string device = "cpu";
   // Over the server's steps (all hospitals' together); resumes at the checkpoint's step.

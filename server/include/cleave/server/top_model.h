@@ -4,6 +4,8 @@
 // the step the optimizer took rather than rewriting its learning rate. Not thread-safe: the
 // caller serialises calls. The layers may live on a GPU (moved there before the optimizer was
 // made): inputs are moved to their device, and what goes back to the wire comes back to the host.
+// With K-FAC (`--optimizer kfac`) the forward pass runs through the KfacPreconditioner, which
+// preconditions the gradients before the optimizer (SGD) steps.
 #pragma once
 
 #include <ATen/Tensor.h>
@@ -12,9 +14,11 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "cleave/core/split_model.h"
+#include "cleave/server/kfac_preconditioner.h"
 
 namespace torch::optim {
 class Optimizer;
@@ -22,9 +26,21 @@ class Optimizer;
 
 namespace cleave::server {
 
+// How the top trains: "adam", "adamw", "sgd" (with `momentum`) or "kfac" (K-FAC
+// preconditioning, then SGD with `momentum`).
+struct TopOptimizerOptions {
+  std::string name = "adam";
+  double learning_rate = 1e-3;
+  double momentum = 0.9;
+  double weight_decay = 0;  // see MakeOptimizer
+  KfacOptions kfac;
+};
+
 class TopModel {
  public:
-  TopModel(torch::nn::Sequential layers, std::unique_ptr<torch::optim::Optimizer> optimizer);
+  // `kfac` (optional) must have been built on `layers`.
+  TopModel(torch::nn::Sequential layers, std::unique_ptr<torch::optim::Optimizer> optimizer,
+           std::unique_ptr<KfacPreconditioner> kfac = nullptr);
   ~TopModel();
 
   struct Step {
@@ -50,11 +66,20 @@ class TopModel {
   const torch::nn::Sequential& layers() const { return layers_; }
   torch::optim::Optimizer& optimizer() { return *optimizer_; }
   std::vector<at::Tensor> ParameterCopies() const;
+  // Null unless the top trains with K-FAC; its state() goes into the checkpoint.
+  KfacPreconditioner* kfac() const { return kfac_.get(); }
+  std::shared_ptr<torch::nn::Module> kfac_state() const { return kfac_ ? kfac_->state() : nullptr; }
 
  private:
   torch::nn::Sequential layers_;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
   c10::Device device_;  // of the layers' parameters
+  std::unique_ptr<KfacPreconditioner> kfac_;
 };
+
+// The top model with the optimizer `options` name. Throws UserError for an unknown name, bad
+// K-FAC options, or K-FAC on a top it cannot precondition (see KfacPreconditioner).
+std::unique_ptr<TopModel> MakeTopModel(torch::nn::Sequential layers,
+                                       const TopOptimizerOptions& options);
 
 }  // namespace cleave::server

@@ -32,8 +32,8 @@ struct TopOptimizerOptions {
   std::string name = "adam";
   double learning_rate = 1e-3;
   double momentum = 0.9;
-  double weight_decay = 0;  // see MakeOptimizer
   KfacOptions kfac;
+  double weight_decay = 0;  // see MakeOptimizer
 };
 
 class TopModel {

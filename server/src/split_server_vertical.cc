@@ -6,6 +6,7 @@
 #include <chrono>
 
 #include "cleave/core/error.h"
+#include "cleave/protocol/vertical_fingerprint.h"
 #include "cleave/server/refusal.h"
 #include "cleave/server/split_server.h"
 
@@ -28,7 +29,7 @@ void SplitServer::SetUpVertical(v1::ServerConfig& told) {
   vertical_ = std::make_unique<VerticalTraining>(options_.vertical, link_spec_, cut_shape_,
                                                  options_.max_batch, activation_bound_,
                                                  options_.model.num_classes, options_.seed);
-  join_rules_.fingerprint = VerticalFingerprint(options_.model.num_classes);
+  join_rules_.fingerprint = protocol::VerticalFingerprint(options_.model.num_classes);
   vertical_->Describe(&told, options_.seed ^ kBatchSeedSalt);
   spdlog::info("vertical: {} parties, {} join into the top's input {}, party {} holds the labels, "
                "a step waits {} ms for every party",

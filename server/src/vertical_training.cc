@@ -3,8 +3,6 @@
 #include <ATen/ATen.h>
 #include <spdlog/spdlog.h>
 
-#include <cstdio>
-
 #include "cleave/core/error.h"
 #include "cleave/core/peer_text.h"
 #include "cleave/protocol/version.h"
@@ -12,19 +10,6 @@
 #include "cleave/server/step_codec.h"
 
 namespace cleave::server {
-
-std::string VerticalFingerprint(int64_t num_classes) {
-  // FNV-1a over the text: the same digest on every machine.
-  const std::string text = "cleave-vertical-v1|classes=" + std::to_string(num_classes);
-  uint64_t hash = 1469598103934665603ULL;
-  for (unsigned char c : text) {
-    hash ^= c;
-    hash *= 1099511628211ULL;
-  }
-  char hex[17];
-  std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(hash));
-  return hex;
-}
 
 struct VerticalTraining::Party {
   int index = 0;

@@ -36,11 +36,6 @@ struct VerticalOptions {
   std::chrono::milliseconds party_timeout{30000};
 };
 
-// What the model fingerprint is in vertical: the parties' bottoms differ from each other and
-// from the server's model, so Join compares this (configuration and classes) and checks each
-// party's cut shape against the join instead.
-std::string VerticalFingerprint(int64_t num_classes);
-
 class VerticalTraining {
  public:
   // `top_shape`: the per-sample input of the server's top; `activation_bound`: the largest

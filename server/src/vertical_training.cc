@@ -63,7 +63,7 @@ void VerticalTraining::Admit(const std::string& identity, const v1::JoinRequest&
                                    "; '", PeerText(identity), "' cannot be party ", index));
     }
   }
-  auto party = std::make_unique<Party>();
+  auto party = std::make_shared<Party>();
   party->index = index;
   party->identity = identity;
   party->cut_shape = shape;
@@ -84,10 +84,10 @@ void VerticalTraining::Describe(v1::ServerConfig* told, uint64_t batch_seed) con
   told->set_vertical_party_timeout_ms(options_.party_timeout.count());
 }
 
-VerticalTraining::Party& VerticalTraining::PartyOf(const std::string& identity) {
+std::shared_ptr<VerticalTraining::Party> VerticalTraining::PartyOf(const std::string& identity) {
   std::lock_guard<std::mutex> lock(parties_mutex_);
   for (auto& [index, party] : parties_) {
-    if (party->identity == identity) return *party;
+    if (party->identity == identity) return party;
   }
   throw Refusal(RefusalKind::kNotAllowed,
                 detail::Concat("'", PeerText(identity), "' is not a party of this server"));
@@ -134,7 +134,8 @@ std::vector<VerticalTraining::StepShare> VerticalTraining::RunStep(std::vector<S
 
 v1::TrainReply VerticalTraining::Train(const std::string& identity,
                                        const v1::TrainRequest& request, const RunTop& run_top) {
-  Party& party = PartyOf(identity);
+  const std::shared_ptr<Party> held = PartyOf(identity);
+  Party& party = *held;
   Sent sent = Decode(party, request.activations(), request.labels(), request.has_labels());
   const protocol::SentPositions positions = sent.activations.sent;
   const StepShare share = steps_.Meet(request.step(), party.index, std::move(sent),
@@ -162,7 +163,8 @@ std::vector<TopModel::Evaluation> VerticalTraining::RunEvaluation(
 v1::EvaluateReply VerticalTraining::Evaluate(const std::string& identity,
                                              const v1::EvaluateRequest& request,
                                              const EvaluateTop& evaluate_top) {
-  Party& party = PartyOf(identity);
+  const std::shared_ptr<Party> held = PartyOf(identity);
+  Party& party = *held;
   Sent sent = Decode(party, request.activations(), request.labels(), request.has_labels());
   const int64_t count = sent.activations.dense.size(0);
   const TopModel::Evaluation evaluation = evaluations_.Meet(

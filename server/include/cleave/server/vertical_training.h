@@ -84,8 +84,9 @@ class VerticalTraining {
     TopModel::Step step;
     int64_t server_step = 0;
   };
-  // The party `identity` holds (kNotAllowed if none) and what it sent, decoded and checked.
-  Party& PartyOf(const std::string& identity);
+  // The party `identity` holds (kNotAllowed if none; shared: a Join of the same party replaces
+  // it while a step of the old one may still run) and what it sent, decoded and checked.
+  std::shared_ptr<Party> PartyOf(const std::string& identity);
   Sent Decode(const Party& party, const v1::Tensor& activations, const v1::Tensor& labels,
               bool has_labels) const;
   std::vector<StepShare> RunStep(std::vector<Sent>& sent, const RunTop& run_top) const;
@@ -101,7 +102,7 @@ class VerticalTraining {
   int64_t num_classes_;
   uint64_t seed_;
   std::mutex parties_mutex_;  // guards parties_ (each Party's codecs are its own thread's)
-  std::map<int, std::unique_ptr<Party>> parties_;
+  std::map<int, std::shared_ptr<Party>> parties_;
   PartyRendezvous<Sent, StepShare> steps_;
   PartyRendezvous<Sent, TopModel::Evaluation> evaluations_;
 };

@@ -97,13 +97,13 @@ TEST(PartyRendezvousTest, AnErrorOfTheStepReachesEveryParty) {
 
 // The parties of a test: each party's bottom is an mlp over its own columns, with `widths[p]`
 // cut-layer units; the server's top takes their concatenation (or, for sum, any one of them).
-struct Setup {
+struct Layout {
   JoinMode join;
   std::vector<int64_t> columns;  // per party
   std::vector<int64_t> widths;   // per party
 };
 
-ModelSpec ServerSpec(const Setup& setup) {
+ModelSpec ServerSpec(const Layout& setup) {
   int64_t top_width = 0;
   for (int64_t w : setup.widths) top_width = setup.join == JoinMode::kSum ? w : top_width + w;
   ModelSpec spec;
@@ -115,7 +115,7 @@ ModelSpec ServerSpec(const Setup& setup) {
   return spec;
 }
 
-SplitServerOptions VerticalOptions(const Setup& setup) {
+SplitServerOptions VerticalOptions(const Layout& setup) {
   SplitServerOptions options;
   options.model = ServerSpec(setup);
   options.optimizer = "sgd";
@@ -138,13 +138,13 @@ v1::JoinRequest PartyJoin(int party, std::vector<int64_t> cut_shape) {
   return request;
 }
 
-class VerticalStepTest : public ::testing::TestWithParam<Setup> {};
+class VerticalStepTest : public ::testing::TestWithParam<Layout> {};
 
 // One step through SplitServer (each party on its own thread, as its gRPC stream would be)
 // returns each party the gradient, and moves the top, exactly as one process doing the whole
 // forward and backward pass on the joined activations.
 TEST_P(VerticalStepTest, MatchesASingleProcessReferenceStep) {
-  const Setup setup = GetParam();
+  const Layout setup = GetParam();
   const int parties = static_cast<int>(setup.columns.size());
   SplitServer server(VerticalOptions(setup));
   const int64_t batch = 8;
@@ -157,7 +157,7 @@ TEST_P(VerticalStepTest, MatchesASingleProcessReferenceStep) {
                            .session_id());
   }
   // The reference: the same top (same spec, same seed), one SGD step on the joined input.
-  const SplitModel reference = BuildSplitModel(ServerSpec(setup), server.options().seed);
+  SplitModel reference = BuildSplitModel(ServerSpec(setup), server.options().seed);
   std::vector<at::Tensor> inputs;
   for (const at::Tensor& a : activations) inputs.push_back(a.clone().requires_grad_(true));
   at::Tensor joined = inputs[0];
@@ -203,13 +203,13 @@ TEST_P(VerticalStepTest, MatchesASingleProcessReferenceStep) {
 }
 
 INSTANTIATE_TEST_SUITE_P(PartiesAndJoins, VerticalStepTest,
-                         ::testing::Values(Setup{JoinMode::kConcat, {5, 3}, {4, 4}},
-                                           Setup{JoinMode::kConcat, {3, 3, 4}, {2, 3, 4}},
-                                           Setup{JoinMode::kSum, {5, 3}, {6, 6}},
-                                           Setup{JoinMode::kSum, {3, 3, 4}, {5, 5, 5}}));
+                         ::testing::Values(Layout{JoinMode::kConcat, {5, 3}, {4, 4}},
+                                           Layout{JoinMode::kConcat, {3, 3, 4}, {2, 3, 4}},
+                                           Layout{JoinMode::kSum, {5, 3}, {6, 6}},
+                                           Layout{JoinMode::kSum, {3, 3, 4}, {5, 5, 5}}));
 
 TEST(VerticalAdmissionTest, JoinChecksThePartyItsCutLayerAndWhoHoldsIt) {
-  const Setup setup{JoinMode::kConcat, {5, 3}, {4, 4}};
+  const Layout setup{JoinMode::kConcat, {5, 3}, {4, 4}};
   SplitServer server(VerticalOptions(setup));
   EXPECT_EQ(server.Join("lab", PartyJoin(1, {4})).server().config(), "vertical");
   auto kind_of = [&](const std::string& who, const v1::JoinRequest& request) {
@@ -231,7 +231,7 @@ TEST(VerticalAdmissionTest, JoinChecksThePartyItsCutLayerAndWhoHoldsIt) {
 }
 
 TEST(VerticalAdmissionTest, RoundsAreRefusedWithVertical) {
-  SplitServerOptions options = VerticalOptions(Setup{JoinMode::kConcat, {5, 3}, {4, 4}});
+  SplitServerOptions options = VerticalOptions(Layout{JoinMode::kConcat, {5, 3}, {4, 4}});
   options.model.hidden = {8, 6};
   options.rounds.schedule = Schedule::kSplitFed;
   EXPECT_THROW(SplitServer{options}, UserError);

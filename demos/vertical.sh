@@ -98,18 +98,21 @@ trap - EXIT
 
 echo
 echo "== results (metrics JSON and logs in $RUN_DIR)"
+# Dense fp32 per training sample: the cut layer up and its gradient down, 4 bytes a value.
+if [ "$JOIN" = sum ]; then dense=50176; else dense=1024; fi
 field() { sed -n "s/^ *\"$2\": *\(.*\),\{0,1\}$/\1/p" "$1" | tr -d ',"'; }
 for i in 0 1; do
   name="${NAMES[$i]}"
   m="$RUN_DIR/$name.json"
-  awk -v name="$name" -v part="${PARTS[$i]}" -v holds="$(field "$m" holds_labels)" \
+  awk -v name="$name" -v part="${PARTS[$i]}" -v dense="$dense" -v holds="$(field "$m" holds_labels)" \
       -v acc="$(field "$m" test_accuracy)" -v samples="$(field "$m" samples)" \
       -v sent="$(field "$m" train_bytes_sent)" -v received="$(field "$m" train_bytes_received)" \
-      -v ratio="$(field "$m" compression_ratio)" -v dcor="$(field "$m" test_dcor)" 'BEGIN {
+      -v dcor="$(field "$m" test_dcor)" 'BEGIN {
     if (holds == "true")
       printf "%10s (%s halves, holds the labels): test accuracy %.2f%%\n", name, part, 100 * acc
     else
       printf "%10s (%s halves, no labels): sent no label, learned no loss or accuracy\n", name, part
-    printf "%10s  trained %d samples: sent %.1f MB, received %.1f MB (%.0f bytes per sample; activations %.1fx fewer bytes than dense fp32); test dCor %.3f\n", "", samples, sent / 1e6, received / 1e6, (sent + received) / samples, ratio, dcor
+    per = (sent + received) / samples
+    printf "%10s  trained %d samples: sent %.1f MB, received %.1f MB (%.0f bytes per training sample on the wire, %.1fx fewer than dense fp32); test dCor %.3f\n", "", samples, sent / 1e6, received / 1e6, per, dense / per, dcor
   }'
 done

@@ -123,6 +123,7 @@ ProgressStats SplitTrainer::Shown(const EpochStats& stats, double loss_sum, int6
   shown.loss = stats.steps > 0 ? loss_sum / stats.steps : 0;
   shown.accuracy = stats.samples > 0 ? static_cast<double>(correct) / stats.samples : 0;
   shown.samples_per_second = seconds > 0 ? stats.samples / seconds : 0;
+  shown.has_loss = vertical_.holds_labels;
   const MessageBytes bytes = link_.bytes().Total();
   shown.bytes_sent = bytes.sent;
   shown.bytes_received = bytes.received;

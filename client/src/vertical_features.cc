@@ -76,8 +76,8 @@ Dataset AlignToSharedIds(const Dataset& data, const std::vector<int64_t>& row_id
     CLEAVE_CHECK_USER(i == 0 || shared[i - 1] < shared[i],
                       "the shared ids are not ascending without repeats at entry ", i + 1);
     while (next < order.size() && row_ids[order[next]] < shared[i]) ++next;
-    CLEAVE_CHECK_USER(next < order.size() && row_ids[order[next]] == shared[i],
-                      "shared id ", shared[i], " is not in this party's data");
+    CLEAVE_CHECK_USER(next < order.size() && row_ids[order[next]] == shared[i], "shared id ",
+                      shared[i], " is not in this party's data");
     rows.push_back(order[next]);
   }
   return data.Subset(rows);

@@ -22,7 +22,8 @@ TEST(VerticalFeaturesTest, ImageHalvesKeepTheirPixelsAndZeroTheRest) {
   EXPECT_TRUE(at::equal(left.narrow(3, 0, 14), images.narrow(3, 0, 14)));
   EXPECT_EQ(left.narrow(3, 14, 14).abs().sum().item<float>(), 0);
   EXPECT_TRUE(at::equal(left + right, images));  // the halves tile the image
-  EXPECT_TRUE(at::equal(SelectImagePart(images, "top") + SelectImagePart(images, "bottom"), images));
+  EXPECT_TRUE(
+      at::equal(SelectImagePart(images, "top") + SelectImagePart(images, "bottom"), images));
   EXPECT_THROW(SelectImagePart(images, "middle"), UserError);
   EXPECT_THROW(SelectImagePart(at::rand({3, 784}), "left"), UserError);
 }

@@ -8,7 +8,8 @@ namespace cleave {
 namespace {
 
 TEST(SplitConfigTest, NamesRoundTrip) {
-  for (SplitConfig config : {SplitConfig::kVanilla, SplitConfig::kUShaped, SplitConfig::kVertical}) {
+  for (SplitConfig config :
+       {SplitConfig::kVanilla, SplitConfig::kUShaped, SplitConfig::kVertical}) {
     EXPECT_EQ(ParseSplitConfig(SplitConfigName(config)), config);
   }
 }

@@ -31,37 +31,38 @@ void SplitServer::SetUpVertical(v1::ServerConfig& told) {
                                                  options_.model.num_classes, options_.seed);
   join_rules_.fingerprint = protocol::VerticalFingerprint(options_.model.num_classes);
   vertical_->Describe(&told, options_.seed ^ kBatchSeedSalt);
-  spdlog::info("vertical: {} parties, {} join into the top's input {}, party {} holds the labels, "
-               "a step waits {} ms for every party",
-               options_.vertical.parties, JoinModeName(options_.vertical.join),
-               protocol::ShapeToString(cut_shape_), options_.vertical.label_holder,
-               options_.vertical.party_timeout.count());
+  spdlog::info(
+      "vertical: {} parties, {} join into the top's input {}, party {} holds the labels, "
+      "a step waits {} ms for every party",
+      options_.vertical.parties, JoinModeName(options_.vertical.join),
+      protocol::ShapeToString(cut_shape_), options_.vertical.label_holder,
+      options_.vertical.party_timeout.count());
 }
 
 v1::TrainReply SplitServer::TrainVertical(const std::string& identity,
                                           const v1::TrainRequest& request) {
   v1::TrainReply reply;
   try {
-    reply = vertical_->Train(identity, request, [&](const at::Tensor& joined,
-                                                    const at::Tensor& labels) {
-      const auto started = std::chrono::steady_clock::now();
-      VerticalTraining::TopStep top;
-      {
-        std::lock_guard<std::mutex> lock(mutex_);
-        top.step = top_->Train(joined, labels, [] { return 1.0; });
-        top.server_step = ++step_;
-        samples_ += labels.size(0);
-        if (options_.checkpoint_every > 0 && step_ % options_.checkpoint_every == 0) {
-          SaveCheckpointLocked();
-        }
-      }
-      if (observer_) {
-        observer_->OnStep(labels.size(0), std::chrono::duration<double>(
-                                              std::chrono::steady_clock::now() - started)
-                                              .count());
-      }
-      return top;
-    });
+    reply = vertical_->Train(
+        identity, request, [&](const at::Tensor& joined, const at::Tensor& labels) {
+          const auto started = std::chrono::steady_clock::now();
+          VerticalTraining::TopStep top;
+          {
+            std::lock_guard<std::mutex> lock(mutex_);
+            top.step = top_->Train(joined, labels, [] { return 1.0; });
+            top.server_step = ++step_;
+            samples_ += labels.size(0);
+            if (options_.checkpoint_every > 0 && step_ % options_.checkpoint_every == 0) {
+              SaveCheckpointLocked();
+            }
+          }
+          if (observer_) {
+            observer_->OnStep(
+                labels.size(0),
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+          }
+          return top;
+        });
   } catch (const InvalidInput& error) {
     Refused("step", error, identity, /*exclude=*/false);
     throw;

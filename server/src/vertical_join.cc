@@ -27,14 +27,14 @@ void CheckPartyCutShape(JoinMode mode, const std::vector<int64_t>& party_shape,
            std::equal(party_shape.begin() + 1, party_shape.end(), top_shape.begin() + 1);
   }
   if (!fits) {
-    throw Refusal(RefusalKind::kMismatch,
-                  detail::Concat("party ", party, "'s cut layer ",
-                                 protocol::ShapeToString(party_shape), " cannot be joined by ",
-                                 JoinModeName(mode), " into the top's input ",
-                                 protocol::ShapeToString(top_shape),
-                                 mode == JoinMode::kSum ? " (sum needs the same shape)"
-                                                        : " (concat: all but the first dimension "
-                                                          "equal, the first smaller)"));
+    throw Refusal(
+        RefusalKind::kMismatch,
+        detail::Concat("party ", party, "'s cut layer ", protocol::ShapeToString(party_shape),
+                       " cannot be joined by ", JoinModeName(mode), " into the top's input ",
+                       protocol::ShapeToString(top_shape),
+                       mode == JoinMode::kSum ? " (sum needs the same shape)"
+                                              : " (concat: all but the first dimension "
+                                                "equal, the first smaller)"));
   }
 }
 

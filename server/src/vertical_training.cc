@@ -37,10 +37,10 @@ VerticalTraining::VerticalTraining(VerticalOptions options, const protocol::Link
                     "--label-holder must be a party in 0..", options_.parties - 1, ", got ",
                     options_.label_holder);
   CLEAVE_CHECK_USER(options_.party_timeout.count() > 0, "--party-timeout-ms must be positive");
-  CLEAVE_CHECK_USER(options_.join != JoinMode::kConcat || top_shape_.empty() ||
-                        top_shape_[0] >= options_.parties,
-                    "concat of ", options_.parties, " parties needs a top input of at least ",
-                    options_.parties, " along its first dimension");
+  CLEAVE_CHECK_USER(
+      options_.join != JoinMode::kConcat || top_shape_.empty() || top_shape_[0] >= options_.parties,
+      "concat of ", options_.parties, " parties needs a top input of at least ", options_.parties,
+      " along its first dimension");
 }
 
 VerticalTraining::~VerticalTraining() = default;
@@ -49,8 +49,8 @@ void VerticalTraining::Admit(const std::string& identity, const v1::JoinRequest&
   const int index = request.vertical_party();
   if (index < 0 || index >= options_.parties) {
     throw Refusal(RefusalKind::kMismatch,
-                  detail::Concat("party ", index, " is not one of this server's ",
-                                 options_.parties, " parties (0..", options_.parties - 1, ")"));
+                  detail::Concat("party ", index, " is not one of this server's ", options_.parties,
+                                 " parties (0..", options_.parties - 1, ")"));
   }
   const std::vector<int64_t> shape(request.vertical_cut_shape().begin(),
                                    request.vertical_cut_shape().end());
@@ -59,8 +59,8 @@ void VerticalTraining::Admit(const std::string& identity, const v1::JoinRequest&
   for (const auto& [other, party] : parties_) {
     if ((other == index) != (party->identity == identity)) {
       throw Refusal(RefusalKind::kNotAllowed,
-                    detail::Concat("'", PeerText(party->identity), "' is party ", other,
-                                   "; '", PeerText(identity), "' cannot be party ", index));
+                    detail::Concat("'", PeerText(party->identity), "' is party ", other, "; '",
+                                   PeerText(identity), "' cannot be party ", index));
     }
   }
   auto party = std::make_shared<Party>();
@@ -132,14 +132,15 @@ std::vector<VerticalTraining::StepShare> VerticalTraining::RunStep(std::vector<S
   return shares;
 }
 
-v1::TrainReply VerticalTraining::Train(const std::string& identity,
-                                       const v1::TrainRequest& request, const RunTop& run_top) {
+v1::TrainReply VerticalTraining::Train(const std::string& identity, const v1::TrainRequest& request,
+                                       const RunTop& run_top) {
   const std::shared_ptr<Party> held = PartyOf(identity);
   Party& party = *held;
   Sent sent = Decode(party, request.activations(), request.labels(), request.has_labels());
   const protocol::SentPositions positions = sent.activations.sent;
-  const StepShare share = steps_.Meet(request.step(), party.index, std::move(sent),
-                                      [&](std::vector<Sent>& all) { return RunStep(all, run_top); });
+  const StepShare share =
+      steps_.Meet(request.step(), party.index, std::move(sent),
+                  [&](std::vector<Sent>& all) { return RunStep(all, run_top); });
   v1::TrainReply reply;
   reply.set_protocol_version(protocol::kProtocolVersion);
   reply.set_step(request.step());
@@ -167,9 +168,9 @@ v1::EvaluateReply VerticalTraining::Evaluate(const std::string& identity,
   Party& party = *held;
   Sent sent = Decode(party, request.activations(), request.labels(), request.has_labels());
   const int64_t count = sent.activations.dense.size(0);
-  const TopModel::Evaluation evaluation = evaluations_.Meet(
-      request.vertical_batch(), party.index, std::move(sent),
-      [&](std::vector<Sent>& all) { return RunEvaluation(all, evaluate_top); });
+  const TopModel::Evaluation evaluation =
+      evaluations_.Meet(request.vertical_batch(), party.index, std::move(sent),
+                        [&](std::vector<Sent>& all) { return RunEvaluation(all, evaluate_top); });
   v1::EvaluateReply reply;
   reply.set_protocol_version(protocol::kProtocolVersion);
   reply.set_count(count);

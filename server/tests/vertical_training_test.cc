@@ -153,8 +153,8 @@ TEST_P(VerticalStepTest, MatchesASingleProcessReferenceStep) {
   std::vector<std::string> sessions;
   for (int p = 0; p < parties; ++p) {
     activations.push_back(at::rand({batch, setup.widths[p]}));
-    sessions.push_back(server.Join("party" + std::to_string(p), PartyJoin(p, {setup.widths[p]}))
-                           .session_id());
+    sessions.push_back(
+        server.Join("party" + std::to_string(p), PartyJoin(p, {setup.widths[p]})).session_id());
   }
   // The reference: the same top (same spec, same seed), one SGD step on the joined input.
   SplitModel reference = BuildSplitModel(ServerSpec(setup), server.options().seed);
@@ -220,10 +220,10 @@ TEST(VerticalAdmissionTest, JoinChecksThePartyItsCutLayerAndWhoHoldsIt) {
     }
     return "admitted";
   };
-  EXPECT_STREQ(kind_of("radiology", PartyJoin(2, {4})), "mismatch");    // no party 2
-  EXPECT_STREQ(kind_of("radiology", PartyJoin(0, {8})), "mismatch");    // too wide to join
-  EXPECT_STREQ(kind_of("radiology", PartyJoin(1, {4})), "not_allowed"); // the lab is party 1
-  EXPECT_STREQ(kind_of("lab", PartyJoin(0, {4})), "not_allowed");       // the lab cannot switch
+  EXPECT_STREQ(kind_of("radiology", PartyJoin(2, {4})), "mismatch");     // no party 2
+  EXPECT_STREQ(kind_of("radiology", PartyJoin(0, {8})), "mismatch");     // too wide to join
+  EXPECT_STREQ(kind_of("radiology", PartyJoin(1, {4})), "not_allowed");  // the lab is party 1
+  EXPECT_STREQ(kind_of("lab", PartyJoin(0, {4})), "not_allowed");        // the lab cannot switch
   v1::JoinRequest vanilla = PartyJoin(0, {4});
   vanilla.set_model_fingerprint(server.fingerprint());
   EXPECT_STREQ(kind_of("radiology", vanilla), "mismatch");  // a vanilla client

@@ -106,14 +106,14 @@ TEST_P(VerticalTrainingTest, PartiesTrainOneModelAndTheLabelHolderEvaluatesIt) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    LinksAndParties, VerticalTrainingTest,
-    ::testing::Combine(::testing::Values(LinkKind::kGrpc, LinkKind::kInProcess),
-                       ::testing::Values(2, 3)),
-    [](const ::testing::TestParamInfo<std::tuple<LinkKind, int>>& info) {
-      return test_support::LinkName(std::get<0>(info.param)) + "_" +
-             std::to_string(std::get<1>(info.param)) + "Parties";
-    });
+INSTANTIATE_TEST_SUITE_P(LinksAndParties, VerticalTrainingTest,
+                         ::testing::Combine(::testing::Values(LinkKind::kGrpc,
+                                                              LinkKind::kInProcess),
+                                            ::testing::Values(2, 3)),
+                         [](const ::testing::TestParamInfo<std::tuple<LinkKind, int>>& info) {
+                           return test_support::LinkName(std::get<0>(info.param)) + "_" +
+                                  std::to_string(std::get<1>(info.param)) + "Parties";
+                         });
 
 // Party 1 joins and never trains: party 0's first step ends with DEADLINE_EXCEEDED naming it,
 // after the party timeout; the server keeps serving (a later step with both parties works).

@@ -105,10 +105,10 @@ class PartyRendezvous {
     for (int p = 0; p < parties_; ++p) {
       if (!slot->in[p]) missing += (missing.empty() ? "" : ", ") + std::to_string(p);
     }
-    slot->error = std::make_exception_ptr(Refusal(
-        RefusalKind::kPartyMissing,
-        detail::Concat(what_, " ", key, ": party ", missing, " sent nothing within ",
-                       timeout_.count(), " ms; this ", what_, " is abandoned")));
+    slot->error = std::make_exception_ptr(
+        Refusal(RefusalKind::kPartyMissing,
+                detail::Concat(what_, " ", key, ": party ", missing, " sent nothing within ",
+                               timeout_.count(), " ms; this ", what_, " is abandoned")));
     slot->done = true;
     auto found = slots_.find(key);
     if (found != slots_.end() && found->second == slot) slots_.erase(found);

@@ -12,10 +12,18 @@
 # (gaussiank+), GRAD_DENSITY (0.25), GRAD_PRECISION (int4) -- the best measured link, 50.8x fewer
 # bytes than dense fp32 (docs/PERFORMANCE.md) --, UPDATE_COMPRESSION (gaussiank+), UPDATE_DENSITY
 # (0.5), PARTITION (dirichlet or iid),
-# KILL (1: kill and restart one hospital), KILL_AT_ROUND (4), RESTART_AFTER (8 s),
+# CONFIG (vanilla; vertical: demos/vertical.sh and its knobs), KILL (1: kill and restart one hospital), KILL_AT_ROUND (4), RESTART_AFTER (8 s),
 # TRAIN_LIMIT (0 = all 60000), PORT (50051), METRICS_PORT (9464), RUN_DIR (runs/hospitals-<time>).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# CONFIG=vertical: two parties holding the left and right halves of each image (demos/vertical.sh).
+CONFIG="${CONFIG:-vanilla}"
+case "$CONFIG" in
+  vanilla) ;;
+  vertical) exec bash demos/vertical.sh ;;
+  *) echo "CONFIG must be vanilla or vertical" >&2; exit 2 ;;
+esac
 
 HOSPITALS="${HOSPITALS:-3}"
 ROUNDS="${ROUNDS:-40}"

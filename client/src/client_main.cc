@@ -11,6 +11,7 @@
 #include "cleave/client/round_participant.h"
 #include "cleave/client/split_trainer.h"
 #include "cleave/client/training_data.h"
+#include "cleave/client/vertical_features.h"
 #include "cleave/core/certificates.h"
 #include "cleave/core/checkpoint.h"
 #include "cleave/core/command_line.h"
@@ -53,6 +54,14 @@ Fit them once (no server needed; each hospital may fit its own and one pools the
   cleave-client --pool-stats st-mary.stats.json riverside.stats.json --fit-stats shared.json
 then train everywhere with --dataset csv --csv FILE --stats shared.json.
 
+Vertical split learning (cleave-server --config vertical): several parties hold different
+features of the same samples; each runs its own bottom on its part and sends only its cut
+activations (the label holder also the labels) and gets back its slice of the gradient:
+  cleave-client ... --config vertical --party 0 --image-part left
+  cleave-client ... --config vertical --party 1 --image-part right
+Every party must hold the same samples in the same order (--shared-ids: the ids a private set
+intersection left; a row's id is its index); the batch order comes from the server.
+
 Exit codes: 0 ok, 1 internal error, 2 bad flags or files, 3 refused or failed by the server.)";
 
 // Every flag's destination, registered by concern in the order --help shows them.
@@ -68,6 +77,8 @@ struct Flags {
   std::string metrics_out, checkpoint_path, save_bottom, progress_mode = "auto", log_level = "info";
   double max_message_mb = 64;
   int connect_timeout = 30;
+  std::string config = "vanilla";
+  cleave::client::FeaturePartFlags part;  // vertical
 };
 
 // A cosine learning-rate schedule without --lr-schedule-steps spans every step of --epochs over
@@ -130,6 +141,21 @@ void AddTrainingFlags(CLI::App& app, Flags* f) {
                  "NoPeek weight: adds alpha * dCor(inputs, sent activations) to the client loss "
                  "(0 = vanilla split learning)")
       ->capture_default_str();
+}
+
+// The split configuration and, in vertical, this party's index and share of the features.
+void AddConfigFlags(CLI::App& app, Flags* f) {
+  app.add_option("--config", f->config,
+                 "split configuration: vanilla (server holds the top and the labels), u-shaped "
+                 "(hospital keeps the tail and the labels), vertical (parties hold different "
+                 "features of the same samples)")
+      ->check(CLI::IsMember({"vanilla", "u-shaped", "vertical"}))
+      ->capture_default_str();
+  app.add_option("--party", f->options.party,
+                 "Vertical: this party's index (0..parties-1); the server's --label-holder "
+                 "sends the labels")
+      ->capture_default_str();
+  f->part.Register(app);
 }
 
 // What the run writes (metrics, checkpoints, progress, logs) and the link's limits.
@@ -262,8 +288,13 @@ void PrintResults(const cleave::client::SplitTrainer& trainer, const Training& t
                   const Results& results) {
   const cleave::client::EvalStats& test = results.test;
   const auto& counters = trainer.counters();
-  std::printf("test accuracy %.2f%%  test loss %.4f  (%lld test samples)\n", 100 * test.accuracy,
-              test.loss, static_cast<long long>(test.samples));
+  if (!trainer.vertical().holds_labels) {
+    std::printf("test accuracy: known to the label holder only (%lld test samples sent)\n",
+                static_cast<long long>(test.samples));
+  } else {
+    std::printf("test accuracy %.2f%%  test loss %.4f  (%lld test samples)\n",
+                100 * test.accuracy, test.loss, static_cast<long long>(test.samples));
+  }
   if (training.rounds) {
     std::printf(
         "test accuracy weighted by this hospital's label mix %.2f%%; client model version "
@@ -331,6 +362,9 @@ nlohmann::json MetricsJson(const cleave::client::SplitTrainer& trainer,
       {"update_bytes", counters.update_bytes},
       {"update_dense_fp32_bytes", counters.update_dense_bytes},
       {"nopeek_alpha", f.options.nopeek_alpha},
+      {"config", f.config},
+      {"party", f.options.party},
+      {"holds_labels", trainer.vertical().holds_labels},
       {"train_dcor_last_epoch", training.last.dcor},
       {"test_dcor", test.dcor},
       {"test_dcor_bias_corrected", test.dcor_bias_corrected},
@@ -382,6 +416,7 @@ int Run(int argc, char** argv) {
   AddConnectionFlags(app, &f);
   AddTrainingFlags(app, &f);
   AddOutputFlags(app, &f);
+  AddConfigFlags(app, &f);
   if (const auto code = cleave::ParseCommandLine(app, argc, argv)) return *code;
   cleave::SetupLogging(f.log_level);
   const auto progress = cleave::client::ParseProgressMode(f.progress_mode);
@@ -389,8 +424,13 @@ int Run(int argc, char** argv) {
   if (!f.data_flags.fit_stats_path.empty()) return FitStats(f);
   f.options.device = cleave::ResolveDevice(f.device);
   const cleave::client::ConnectOptions connect = ResolveConnection(f);
-  const cleave::client::TrainingData data =
+  f.options.config = cleave::ParseSplitConfig(f.config);
+  CLEAVE_CHECK_USER(f.options.config == cleave::SplitConfig::kVertical || f.part.empty(),
+                    "--image-part, --columns and --shared-ids need --config vertical");
+  cleave::client::TrainingData data =
       cleave::client::LoadTrainingData(f.data_flags, f.options.model.num_classes);
+  data.train = cleave::client::ApplyFeaturePart(data.train, f.part, /*align=*/true);
+  data.test = cleave::client::ApplyFeaturePart(data.test, f.part, /*align=*/false);
   CheckDataFitsModel(data, f.options.model);
   cleave::client::CheckAugmentationFits(
       f.options.augmentation, {data.train.inputs.sizes().begin() + 1, data.train.inputs.sizes().end()});

@@ -51,10 +51,14 @@ std::string ProgressReporter::Format(int64_t step, const ProgressStats& stats) c
   std::snprintf(position, sizeof(position), "%s %lld%s step %lld%s", unit_.c_str(),
                 static_cast<long long>(epoch_), of_epochs.c_str(), static_cast<long long>(step),
                 of_steps.c_str());
+  char quality[64] = "no labels here (vertical)";
+  if (stats.has_loss) {
+    std::snprintf(quality, sizeof(quality), "loss %.4f acc %.2f%%", stats.loss,
+                  100.0 * stats.accuracy);
+  }
   char buffer[320];
-  std::snprintf(buffer, sizeof(buffer),
-                "%s loss %.4f acc %.2f%% %.0f samples/s sent %s recv %s density %.3f", position,
-                stats.loss, 100.0 * stats.accuracy, stats.samples_per_second,
+  std::snprintf(buffer, sizeof(buffer), "%s %s %.0f samples/s sent %s recv %s density %.3f",
+                position, quality, stats.samples_per_second,
                 HumanBytes(stats.bytes_sent).c_str(), HumanBytes(stats.bytes_received).c_str(),
                 stats.density);
   return buffer;

@@ -48,6 +48,8 @@ v1::JoinReply SplitTrainer::Join(int64_t num_train_samples) {
   request.set_model_fingerprint(fingerprint_);
   request.set_model_description(DescribeSpec(options_.model));
   request.set_num_train_samples(num_train_samples);
+  DescribeVerticalParty(options_.config, options_.party, options_.model.num_classes,
+                        model_.cut_shape, &request);
   v1::JoinReply reply = link_.Join(request);
   if (reply.protocol_version() != protocol::kProtocolVersion) {
     throw protocol::StatusError(
@@ -57,6 +59,7 @@ v1::JoinReply SplitTrainer::Join(int64_t num_train_samples) {
   CLEAVE_CHECK_USER(options_.batch_size <= reply.server().max_batch(), "batch size ",
                     options_.batch_size, " exceeds the server's maximum of ",
                     reply.server().max_batch());
+  vertical_ = AdoptVerticalRole(options_.config, options_.party, reply);
   server_config_ = reply.server();
   session_id_ = reply.session_id();
   link_spec_ = protocol::ParseLinkSpec(reply.compression());
@@ -84,7 +87,7 @@ SplitTrainer::StepResult SplitTrainer::Step(const at::Tensor& inputs, const at::
   request.set_step(step_);
   request.set_model_version(model_version_);
   compressor_->Encode(activations, selected, request.mutable_activations());
-  protocol::EncodeDense(labels, request.mutable_labels());
+  if (vertical_.holds_labels) protocol::EncodeDense(labels, request.mutable_labels());
   const v1::TrainReply reply = link_.TrainStep(request);
   CheckReplyVersion(reply.protocol_version(), "Train");
   counters_.dense_fp32_bytes += activations.numel() * 4;
@@ -124,6 +127,7 @@ ProgressStats SplitTrainer::Shown(const EpochStats& stats, double loss_sum, int6
   shown.loss = stats.steps > 0 ? loss_sum / stats.steps : 0;
   shown.accuracy = stats.samples > 0 ? static_cast<double>(correct) / stats.samples : 0;
   shown.samples_per_second = seconds > 0 ? stats.samples / seconds : 0;
+  shown.has_loss = vertical_.holds_labels;
   const MessageBytes bytes = link_.bytes().Total();
   shown.bytes_sent = bytes.sent;
   shown.bytes_received = bytes.received;
@@ -167,7 +171,9 @@ EpochStats SplitTrainer::RunSteps(const std::function<bool(at::Tensor*, at::Tens
 EpochStats SplitTrainer::TrainEpoch(const Dataset& train, int64_t epoch, int64_t epochs,
                                     ProgressReporter* progress) {
   CLEAVE_ENFORCE(!session_id_.empty(), "Join before training");
-  BatchIterator batches(train, options_.batch_size, options_.seed);
+  // Vertical: every party draws the same samples, in the order of the server's seed.
+  BatchIterator batches(train, options_.batch_size,
+                        vertical_.enabled ? vertical_.batch_seed : options_.seed);
   batches.StartEpoch(epoch);
   int64_t total_steps = batches.batches_per_epoch();
   if (options_.max_steps_per_epoch > 0)
@@ -244,6 +250,8 @@ LinkCounters SplitTrainer::counters() const {
 }
 
 int64_t SplitTrainer::EvaluationBatchSize(int64_t requested) const {
+  // Vertical: every party must cut the test set into the same batches, whatever its cut layer.
+  if (vertical_.enabled) return std::min(requested, server_config_.max_batch());
   int64_t sample_bytes = 4;  // fp32 activations of one sample ...
   for (int64_t d : model_.cut_shape) sample_bytes *= d;
   sample_bytes += 8;  // ... and its int64 label
@@ -260,12 +268,17 @@ v1::EvaluateReply SplitTrainer::EvaluateBatch(const at::Tensor& activations,
   request.set_protocol_version(protocol::kProtocolVersion);
   request.set_session_id(session_id_);
   compressor_->Encode(activations, selected, request.mutable_activations());
-  protocol::EncodeDense(labels, request.mutable_labels());
+  if (vertical_.holds_labels) protocol::EncodeDense(labels, request.mutable_labels());
+  request.set_vertical_batch(evaluation_batch_++);
   const v1::EvaluateReply reply = link_.Evaluate(request);
   CheckReplyVersion(reply.protocol_version(), "Evaluate");
   counters_.dense_fp32_bytes += activations.numel() * 4;
   CLEAVE_CHECK_INPUT(reply.count() == labels.size(0), "server evaluated ", reply.count(),
                      " samples, sent ", labels.size(0));
+  if (!vertical_.holds_labels) {  // vertical: the label holder alone learns how it went
+    stats->samples += reply.count();
+    return reply;
+  }
   // Per-class counts: one per class, each within the batch's samples of that class, summing to
   // the correct count (which therefore lies within the batch too).
   const int64_t classes = options_.model.num_classes;
@@ -293,6 +306,7 @@ EvalStats SplitTrainer::Evaluate(const Dataset& test, int64_t batch_size) {
   at::NoGradGuard no_grad;
   model_.bottom->eval();
   batch_size = EvaluationBatchSize(batch_size);
+  evaluation_batch_ = 0;
   BatchIterator batches(test, batch_size, options_.seed, /*shuffle=*/false);
   batches.StartEpoch(0);
   EvalStats stats;

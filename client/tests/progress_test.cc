@@ -44,6 +44,20 @@ TEST(ProgressTest, LinesModePrintsEpochSummaryWithAllFigures) {
   std::fclose(file);
 }
 
+// A vertical party without the labels has no loss or accuracy: it says so rather than print 0.
+TEST(ProgressTest, APartyWithoutLabelsShowsNoLossOrAccuracy) {
+  std::FILE* file = std::tmpfile();
+  ProgressReporter reporter(ProgressMode::kLines, file, /*line_interval_seconds=*/1e9);
+  reporter.StartEpoch(1, 1, 10);
+  ProgressStats stats;
+  stats.has_loss = false;
+  reporter.FinishEpoch(stats);
+  const std::string text = Captured(file);
+  EXPECT_NE(text.find("no labels here (vertical)"), std::string::npos) << text;
+  EXPECT_EQ(text.find("loss"), std::string::npos) << text;
+  std::fclose(file);
+}
+
 TEST(ProgressTest, NoneModePrintsNothing) {
   std::FILE* file = std::tmpfile();
   ProgressReporter reporter(ProgressMode::kNone, file);

@@ -20,6 +20,8 @@ const char* RefusalReason(RefusalKind kind) {
       return "out_of_bounds";
     case RefusalKind::kNonFinite:
       return "nonfinite";
+    case RefusalKind::kPartyMissing:
+      return "party_missing";
   }
   return "invalid";
 }

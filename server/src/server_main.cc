@@ -64,6 +64,20 @@ Bring your own model: export it with tools/export/cleave_export.py and run --top
 hospitals run --bottom bottom.pt of the same export; a pair from different exports is refused at
 Join). --save-top writes the trained half back as TorchScript.
 
+Split configurations (--config):
+  vanilla   hospitals run the bottom and send activations and labels; the server runs the top
+  vertical  --parties N parties hold different features of the same samples (e.g. the left and
+            right halves of each image, or column groups of a table); each runs its own bottom
+            (cleave-client --config vertical --party I) and the server joins their cut
+            activations (--join concat along a sample's first dimension, or sum) into the input
+            of its top (--model/--cut: the model whose top it runs), and sends each party its
+            slice of the gradient. Party --label-holder sends the labels. A step waits up to
+            --party-timeout-ms for every party, then fails with DEADLINE_EXCEEDED for those
+            waiting. The batch order comes from this server's --seed (told at Join). Single
+            schedule only.
+
+  cleave-server ... --config vertical --parties 2 --join concat --model cnn --cut 1
+
 SIGINT/SIGTERM: stop accepting, finish open steps, write the checkpoint, exit 0.
 Exit codes: 0 ok, 1 internal error, 2 bad flags, files or certificates.)";
 
@@ -472,6 +486,46 @@ int Serve(const Flags& f) {
   return 0;
 }
 
+// --config and the vertical configuration's settings.
+struct ConfigFlags {
+  std::string config = "vanilla";
+  int parties = 2;
+  std::string join = "concat";
+  int label_holder = 0;
+  int64_t party_timeout_ms = 30000;
+};
+
+void AddConfigFlags(CLI::App& app, ConfigFlags* f) {
+  app.add_option("--config", f->config,
+                 "split configuration: vanilla (server holds the top and the labels), u-shaped "
+                 "(hospital keeps the tail and the labels), vertical (parties hold different "
+                 "features of the same samples)")
+      ->check(CLI::IsMember({"vanilla", "u-shaped", "vertical"}))
+      ->capture_default_str();
+  app.add_option("--parties", f->parties, "Vertical: number of parties (1..64)")
+      ->capture_default_str();
+  app.add_option("--join", f->join,
+                 "Vertical: how the parties' cut activations are joined: concat (along a "
+                 "sample's first dimension, in party order) or sum")
+      ->check(CLI::IsMember({"concat", "sum"}))
+      ->capture_default_str();
+  app.add_option("--label-holder", f->label_holder, "Vertical: the party that sends the labels")
+      ->capture_default_str();
+  app.add_option("--party-timeout-ms", f->party_timeout_ms,
+                 "Vertical: how long a step waits for every party before it fails for the "
+                 "parties waiting (DEADLINE_EXCEEDED)")
+      ->capture_default_str();
+}
+
+void ApplyConfigFlags(const ConfigFlags& f, cleave::server::SplitServerOptions* options) {
+  options->config = cleave::ParseSplitConfig(f.config);
+  options->vertical.parties = f.parties;
+  options->vertical.join = cleave::server::ParseJoinMode(f.join);
+  options->vertical.label_holder = f.label_holder;
+  CLEAVE_CHECK_USER(f.party_timeout_ms > 0, "--party-timeout-ms must be positive");
+  options->vertical.party_timeout = std::chrono::milliseconds(f.party_timeout_ms);
+}
+
 int Run(int argc, char** argv) {
   CLI::App app(kDescription, "cleave-server");
   app.get_formatter()->column_width(36);
@@ -480,8 +534,11 @@ int Run(int argc, char** argv) {
   AddTrainingFlags(app, &flags);
   AddRoundFlags(app, &flags);
   AddEndAndOutputFlags(app, &flags);
+  ConfigFlags config;
+  AddConfigFlags(app, &config);
   if (const auto code = cleave::ParseCommandLine(app, argc, argv)) return *code;
   Resolve(&flags);
+  ApplyConfigFlags(config, &flags.options);
   return Serve(flags);
 }
 

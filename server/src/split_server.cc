@@ -32,6 +32,8 @@ SplitServer::SplitServer(SplitServerOptions options)
   options_.lr_schedule.Validate();
   CLEAVE_CHECK_USER(options_.session_idle_timeout.count() >= 0,
                     "the session idle timeout must be >= 0");
+  CLEAVE_CHECK_USER(options_.config != SplitConfig::kUShaped,
+                    "--config u-shaped is not built into this server yet");
   fingerprint_ = ModelFingerprint(options_.model);
   const SplitModel model = BuildSplitModel(options_.model, options_.seed);
   cut_shape_ = model.cut_shape;
@@ -83,6 +85,8 @@ SplitServer::SplitServer(SplitServerOptions options)
   told.set_max_batch(options_.max_batch);
   told.set_rounds(options_.rounds.rounds);
   told.set_max_staleness(options_.rounds.max_staleness);
+  told.set_config(SplitConfigName(options_.config));
+  if (options_.config == SplitConfig::kVertical) SetUpVertical(told);
   if (options_.resume && FileExists(options_.checkpoint_path)) {
     step_ = ResumeServer(options_.checkpoint_path, fingerprint_, *top_, coordinator_.get(),
                          client_parameters_);
@@ -129,6 +133,7 @@ int SplitServer::ExpireIdleSessions(Clock::time_point now) {
 
 v1::JoinReply SplitServer::Join(const std::string& identity, const v1::JoinRequest& request) {
   AdmitJoin(identity, request, join_rules_);
+  if (vertical_) vertical_->Admit(identity, request);
   const SessionTable::Opened opened = sessions_.Open(identity, Clock::now());
   if (coordinator_) {
     // A new session that replaced the hospital's earlier one: it restarted or lost its
@@ -176,6 +181,7 @@ auto SplitServer::Refusable(const char* what, const std::string& identity, Call&
 
 v1::TrainReply SplitServer::Train(const std::string& identity, const v1::TrainRequest& request) {
   CheckSession(identity, request.session_id(), request.protocol_version());
+  if (vertical_) return TrainVertical(identity, request);
   // Decoding is the expensive, untrusted part: outside the model's lock.
   const StepCodec::Batch batch =
       Refusable("step", identity, [&] { return step_codec_->Decode(request); });
@@ -213,6 +219,7 @@ v1::TrainReply SplitServer::Train(const std::string& identity, const v1::TrainRe
 v1::EvaluateReply SplitServer::Evaluate(const std::string& identity,
                                         const v1::EvaluateRequest& request) {
   CheckSession(identity, request.session_id(), request.protocol_version());
+  if (vertical_) return EvaluateVertical(identity, request);
   const at::Tensor activations = activation_decoder_->Decode(request.activations()).dense;
   const at::Tensor labels = protocol::DecodeTensor(request.labels(), LabelSpec()).dense;
   CLEAVE_CHECK_INPUT(labels.size(0) == activations.size(0), "labels have batch ", labels.size(0),

@@ -17,6 +17,8 @@ grpc::StatusCode StatusCodeFor(RefusalKind kind) {
     case RefusalKind::kOutOfBounds:
     case RefusalKind::kNonFinite:
       return grpc::StatusCode::INVALID_ARGUMENT;
+    case RefusalKind::kPartyMissing:
+      return grpc::StatusCode::DEADLINE_EXCEEDED;
   }
   return grpc::StatusCode::INTERNAL;
 }

@@ -21,7 +21,8 @@ using test::SyncFor;
 constexpr RefusalKind kAllKinds[] = {RefusalKind::kMismatch,       RefusalKind::kNotAllowed,
                                      RefusalKind::kUnknownSession, RefusalKind::kNotInRound,
                                      RefusalKind::kStale,          RefusalKind::kNoSamples,
-                                     RefusalKind::kOutOfBounds,    RefusalKind::kNonFinite};
+                                     RefusalKind::kOutOfBounds,    RefusalKind::kNonFinite,
+                                     RefusalKind::kPartyMissing};
 
 TEST(StatusMappingTest, FatalMismatchAndResynchronisingRefusalsHaveDistinctCodes) {
   EXPECT_EQ(StatusCodeFor(RefusalKind::kMismatch), grpc::StatusCode::FAILED_PRECONDITION);
@@ -32,6 +33,7 @@ TEST(StatusMappingTest, FatalMismatchAndResynchronisingRefusalsHaveDistinctCodes
   EXPECT_EQ(StatusCodeFor(RefusalKind::kUnknownSession), grpc::StatusCode::NOT_FOUND);
   EXPECT_EQ(StatusCodeFor(RefusalKind::kOutOfBounds), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(StatusCodeFor(RefusalKind::kNonFinite), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(StatusCodeFor(RefusalKind::kPartyMissing), grpc::StatusCode::DEADLINE_EXCEEDED);
   // The client resynchronises on ABORTED and on nothing else: the kinds that resynchronise are
   // exactly those mapped to it.
   for (RefusalKind kind : kAllKinds) {

@@ -15,6 +15,8 @@ struct ProgressStats {
   int64_t bytes_sent = 0;
   int64_t bytes_received = 0;
   double density = 1.0;  // fraction of activation elements sent
+  // False for a vertical party without the labels: it learns no loss and no accuracy.
+  bool has_loss = true;
 };
 
 enum class ProgressMode { kAuto, kBar, kLines, kNone };

@@ -10,13 +10,15 @@
 #include <string>
 #include <vector>
 
+#include <c10/core/Device.h>
+
 #include "cleave/client/batch_augmentation.h"
 #include "cleave/client/byte_counting_link.h"
 #include "cleave/client/progress.h"
-#include <c10/core/Device.h>
-
+#include "cleave/client/vertical_party.h"
 #include "cleave/core/dataset.h"
 #include "cleave/core/lr_schedule.h"
+#include "cleave/core/split_config.h"
 #include "cleave/core/split_model.h"
 #include "cleave/protocol/cleave.pb.h"
 #include "cleave/protocol/link_spec.h"
@@ -64,6 +66,9 @@ struct TrainerOptions {
   int64_t batch_size = 64;
   int64_t max_steps_per_epoch = 0;  // 0: whole epoch (tests use small numbers)
   double nopeek_alpha = 0;          // weight of dCor(inputs, sent activations) in the client loss
+  // Split configuration; vertical: this client's party index (vertical_party.h).
+  SplitConfig config = SplitConfig::kVanilla;
+  int party = 0;
 };
 
 struct EpochStats {
@@ -150,6 +155,7 @@ class SplitTrainer {
   const std::vector<double>& step_losses() const { return step_losses_; }
   const std::string& fingerprint() const { return fingerprint_; }
   const protocol::LinkSpec& link_spec() const { return link_spec_; }
+  const VerticalRole& vertical() const { return vertical_; }
 
  private:
   TrainerOptions options_;
@@ -166,6 +172,8 @@ class SplitTrainer {
   std::vector<double> step_losses_;
   int64_t step_ = 0;
   int64_t model_version_ = 0;
+  VerticalRole vertical_;       // from the Join reply
+  int64_t evaluation_batch_ = 0;  // vertical: the index of the next evaluation batch
   // Built at the first update and kept: its error-feedback residual spans rounds and Joins.
   std::unique_ptr<protocol::UpdateEncoder> update_encoder_;
   BatchAugmentation augmentation_;

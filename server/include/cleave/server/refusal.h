@@ -22,6 +22,8 @@ enum class RefusalKind {
   // The peer's numbers are refused.
   kOutOfBounds,  // a value beyond its bound
   kNonFinite,    // NaN or Inf
+  // Vertical: another party sent nothing for this step within the party timeout.
+  kPartyMissing,
 };
 
 // The short label metrics count refusals by ("stale", "not_participant", ...).

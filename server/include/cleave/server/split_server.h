@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "cleave/core/lr_schedule.h"
+#include "cleave/core/split_config.h"
 #include "cleave/core/split_model.h"
 #include "cleave/protocol/activation_codec.h"
 #include "cleave/protocol/cleave.pb.h"
@@ -36,6 +37,7 @@
 #include "cleave/server/step_codec.h"
 #include "cleave/server/top_model.h"
 #include "cleave/server/value_bounds.h"
+#include "cleave/server/vertical_training.h"
 
 namespace cleave::server {
 
@@ -75,6 +77,10 @@ struct SplitServerOptions {
   std::chrono::milliseconds session_idle_timeout{180000};
   // Sessions one identity may hold; a Join beyond it replaces the identity's oldest session.
   int max_sessions_per_identity = 1;
+  // Split configuration (advertised at Join). Vertical: `model` is the model whose top the
+  // server runs; the parties' bottoms are their own (vertical_training.h).
+  SplitConfig config = SplitConfig::kVanilla;
+  VerticalOptions vertical;  // config vertical only
 };
 
 // Counts the server keeps for observability (metrics endpoint, tests).
@@ -196,6 +202,12 @@ class SplitServer {
   // A session of `identity` ended (left, released or expired).
   void SessionEnded(const std::string& identity);
   void OnRoundClosed(const RoundSummary& summary);
+  // Vertical (split_server_vertical.cc): built in the constructor, which then tells `told` the
+  // parties' settings; a step and an evaluation batch wait for every party.
+  void SetUpVertical(v1::ServerConfig& told);
+  v1::TrainReply TrainVertical(const std::string& identity, const v1::TrainRequest& request);
+  v1::EvaluateReply EvaluateVertical(const std::string& identity,
+                                     const v1::EvaluateRequest& request);
 
   SplitServerOptions options_;
   std::string fingerprint_;
@@ -210,6 +222,7 @@ class SplitServer {
   std::unique_ptr<StepCodec> step_codec_;                            // Train
   std::unique_ptr<RoundCoordinator> coordinator_;    // null: schedule single
   std::unique_ptr<RoundEndpoint> round_endpoint_;    // likewise
+  std::unique_ptr<VerticalTraining> vertical_;       // null unless config vertical
   ServerObserver* observer_ = nullptr;
 
   mutable std::mutex mutex_;  // guards the top model and the two below

@@ -30,6 +30,12 @@ SplitServer::SplitServer(SplitServerOptions options)
   options_.compression = protocol::ToProto(link_spec_);  // advertised in Join
   CLEAVE_CHECK_USER(options_.session_idle_timeout.count() >= 0,
                     "the session idle timeout must be >= 0");
+  CLEAVE_CHECK_USER(options_.config != SplitConfig::kVertical,
+                    "this server does not run the vertical configuration");
+  CLEAVE_CHECK_USER((options_.config == SplitConfig::kUShaped) == (options_.model.tail_layers > 0),
+                    options_.config == SplitConfig::kUShaped
+                        ? "the u-shaped configuration needs a tail of at least 1 block"
+                        : "a tail (--tail-layers) needs --config u-shaped");
   fingerprint_ = ModelFingerprint(options_.model);
   const SplitModel model = BuildSplitModel(options_.model, options_.seed);
   cut_shape_ = model.cut_shape;
@@ -41,8 +47,8 @@ SplitServer::SplitServer(SplitServerOptions options)
                     "shared client-side weights");
   CLEAVE_CHECK_USER(options_.save_top_path.empty() || FindScriptHalf(*model.top),
                     "writing the top as TorchScript needs a TorchScript top (--top)");
-  const at::Tensor client_weights =
-      model.bottom ? FlattenParameters(*model.bottom) : at::zeros({0}, at::kFloat);
+  // U-shaped: bottom and tail are the client-side weights rounds average.
+  const at::Tensor client_weights = FlattenClientParameters(model);
   client_parameters_ = client_weights.numel();
   const ValueBounds bounds =
       ResolveValueBounds({options_.max_activation_abs, options_.rounds.max_update_abs},
@@ -53,6 +59,10 @@ SplitServer::SplitServer(SplitServerOptions options)
       std::make_unique<protocol::ActivationDecoder>(link_spec_.activations, ActivationSpec());
   step_codec_ =
       std::make_unique<StepCodec>(link_spec_, ActivationSpec(), LabelSpec(), options_.seed);
+  if (options_.config == SplitConfig::kUShaped) {
+    u_shaped_ = std::make_unique<UShapedMiddle>(link_spec_, ActivationSpec(), model.middle_shape,
+                                                options_.middle_gradient_timeout, options_.seed);
+  }
   top_ = std::make_unique<TopModel>(
       model.top,
       MakeOptimizer(options_.optimizer, model.top->parameters(), options_.learning_rate));
@@ -75,6 +85,7 @@ SplitServer::SplitServer(SplitServerOptions options)
   told.set_max_batch(options_.max_batch);
   told.set_rounds(options_.rounds.rounds);
   told.set_max_staleness(options_.rounds.max_staleness);
+  told.set_config(SplitConfigName(options_.config));
   if (options_.resume && FileExists(options_.checkpoint_path)) {
     step_ = ResumeServer(options_.checkpoint_path, fingerprint_, *top_, coordinator_.get(),
                          client_parameters_);
@@ -116,12 +127,14 @@ int SplitServer::ExpireIdleSessions(Clock::time_point now) {
                  options_.session_idle_timeout.count() / 1000.0);
     if (coordinator_) coordinator_->OnLeave(session.identity);
   }
+  AbandonEndedUShapedStep();
   return static_cast<int>(gone.size());
 }
 
 v1::JoinReply SplitServer::Join(const std::string& identity, const v1::JoinRequest& request) {
   AdmitJoin(identity, request, join_rules_);
   const SessionTable::Opened opened = sessions_.Open(identity, Clock::now());
+  if (opened.replaced > 0) AbandonEndedUShapedStep();
   if (coordinator_) {
     // A new session that replaced the hospital's earlier one: it restarted or lost its
     // connection, and takes part in the round again through Sync.
@@ -168,6 +181,10 @@ auto SplitServer::Refusable(const char* what, const std::string& identity, Call&
 
 v1::TrainReply SplitServer::Train(const std::string& identity, const v1::TrainRequest& request) {
   CheckSession(identity, request.session_id(), request.protocol_version());
+  if (u_shaped_) return TrainUShaped(identity, request);
+  CLEAVE_CHECK_INPUT(!request.has_middle_gradient(),
+                     "a middle gradient belongs to the u-shaped configuration; this server runs ",
+                     SplitConfigName(options_.config));
   // Decoding is the expensive, untrusted part: outside the model's lock.
   const StepCodec::Batch batch =
       Refusable("step", identity, [&] { return step_codec_->Decode(request); });
@@ -204,6 +221,7 @@ v1::TrainReply SplitServer::Train(const std::string& identity, const v1::TrainRe
 v1::EvaluateReply SplitServer::Evaluate(const std::string& identity,
                                         const v1::EvaluateRequest& request) {
   CheckSession(identity, request.session_id(), request.protocol_version());
+  if (u_shaped_) return EvaluateUShaped(request);
   const at::Tensor activations = activation_decoder_->Decode(request.activations()).dense;
   const at::Tensor labels = protocol::DecodeTensor(request.labels(), LabelSpec()).dense;
   CLEAVE_CHECK_INPUT(labels.size(0) == activations.size(0), "labels have batch ", labels.size(0),
@@ -264,6 +282,7 @@ void SplitServer::ReleaseSession(const std::string& identity, const std::string&
 }
 
 void SplitServer::SessionEnded(const std::string& identity) {
+  AbandonEndedUShapedStep();
   NotifySessions();
   // Not under a lock: a round this closes calls back into SaveCheckpoint.
   if (coordinator_) coordinator_->OnLeave(identity);

@@ -19,6 +19,7 @@
 #include <thread>
 #include <vector>
 
+#include "cleave/core/split_config.h"
 #include "cleave/core/split_model.h"
 #include "cleave/protocol/activation_codec.h"
 #include "cleave/protocol/cleave.pb.h"
@@ -34,6 +35,7 @@
 #include "cleave/server/session_table.h"
 #include "cleave/server/step_codec.h"
 #include "cleave/server/top_model.h"
+#include "cleave/server/u_shaped_middle.h"
 #include "cleave/server/value_bounds.h"
 
 namespace cleave::server {
@@ -67,6 +69,11 @@ struct SplitServerOptions {
   std::chrono::milliseconds session_idle_timeout{180000};
   // Sessions one identity may hold; a Join beyond it replaces the identity's oldest session.
   int max_sessions_per_identity = 1;
+  // Split configuration (advertised at Join). kUShaped: the server runs only the middle
+  // (model.tail_layers >= 1 blocks stay with the hospital, with its labels); a step started
+  // holds the middle for at most middle_gradient_timeout waiting for its gradient.
+  SplitConfig config = SplitConfig::kVanilla;
+  std::chrono::milliseconds middle_gradient_timeout{30000};
 };
 
 // Counts the server keeps for observability (metrics endpoint, tests).
@@ -129,6 +136,12 @@ class SplitServer {
   void ReleaseSession(const std::string& identity, const std::string& session_id,
                       const std::string& reason);
 
+  // The Train stream that carried `session_id`'s steps ended: a U-shaped step of that session
+  // still waiting for its gradient is dropped (no-op otherwise, or for another's session).
+  void TrainStreamEnded(const std::string& identity, const std::string& session_id);
+  // U-shaped only (null otherwise): the middle's step state and counters.
+  UShapedMiddle* u_shaped() { return u_shaped_.get(); }
+
   // Writes the checkpoint now (no-op without a checkpoint path).
   void SaveCheckpoint();
 
@@ -188,6 +201,11 @@ class SplitServer {
   // A session of `identity` ended (left, released or expired).
   void SessionEnded(const std::string& identity);
   void OnRoundClosed(const RoundSummary& summary);
+  // U-shaped (u_shaped_server.cc): a step's message, an evaluation batch, and dropping the
+  // pending step of a session that ended.
+  v1::TrainReply TrainUShaped(const std::string& identity, const v1::TrainRequest& request);
+  v1::EvaluateReply EvaluateUShaped(const v1::EvaluateRequest& request);
+  void AbandonEndedUShapedStep();
 
   SplitServerOptions options_;
   std::string fingerprint_;
@@ -202,6 +220,7 @@ class SplitServer {
   std::unique_ptr<StepCodec> step_codec_;                            // Train
   std::unique_ptr<RoundCoordinator> coordinator_;    // null: schedule single
   std::unique_ptr<RoundEndpoint> round_endpoint_;    // likewise
+  std::unique_ptr<UShapedMiddle> u_shaped_;          // null: not U-shaped
   ServerObserver* observer_ = nullptr;
 
   mutable std::mutex mutex_;  // guards the top model and the two below

@@ -1,0 +1,74 @@
+// SplitServer's U-shaped calls (config "u-shaped"): the step's bookkeeping (rounds, counts,
+// checkpoints, metrics) around UShapedMiddle, which holds the middle between a step's two messages.
+#include <spdlog/spdlog.h>
+
+#include "cleave/core/peer_text.h"
+#include "cleave/server/split_server.h"
+
+namespace cleave::server {
+
+v1::TrainReply SplitServer::TrainUShaped(const std::string& identity,
+                                         const v1::TrainRequest& request) {
+  const auto started = Clock::now();
+  bool round_closing = false;
+  int64_t samples = 0;
+  const auto admit = [&](int64_t model_version, int64_t batch) {
+    if (!coordinator_) return 1.0;
+    const StepAdmission admission = coordinator_->AdmitStep(identity, model_version, batch);
+    round_closing = admission.round_closing;
+    return admission.scale;
+  };
+  const auto committed = [&](int64_t batch) {  // under the middle's lock (mutex_)
+    samples = batch;
+    ++step_;
+    samples_ += batch;
+    if (options_.checkpoint_every > 0 && step_ % options_.checkpoint_every == 0) {
+      SaveCheckpointLocked();
+    }
+    return step_;
+  };
+  // The lock is released before a refusal is counted: a round it closes calls SaveCheckpoint.
+  v1::TrainReply reply = Refusable("step", identity, [&] {
+    return u_shaped_->Train(request.session_id(), request, {*top_, mutex_}, admit, committed);
+  });
+  reply.set_round_closing(round_closing);
+  if (samples > 0) {  // the step's second message: the middle stepped
+    sessions_.Count(request.session_id(), 1, samples, 0, 0);
+    if (observer_) {
+      observer_->OnStep(samples, std::chrono::duration<double>(Clock::now() - started).count());
+    }
+  }
+  CountBytes(request.session_id(), request.ByteSizeLong(), reply.ByteSizeLong());
+  return reply;
+}
+
+v1::EvaluateReply SplitServer::EvaluateUShaped(const v1::EvaluateRequest& request) {
+  const v1::EvaluateReply reply = u_shaped_->Evaluate(request, {*top_, mutex_});
+  CountBytes(request.session_id(), request.ByteSizeLong(), reply.ByteSizeLong());
+  return reply;
+}
+
+void SplitServer::AbandonEndedUShapedStep() {
+  if (u_shaped_ && u_shaped_->AbandonEnded([this](const std::string& id) {
+        return sessions_.Contains(id);
+      })) {
+    spdlog::info("dropped a U-shaped step whose session ended before its middle gradient came");
+  }
+}
+
+void SplitServer::TrainStreamEnded(const std::string& identity, const std::string& session_id) {
+  if (!u_shaped_ || session_id.empty()) return;
+  try {
+    sessions_.Touch(identity, session_id, Clock::now());  // only the owner's stream counts
+  } catch (const std::exception&) {
+    AbandonEndedUShapedStep();
+    return;
+  }
+  if (u_shaped_->Abandon(session_id)) {
+    spdlog::warn("Train stream of '{}' ended with a U-shaped step waiting for its middle gradient; "
+                 "the step was dropped",
+                 PeerText(identity));
+  }
+}
+
+}  // namespace cleave::server

@@ -24,18 +24,27 @@ namespace cleave::server {
 
 using Clock = std::chrono::steady_clock;
 
+namespace {
+
+// The configurations this server runs, and a tail exactly when it is u-shaped.
+void CheckSplitConfig(SplitConfig config, const ModelSpec& model) {
+  CLEAVE_CHECK_USER(config != SplitConfig::kVertical,
+                    "this server does not run the vertical configuration");
+  CLEAVE_CHECK_USER((config == SplitConfig::kUShaped) == (model.tail_layers > 0),
+                    config == SplitConfig::kUShaped
+                        ? "the u-shaped configuration needs a tail of at least 1 block"
+                        : "a tail (--tail-layers) needs --config u-shaped");
+}
+
+}  // namespace
+
 SplitServer::SplitServer(SplitServerOptions options)
     : options_(std::move(options)), sessions_(options_.max_sessions_per_identity) {
   link_spec_ = protocol::ParseLinkSpec(options_.compression);
   options_.compression = protocol::ToProto(link_spec_);  // advertised in Join
   CLEAVE_CHECK_USER(options_.session_idle_timeout.count() >= 0,
                     "the session idle timeout must be >= 0");
-  CLEAVE_CHECK_USER(options_.config != SplitConfig::kVertical,
-                    "this server does not run the vertical configuration");
-  CLEAVE_CHECK_USER((options_.config == SplitConfig::kUShaped) == (options_.model.tail_layers > 0),
-                    options_.config == SplitConfig::kUShaped
-                        ? "the u-shaped configuration needs a tail of at least 1 block"
-                        : "a tail (--tail-layers) needs --config u-shaped");
+  CheckSplitConfig(options_.config, options_.model);
   fingerprint_ = ModelFingerprint(options_.model);
   const SplitModel model = BuildSplitModel(options_.model, options_.seed);
   cut_shape_ = model.cut_shape;

@@ -98,7 +98,7 @@ v1::TrainReply UShapedMiddle::Backward(const std::string& session_id,
     ~Releaser() { self->ReleaseTurn(); }
   } release{this};
   const at::Tensor gradient = DecodeMiddleGradient(request.middle_gradient(), pending);
-  if (gradient_observer_) gradient_observer_(gradient);
+  if (gradient_observer_) gradient_observer_(session_id, pending.step, gradient);
   v1::TrainReply reply;
   {
     std::lock_guard<std::mutex> lock(middle.mutex);

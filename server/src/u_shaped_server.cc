@@ -2,10 +2,16 @@
 // checkpoints, metrics) around UShapedMiddle, which holds the middle between a step's two messages.
 #include <spdlog/spdlog.h>
 
+#include <chrono>
+
+#include "cleave/core/error.h"
 #include "cleave/core/peer_text.h"
+#include "cleave/server/refusal.h"
 #include "cleave/server/split_server.h"
 
 namespace cleave::server {
+
+using Clock = std::chrono::steady_clock;
 
 v1::TrainReply SplitServer::TrainUShaped(const std::string& identity,
                                          const v1::TrainRequest& request) {
@@ -28,9 +34,17 @@ v1::TrainReply SplitServer::TrainUShaped(const std::string& identity,
     return step_;
   };
   // The lock is released before a refusal is counted: a round it closes calls SaveCheckpoint.
-  v1::TrainReply reply = Refusable("step", identity, [&] {
-    return u_shaped_->Train(request.session_id(), request, {*top_, mutex_}, admit, committed);
-  });
+  // As Refusable: bad input puts the hospital out of the round, a Refusal was dealt with.
+  v1::TrainReply reply;
+  try {
+    reply = u_shaped_->Train(request.session_id(), request, {*top_, mutex_}, admit, committed);
+  } catch (const InvalidInput& error) {
+    Refused("step", error, identity, /*exclude=*/true);
+    throw;
+  } catch (const Refusal& error) {
+    Refused("step", error, identity, /*exclude=*/false);
+    throw;
+  }
   reply.set_round_closing(round_closing);
   if (samples > 0) {  // the step's second message: the middle stepped
     sessions_.Count(request.session_id(), 1, samples, 0, 0);

@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -116,6 +117,12 @@ TEST_P(UShapedTest, TrainsWithoutALabelReachingTheServer) {
   const v1::JoinReply joined = trainer.Join(8000);
   EXPECT_EQ(joined.server().config(), "u-shaped");
   const at::Tensor middle_before = split_server().top_parameters()[0].clone();
+  // What the server learns from the hospital in training: d loss / d a2 of each step.
+  std::atomic<int64_t> gradients_seen{0};
+  split_server().u_shaped()->SetGradientObserver(
+      [&](const std::string&, int64_t, const at::Tensor& gradient) {
+        if (gradient.sizes() == at::IntArrayRef({32, 128})) ++gradients_seen;
+      });
   trainer.TrainEpoch(test_support::FashionMnist(FashionMnistSplit::kTrain, 8000), 0, 1, nullptr);
   const auto& losses = trainer.step_losses();
   ASSERT_EQ(losses.size(), 200u);
@@ -130,6 +137,7 @@ TEST_P(UShapedTest, TrainsWithoutALabelReachingTheServer) {
   EXPECT_EQ(counts.steps_started, 200);
   EXPECT_EQ(counts.steps_finished, 200);
   EXPECT_EQ(counts.steps_abandoned, 0);
+  EXPECT_EQ(gradients_seen.load(), 200);
   const client::EvalStats eval =
       trainer.Evaluate(test_support::FashionMnist(FashionMnistSplit::kTest, 2000), 500);
   std::printf("[ u-shaped ] held-out accuracy after 200 steps: %.3f\n", eval.accuracy);

@@ -69,10 +69,12 @@ class UShapedMiddle {
   // replaced); true if it did.
   bool AbandonEnded(const std::function<bool(const std::string&)>& open);
   UShapedCounters counters() const;
-  // The middle gradients received so far are also handed to this (tests, leakage recording).
-  void SetGradientObserver(std::function<void(const at::Tensor&)> observer) {
-    gradient_observer_ = std::move(observer);
-  }
+  // Every middle gradient (d loss / d a2) received and validated is also handed to this, with its
+  // session and step, before the middle steps: exactly what the server learns about the labels
+  // (label-leakage attacks, tests). Set before serving; called on the serving threads.
+  using GradientObserver = std::function<void(const std::string& session_id, int64_t step,
+                                              const at::Tensor& middle_gradient)>;
+  void SetGradientObserver(GradientObserver observer) { gradient_observer_ = std::move(observer); }
 
  private:
   using Clock = std::chrono::steady_clock;
@@ -105,7 +107,7 @@ class UShapedMiddle {
   protocol::GradientEncoder cut_gradient_;          // d loss / d a1 down (likewise)
   std::vector<int64_t> middle_shape_;
   std::chrono::milliseconds gradient_timeout_;
-  std::function<void(const at::Tensor&)> gradient_observer_;
+  GradientObserver gradient_observer_;
 
   mutable std::mutex turn_mutex_;
   std::condition_variable turn_free_;

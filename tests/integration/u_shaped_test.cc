@@ -1,8 +1,8 @@
 // U-shaped split learning (config "u-shaped") end to end over each link (loopback gRPC with
 // mutual TLS, and in process): the hospital runs bottom and tail and keeps its labels, the server
 // runs the middle. Training works, no label reaches the server, all four directions are
-// compressed and counted on both ends, and a hospital that never returns the middle gradient does
-// not wedge the server.
+// compressed and counted on both ends, a hospital that never returns the middle gradient does
+// not wedge the server, and SplitFed rounds average bottom and tail.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -11,7 +11,9 @@
 #include <cstdio>
 #include <memory>
 #include <numeric>
+#include <thread>
 
+#include "cleave/client/round_participant.h"
 #include "cleave/client/split_trainer.h"
 #include "cleave/core/dataset.h"
 #include "cleave/protocol/status_error.h"
@@ -298,6 +300,58 @@ TEST_P(UShapedTest, LeavingDropsAPendingStepAtOnce) {
   EXPECT_TRUE(link_->TrainStep(SecondMessage(session, 0)).has_gradients());
   EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count(), 10);
   link_->CloseTrainStream();
+}
+
+// SplitFed rounds: the client-side model is bottom and tail, and both are averaged.
+TEST_P(UShapedTest, SplitFedRoundsAverageBottomAndTail) {
+  ModelSpec spec = test_support::MlpSpec(12, {16, 8}, 3);  // [12->16] | [16->8] | [8->3]
+  spec.tail_layers = 1;
+  server::SplitServerOptions options;
+  options.model = spec;
+  options.config = SplitConfig::kUShaped;
+  options.max_batch = 64;
+  options.rounds.schedule = server::Schedule::kSplitFed;
+  options.rounds.rounds = 3;
+  options.rounds.round_samples = 128;
+  options.rounds.min_clients = 2;
+  Start(options);
+  const int64_t parameters = (12 * 16 + 16) + (8 * 3 + 3);  // bottom, then tail
+  ASSERT_EQ(split_server().rounds()->num_parameters(), parameters);
+  const at::Tensor initial = split_server().rounds()->Snapshot().weights.clone();
+  const std::vector<Dataset> shards = {test_support::LinearRuleData(600, 11),
+                                       test_support::LinearRuleData(600, 12)};
+  std::vector<std::unique_ptr<protocol::SplitLink>> links;
+  std::vector<std::unique_ptr<SplitTrainer>> trainers;
+  for (const char* name : {"st-mary", "riverside"}) {
+    links.push_back(server_->Link(name));
+    TrainerOptions trainer_options;
+    trainer_options.model = spec;
+    trainer_options.config = SplitConfig::kUShaped;
+    trainer_options.batch_size = 16;
+    trainer_options.learning_rate = 1e-2;
+    trainer_options.seed = trainers.size() + 1;
+    trainers.push_back(std::make_unique<SplitTrainer>(trainer_options, *links.back()));
+  }
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < trainers.size(); ++i) {
+    threads.emplace_back([&, i] {
+      client::RoundParticipantOptions participant_options;
+      participant_options.sync_wait_ms = 2000;
+      client::RoundParticipant participant(*trainers[i], participant_options);
+      participant.Run(shards[i], shards[i].size(), nullptr);
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  const server::RoundState state = split_server().rounds()->Snapshot();
+  EXPECT_TRUE(state.finished());
+  EXPECT_EQ(state.version, 3);
+  // Both hospitals end on the server's averaged weights, tail included, and the tail moved.
+  for (const auto& trainer : trainers) {
+    EXPECT_TRUE(at::allclose(trainer->ClientWeights(), state.weights));
+  }
+  const int64_t tail_from = 12 * 16 + 16;
+  EXPECT_FALSE(at::allclose(state.weights.slice(0, tail_from), initial.slice(0, tail_from)));
+  EXPECT_FALSE(at::allclose(state.weights.slice(0, 0, tail_from), initial.slice(0, 0, tail_from)));
 }
 
 const auto kLinks = ::testing::Values(LinkKind::kGrpc, LinkKind::kInProcess);

@@ -354,6 +354,52 @@ TEST_P(UShapedTest, SplitFedRoundsAverageBottomAndTail) {
   EXPECT_FALSE(at::allclose(state.weights.slice(0, 0, tail_from), initial.slice(0, 0, tail_from)));
 }
 
+// Without compression a U-shaped step computes what a vanilla step does, only split three ways:
+// from the same seeds, the same losses, bottom, middle and tail as vanilla's bottom and top.
+TEST(UShapedEquivalenceTest, TrainsExactlyLikeVanillaWithoutCompression) {
+  const ModelSpec vanilla_spec = test_support::MlpSpec(12, {16, 8}, 3);
+  ModelSpec u_spec = vanilla_spec;
+  u_spec.tail_layers = 1;
+  const Dataset data = test_support::LinearRuleData(320, 21);
+  struct Run {
+    std::vector<double> losses;
+    at::Tensor bottom, server_side, tail;
+  };
+  const auto train = [&](const ModelSpec& spec, SplitConfig config) {
+    server::SplitServerOptions options;
+    options.model = spec;
+    options.config = config;
+    TestServer server(options, LinkKind::kInProcess);
+    auto link = server.Link("st-mary");
+    TrainerOptions trainer_options;
+    trainer_options.model = spec;
+    trainer_options.config = config;
+    trainer_options.batch_size = 32;
+    SplitTrainer trainer(trainer_options, *link);
+    trainer.Join(data.size());
+    trainer.TrainEpoch(data, 0, 1, nullptr);
+    Run run;
+    run.losses = trainer.step_losses();
+    run.bottom = FlattenParameters(*trainer.model().bottom);
+    std::vector<at::Tensor> flat;
+    for (const at::Tensor& parameter : server.split_server().top_parameters()) {
+      flat.push_back(parameter.reshape({-1}));
+    }
+    if (trainer.model().tail) flat.push_back(FlattenParameters(*trainer.model().tail));
+    run.server_side = at::cat(flat);
+    return run;
+  };
+  const Run vanilla = train(vanilla_spec, SplitConfig::kVanilla);
+  const Run u_shaped = train(u_spec, SplitConfig::kUShaped);
+  ASSERT_EQ(u_shaped.losses.size(), 10u);
+  ASSERT_EQ(vanilla.losses.size(), 10u);
+  for (size_t i = 0; i < 10; ++i) EXPECT_NEAR(u_shaped.losses[i], vanilla.losses[i], 1e-6);
+  EXPECT_TRUE(at::allclose(u_shaped.bottom, vanilla.bottom, 1e-5, 1e-6));
+  // Vanilla's top is U-shaped's middle followed by its tail.
+  EXPECT_TRUE(at::allclose(u_shaped.server_side, vanilla.server_side, 1e-5, 1e-6));
+  EXPECT_GT(vanilla.losses.front() - vanilla.losses.back(), 0.0);
+}
+
 const auto kLinks = ::testing::Values(LinkKind::kGrpc, LinkKind::kInProcess);
 INSTANTIATE_TEST_SUITE_P(Links, UShapedTest, kLinks,
                          [](const ::testing::TestParamInfo<LinkKind>& info) {

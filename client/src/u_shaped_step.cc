@@ -20,8 +20,9 @@ void Count(DirectionBytes* direction, size_t message_bytes, const at::Tensor& te
 }
 
 void CheckReply(uint32_t version, int64_t step, int64_t expected_step) {
-  CLEAVE_CHECK_INPUT(version == protocol::kProtocolVersion, "server answered Train with protocol "
-                     "version ", version, "; this client speaks ", protocol::kProtocolVersion);
+  CLEAVE_CHECK_INPUT(version == protocol::kProtocolVersion,
+                     "server answered Train with protocol version ", version,
+                     "; this client speaks ", protocol::kProtocolVersion);
   CLEAVE_CHECK_INPUT(step == expected_step, "server answered step ", step, ", expected ",
                      expected_step);
 }

@@ -11,8 +11,7 @@ namespace cleave::client {
 
 namespace {
 
-protocol::TensorSpec MiddleOutputSpec(const std::vector<int64_t>& middle_shape,
-                                      int64_t max_batch) {
+protocol::TensorSpec MiddleOutputSpec(const std::vector<int64_t>& middle_shape, int64_t max_batch) {
   protocol::TensorSpec spec;
   spec.sample_shape = middle_shape;
   spec.max_batch = max_batch;
@@ -23,8 +22,7 @@ protocol::TensorSpec MiddleOutputSpec(const std::vector<int64_t>& middle_shape,
 }  // namespace
 
 UShapedTail::UShapedTail(torch::nn::Sequential tail, const protocol::LinkSpec& link,
-                         const std::vector<int64_t>& middle_shape, int64_t max_batch,
-                         uint64_t seed)
+                         const std::vector<int64_t>& middle_shape, int64_t max_batch, uint64_t seed)
     : tail_(std::move(tail)),
       middle_output_(link.activations, MiddleOutputSpec(middle_shape, max_batch)),
       middle_gradient_(link.gradients, seed + 2) {
@@ -39,16 +37,15 @@ protocol::ReceivedActivations UShapedTail::DecodeMiddleOutput(const v1::Tensor& 
   return received;
 }
 
-UShapedTail::Step UShapedTail::Backward(const at::Tensor& middle_output,
-                                        const at::Tensor& labels) {
+UShapedTail::Step UShapedTail::Backward(const at::Tensor& middle_output, const at::Tensor& labels) {
   tail_->train();
   const at::Tensor input = middle_output.detach().requires_grad_(true);
   const at::Tensor logits = tail_->forward(input);
   const at::Tensor loss = torch::nn::functional::cross_entropy(logits, labels);
   Step step;
   step.loss = loss.item<double>();
-  CLEAVE_CHECK_INPUT(std::isfinite(step.loss), "the loss on the server's middle output is not "
-                                               "finite");
+  CLEAVE_CHECK_INPUT(std::isfinite(step.loss),
+                     "the loss on the server's middle output is not finite");
   loss.backward();
   step.middle_gradient = input.grad();
   step.correct = logits.argmax(1).eq(labels).sum().item<int64_t>();

@@ -8,8 +8,7 @@ SplitConfig ParseSplitConfig(const std::string& name) {
   if (name.empty() || name == "vanilla") return SplitConfig::kVanilla;
   if (name == "u-shaped") return SplitConfig::kUShaped;
   if (name == "vertical") return SplitConfig::kVertical;
-  throw UserError("unknown split configuration '" + name +
-                  "' (use vanilla, u-shaped or vertical)");
+  throw UserError("unknown split configuration '" + name + "' (use vanilla, u-shaped or vertical)");
 }
 
 const char* SplitConfigName(SplitConfig config) {

@@ -36,9 +36,8 @@ UShapedMiddle::UShapedMiddle(const protocol::LinkSpec& link,
   CLEAVE_CHECK_USER(gradient_timeout_.count() > 0, "the middle-gradient timeout must be > 0");
 }
 
-v1::TrainReply UShapedMiddle::Train(const std::string& session_id,
-                                    const v1::TrainRequest& request, Middle middle,
-                                    const Admit& admit, const Committed& committed) {
+v1::TrainReply UShapedMiddle::Train(const std::string& session_id, const v1::TrainRequest& request,
+                                    Middle middle, const Admit& admit, const Committed& committed) {
   CLEAVE_CHECK_INPUT(!request.has_labels(), kNoLabels);
   CLEAVE_CHECK_INPUT(request.has_activations() != request.has_middle_gradient(),
                      "a U-shaped step message carries either activations (first) or the middle "

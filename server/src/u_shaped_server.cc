@@ -63,9 +63,8 @@ v1::EvaluateReply SplitServer::EvaluateUShaped(const v1::EvaluateRequest& reques
 }
 
 void SplitServer::AbandonEndedUShapedStep() {
-  if (u_shaped_ && u_shaped_->AbandonEnded([this](const std::string& id) {
-        return sessions_.Contains(id);
-      })) {
+  if (u_shaped_ &&
+      u_shaped_->AbandonEnded([this](const std::string& id) { return sessions_.Contains(id); })) {
     spdlog::info("dropped a U-shaped step whose session ended before its middle gradient came");
   }
 }
@@ -79,9 +78,10 @@ void SplitServer::TrainStreamEnded(const std::string& identity, const std::strin
     return;
   }
   if (u_shaped_->Abandon(session_id)) {
-    spdlog::warn("Train stream of '{}' ended with a U-shaped step waiting for its middle gradient; "
-                 "the step was dropped",
-                 PeerText(identity));
+    spdlog::warn(
+        "Train stream of '{}' ended with a U-shaped step waiting for its middle gradient; "
+        "the step was dropped",
+        PeerText(identity));
   }
 }
 

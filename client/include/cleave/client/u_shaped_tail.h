@@ -44,8 +44,7 @@ class UShapedTail {
 
   // The middle's output the server sent for a batch of `batch` rows, checked: shape, batch,
   // finiteness, magnitude (InvalidInput otherwise). Zeros where the server sent nothing.
-  protocol::ReceivedActivations DecodeMiddleOutput(const v1::Tensor& message,
-                                                   int64_t batch) const;
+  protocol::ReceivedActivations DecodeMiddleOutput(const v1::Tensor& message, int64_t batch) const;
 
   struct Step {
     at::Tensor middle_gradient;  // d loss / d a2, a2's shape

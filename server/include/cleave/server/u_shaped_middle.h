@@ -101,19 +101,19 @@ class UShapedMiddle {
   // d loss / d a2, checked: shape, finiteness, magnitude.
   at::Tensor DecodeMiddleGradient(const v1::Tensor& message, const Pending& pending) const;
 
-  protocol::ActivationDecoder activations_;         // a1 up
-  protocol::ActivationEncoder middle_output_;       // a2 down (guarded by the middle's mutex)
-  protocol::GradientDecoder middle_gradient_;       // d loss / d a2 up
-  protocol::GradientEncoder cut_gradient_;          // d loss / d a1 down (likewise)
+  protocol::ActivationDecoder activations_;    // a1 up
+  protocol::ActivationEncoder middle_output_;  // a2 down (guarded by the middle's mutex)
+  protocol::GradientDecoder middle_gradient_;  // d loss / d a2 up
+  protocol::GradientEncoder cut_gradient_;     // d loss / d a1 down (likewise)
   std::vector<int64_t> middle_shape_;
   std::chrono::milliseconds gradient_timeout_;
   GradientObserver gradient_observer_;
 
   mutable std::mutex turn_mutex_;
   std::condition_variable turn_free_;
-  bool turn_taken_ = false;             // a step holds the middle (pending_ or in flight)
-  std::optional<Pending> pending_;      // the step waiting for its gradient
-  Clock::time_point turn_deadline_;     // when the holder's turn runs out
+  bool turn_taken_ = false;          // a step holds the middle (pending_ or in flight)
+  std::optional<Pending> pending_;   // the step waiting for its gradient
+  Clock::time_point turn_deadline_;  // when the holder's turn runs out
   UShapedCounters counters_;
 };
 

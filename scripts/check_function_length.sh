@@ -14,7 +14,7 @@ command -v ctags >/dev/null && ctags --version 2>/dev/null | grep -q "Universal 
 }
 
 dirs=()
-for d in core kernels compress privacy protocol client server tools; do
+for d in core psi kernels compress privacy protocol client server tools; do
   [ -d "$d" ] && dirs+=("$d")
 done
 

@@ -2,6 +2,7 @@
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
@@ -16,6 +17,7 @@
 #include "cleave/core/error.h"
 #include "cleave/core/file_io.h"
 #include "cleave/core/logging.h"
+#include "cleave/core/device.h"
 #include "cleave/core/model_flags.h"
 #include "cleave/core/script_half.h"
 #include "cleave/protocol/status_error.h"
@@ -62,10 +64,24 @@ struct Flags {
   cleave::client::DataFlags data_flags;
   cleave::client::TrainerOptions options;
   int64_t epochs = 1;
+  std::string device = "cpu";
   std::string metrics_out, checkpoint_path, save_bottom, progress_mode = "auto", log_level = "info";
   double max_message_mb = 64;
   int connect_timeout = 30;
 };
+
+// A cosine learning-rate schedule without --lr-schedule-steps spans every step of --epochs over
+// `train_samples`.
+void SpanScheduleOverEpochs(Flags* f, int64_t train_samples) {
+  if (f->options.schedule.kind == "cosine" && f->options.schedule.total_steps == 0) {
+    int64_t per_epoch = (train_samples + f->options.batch_size - 1) / f->options.batch_size;
+    if (f->options.max_steps_per_epoch > 0) {
+      per_epoch = std::min(per_epoch, f->options.max_steps_per_epoch);
+    }
+    f->options.schedule.total_steps =
+        std::max<int64_t>(1, f->epochs * per_epoch - f->options.schedule.warmup_steps);
+  }
+}
 
 // Which server, and how this hospital proves who it is.
 void AddConnectionFlags(CLI::App& app, Flags* f) {
@@ -94,11 +110,21 @@ void AddTrainingFlags(CLI::App& app, Flags* f) {
   app.add_option("--max-steps-per-epoch", options.max_steps_per_epoch,
                  "Stop each epoch after N steps (0: whole epoch)")
       ->capture_default_str();
-  app.add_option("--optimizer", options.optimizer, "Client-side optimizer: adam or sgd")
-      ->check(CLI::IsMember({"adam", "sgd"}))
+  app.add_option("--optimizer", options.optimizer,
+                 "Client-side optimizer: adam, adamw (decoupled weight decay) or sgd (momentum 0.9)")
+      ->check(CLI::IsMember({"adam", "adamw", "sgd"}))
       ->capture_default_str();
   app.add_option("--lr", options.learning_rate, "Learning rate of the client-side layers")
       ->capture_default_str();
+  cleave::AddOptimizerTuningFlags(app, "client-side", &options.weight_decay, &options.schedule);
+  app.add_option("--device", f->device, cleave::kDeviceFlagHelp)->capture_default_str();
+  app.add_option("--augment-crop", options.augmentation.crop_padding,
+                 "Images: shift each training sample by up to N pixels (random crop after zero "
+                 "padding by N; 0: off)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_flag("--augment-flip", options.augmentation.horizontal_flip,
+               "Images: mirror each training sample left-right with probability 1/2");
   app.add_option("--seed", options.seed, "Seed of weights, shuffling and sampling")
       ->capture_default_str();
   app.add_option("--nopeek-alpha", options.nopeek_alpha,
@@ -390,18 +416,26 @@ int Run(int argc, char** argv) {
   f.options.model = f.model_flags.Spec();
   f.options.config = f.model_flags.Config();
   if (!f.data_flags.fit_stats_path.empty()) return FitStats(f);
+  f.options.device = cleave::ResolveDevice(f.device);
   const cleave::client::ConnectOptions connect = ResolveConnection(f);
   const cleave::client::TrainingData data =
       cleave::client::LoadTrainingData(f.data_flags, f.options.model.num_classes);
   CheckDataFitsModel(data, f.options.model);
+  cleave::client::CheckAugmentationFits(
+      f.options.augmentation, {data.train.inputs.sizes().begin() + 1, data.train.inputs.sizes().end()});
   if (!f.metrics_out.empty()) {
     // Fail on an unwritable metrics path now, not after hours of training.
     cleave::WriteFileAtomic(f.metrics_out, "{}\n");
   }
 
+  const bool schedule_steps_given = f.options.schedule.total_steps > 0;
+  SpanScheduleOverEpochs(&f, data.train.size());
   cleave::client::GrpcLink link(connect);
   cleave::client::SplitTrainer trainer(f.options, link);
   const cleave::v1::JoinReply joined = trainer.Join(data.train.size());
+  CLEAVE_CHECK_USER(joined.server().schedule() == "single" || f.options.schedule.kind != "cosine" ||
+                        schedule_steps_given,
+                    "the server runs rounds: --lr-schedule cosine needs --lr-schedule-steps");
   spdlog::info("joined as '{}' (session {}), model {}, compression act={}:{}:{}",
                joined.client_name(), joined.session_id().substr(0, 8),
                joined.server().model_description(), joined.compression().activations().method(),

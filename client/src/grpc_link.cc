@@ -5,6 +5,7 @@
 
 #include <chrono>
 
+#include "cleave/client/grpc_channel.h"
 #include "cleave/core/error.h"
 #include "cleave/protocol/cleave.grpc.pb.h"
 #include "cleave/protocol/status_error.h"
@@ -36,25 +37,7 @@ struct GrpcLink::Impl {
 GrpcLink::GrpcLink(const ConnectOptions& options) : impl_(std::make_unique<Impl>()) {
   impl_->target = options.target;
   impl_->connect_timeout_seconds = options.connect_timeout_seconds;
-  grpc::ChannelArguments arguments;
-  arguments.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
-  arguments.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
-  arguments.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
-  arguments.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
-  if (!options.server_name_override.empty()) {
-    arguments.SetSslTargetNameOverride(options.server_name_override);
-  }
-  std::shared_ptr<grpc::ChannelCredentials> credentials;
-  if (options.insecure) {
-    credentials = grpc::InsecureChannelCredentials();
-  } else {
-    grpc::SslCredentialsOptions ssl;
-    ssl.pem_root_certs = options.tls.ca_pem;
-    ssl.pem_cert_chain = options.tls.certificate_pem;
-    ssl.pem_private_key = options.tls.private_key_pem;
-    credentials = grpc::SslCredentials(ssl);
-  }
-  impl_->channel = grpc::CreateCustomChannel(options.target, credentials, arguments);
+  impl_->channel = MakeChannel(options);
   impl_->stub = v1::SplitLearning::NewStub(impl_->channel);
 }
 

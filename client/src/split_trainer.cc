@@ -18,7 +18,7 @@
 namespace cleave::client {
 
 SplitTrainer::SplitTrainer(TrainerOptions options, protocol::SplitLink& link)
-    : options_(std::move(options)), link_(link) {
+    : options_(std::move(options)), link_(link), augmentation_(options_.augmentation, options_.seed) {
   CLEAVE_CHECK_USER(options_.batch_size >= 1, "batch size must be at least 1");
   CLEAVE_CHECK_USER(options_.nopeek_alpha >= 0, "the NoPeek weight alpha must be >= 0, got ", options_.nopeek_alpha);
   CLEAVE_CHECK_USER(options_.config != SplitConfig::kVertical,
@@ -28,12 +28,16 @@ SplitTrainer::SplitTrainer(TrainerOptions options, protocol::SplitLink& link)
                         ? "the u-shaped configuration needs a tail of at least 1 block"
                         : "a tail (--tail-layers) needs --config u-shaped");
   model_ = BuildSplitModel(options_.model, options_.seed);
+  model_.bottom->to(options_.device);
+  if (model_.tail) model_.tail->to(options_.device);
   fingerprint_ = ModelFingerprint(options_.model);
+  options_.schedule.Validate();
   std::vector<at::Tensor> parameters = model_.bottom->parameters();
   if (model_.tail) {  // U-shaped: one optimizer over bottom and tail
     for (const at::Tensor& parameter : model_.tail->parameters()) parameters.push_back(parameter);
   }
-  optimizer_ = MakeOptimizer(options_.optimizer, parameters, options_.learning_rate);
+  optimizer_ = MakeOptimizer(options_.optimizer, parameters, options_.learning_rate,
+                             options_.weight_decay);
 }
 
 SplitTrainer::~SplitTrainer() = default;
@@ -114,9 +118,11 @@ SplitTrainer::StepResult SplitTrainer::Step(const at::Tensor& inputs, const at::
 
   const at::Tensor gradient = gradient_decoder_->Decode(
       reply.gradients(),
-      std::vector<int64_t>(activations.sizes().begin(), activations.sizes().end()), selected);
+      std::vector<int64_t>(activations.sizes().begin(), activations.sizes().end()), selected)
+                                  .to(options_.device);
   optimizer_->zero_grad();
   BackwardAtCut(inputs, activations, selected, gradient, dcor_sum);
+  SetLearningRate(*optimizer_, options_.schedule.At(options_.learning_rate, step_));
   optimizer_->step();
   ++step_;
   step_losses_.push_back(reply.loss());
@@ -169,7 +175,8 @@ EpochStats SplitTrainer::RunSteps(const std::function<bool(at::Tensor*, at::Tens
   bool round_closing = false;
   while (!(until_round_closes && round_closing) && (max_steps <= 0 || stats.steps < max_steps) &&
          next_batch(&inputs, &labels)) {
-    const StepResult step = Step(inputs, labels, &dcor_sum);
+    const StepResult step =
+        Step(augmentation_.Apply(inputs).to(options_.device), labels, &dcor_sum);
     ++stats.steps;
     stats.samples += step.samples;
     loss_sum += step.loss;
@@ -326,6 +333,7 @@ EvalStats SplitTrainer::Evaluate(const Dataset& test, int64_t batch_size) {
   int64_t dcor_batches = 0;
   at::Tensor inputs, labels;
   while (batches.Next(&inputs, &labels)) {
+    inputs = inputs.to(options_.device);
     const at::Tensor activations = model_.bottom->forward(inputs);
     const SelectedActivations selected = compressor_->Select(activations);
     // Leakage of what is sent: only full batches, so that every figure has the stated batch size

@@ -62,16 +62,18 @@ SplitTrainer::StepResult SplitTrainer::UShapedStep(const at::Tensor& inputs,
   back.set_session_id(session_id_);
   back.set_step(step_);
   back.set_model_version(model_version_);
-  u_shaped_->EncodeMiddleGradient(tail.middle_gradient, output.sent,
+  u_shaped_->EncodeMiddleGradient(tail.middle_gradient.to(at::kCPU), output.sent,
                                   back.mutable_middle_gradient());
   const v1::TrainReply reply = link_.TrainStep(back);
   CheckReply(reply.protocol_version(), reply.step(), step_);
   Count(&bytes.middle_gradient_up, back.ByteSizeLong(), tail.middle_gradient);
 
   const at::Tensor gradient =
-      gradient_decoder_->Decode(reply.gradients(), SizesOf(activations), selected);
+      gradient_decoder_->Decode(reply.gradients(), SizesOf(activations), selected)
+          .to(options_.device);
   Count(&bytes.gradient_down, reply.ByteSizeLong(), gradient);
   BackwardAtCut(inputs, activations, selected, gradient, dcor_sum);
+  SetLearningRate(*optimizer_, options_.schedule.At(options_.learning_rate, step_));
   optimizer_->step();  // bottom and tail
   ++step_;
   step_losses_.push_back(tail.loss);

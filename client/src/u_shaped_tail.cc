@@ -39,17 +39,23 @@ protocol::ReceivedActivations UShapedTail::DecodeMiddleOutput(const v1::Tensor& 
 
 UShapedTail::Step UShapedTail::Backward(const at::Tensor& middle_output, const at::Tensor& labels) {
   tail_->train();
-  const at::Tensor input = middle_output.detach().requires_grad_(true);
+  const at::Tensor input = middle_output.to(Device()).detach().requires_grad_(true);
   const at::Tensor logits = tail_->forward(input);
-  const at::Tensor loss = torch::nn::functional::cross_entropy(logits, labels);
+  const at::Tensor targets = labels.to(logits.device());
+  const at::Tensor loss = torch::nn::functional::cross_entropy(logits, targets);
   Step step;
   step.loss = loss.item<double>();
   CLEAVE_CHECK_INPUT(std::isfinite(step.loss),
                      "the loss on the server's middle output is not finite");
   loss.backward();
   step.middle_gradient = input.grad();
-  step.correct = logits.argmax(1).eq(labels).sum().item<int64_t>();
+  step.correct = logits.argmax(1).eq(targets).sum().item<int64_t>();
   return step;
+}
+
+c10::Device UShapedTail::Device() const {
+  const std::vector<at::Tensor> parameters = tail_->parameters();
+  return parameters.empty() ? c10::Device(c10::kCPU) : parameters.front().device();
 }
 
 void UShapedTail::EncodeMiddleGradient(const at::Tensor& gradient,
@@ -61,7 +67,7 @@ UShapedTail::Evaluation UShapedTail::Evaluate(const at::Tensor& middle_output,
                                               const at::Tensor& labels, int64_t num_classes) {
   at::NoGradGuard no_grad;
   tail_->eval();
-  const at::Tensor logits = tail_->forward(middle_output);
+  const at::Tensor logits = tail_->forward(middle_output.to(Device())).to(at::kCPU);
   const at::Tensor loss = torch::nn::functional::cross_entropy(
       logits, labels, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
   Evaluation evaluation;

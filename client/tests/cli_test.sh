@@ -27,6 +27,15 @@ expect_error 2 "--labels names 3 classes but --classes is 2" "${csv[@]}" --csv "
 expect_error 2 "holds out no test rows" "${csv[@]}" --csv "$dir/train.csv" --test-fraction 0.1
 expect_error 2 "--csv-delimiter must be one character" "${csv[@]}" --csv "$dir/train.csv" --csv-delimiter ';;'
 expect_error 2 "has no column 'label'" "${csv[@]}" --csv "$dir/train.csv" --csv-delimiter tab
+# Devices, augmentation and schedules: refused with one line before anything trains.
+expect_error 2 "unknown device 'tpu'" "$client" "${tls_client[@]}" --device tpu
+expect_error 2 "unknown device 'tpu'" "$server" --listen 127.0.0.1:0 "${tls_server[@]}" --device tpu
+if ! command -v nvidia-smi >/dev/null 2>&1; then
+  expect_error 2 "no CUDA device here" "$client" "${tls_client[@]}" --device cuda
+  expect_error 2 "no CUDA device here" "$server" --listen 127.0.0.1:0 "${tls_server[@]}" --device cuda
+fi
+expect_error 2 "need image samples" "${csv[@]}" --csv "$dir/train.csv" --augment-flip
+expect_error 2 "--lr-schedule cosine needs --lr-schedule-steps" "$server" --listen 127.0.0.1:0 "${tls_server[@]}" --lr-schedule cosine
 # The model's input shape must be the data's sample shape (one line, not a LibTorch shape error).
 # Shared feature statistics: --fit-stats needs no server (and warns of classes without samples);
 # statistics whose columns are not the data's, or that are not statistics, are one line.

@@ -27,6 +27,7 @@
 #include "cleave/protocol/version.h"
 #include "cleave/server/allowlist_auth.h"
 #include "cleave/server/call_limiter.h"
+#include "cleave/server/psi_relay.h"
 #include "cleave/server/split_server.h"
 #include "cleave/server/status_mapping.h"
 
@@ -98,6 +99,8 @@ constexpr char kEvaluate[] = "/cleave.v1.SplitLearning/Evaluate";
 constexpr char kLeave[] = "/cleave.v1.SplitLearning/Leave";
 constexpr char kSync[] = "/cleave.v1.SplitLearning/Sync";
 constexpr char kSubmitUpdate[] = "/cleave.v1.SplitLearning/SubmitUpdate";
+constexpr char kPsiSubmit[] = "/cleave.v1.SplitLearning/PsiSubmit";
+constexpr char kPsiAwait[] = "/cleave.v1.SplitLearning/PsiAwait";
 
 }  // namespace
 
@@ -106,8 +109,10 @@ constexpr char kSubmitUpdate[] = "/cleave.v1.SplitLearning/SubmitUpdate";
 // admits each call and request under the CallLimiter before parsing it.
 class SplitLearningService final : public grpc::Service {
  public:
-  SplitLearningService(SplitServer& server, const CallLimits& limits, int64_t max_message_bytes)
+  SplitLearningService(SplitServer& server, const CallLimits& limits, int64_t max_message_bytes,
+                       PsiRelay* psi)
       : server_(server), limiter_(limits), max_message_bytes_(max_message_bytes) {
+    if (psi != nullptr) AddPsi(*psi);
     AddUnary<v1::JoinRequest, v1::JoinReply>(
         kJoin, "Join",
         [this](const std::string& identity, const v1::JoinRequest& request, grpc::ServerContext*) {
@@ -171,6 +176,17 @@ class SplitLearningService final : public grpc::Service {
  private:
   using RawHandler =
       grpc::internal::RpcMethodHandler<SplitLearningService, grpc::ByteBuffer, grpc::ByteBuffer>;
+
+  void AddPsi(PsiRelay& psi) {
+    AddUnary<v1::PsiSubmitRequest, v1::PsiSubmitReply>(
+        kPsiSubmit, "PsiSubmit",
+        [&psi](const std::string& identity, const v1::PsiSubmitRequest& request,
+               grpc::ServerContext*) { return psi.Submit(identity, request); });
+    AddUnary<v1::PsiAwaitRequest, v1::PsiAwaitReply>(
+        kPsiAwait, "PsiAwait",
+        [&psi](const std::string& identity, const v1::PsiAwaitRequest& request,
+               grpc::ServerContext*) { return psi.Await(identity, request); });
+  }
 
   template <typename Request, typename Reply>
   void AddUnary(
@@ -335,7 +351,14 @@ void CheckLimits(const ListenOptions& options, const CallLimits& limits) {
 GrpcServer::GrpcServer(SplitServer& server, const ListenOptions& options) {
   const CallLimits limits = LimitsFrom(options);
   CheckLimits(options, limits);
-  service_ = std::make_unique<SplitLearningService>(server, limits, options.max_message_bytes);
+  if (options.psi_parties > 0) {
+    PsiRelayOptions psi;
+    psi.parties = options.psi_parties;
+    psi.max_wait = std::chrono::milliseconds(options.psi_max_wait_ms);
+    psi_relay_ = std::make_unique<PsiRelay>(psi);
+  }
+  service_ = std::make_unique<SplitLearningService>(server, limits, options.max_message_bytes,
+                                                    psi_relay_.get());
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   std::shared_ptr<grpc::ServerCredentials> credentials;

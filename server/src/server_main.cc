@@ -16,6 +16,7 @@
 #include "cleave/core/error.h"
 #include "cleave/core/file_io.h"
 #include "cleave/core/logging.h"
+#include "cleave/core/device.h"
 #include "cleave/core/model_flags.h"
 #include "cleave/server/grpc_server.h"
 #include "cleave/server/metrics_exporter.h"
@@ -54,6 +55,10 @@ With --rounds N the server stops by itself once the last round has closed and ev
 left (each evaluates, fetches the final client-side weights with its last Sync, and says goodbye),
 or --linger-after-rounds seconds after the last round at the latest; it then writes its checkpoint
 (and --metrics-out) and exits 0.
+
+Sample alignment for vertical split learning (--psi-parties N): the parties run cleave-psi
+against this server, which relays their blinded ids around the ring and compares only fully
+blinded sets; each party learns which of its own ids all parties hold, nothing else.
 
 Bring your own model: export it with tools/export/cleave_export.py and run --top top.pt (the
 hospitals run --bottom bottom.pt of the same export; a pair from different exports is refused at
@@ -165,6 +170,12 @@ void AddConnectionFlags(CLI::App& app, Flags* f) {
                  "RESOURCE_EXHAUSTED")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
+  app.add_option("--psi-parties", limits.psi_parties,
+                 "Relay a private set intersection of sample ids among N parties (cleave-psi; "
+                 "vertical split learning); 0: none. The server sees only blinded points and "
+                 "learns the set and intersection sizes")
+      ->check(CLI::Range(0, 1000))
+      ->capture_default_str();
   app.add_option("--max-client-request-mb", max_client_request_mb,
                  "MiB of one client's requests being processed at once (0: 2 x --max-message-mb)")
       ->check(CLI::NonNegativeNumber)
@@ -182,11 +193,15 @@ void AddTrainingFlags(CLI::App& app, Flags* f) {
          log_level, act, grad, update, allowlist_path, limits, max_client_request_mb,
          max_large_requests_mb, schedule, round_deadline_seconds, metrics_listen, aggregation,
          session_idle_seconds, linger_seconds, metrics_out] = *f;
-  app.add_option("--optimizer", options.optimizer, "Server-side optimizer: adam or sgd")
-      ->check(CLI::IsMember({"adam", "sgd"}))
+  app.add_option("--optimizer", options.optimizer,
+                 "Server-side optimizer: adam, adamw (decoupled weight decay) or sgd (momentum 0.9)")
+      ->check(CLI::IsMember({"adam", "adamw", "sgd"}))
       ->capture_default_str();
   app.add_option("--lr", options.learning_rate, "Learning rate of the server-side layers")
       ->capture_default_str();
+  cleave::AddOptimizerTuningFlags(app, "server-side", &options.weight_decay,
+                                  &options.lr_schedule);
+  app.add_option("--device", options.device, cleave::kDeviceFlagHelp)->capture_default_str();
   app.add_option("--seed", options.seed, "Seed of the server-side weight initialisation")
       ->capture_default_str();
   CLI::Option* checkpoint =
@@ -315,6 +330,8 @@ void CheckRanges(const Flags& f) {
                     "--max-client-request-mb must be at least --max-message-mb");
   CLEAVE_CHECK_USER(f.max_large_requests_mb == 0 || f.max_large_requests_mb >= f.max_message_mb,
                     "--max-large-requests-mb must be at least --max-message-mb");
+  CLEAVE_CHECK_USER(f.limits.psi_parties != 1,
+                    "--psi-parties must be 0 (off) or at least 2 parties");
 }
 
 // The parsed flags as the server's and the listener's options (files read, names checked).

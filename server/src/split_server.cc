@@ -10,6 +10,7 @@
 
 #include "cleave/core/error.h"
 #include "cleave/core/file_io.h"
+#include "cleave/core/device.h"
 #include "cleave/core/optimizer_factory.h"
 #include "cleave/core/peer_text.h"
 #include "cleave/core/script_half.h"
@@ -42,6 +43,7 @@ SplitServer::SplitServer(SplitServerOptions options)
     : options_(std::move(options)), sessions_(options_.max_sessions_per_identity) {
   link_spec_ = protocol::ParseLinkSpec(options_.compression);
   options_.compression = protocol::ToProto(link_spec_);  // advertised in Join
+  options_.lr_schedule.Validate();
   CLEAVE_CHECK_USER(options_.session_idle_timeout.count() >= 0,
                     "the session idle timeout must be >= 0");
   CheckSplitConfig(options_.config, options_.model);
@@ -72,9 +74,12 @@ SplitServer::SplitServer(SplitServerOptions options)
     u_shaped_ = std::make_unique<UShapedMiddle>(link_spec_, ActivationSpec(), model.middle_shape,
                                                 options_.middle_gradient_timeout, options_.seed);
   }
+  torch::nn::Sequential top = model.top;  // shares the layers
+  top->to(ResolveDevice(options_.device));
   top_ = std::make_unique<TopModel>(
-      model.top,
-      MakeOptimizer(options_.optimizer, model.top->parameters(), options_.learning_rate));
+      top,
+      MakeOptimizer(options_.optimizer, top->parameters(), options_.learning_rate,
+                    options_.weight_decay));
   if (options_.rounds.schedule != Schedule::kSingle) {
     coordinator_ = std::make_unique<RoundCoordinator>(options_.rounds, client_weights);
     round_endpoint_ =
@@ -203,6 +208,7 @@ v1::TrainReply SplitServer::Train(const std::string& identity, const v1::TrainRe
   // The lock is released before a refusal is counted: a round it closes calls SaveCheckpoint.
   const TopModel::Step step = Refusable("step", identity, [&] {
     std::lock_guard<std::mutex> lock(mutex_);
+    SetLearningRate(top_->optimizer(), options_.lr_schedule.At(options_.learning_rate, step_));
     TopModel::Step taken = top_->Train(batch.activations.dense, batch.labels, [&] {
       if (!coordinator_) return 1.0;
       const StepAdmission admission =

@@ -28,16 +28,20 @@ void CheckGradient(const at::Tensor& gradient, const char* what) {
 
 TopModel::TopModel(torch::nn::Sequential layers,
                    std::unique_ptr<torch::optim::Optimizer> optimizer)
-    : layers_(std::move(layers)), optimizer_(std::move(optimizer)) {}
+    : layers_(std::move(layers)), optimizer_(std::move(optimizer)), device_(c10::kCPU) {
+  const std::vector<at::Tensor> parameters = layers_->parameters();
+  if (!parameters.empty()) device_ = parameters.front().device();
+}
 
 TopModel::~TopModel() = default;
 
 TopModel::Step TopModel::Train(const at::Tensor& activations, const at::Tensor& labels,
                                const std::function<double()>& admit) {
   layers_->train();
-  at::Tensor input = activations.detach().requires_grad_(true);
+  at::Tensor input = activations.to(device_).detach().requires_grad_(true);
+  const at::Tensor targets = labels.to(device_);
   const at::Tensor logits = layers_->forward(input);
-  const at::Tensor loss = torch::nn::functional::cross_entropy(logits, labels);
+  const at::Tensor loss = torch::nn::functional::cross_entropy(logits, targets);
   Step step;
   step.loss = loss.item<double>();
   optimizer_->zero_grad();
@@ -51,15 +55,15 @@ TopModel::Step TopModel::Train(const at::Tensor& activations, const at::Tensor& 
     optimizer_->zero_grad();
     throw;
   }
-  step.cut_gradient = input.grad();
-  step.correct = logits.argmax(1).eq(labels).sum().item<int64_t>();
+  step.cut_gradient = input.grad().to(c10::kCPU);
+  step.correct = logits.argmax(1).eq(targets).sum().item<int64_t>();
   return step;
 }
 
 TopModel::Forward TopModel::StartStep(const at::Tensor& activations) {
   layers_->train();
   Forward forward;
-  forward.input = activations.detach().requires_grad_(true);
+  forward.input = activations.to(device_).detach().requires_grad_(true);
   forward.output = layers_->forward(forward.input);
   if (!forward.output.isfinite().all().item<bool>()) {
     throw NotFinite("the server's layers give a non-finite output for this batch");
@@ -72,13 +76,13 @@ at::Tensor TopModel::FinishStep(const Forward& forward, const at::Tensor& output
   CLEAVE_ENFORCE(forward.output.sizes() == output_gradient.sizes(), "gradient of another shape");
   optimizer_->zero_grad();
   try {
-    forward.output.backward(output_gradient);
+    forward.output.backward(output_gradient.to(device_));
     CheckAndStep(forward.input, admit);
   } catch (...) {
     optimizer_->zero_grad();
     throw;
   }
-  return forward.input.grad();
+  return forward.input.grad().to(c10::kCPU);
 }
 
 void TopModel::CheckAndStep(const at::Tensor& input, const std::function<double()>& admit) {
@@ -112,7 +116,7 @@ void TopModel::CheckAndStep(const at::Tensor& input, const std::function<double(
 at::Tensor TopModel::Output(const at::Tensor& activations) {
   at::NoGradGuard no_grad;
   layers_->eval();
-  const at::Tensor output = layers_->forward(activations);
+  const at::Tensor output = layers_->forward(activations.to(device_)).to(c10::kCPU);
   CLEAVE_CHECK_INPUT(output.isfinite().all().item<bool>(),
                      "the server's layers give a non-finite output for this batch");
   return output;
@@ -121,14 +125,17 @@ at::Tensor TopModel::Output(const at::Tensor& activations) {
 TopModel::Evaluation TopModel::Evaluate(const at::Tensor& activations, const at::Tensor& labels) {
   at::NoGradGuard no_grad;
   layers_->eval();
-  const at::Tensor logits = layers_->forward(activations);
+  const at::Tensor logits = layers_->forward(activations.to(device_));
+  const at::Tensor targets = labels.to(device_);
   const at::Tensor loss = torch::nn::functional::cross_entropy(
-      logits, labels, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
+      logits, targets, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
   Evaluation evaluation;
   evaluation.loss_sum = loss.item<double>();
-  const at::Tensor hits = logits.argmax(1).eq(labels);
-  const at::Tensor per_class =
-      at::bincount(labels.masked_select(hits), {}, logits.size(1)).to(at::kLong).contiguous();
+  const at::Tensor hits = logits.argmax(1).eq(targets);
+  const at::Tensor per_class = at::bincount(targets.masked_select(hits), {}, logits.size(1))
+                                   .to(at::kLong)
+                                   .to(c10::kCPU)
+                                   .contiguous();
   const int64_t* counts = per_class.data_ptr<int64_t>();
   evaluation.correct_per_class.assign(counts, counts + per_class.numel());
   evaluation.correct = hits.sum().item<int64_t>();

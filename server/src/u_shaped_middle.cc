@@ -62,7 +62,7 @@ v1::TrainReply UShapedMiddle::Forward(const std::string& session_id,
     {
       std::lock_guard<std::mutex> lock(middle.mutex);
       pending.forward = middle.layers.StartStep(cut.dense);
-      const at::Tensor output = pending.forward.output.detach();
+      const at::Tensor output = pending.forward.output.detach().to(at::kCPU);
       protocol::ActivationSelection selection = middle_output_.Select(output);
       middle_output_.Encode(output, selection, reply.mutable_middle_output());
       pending.middle_sent.all = selection.all;

@@ -22,6 +22,7 @@
 #include "cleave/leakage/leakage_measurement.h"
 #include "cleave/leakage/leakage_sweep.h"
 #include "cleave/privacy/png_grid.h"
+#include "labels_command.h"
 
 namespace {
 
@@ -31,6 +32,7 @@ constexpr const char* kDescription =
 Subcommands:
   measure  one trained client (a checkpoint written by cleave-client --checkpoint)
   sweep    trains locally for each NoPeek alpha and density, then measures accuracy and leakage
+  labels   label leakage of each split configuration: the gradient attacks of Li et al. 2021
 
 What the numbers mean for a hospital:
   dCor      distance correlation between raw test inputs and the activations that leave the
@@ -47,11 +49,17 @@ What the numbers mean for a hospital:
             SSIM (structural similarity, 1 = perfect copy, near 0 = no structure recovered),
             PSNR (dB, higher = closer) and MSE (pixel error, inputs in [0, 1]), per image,
             averaged. The PNG grid shows originals above their reconstructions.
+  AUC       (labels) how well a party that does not hold the labels ranks samples of a class
+            above the others from the gradients it receives: by each sample's gradient norm, or
+            by its cosine with the gradient of one sample whose class it knows. 0.5: nothing
+            learned; 1: the labels are read off the gradients.
 
 Examples:
   cleave-leakage measure --checkpoint runs/st-mary.ckpt --model cnn --cut 1 --density 0.05 \
                          --method gaussiank+ --grid runs/st-mary-grid.png
   cleave-leakage sweep --alphas 0 1 3 10 30 --densities 1 0.05 --epochs 1 --out runs/leakage
+  cleave-leakage labels --steps 300 --positive-class 0 --label-defence clip \
+                        --label-defence-strength 0.5
 
 Exit codes: 0 ok, 1 internal error, 2 bad flags or files.)";
 
@@ -402,9 +410,14 @@ int Run(int argc, char** argv) {
       "sweep", "Train locally per NoPeek alpha and density; measure accuracy and leakage");
   SweepFlags sweep_flags;
   sweep_flags.Register(*sweep);
+  CLI::App* labels = app.add_subcommand(
+      "labels", "Label leakage of vanilla, vertical and u-shaped split learning (attack AUC)");
+  cleave::leakage::LabelsFlags labels_flags;
+  labels_flags.Register(*labels);
   if (const auto code = cleave::ParseCommandLine(app, argc, argv)) return *code;
   CLEAVE_CHECK_USER(threads >= 0, "--threads must be >= 0");
   if (threads > 0) at::set_num_threads(threads);
+  if (labels->parsed()) return cleave::leakage::RunLabels(labels_flags);
   return measure->parsed() ? Measure(measure_flags) : Sweep(sweep_flags);
 }
 

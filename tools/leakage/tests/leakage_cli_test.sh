@@ -18,7 +18,7 @@ expect_error() {
 }
 
 help="$("$bin" --help)" || fail "--help exited non-zero"
-for topic in measure sweep "baseline" "bias-corrected" SSIM PSNR "--threads"; do
+for topic in measure sweep labels AUC "baseline" "bias-corrected" SSIM PSNR "--threads"; do
   grep -qF -- "$topic" <<<"$help" || fail "--help does not mention '$topic'"
 done
 # (to files first: grep -q exits at its first match, a later write of the help then gets SIGPIPE,
@@ -28,6 +28,10 @@ done
 grep -qF -- "--aux-samples" "$dir/measure-help" || fail "measure --help"
 grep -qF -- "--alphas" "$dir/sweep-help" || fail "sweep --help"
 grep -qF -- "--client-lr" "$dir/sweep-help" || fail "sweep --help"
+"$bin" labels --help >"$dir/labels-help" || fail "labels --help exited non-zero"
+for topic in --label-defence --label-defence-strength --tail-cut --positive-class --steps; do
+  grep -qF -- "$topic" "$dir/labels-help" || fail "labels --help does not mention '$topic'"
+done
 
 expect_error "subcommand" 
 expect_error "--checkpoint" measure
@@ -38,5 +42,9 @@ expect_error "--method" measure --checkpoint "$dir/bad.ckpt" --method top-k
 expect_error "--out" sweep
 expect_error "--epochs" sweep --out "$dir/o" --epochs many
 expect_error "$dir/no-data" sweep --out "$dir/o" --data-dir "$dir/no-data"
+expect_error "--tail-cut" labels --tail-cut 1
+expect_error "--label-defence" labels --label-defence dp
+expect_error "--label-defence-strength" labels --label-defence noise --label-defence-strength 0
+expect_error "--positive-class" labels --positive-class 12 --train-limit 10 --test-limit 10
 expect_error "density" sweep --out "$dir/o" --densities 1.5 --data-dir "$dir/no-data"
 echo "leakage_cli_test: ok"

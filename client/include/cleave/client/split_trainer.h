@@ -10,11 +10,15 @@
 #include <string>
 #include <vector>
 
+#include "cleave/client/batch_augmentation.h"
 #include "cleave/client/byte_counting_link.h"
 #include "cleave/client/progress.h"
 #include "cleave/client/u_shaped_tail.h"
 #include "cleave/core/split_config.h"
+#include <c10/core/Device.h>
+
 #include "cleave/core/dataset.h"
+#include "cleave/core/lr_schedule.h"
 #include "cleave/core/split_model.h"
 #include "cleave/protocol/cleave.pb.h"
 #include "cleave/protocol/link_spec.h"
@@ -50,8 +54,15 @@ class BatchCursor {
 struct TrainerOptions {
   ModelSpec model;
   uint64_t seed = 1;
-  std::string optimizer = "adam";  // "adam" or "sgd"
+  std::string optimizer = "adam";  // "adam", "adamw" or "sgd"
   double learning_rate = 1e-3;
+  double weight_decay = 0;
+  // Over the client's own steps; a cosine with total_steps 0 is given all its steps by the caller.
+  LearningRateSchedule schedule;
+  AugmentationOptions augmentation;  // applied to training batches only
+  // Where the bottom, its activations, their compression and NoPeek run (core/device.h); data
+  // and what goes on the wire stay on the host.
+  c10::Device device = c10::Device(c10::kCPU);
   int64_t batch_size = 64;
   int64_t max_steps_per_epoch = 0;  // 0: whole epoch (tests use small numbers)
   double nopeek_alpha = 0;          // weight of dCor(inputs, sent activations) in the client loss
@@ -165,6 +176,7 @@ class SplitTrainer {
   int64_t model_version_ = 0;
   // Built at the first update and kept: its error-feedback residual spans rounds and Joins.
   std::unique_ptr<protocol::UpdateEncoder> update_encoder_;
+  BatchAugmentation augmentation_;
 
   struct StepResult {
     double loss = 0;

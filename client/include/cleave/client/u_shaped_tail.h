@@ -72,6 +72,8 @@ class UShapedTail {
   const UShapedBytes& bytes() const { return bytes_; }
 
  private:
+  c10::Device Device() const;  // of the tail's parameters (the host without any)
+
   torch::nn::Sequential tail_;
   protocol::ActivationDecoder middle_output_;
   protocol::GradientEncoder middle_gradient_;

@@ -14,9 +14,12 @@ class Optimizer;
 
 namespace cleave {
 
-// "adam" (Adam with default betas) or "sgd" (momentum 0.9); throws UserError otherwise.
+// "adam" (Adam with default betas), "adamw" (Adam with decoupled weight decay) or "sgd"
+// (momentum 0.9); throws UserError otherwise. `weight_decay` is AdamW's decoupled decay, and an
+// L2 term added to the gradient for adam and sgd.
 std::unique_ptr<torch::optim::Optimizer> MakeOptimizer(const std::string& name,
                                                        std::vector<at::Tensor> parameters,
-                                                       double learning_rate);
+                                                       double learning_rate,
+                                                       double weight_decay = 0);
 
 }  // namespace cleave

@@ -22,6 +22,7 @@ namespace cleave::server {
 class SplitServer;
 class SplitLearningService;
 class AllowlistAuthProcessor;
+class PsiRelay;
 
 struct ListenOptions {
   std::string address = "0.0.0.0:50051";  // port 0 picks a free port (see GrpcServer::port)
@@ -44,6 +45,10 @@ struct ListenOptions {
   // Bytes of large requests (over 1 MiB) being parsed and processed at once, all clients
   // together; 0: 4 x max_message_bytes.
   int64_t max_large_request_bytes = 0;
+  // Private set intersection relay (psi_relay.h): ring size, 0 for none (PsiSubmit and PsiAwait
+  // are then UNIMPLEMENTED); and the longest a PsiAwait waits before "nothing yet".
+  int psi_parties = 0;
+  int psi_max_wait_ms = 10000;
 };
 
 class GrpcServer {
@@ -62,12 +67,14 @@ class GrpcServer {
   ~GrpcServer();
   int port() const { return port_; }
   Stats stats() const;
+  PsiRelay* psi_relay() const { return psi_relay_.get(); }  // null without psi_parties
   // Stops accepting, cancels open streams after `grace_ms`, and returns when all handlers ended.
   void Shutdown(int grace_ms = 2000);
   void Wait();
 
  private:
   std::shared_ptr<AllowlistAuthProcessor> allowlist_;  // null when insecure
+  std::unique_ptr<PsiRelay> psi_relay_;                 // null without psi_parties
   std::unique_ptr<SplitLearningService> service_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;

@@ -19,6 +19,7 @@
 #include <thread>
 #include <vector>
 
+#include "cleave/core/lr_schedule.h"
 #include "cleave/core/split_config.h"
 #include "cleave/core/split_model.h"
 #include "cleave/protocol/activation_codec.h"
@@ -43,8 +44,13 @@ namespace cleave::server {
 struct SplitServerOptions {
   ModelSpec model;
   uint64_t seed = 1;
-  std::string optimizer = "adam";  // "adam" or "sgd"
+  std::string optimizer = "adam";  // "adam", "adamw" or "sgd"
   double learning_rate = 1e-3;
+  double weight_decay = 0;
+  // Where the top runs: cpu, cuda, cuda:N or auto (core/device.h; UserError if not available).
+  std::string device = "cpu";
+  // Over the server's steps (all hospitals' together); resumes at the checkpoint's step.
+  LearningRateSchedule lr_schedule;
   int64_t max_batch = 4096;
   int64_t max_message_bytes = protocol::kDefaultMaxMessageBytes;
   v1::CompressionConfig compression;  // advertised to clients in Join

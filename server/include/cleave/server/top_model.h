@@ -2,10 +2,12 @@
 // be finite: the loss and every gradient are checked before the optimizer steps, and the layers
 // after it (restored if not finite). A stale step moves the layers 1/(1+s) as far, by scaling
 // the step the optimizer took rather than rewriting its learning rate. Not thread-safe: the
-// caller serialises calls.
+// caller serialises calls. The layers may live on a GPU (moved there before the optimizer was
+// made): inputs are moved to their device, and what goes back to the wire comes back to the host.
 #pragma once
 
 #include <ATen/Tensor.h>
+#include <c10/core/Device.h>
 
 #include <cstdint>
 #include <functional>
@@ -72,6 +74,7 @@ class TopModel {
 
   torch::nn::Sequential layers_;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
+  c10::Device device_;  // of the layers' parameters
 };
 
 }  // namespace cleave::server

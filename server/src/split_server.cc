@@ -25,19 +25,6 @@ namespace cleave::server {
 
 using Clock = std::chrono::steady_clock;
 
-namespace {
-
-// The configurations this server runs, and a tail exactly when it is u-shaped.
-void CheckSplitConfig(SplitConfig config, const ModelSpec& model) {
-  CLEAVE_CHECK_USER(config != SplitConfig::kVertical,
-                    "this server does not run the vertical configuration");
-  CLEAVE_CHECK_USER((config == SplitConfig::kUShaped) == (model.tail_layers > 0),
-                    config == SplitConfig::kUShaped
-                        ? "the u-shaped configuration needs a tail of at least 1 block"
-                        : "a tail (--tail-layers) needs --config u-shaped");
-}
-
-}  // namespace
 
 SplitServer::SplitServer(SplitServerOptions options)
     : options_(std::move(options)), sessions_(options_.max_sessions_per_identity) {
@@ -46,7 +33,6 @@ SplitServer::SplitServer(SplitServerOptions options)
   options_.lr_schedule.Validate();
   CLEAVE_CHECK_USER(options_.session_idle_timeout.count() >= 0,
                     "the session idle timeout must be >= 0");
-  CheckSplitConfig(options_.config, options_.model);
   fingerprint_ = ModelFingerprint(options_.model);
   const SplitModel model = BuildSplitModel(options_.model, options_.seed);
   cut_shape_ = model.cut_shape;
@@ -70,10 +56,7 @@ SplitServer::SplitServer(SplitServerOptions options)
       std::make_unique<protocol::ActivationDecoder>(link_spec_.activations, ActivationSpec());
   step_codec_ =
       std::make_unique<StepCodec>(link_spec_, ActivationSpec(), LabelSpec(), options_.seed);
-  if (options_.config == SplitConfig::kUShaped) {
-    u_shaped_ = std::make_unique<UShapedMiddle>(link_spec_, ActivationSpec(), model.middle_shape,
-                                                options_.middle_gradient_timeout, options_.seed);
-  }
+  u_shaped_ = MakeUShapedMiddle(model.middle_shape);  // null unless u-shaped
   torch::nn::Sequential top = model.top;  // shares the layers
   top->to(ResolveDevice(options_.device));
   top_ = std::make_unique<TopModel>(

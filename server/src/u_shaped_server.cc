@@ -13,6 +13,28 @@ namespace cleave::server {
 
 using Clock = std::chrono::steady_clock;
 
+namespace {
+
+// The configurations this server runs, and a tail exactly when it is u-shaped.
+void CheckSplitConfig(SplitConfig config, const ModelSpec& model) {
+  CLEAVE_CHECK_USER(config != SplitConfig::kVertical,
+                    "this server does not run the vertical configuration");
+  CLEAVE_CHECK_USER((config == SplitConfig::kUShaped) == (model.tail_layers > 0),
+                    config == SplitConfig::kUShaped
+                        ? "the u-shaped configuration needs a tail of at least 1 block"
+                        : "a tail (--tail-layers) needs --config u-shaped");
+}
+
+}  // namespace
+
+std::unique_ptr<UShapedMiddle> SplitServer::MakeUShapedMiddle(
+    const std::vector<int64_t>& middle_shape) const {
+  CheckSplitConfig(options_.config, options_.model);
+  if (options_.config != SplitConfig::kUShaped) return nullptr;
+  return std::make_unique<UShapedMiddle>(link_spec_, ActivationSpec(), middle_shape,
+                                         options_.middle_gradient_timeout, options_.seed);
+}
+
 v1::TrainReply SplitServer::TrainUShaped(const std::string& identity,
                                          const v1::TrainRequest& request) {
   const auto started = Clock::now();

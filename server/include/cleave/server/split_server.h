@@ -209,6 +209,9 @@ class SplitServer {
   void OnRoundClosed(const RoundSummary& summary);
   // U-shaped (u_shaped_server.cc): a step's message, an evaluation batch, and dropping the
   // pending step of a session that ended.
+  // Checks the configuration against the model (UserError); the middle's step state when
+  // u-shaped, null otherwise.
+  std::unique_ptr<UShapedMiddle> MakeUShapedMiddle(const std::vector<int64_t>& middle_shape) const;
   v1::TrainReply TrainUShaped(const std::string& identity, const v1::TrainRequest& request);
   v1::EvaluateReply EvaluateUShaped(const v1::EvaluateRequest& request);
   void AbandonEndedUShapedStep();

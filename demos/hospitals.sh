@@ -12,17 +12,20 @@
 # (gaussiank+), GRAD_DENSITY (0.25), GRAD_PRECISION (int4) -- the best measured link, 50.8x fewer
 # bytes than dense fp32 (docs/PERFORMANCE.md) --, UPDATE_COMPRESSION (gaussiank+), UPDATE_DENSITY
 # (0.5), PARTITION (dirichlet or iid),
-# CONFIG (vanilla; vertical: demos/vertical.sh and its knobs), KILL (1: kill and restart one hospital), KILL_AT_ROUND (4), RESTART_AFTER (8 s),
-# TRAIN_LIMIT (0 = all 60000), PORT (50051), METRICS_PORT (9464), RUN_DIR (runs/hospitals-<time>).
+# KILL (1: kill and restart one hospital), KILL_AT_ROUND (4), RESTART_AFTER (8 s),
+# TRAIN_LIMIT (0 = all 60000), PORT (50051), METRICS_PORT (9464), RUN_DIR (runs/hospitals-<time>),
+# CONFIG (vanilla; u-shaped: each hospital keeps the last layer and its labels, the server runs
+# only the middle, and the results show the bytes of all four directions; vertical:
+# demos/vertical.sh and its knobs), TAIL_LAYERS (1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # CONFIG=vertical: two parties holding the left and right halves of each image (demos/vertical.sh).
 CONFIG="${CONFIG:-vanilla}"
 case "$CONFIG" in
-  vanilla) ;;
+  vanilla | u-shaped) ;;
   vertical) exec bash demos/vertical.sh ;;
-  *) echo "CONFIG must be vanilla or vertical" >&2; exit 2 ;;
+  *) echo "CONFIG must be vanilla, u-shaped or vertical" >&2; exit 2 ;;
 esac
 
 HOSPITALS="${HOSPITALS:-3}"
@@ -38,6 +41,16 @@ GRAD_PRECISION="${GRAD_PRECISION:-int4}"
 UPDATE_COMPRESSION="${UPDATE_COMPRESSION:-gaussiank+}"
 UPDATE_DENSITY="${UPDATE_DENSITY:-0.5}"
 PARTITION="${PARTITION:-dirichlet}"
+CONFIG="${CONFIG:-vanilla}"
+TAIL_LAYERS="${TAIL_LAYERS:-1}"
+config_flags=(--config "$CONFIG")
+# Dense fp32 bytes per training sample: 32x14x14 activations up and their gradient down, and
+# (u-shaped) the middle's 128 outputs down and their gradient up.
+DENSE_PER_SAMPLE=50176
+if [ "$CONFIG" = u-shaped ]; then
+  config_flags+=(--tail-layers "$TAIL_LAYERS")
+  DENSE_PER_SAMPLE=51200
+fi
 SKIP_BUILD="${SKIP_BUILD:-0}"
 KILL="${KILL:-1}"
 KILL_AT_ROUND="${KILL_AT_ROUND:-4}"
@@ -64,12 +77,12 @@ for ((i = 0; i < HOSPITALS; i++)); do client_flags+=(--client "${NAMES[$i]}"); d
 "$BIN/cleave-provision" --out "$RUN_DIR/pki" "${client_flags[@]}" >/dev/null
 printf '%s\n' "${NAMES[@]:0:$HOSPITALS}" >"$RUN_DIR/allowlist.txt"
 
-echo "== server on 127.0.0.1:$PORT: splitfed, ${ROUNDS} rounds of ${ROUND_SAMPLES} samples," \
+echo "== server on 127.0.0.1:$PORT: ${CONFIG}, splitfed, ${ROUNDS} rounds of ${ROUND_SAMPLES} samples," \
   "activations ${ACT_COMPRESSION} ${ACT_DENSITY} ${ACT_PRECISION} (log: $RUN_DIR/server.log," \
   "metrics: http://127.0.0.1:${METRICS_PORT}/metrics)"
 "$BIN/cleave-server" --listen "127.0.0.1:$PORT" \
   --ca "$RUN_DIR/pki/ca.crt" --cert "$RUN_DIR/pki/server.crt" --key "$RUN_DIR/pki/server.key" \
-  --clients "$RUN_DIR/allowlist.txt" --model cnn --cut 1 \
+  --clients "$RUN_DIR/allowlist.txt" --model cnn --cut 1 "${config_flags[@]}" \
   --schedule splitfed --rounds "$ROUNDS" --round-samples "$ROUND_SAMPLES" \
   --round-deadline 120 --quorum $(((HOSPITALS + 1) / 2)) --min-clients "$HOSPITALS" \
   --act-compression "$ACT_COMPRESSION" --act-density "$ACT_DENSITY" \
@@ -97,7 +110,7 @@ start_hospital() {  # start_hospital INDEX
   local i="$1" name="${NAMES[$1]}"
   "$BIN/cleave-client" --server "localhost:$PORT" --ca "$RUN_DIR/pki/ca.crt" \
     --cert "$RUN_DIR/pki/clients/$name.crt" --key "$RUN_DIR/pki/clients/$name.key" \
-    --model cnn --cut 1 --train-limit "$TRAIN_LIMIT" \
+    --model cnn --cut 1 "${config_flags[@]}" --train-limit "$TRAIN_LIMIT" \
     --shard "$i" --shards "$HOSPITALS" --partition "$PARTITION" --dirichlet-beta "$BETA" \
     --seed $((i + 1)) --progress lines --metrics-out "$RUN_DIR/$name.json" \
     --checkpoint "$RUN_DIR/$name.ckpt" >>"$RUN_DIR/$name.out" 2>>"$RUN_DIR/$name.log" &
@@ -162,18 +175,26 @@ for ((i = 0; i < HOSPITALS; i++)); do
   awk -v name="$name" -v acc="$(field "$m" test_accuracy)" -v local="$(field "$m" local_test_accuracy)" \
       -v samples="$(field "$m" samples)" -v rounds="$(field "$m" rounds_trained)" \
       -v per="$(field "$m" train_bytes_per_sample)" -v ratio="$(field "$m" compression_ratio)" \
-      -v dcor="$(field "$m" test_dcor)" 'BEGIN {
+      -v dcor="$(field "$m" test_dcor)" -v dense="$DENSE_PER_SAMPLE" 'BEGIN {
     printf "%14s: test accuracy %.2f%% (global model), %.2f%% weighted by its own label mix\n", name, 100 * acc, 100 * local
     if (samples > 0)
-      printf "%14s  trained %d samples in %d round(s) after its last start; %.0f bytes per training sample on the wire (%.1fx fewer than dense fp32)", "", samples, rounds, per, 50176 / per
+      printf "%14s  trained %d samples in %d round(s) after its last start; %.0f bytes per training sample on the wire (%.1fx fewer than dense fp32)", "", samples, rounds, per, dense / per
     else
       printf "%14s  trained no samples after its last start (training had ended)", ""
     if (dcor != "") printf "; test dCor %.3f", dcor
     printf "\n"
   }'
+  # U-shaped: each of the four directions (the client's own summary line).
+  grep -h "^u-shaped:" "$RUN_DIR/$name.out" 2>/dev/null | tail -n 1 | sed "s/^/$(printf '%14s  ' '')/" || true
 done
 grep -E "round [0-9]+ done" "$RUN_DIR/server.log" | tail -n 1 |
   sed 's/^[0-9-]* [0-9:.]* \[[a-z]*\] /last: /'
 grep -E "^cleave_(updates_accepted_total|refused_total|rounds_total|client_model_version)[ {]" \
   "$RUN_DIR/metrics.prom" 2>/dev/null | sed 's/^/server metric: /' || true
-echo "dense fp32 sends 50176 bytes per training sample (32x14x14 fp32 activations up, gradients down)"
+if [ "$CONFIG" = u-shaped ]; then
+  echo "u-shaped: labels stayed at the hospitals; dense fp32 sends $DENSE_PER_SAMPLE bytes per" \
+    "training sample (32x14x14 activations up and their gradient down, 128 middle outputs down" \
+    "and their gradient up)"
+else
+  echo "dense fp32 sends 50176 bytes per training sample (32x14x14 fp32 activations up, gradients down)"
+fi

@@ -114,6 +114,7 @@ void AddTrainingFlags(CLI::App& app, Flags* f) {
   cleave::client::TrainerOptions& options = f->options;
   f->model_flags.Register(app);
   f->model_flags.RegisterScript(app, /*top=*/false);
+  f->model_flags.RegisterSplitConfig(app);
   f->data_flags.Register(app);
   app.add_option("--epochs", f->epochs, "Training epochs")->capture_default_str();
   app.add_option("--batch-size", options.batch_size, "Mini-batch size")->capture_default_str();
@@ -284,6 +285,30 @@ Results EvaluateAndLeave(cleave::client::SplitTrainer& trainer,
   return results;
 }
 
+// U-shaped: what crossed the wire in each of the four directions (nothing otherwise).
+void PrintUShapedBytes(const cleave::client::UShapedBytes& bytes) {
+  if (bytes.activations_up.messages == 0) return;
+  const auto shown = [](const cleave::client::DirectionBytes& direction) {
+    return cleave::client::HumanBytes(direction.messages) + " (dense fp32 " +
+           cleave::client::HumanBytes(direction.dense_fp32) + ")";
+  };
+  std::printf(
+      "u-shaped: activations up %s, middle output down %s, middle gradient up %s, cut gradient "
+      "down %s\n",
+      shown(bytes.activations_up).c_str(), shown(bytes.middle_output_down).c_str(),
+      shown(bytes.middle_gradient_up).c_str(), shown(bytes.gradient_down).c_str());
+}
+
+nlohmann::json UShapedJson(const cleave::client::UShapedBytes& bytes) {
+  const auto direction = [](const cleave::client::DirectionBytes& d) {
+    return nlohmann::json{{"bytes", d.messages}, {"dense_fp32_bytes", d.dense_fp32}};
+  };
+  return {{"activations_up", direction(bytes.activations_up)},
+          {"middle_output_down", direction(bytes.middle_output_down)},
+          {"middle_gradient_up", direction(bytes.middle_gradient_up)},
+          {"gradient_down", direction(bytes.gradient_down)}};
+}
+
 void PrintResults(const cleave::client::SplitTrainer& trainer, const Training& training,
                   const Results& results) {
   const cleave::client::EvalStats& test = results.test;
@@ -312,6 +337,7 @@ void PrintResults(const cleave::client::SplitTrainer& trainer, const Training& t
               static_cast<long long>(samples), seconds, seconds > 0 ? samples / seconds : 0,
               cleave::client::HumanBytes(counters.bytes_sent).c_str(),
               cleave::client::HumanBytes(counters.bytes_received).c_str());
+  PrintUShapedBytes(counters.u_shaped);
 }
 
 nlohmann::json MetricsJson(const cleave::client::SplitTrainer& trainer,
@@ -369,6 +395,8 @@ nlohmann::json MetricsJson(const cleave::client::SplitTrainer& trainer,
       {"test_dcor", test.dcor},
       {"test_dcor_bias_corrected", test.dcor_bias_corrected},
       {"test_dcor_batch_size", test.dcor_batch_size},
+      {"config", joined.server().config().empty() ? "vanilla" : joined.server().config()},
+      {"u_shaped_bytes", UShapedJson(counters.u_shaped)},
   };
 }
 
@@ -421,6 +449,7 @@ int Run(int argc, char** argv) {
   cleave::SetupLogging(f.log_level);
   const auto progress = cleave::client::ParseProgressMode(f.progress_mode);
   f.options.model = f.model_flags.Spec();
+  f.options.config = f.model_flags.Config();
   if (!f.data_flags.fit_stats_path.empty()) return FitStats(f);
   f.options.device = cleave::ResolveDevice(f.device);
   const cleave::client::ConnectOptions connect = ResolveConnection(f);

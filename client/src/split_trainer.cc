@@ -21,12 +21,23 @@ SplitTrainer::SplitTrainer(TrainerOptions options, protocol::SplitLink& link)
     : options_(std::move(options)), link_(link), augmentation_(options_.augmentation, options_.seed) {
   CLEAVE_CHECK_USER(options_.batch_size >= 1, "batch size must be at least 1");
   CLEAVE_CHECK_USER(options_.nopeek_alpha >= 0, "the NoPeek weight alpha must be >= 0, got ", options_.nopeek_alpha);
+  CLEAVE_CHECK_USER(options_.config != SplitConfig::kVertical,
+                    "this client does not run the vertical configuration");
+  CLEAVE_CHECK_USER((options_.config == SplitConfig::kUShaped) == (options_.model.tail_layers > 0),
+                    options_.config == SplitConfig::kUShaped
+                        ? "the u-shaped configuration needs a tail of at least 1 block"
+                        : "a tail (--tail-layers) needs --config u-shaped");
   model_ = BuildSplitModel(options_.model, options_.seed);
   model_.bottom->to(options_.device);
+  if (model_.tail) model_.tail->to(options_.device);
   fingerprint_ = ModelFingerprint(options_.model);
   options_.schedule.Validate();
-  optimizer_ = MakeOptimizer(options_.optimizer, model_.bottom->parameters(),
-                             options_.learning_rate, options_.weight_decay);
+  std::vector<at::Tensor> parameters = model_.bottom->parameters();
+  if (model_.tail) {  // U-shaped: one optimizer over bottom and tail
+    for (const at::Tensor& parameter : model_.tail->parameters()) parameters.push_back(parameter);
+  }
+  optimizer_ = MakeOptimizer(options_.optimizer, parameters, options_.learning_rate,
+                             options_.weight_decay);
 }
 
 SplitTrainer::~SplitTrainer() = default;
@@ -65,6 +76,10 @@ v1::JoinReply SplitTrainer::Join(int64_t num_train_samples) {
   link_spec_ = protocol::ParseLinkSpec(reply.compression());
   compressor_ = std::make_unique<ActivationCompressor>(link_spec_.activations, options_.seed);
   gradient_decoder_ = std::make_unique<protocol::GradientDecoder>(link_spec_.gradients);
+  if (model_.tail) {
+    u_shaped_ = std::make_unique<UShapedTail>(model_.tail, link_spec_, model_.middle_shape,
+                                              server_config_.max_batch(), options_.seed);
+  }
   return reply;
 }
 
@@ -77,6 +92,7 @@ void BatchCursor::Next(at::Tensor* inputs, at::Tensor* labels) {
 
 SplitTrainer::StepResult SplitTrainer::Step(const at::Tensor& inputs, const at::Tensor& labels,
                                             double* dcor_sum) {
+  if (u_shaped_) return UShapedStep(inputs, labels, dcor_sum);
   const at::Tensor activations = model_.bottom->forward(inputs);
   // The mask is part of the forward pass: only what is sent carries gradient back.
   const SelectedActivations selected = compressor_->Select(activations);
@@ -101,6 +117,17 @@ SplitTrainer::StepResult SplitTrainer::Step(const at::Tensor& inputs, const at::
       std::vector<int64_t>(activations.sizes().begin(), activations.sizes().end()), selected)
                                   .to(options_.device);
   optimizer_->zero_grad();
+  BackwardAtCut(inputs, activations, selected, gradient, dcor_sum);
+  SetLearningRate(*optimizer_, options_.schedule.At(options_.learning_rate, step_));
+  optimizer_->step();
+  ++step_;
+  step_losses_.push_back(reply.loss());
+  return {reply.loss(), reply.correct(), labels.size(0), reply.round_closing()};
+}
+
+void SplitTrainer::BackwardAtCut(const at::Tensor& inputs, const at::Tensor& activations,
+                                 const SelectedActivations& selected, const at::Tensor& gradient,
+                                 double* dcor_sum) {
   if (options_.nopeek_alpha > 0) {
     // One backward pass through both terms: the server's gradient at the cut and the local
     // NoPeek penalty alpha * dCor(inputs, sent activations).
@@ -112,11 +139,6 @@ SplitTrainer::StepResult SplitTrainer::Step(const at::Tensor& inputs, const at::
   } else {
     activations.backward(gradient);
   }
-  SetLearningRate(*optimizer_, options_.schedule.At(options_.learning_rate, step_));
-  optimizer_->step();
-  ++step_;
-  step_losses_.push_back(reply.loss());
-  return {reply.loss(), reply.correct(), labels.size(0), reply.round_closing()};
 }
 
 ProgressStats SplitTrainer::Shown(const EpochStats& stats, double loss_sum, int64_t correct,
@@ -233,10 +255,10 @@ void SplitTrainer::ResetUpdateFeedback() {
   if (update_encoder_) update_encoder_->Reset();
 }
 
-at::Tensor SplitTrainer::ClientWeights() const { return FlattenParameters(*model_.bottom); }
+at::Tensor SplitTrainer::ClientWeights() const { return FlattenClientParameters(model_); }
 
 void SplitTrainer::LoadClientWeights(const at::Tensor& flat, int64_t version) {
-  AssignFlatParameters(*model_.bottom, flat);
+  AssignClientParameters(model_, flat);
   model_version_ = version;
 }
 
@@ -246,6 +268,7 @@ LinkCounters SplitTrainer::counters() const {
   counters.bytes_sent = total.sent;
   counters.bytes_received = total.received;
   counters.update_bytes = link_.bytes().update.sent;
+  if (u_shaped_) counters.u_shaped = u_shaped_->bytes();
   return counters;
 }
 
@@ -264,6 +287,7 @@ int64_t SplitTrainer::EvaluationBatchSize(int64_t requested) const {
 v1::EvaluateReply SplitTrainer::EvaluateBatch(const at::Tensor& activations,
                                               const SelectedActivations& selected,
                                               const at::Tensor& labels, EvalStats* stats) {
+  if (u_shaped_) return UShapedEvaluateBatch(activations, selected, labels, stats);
   v1::EvaluateRequest request;
   request.set_protocol_version(protocol::kProtocolVersion);
   request.set_session_id(session_id_);

@@ -79,6 +79,27 @@ before="$(md5sum <"$dir/bad.ckpt")"
 expect_error 2 "checkpoint '$dir/bad.ckpt' is corrupt" "$server" --listen 127.0.0.1:0 "${tls_server[@]}" --checkpoint "$dir/bad.ckpt" --resume
 [ "$before" = "$(md5sum <"$dir/bad.ckpt")" ] || fail "corrupt checkpoint was modified"
 
+# Split configurations: a tail needs u-shaped, and a middle block; a vanilla hospital is refused
+# by a u-shaped server (exit 3, naming it); a u-shaped one trains and reports all four directions.
+expect_error 2 "--tail-layers needs --config u-shaped" "$server" --listen 127.0.0.1:0 "${tls_server[@]}" --tail-layers 2
+expect_error 2 "--middle-gradient-timeout must be > 0" "$server" --listen 127.0.0.1:0 "${tls_server[@]}" --config u-shaped --middle-gradient-timeout 0
+expect_error 2 "leaves the server no middle block" "$server" --listen 127.0.0.1:0 "${tls_server[@]}" --config u-shaped --cut 3
+write_linear_csv "$dir/linear.csv"
+ushaped=(--model mlp --input-shape 4 --classes 2 --config u-shaped)
+start_server ushaped "${ushaped[@]}"
+timeout 40 "$client" --server "127.0.0.1:$port" "${tls_client[@]}" --model mlp --input-shape 4 \
+  --classes 2 --dataset csv --csv "$dir/linear.csv" >"$dir/out" 2>"$dir/err"
+got=$?
+[ "$got" = 3 ] || fail "vanilla client on a u-shaped server exited $got, expected 3: $(cat "$dir/err")"
+grep -q "u-shaped tail=1" "$dir/err" || fail "vanilla client on a u-shaped server: $(cat "$dir/err")"
+timeout 60 "$client" --server "127.0.0.1:$port" "${tls_client[@]}" "${ushaped[@]}" --dataset csv \
+  --csv "$dir/linear.csv" --epochs 2 --metrics-out "$dir/u-shaped.json" >"$dir/out" 2>"$dir/err" ||
+  fail "u-shaped client: $(cat "$dir/err")"
+grep -q "^u-shaped: activations up .* middle output down .* middle gradient up .* cut gradient down" \
+  "$dir/out" || fail "u-shaped client printed no four directions: $(cat "$dir/out")"
+grep -q '"config": "u-shaped"' "$dir/u-shaped.json" || fail "metrics: $(cat "$dir/u-shaped.json")"
+kill -TERM "$server_pid"; wait "$server_pid" || fail "u-shaped server did not exit 0 on SIGTERM"
+
 # --help documents the flags; --insecure warns.
 # (to files first: grep -q stops reading early, and pipefail would count the SIGPIPE)
 "$server" --help >"$dir/server-help" || fail "server --help exited non-zero"
@@ -86,11 +107,13 @@ expect_error 2 "checkpoint '$dir/bad.ckpt' is corrupt" "$server" --listen 127.0.
 for flag in --checkpoint-every --schedule --rounds --round-samples --round-deadline --quorum \
             --min-clients --max-staleness --update-compression --metrics-listen --max-threads \
             --max-streams-per-connection --max-calls-per-client --max-client-request-mb \
-            --max-large-requests-mb --linger-after-rounds --metrics-out; do
+            --max-large-requests-mb --linger-after-rounds --metrics-out --config --tail-layers \
+            --middle-gradient-timeout; do
   grep -qE -- "^ +$flag " "$dir/server-help" || fail "server --help does not explain $flag"
 done
 for flag in --metrics-out --csv --test-csv --label-column --labels --csv-delimiter --test-fraction \
-            --input-shape --classes --standardize --stats --fit-stats --pool-stats; do
+            --input-shape --classes --standardize --stats --fit-stats --pool-stats --config \
+            --tail-layers; do
   grep -qE -- "^ +$flag " "$dir/client-help" || fail "client --help does not explain $flag"
 done
 "$server" --listen 127.0.0.1:0 --insecure >"$dir/out" 2>"$dir/err" &

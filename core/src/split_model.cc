@@ -56,6 +56,9 @@ int ValidateSpec(const ModelSpec& spec) {
     return static_cast<int>(MlpHidden(spec).size()) + 1;
   }
   if (spec.architecture == "torchscript") {
+    CLEAVE_CHECK_USER(spec.tail_layers == 0,
+                      "a U-shaped split of TorchScript halves needs a tail.pt export (not yet "
+                      "supported): use the cnn or mlp zoo models");
     CLEAVE_CHECK_USER(!spec.bottom_script.empty() || !spec.top_script.empty(),
                       "a torchscript model needs a bottom or a top half (.pt)");
     return 2;
@@ -129,29 +132,45 @@ class DefaultGeneratorRestorer {
   at::Tensor state_;
 };
 
+std::vector<int64_t> SampleShape(const at::Tensor& batch) {
+  return std::vector<int64_t>(batch.sizes().begin() + 1, batch.sizes().end());
+}
+
+// The cut-layer (and, U-shaped, middle output) shape of one sample, from a dummy forward pass.
+void FindShapes(const ModelSpec& spec, SplitModel& model) {
+  at::NoGradGuard no_grad;
+  std::vector<int64_t> input = {1};
+  input.insert(input.end(), spec.input_shape.begin(), spec.input_shape.end());
+  model.bottom->eval();
+  model.top->eval();
+  const at::Tensor cut = model.bottom->forward(at::zeros(input));
+  model.cut_shape = SampleShape(cut);
+  if (model.tail) model.middle_shape = SampleShape(model.top->forward(cut));
+  model.bottom->train();
+  model.top->train();
+}
+
 // Builds and cuts the model with whatever the global generator holds.
 SplitModel Assemble(const ModelSpec& spec) {
   std::vector<Sequential> blocks = Blocks(spec);
   const int num_blocks = static_cast<int>(blocks.size());
   CLEAVE_CHECK_USER(spec.cut >= 1 && spec.cut < num_blocks, "cut ", spec.cut, " is outside 1..",
                     num_blocks - 1, " for ", spec.architecture, " (", num_blocks, " blocks)");
+  CLEAVE_CHECK_USER(spec.tail_layers >= 0 && spec.cut + spec.tail_layers < num_blocks,
+                    "a tail of ", spec.tail_layers, " block(s) after cut ", spec.cut,
+                    " leaves the server no middle block (", spec.architecture, " has ",
+                    num_blocks, " blocks)");
   SplitModel model;
   model.num_blocks = num_blocks;
   model.bottom = Sequential();
   model.top = Sequential();
+  if (spec.tail_layers > 0) model.tail = Sequential();
+  const int tail_from = num_blocks - spec.tail_layers;
   for (int b = 0; b < num_blocks; ++b) {
-    for (const auto& layer : *blocks[b]) {
-      (b < spec.cut ? model.bottom : model.top)->push_back(layer);
-    }
+    Sequential& part = b < spec.cut ? model.bottom : (b < tail_from ? model.top : model.tail);
+    for (const auto& layer : *blocks[b]) part->push_back(layer);
   }
-  // The cut-layer shape of one sample, from a dummy forward pass.
-  at::NoGradGuard no_grad;
-  std::vector<int64_t> input = {1};
-  input.insert(input.end(), spec.input_shape.begin(), spec.input_shape.end());
-  model.bottom->eval();
-  const at::Tensor cut = model.bottom->forward(at::zeros(input));
-  model.bottom->train();
-  model.cut_shape.assign(cut.sizes().begin() + 1, cut.sizes().end());
+  FindShapes(spec, model);
   return model;
 }
 
@@ -228,6 +247,7 @@ std::string DescribeSpec(const ModelSpec& spec) {
   out << spec.architecture << " cut=" << spec.cut << " input=" << JoinShape(spec.input_shape)
       << " classes=" << spec.num_classes;
   if (spec.architecture == "mlp") out << " hidden=" << JoinShape(MlpHidden(spec));
+  if (spec.tail_layers > 0) out << " u-shaped tail=" << spec.tail_layers;
   return out.str();
 }
 
@@ -257,6 +277,7 @@ std::string ModelFingerprint(const ModelSpec& spec) {
                           "|cut_shape=" + JoinShape(model.cut_shape) +
                           "|blocks=" + std::to_string(model.num_blocks) +
                           "|";  // the trailing '|' keeps fingerprints of earlier versions
+  if (model.tail) canonical += "middle_shape=" + JoinShape(model.middle_shape) + "|";
   return Hex(Fnv1a64(canonical));
 }
 
@@ -267,6 +288,26 @@ at::Tensor FlattenParameters(const torch::nn::Module& module) {
   }
   if (pieces.empty()) return at::zeros({0}, at::kFloat);
   return at::cat(pieces).contiguous();
+}
+
+at::Tensor FlattenClientParameters(const SplitModel& model) {
+  if (!model.bottom) return at::zeros({0}, at::kFloat);
+  if (!model.tail) return FlattenParameters(*model.bottom);
+  return at::cat({FlattenParameters(*model.bottom), FlattenParameters(*model.tail)});
+}
+
+void AssignClientParameters(SplitModel& model, const at::Tensor& flat) {
+  CLEAVE_CHECK_INPUT(model.bottom || flat.numel() == 0, "weights have ", flat.numel(),
+                     " values, this end holds no client-side model");
+  if (!model.bottom) return;
+  if (!model.tail) return AssignFlatParameters(*model.bottom, flat);
+  const int64_t bottom = FlattenParameters(*model.bottom).numel();
+  const int64_t tail = FlattenParameters(*model.tail).numel();
+  CLEAVE_CHECK_INPUT(flat.dim() == 1 && flat.numel() == bottom + tail, "weights have ",
+                     flat.numel(), " values, bottom and tail have ", bottom + tail,
+                     " parameters");
+  AssignFlatParameters(*model.bottom, flat.slice(0, 0, bottom));
+  AssignFlatParameters(*model.tail, flat.slice(0, bottom, bottom + tail));
 }
 
 void AssignFlatParameters(torch::nn::Module& module, const at::Tensor& flat) {

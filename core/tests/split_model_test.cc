@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include "cleave/core/error.h"
+#include "cleave/core/split_config.h"
 
 namespace cleave {
 namespace {
@@ -50,6 +51,64 @@ INSTANTIATE_TEST_SUITE_P(Zoo, SplitModelTest,
                                            CutCase{"mlp", 1, {30}, {128}},
                                            CutCase{"mlp", 2, {30}, {64}},
                                            CutCase{"mlp", 3, {30}, {16}, {32, 24, 16}}));
+
+TEST(UShapedSplitTest, BottomMiddleTailIsTheFullModel) {
+  ModelSpec spec;
+  spec.cut = 1;
+  spec.tail_layers = 1;
+  SplitModel model = BuildSplitModel(spec, 3);
+  ASSERT_TRUE(model.tail);
+  EXPECT_EQ(model.middle_shape, (std::vector<int64_t>{128}));
+  EXPECT_EQ(model.tail->size(), 1u);  // the last Linear
+  model.bottom->eval();
+  model.top->eval();
+  model.tail->eval();
+  const at::Tensor input = at::rand({5, 1, 28, 28});
+  const at::Tensor logits = model.tail->forward(model.top->forward(model.bottom->forward(input)));
+  // The same seed's vanilla split computes the same function.
+  ModelSpec vanilla = spec;
+  vanilla.tail_layers = 0;
+  SplitModel whole = BuildSplitModel(vanilla, 3);
+  whole.bottom->eval();
+  whole.top->eval();
+  EXPECT_TRUE(logits.allclose(whole.top->forward(whole.bottom->forward(input))));
+  // Client-side weights are bottom then tail.
+  const at::Tensor flat = FlattenClientParameters(model);
+  EXPECT_EQ(flat.numel(),
+            FlattenParameters(*model.bottom).numel() + FlattenParameters(*model.tail).numel());
+  SplitModel other = BuildSplitModel(spec, 4);
+  AssignClientParameters(other, flat);
+  EXPECT_TRUE(FlattenClientParameters(other).equal(flat));
+  EXPECT_THROW(AssignClientParameters(other, flat.slice(0, 1)), InvalidInput);
+  // Tail and config are part of the fingerprint and the description.
+  EXPECT_NE(ModelFingerprint(spec), ModelFingerprint(vanilla));
+  ModelSpec two = spec;
+  two.tail_layers = 2;
+  EXPECT_NE(ModelFingerprint(spec), ModelFingerprint(two));
+  EXPECT_NE(DescribeSpec(spec).find("u-shaped tail=1"), std::string::npos);
+}
+
+TEST(UShapedSplitTest, TheMiddleNeedsAtLeastOneBlock) {
+  ModelSpec spec;  // cnn: 4 blocks
+  spec.cut = 2;
+  spec.tail_layers = 2;
+  EXPECT_THROW(BuildSplitModel(spec, 1), UserError);
+  spec.tail_layers = 1;
+  EXPECT_NO_THROW(BuildSplitModel(spec, 1));
+  ModelSpec mlp;
+  mlp.architecture = "mlp";
+  mlp.input_shape = {30};
+  mlp.tail_layers = 1;  // [Linear 128, ReLU] | [Linear 64, ReLU] | [Linear classes]
+  EXPECT_EQ(BuildSplitModel(mlp, 1).middle_shape, (std::vector<int64_t>{64}));
+}
+
+TEST(SplitConfigTest, NamesRoundTripAndUnknownIsAUserError) {
+  for (SplitConfig config : {SplitConfig::kVanilla, SplitConfig::kUShaped, SplitConfig::kVertical}) {
+    EXPECT_EQ(ParseSplitConfig(SplitConfigName(config)), config);
+  }
+  EXPECT_EQ(ParseSplitConfig(""), SplitConfig::kVanilla);
+  EXPECT_THROW(ParseSplitConfig("u_shaped"), UserError);
+}
 
 TEST(SplitModelFingerprintTest, StableAndSensitive) {
   ModelSpec spec;

@@ -248,6 +248,8 @@ class SplitLearningService final : public grpc::Service {
       });
       if (!status.ok()) break;
     }
+    // U-shaped: a step of this stream still waiting for its middle gradient never gets it.
+    server_.TrainStreamEnded(identity, session_id);
     // A stream that ends without the client closing it cleanly means the client vanished; one
     // the server ends with an error may leave a hospital that gives up. Either way release its
     // session, so that no round waits on it.

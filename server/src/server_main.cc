@@ -156,6 +156,16 @@ void AddConnectionFlags(CLI::App& app, Flags* f) {
                "Plaintext without client authentication. For debugging only: anyone can connect");
   model_flags.Register(app);
   model_flags.RegisterScript(app, /*top=*/true);
+  model_flags.RegisterSplitConfig(app);
+  app.add_option_function<double>(
+         "--middle-gradient-timeout",
+         [&options](double seconds) {
+           CLEAVE_CHECK_USER(seconds > 0, "--middle-gradient-timeout must be > 0");
+           options.middle_gradient_timeout =
+               std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
+         },
+         "u-shaped only: seconds a started step holds the server's middle waiting for the "
+         "hospital's middle gradient; a later step drops it after that (default 30)");
   app.add_option("--clients", allowlist_path,
                  "Allowlist: one client name (certificate CN) per line; others are refused with "
                  "PERMISSION_DENIED even with a valid certificate");
@@ -380,6 +390,7 @@ void Resolve(Flags* f) {
   cleave::SetupLogging(log_level);
   cleave::server::RouteGrpcLogsToSpdlog();
   options.model = model_flags.Spec();
+  options.config = model_flags.Config();
   if (!allowlist_path.empty()) {
     options.allowed_clients = cleave::server::LoadClientAllowlist(allowlist_path);
     spdlog::info("{} client(s) on the allowlist", options.allowed_clients.size());

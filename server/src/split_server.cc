@@ -25,6 +25,7 @@ namespace cleave::server {
 
 using Clock = std::chrono::steady_clock;
 
+
 SplitServer::SplitServer(SplitServerOptions options)
     : options_(std::move(options)), sessions_(options_.max_sessions_per_identity) {
   link_spec_ = protocol::ParseLinkSpec(options_.compression);
@@ -32,8 +33,6 @@ SplitServer::SplitServer(SplitServerOptions options)
   options_.lr_schedule.Validate();
   CLEAVE_CHECK_USER(options_.session_idle_timeout.count() >= 0,
                     "the session idle timeout must be >= 0");
-  CLEAVE_CHECK_USER(options_.config != SplitConfig::kUShaped,
-                    "--config u-shaped is not built into this server yet");
   fingerprint_ = ModelFingerprint(options_.model);
   const SplitModel model = BuildSplitModel(options_.model, options_.seed);
   cut_shape_ = model.cut_shape;
@@ -45,8 +44,8 @@ SplitServer::SplitServer(SplitServerOptions options)
                     "shared client-side weights");
   CLEAVE_CHECK_USER(options_.save_top_path.empty() || FindScriptHalf(*model.top),
                     "writing the top as TorchScript needs a TorchScript top (--top)");
-  const at::Tensor client_weights =
-      model.bottom ? FlattenParameters(*model.bottom) : at::zeros({0}, at::kFloat);
+  // U-shaped: bottom and tail are the client-side weights rounds average.
+  const at::Tensor client_weights = FlattenClientParameters(model);
   client_parameters_ = client_weights.numel();
   const ValueBounds bounds =
       ResolveValueBounds({options_.max_activation_abs, options_.rounds.max_update_abs},
@@ -57,6 +56,7 @@ SplitServer::SplitServer(SplitServerOptions options)
       std::make_unique<protocol::ActivationDecoder>(link_spec_.activations, ActivationSpec());
   step_codec_ =
       std::make_unique<StepCodec>(link_spec_, ActivationSpec(), LabelSpec(), options_.seed);
+  u_shaped_ = MakeUShapedMiddle(model.middle_shape);  // null unless u-shaped
   torch::nn::Sequential top = model.top;  // shares the layers
   top->to(ResolveDevice(options_.device));
   TopOptimizerOptions top_optimizer;
@@ -128,6 +128,7 @@ int SplitServer::ExpireIdleSessions(Clock::time_point now) {
                  options_.session_idle_timeout.count() / 1000.0);
     if (coordinator_) coordinator_->OnLeave(session.identity);
   }
+  AbandonEndedUShapedStep();
   return static_cast<int>(gone.size());
 }
 
@@ -135,6 +136,7 @@ v1::JoinReply SplitServer::Join(const std::string& identity, const v1::JoinReque
   AdmitJoin(identity, request, join_rules_);
   if (vertical_) vertical_->Admit(identity, request);
   const SessionTable::Opened opened = sessions_.Open(identity, Clock::now());
+  if (opened.replaced > 0) AbandonEndedUShapedStep();
   if (coordinator_) {
     // A new session that replaced the hospital's earlier one: it restarted or lost its
     // connection, and takes part in the round again through Sync.
@@ -182,6 +184,10 @@ auto SplitServer::Refusable(const char* what, const std::string& identity, Call&
 v1::TrainReply SplitServer::Train(const std::string& identity, const v1::TrainRequest& request) {
   CheckSession(identity, request.session_id(), request.protocol_version());
   if (vertical_) return TrainVertical(identity, request);
+  if (u_shaped_) return TrainUShaped(identity, request);
+  CLEAVE_CHECK_INPUT(!request.has_middle_gradient(),
+                     "a middle gradient belongs to the u-shaped configuration; this server runs ",
+                     SplitConfigName(options_.config));
   // Decoding is the expensive, untrusted part: outside the model's lock.
   const StepCodec::Batch batch =
       Refusable("step", identity, [&] { return step_codec_->Decode(request); });
@@ -220,6 +226,7 @@ v1::EvaluateReply SplitServer::Evaluate(const std::string& identity,
                                         const v1::EvaluateRequest& request) {
   CheckSession(identity, request.session_id(), request.protocol_version());
   if (vertical_) return EvaluateVertical(identity, request);
+  if (u_shaped_) return EvaluateUShaped(request);
   const at::Tensor activations = activation_decoder_->Decode(request.activations()).dense;
   const at::Tensor labels = protocol::DecodeTensor(request.labels(), LabelSpec()).dense;
   CLEAVE_CHECK_INPUT(labels.size(0) == activations.size(0), "labels have batch ", labels.size(0),
@@ -280,6 +287,7 @@ void SplitServer::ReleaseSession(const std::string& identity, const std::string&
 }
 
 void SplitServer::SessionEnded(const std::string& identity) {
+  AbandonEndedUShapedStep();
   NotifySessions();
   // Not under a lock: a round this closes calls back into SaveCheckpoint.
   if (coordinator_) coordinator_->OnLeave(identity);

@@ -55,32 +55,7 @@ TopModel::Step TopModel::Train(const at::Tensor& activations, const at::Tensor& 
       throw NotFinite("the loss of this batch is not finite; the model was not changed");
     }
     loss.backward();
-    CheckGradient(input.grad(), "the gradient at the cut");
-    for (const at::Tensor& parameter : layers_->parameters()) {
-      CheckGradient(parameter.grad(), "a gradient of the server's layers");
-    }
-    const double scale = admit();
-    if (kfac_) kfac_->Precondition(optimizer_->param_groups().front().options().get_lr());
-    std::vector<at::Tensor> before;
-    for (const at::Tensor& parameter : layers_->parameters()) {
-      before.push_back(parameter.detach().clone());
-    }
-    optimizer_->step();
-    at::NoGradGuard no_grad;
-    bool finite = true;
-    size_t i = 0;
-    for (at::Tensor& parameter : layers_->parameters()) {
-      // Scaling the step taken is scaling the learning rate for SGD (with momentum), Adam and
-      // AdamW: their moments do not depend on it.
-      if (scale != 1.0) parameter.sub_(before[i]).mul_(scale).add_(before[i]);
-      finite = finite && parameter.isfinite().all().item<bool>();
-      ++i;
-    }
-    if (!finite) {
-      i = 0;
-      for (at::Tensor& parameter : layers_->parameters()) parameter.copy_(before[i++]);
-      throw NotFinite("the step would make the server's layers non-finite; not applied");
-    }
+    CheckAndStep(input, admit);
   } catch (...) {
     optimizer_->zero_grad();
     throw;
@@ -88,6 +63,69 @@ TopModel::Step TopModel::Train(const at::Tensor& activations, const at::Tensor& 
   step.cut_gradient = input.grad().to(c10::kCPU);
   step.correct = logits.argmax(1).eq(targets).sum().item<int64_t>();
   return step;
+}
+
+TopModel::Forward TopModel::StartStep(const at::Tensor& activations) {
+  layers_->train();
+  Forward forward;
+  forward.input = activations.to(device_).detach().requires_grad_(true);
+  forward.output = kfac_ ? kfac_->Forward(forward.input) : layers_->forward(forward.input);
+  if (!forward.output.isfinite().all().item<bool>()) {
+    throw NotFinite("the server's layers give a non-finite output for this batch");
+  }
+  return forward;
+}
+
+at::Tensor TopModel::FinishStep(const Forward& forward, const at::Tensor& output_gradient,
+                                const std::function<double()>& admit) {
+  CLEAVE_ENFORCE(forward.output.sizes() == output_gradient.sizes(), "gradient of another shape");
+  optimizer_->zero_grad();
+  try {
+    forward.output.backward(output_gradient.to(device_));
+    CheckAndStep(forward.input, admit);
+  } catch (...) {
+    optimizer_->zero_grad();
+    throw;
+  }
+  return forward.input.grad().to(c10::kCPU);
+}
+
+void TopModel::CheckAndStep(const at::Tensor& input, const std::function<double()>& admit) {
+  CheckGradient(input.grad(), "the gradient at the cut");
+  for (const at::Tensor& parameter : layers_->parameters()) {
+    CheckGradient(parameter.grad(), "a gradient of the server's layers");
+  }
+  const double scale = admit();
+  if (kfac_) kfac_->Precondition(optimizer_->param_groups().front().options().get_lr());
+  std::vector<at::Tensor> before;
+  for (const at::Tensor& parameter : layers_->parameters()) {
+    before.push_back(parameter.detach().clone());
+  }
+  optimizer_->step();
+  at::NoGradGuard no_grad;
+  bool finite = true;
+  size_t i = 0;
+  for (at::Tensor& parameter : layers_->parameters()) {
+    // Scaling the step taken is scaling the learning rate for SGD (with momentum), Adam and
+    // AdamW: their moments do not depend on it.
+    if (scale != 1.0) parameter.sub_(before[i]).mul_(scale).add_(before[i]);
+    finite = finite && parameter.isfinite().all().item<bool>();
+    ++i;
+  }
+  if (!finite) {
+    i = 0;
+    for (at::Tensor& parameter : layers_->parameters()) parameter.copy_(before[i++]);
+    throw NotFinite("the step would make the server's layers non-finite; not applied");
+  }
+}
+
+at::Tensor TopModel::Output(const at::Tensor& activations) {
+  at::NoGradGuard no_grad;
+  layers_->eval();
+  const at::Tensor output = layers_->forward(activations.to(device_)).to(c10::kCPU);
+  CLEAVE_CHECK_INPUT(output.isfinite().all().item<bool>(),
+                     "the server's layers give a non-finite output for this batch");
+  return output;
 }
 
 TopModel::Evaluation TopModel::Evaluate(const at::Tensor& activations, const at::Tensor& labels) {

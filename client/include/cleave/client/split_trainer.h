@@ -15,6 +15,7 @@
 #include "cleave/client/batch_augmentation.h"
 #include "cleave/client/byte_counting_link.h"
 #include "cleave/client/progress.h"
+#include "cleave/client/u_shaped_tail.h"
 #include "cleave/client/vertical_party.h"
 #include "cleave/core/dataset.h"
 #include "cleave/core/lr_schedule.h"
@@ -66,6 +67,7 @@ struct TrainerOptions {
   int64_t batch_size = 64;
   int64_t max_steps_per_epoch = 0;  // 0: whole epoch (tests use small numbers)
   double nopeek_alpha = 0;          // weight of dCor(inputs, sent activations) in the client loss
+#include "cleave/client/u_shaped_tail.h"
   // Split configuration; vertical: this client's party index (vertical_party.h).
   SplitConfig config = SplitConfig::kVanilla;
   int party = 0;
@@ -112,6 +114,7 @@ struct LinkCounters {
   int64_t elements_sent = 0;     // activation elements sent
   int64_t update_bytes = 0;       // protobuf bytes of client-model update requests (rounds)
   int64_t update_dense_bytes = 0;  // what those updates would take as dense fp32
+  UShapedBytes u_shaped;           // U-shaped: each of the four directions (zero otherwise)
 };
 
 class SplitTrainer {
@@ -138,7 +141,8 @@ class SplitTrainer {
                                const at::Tensor& base);
   // Forgets the update residual (after the server refused an update: the client resynchronises).
   void ResetUpdateFeedback();
-  // The client-side model's parameters, flattened (see FlattenParameters).
+  // The client-side model's parameters, flattened (see FlattenClientParameters: the bottom's,
+  // then, U-shaped, the tail's).
   at::Tensor ClientWeights() const;
   void LoadClientWeights(const at::Tensor& flat, int64_t version);
   int64_t model_version() const { return model_version_; }
@@ -168,6 +172,7 @@ class SplitTrainer {
   protocol::LinkSpec link_spec_;
   std::unique_ptr<ActivationCompressor> compressor_;
   std::unique_ptr<protocol::GradientDecoder> gradient_decoder_;
+  std::unique_ptr<UShapedTail> u_shaped_;  // null: not U-shaped
   LinkCounters counters_;
   std::vector<double> step_losses_;
   int64_t step_ = 0;
@@ -195,6 +200,16 @@ class SplitTrainer {
                       std::chrono::steady_clock::time_point start) const;
   // The largest evaluation batch, up to `requested`, whose dense message fits the server's limits.
   int64_t EvaluationBatchSize(int64_t requested) const;
+  // U-shaped (u_shaped_step.cc): a step's two messages, and one evaluation batch whose loss and
+  // hits the tail computes here.
+  StepResult UShapedStep(const at::Tensor& inputs, const at::Tensor& labels, double* dcor_sum);
+  v1::EvaluateReply UShapedEvaluateBatch(const at::Tensor& activations,
+                                         const SelectedActivations& selected,
+                                         const at::Tensor& labels, EvalStats* stats);
+  // Applies the server's gradient at the cut (and the NoPeek term) to the bottom.
+  void BackwardAtCut(const at::Tensor& inputs, const at::Tensor& activations,
+                     const SelectedActivations& selected, const at::Tensor& gradient,
+                     double* dcor_sum);
   // Sends one evaluation batch and adds the server's checked answer to `stats`.
   v1::EvaluateReply EvaluateBatch(const at::Tensor& activations,
                                   const SelectedActivations& selected, const at::Tensor& labels,

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "cleave/core/error.h"
+#include "cleave/core/split_config.h"
 #include "cleave/core/split_model.h"
 
 namespace cleave {
@@ -36,6 +37,9 @@ struct ModelFlags {
   int64_t num_classes = 10;
   std::vector<int64_t> hidden;
   std::string bottom_script, top_script;  // TorchScript halves (.pt) instead of the zoo
+  std::string config = "vanilla";         // split configuration (RegisterSplitConfig)
+  int tail_layers = 1;                    // u-shaped: blocks of the top kept at the hospital
+  CLI::Option* tail_option = nullptr;
 
   void Register(CLI::App& app) {
     app.add_option("--model", architecture, "Split model architecture: cnn (1x28x28 images) or mlp")
@@ -74,6 +78,23 @@ struct ModelFlags {
     }
   }
 
+  // --config and --tail-layers (cleave-server and cleave-client; both ends must agree).
+  void RegisterSplitConfig(CLI::App& app) {
+    app.add_option("--config", config,
+                   "split configuration: vanilla (server holds the top and the labels), u-shaped "
+                   "(hospital keeps the tail and the labels), vertical (parties hold different "
+                   "features of the same samples)")
+        ->check(CLI::IsMember({"vanilla", "u-shaped", "vertical"}))
+        ->capture_default_str();
+    tail_option = app.add_option("--tail-layers", tail_layers,
+                                 "u-shaped only: the model's last blocks that run at the hospital "
+                                 "(the tail, with the loss); the server runs the blocks between "
+                                 "--cut and them")
+                      ->capture_default_str();
+  }
+
+  SplitConfig Config() const { return ParseSplitConfig(config); }
+
   bool Scripted() const { return !bottom_script.empty() || !top_script.empty(); }
 
   ModelSpec Spec() const {
@@ -84,6 +105,13 @@ struct ModelFlags {
     spec.input_shape = ParseShape(input_shape);
     spec.num_classes = num_classes;
     spec.hidden = hidden;
+    const bool u_shaped = Config() == SplitConfig::kUShaped;
+    CLEAVE_CHECK_USER(u_shaped || !tail_option || tail_option->count() == 0,
+                      "--tail-layers needs --config u-shaped");
+    if (u_shaped) {
+      CLEAVE_CHECK_USER(tail_layers >= 1, "--tail-layers must be at least 1, got ", tail_layers);
+      spec.tail_layers = tail_layers;
+    }
     return spec;
   }
 };

@@ -8,9 +8,13 @@
 
 namespace cleave {
 
-enum class SplitConfig { kVanilla, kUShaped, kVertical };
+enum class SplitConfig {
+  kVanilla,   // the hospital runs the bottom; the server the top, with the labels
+  kUShaped,   // the hospital runs bottom and tail and keeps the labels; the server the middle
+  kVertical,  // parties hold different features of the same samples
+};
 
-// "vanilla" (also ""), "u-shaped" or "vertical"; throws UserError naming the valid names.
+// "vanilla" (also ""), "u-shaped", "vertical". Throws UserError naming the valid ones otherwise.
 SplitConfig ParseSplitConfig(const std::string& name);
 const char* SplitConfigName(SplitConfig config);
 

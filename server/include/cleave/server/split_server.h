@@ -36,6 +36,7 @@
 #include "cleave/server/session_table.h"
 #include "cleave/server/step_codec.h"
 #include "cleave/server/top_model.h"
+#include "cleave/server/u_shaped_middle.h"
 #include "cleave/server/value_bounds.h"
 #include "cleave/server/vertical_training.h"
 
@@ -78,9 +79,13 @@ struct SplitServerOptions {
   // Sessions one identity may hold; a Join beyond it replaces the identity's oldest session.
   int max_sessions_per_identity = 1;
   // Split configuration (advertised at Join). Vertical: `model` is the model whose top the
-  // server runs; the parties' bottoms are their own (vertical_training.h).
+  // server runs; the parties' bottoms are their own (vertical_training.h). kUShaped: the server
+  // runs only the middle (model.tail_layers >= 1 blocks stay with the hospital, with its
+  // labels); a step started holds the middle for at most middle_gradient_timeout waiting for
+  // its gradient.
   SplitConfig config = SplitConfig::kVanilla;
   VerticalOptions vertical;  // config vertical only
+  std::chrono::milliseconds middle_gradient_timeout{30000};
 };
 
 // Counts the server keeps for observability (metrics endpoint, tests).
@@ -142,6 +147,12 @@ class SplitServer {
   // that `identity` owns: a client that named another's session id cannot end it this way.
   void ReleaseSession(const std::string& identity, const std::string& session_id,
                       const std::string& reason);
+
+  // The Train stream that carried `session_id`'s steps ended: a U-shaped step of that session
+  // still waiting for its gradient is dropped (no-op otherwise, or for another's session).
+  void TrainStreamEnded(const std::string& identity, const std::string& session_id);
+  // U-shaped only (null otherwise): the middle's step state and counters.
+  UShapedMiddle* u_shaped() { return u_shaped_.get(); }
 
   // Writes the checkpoint now (no-op without a checkpoint path).
   void SaveCheckpoint();
@@ -208,6 +219,14 @@ class SplitServer {
   v1::TrainReply TrainVertical(const std::string& identity, const v1::TrainRequest& request);
   v1::EvaluateReply EvaluateVertical(const std::string& identity,
                                      const v1::EvaluateRequest& request);
+  // U-shaped (u_shaped_server.cc): a step's message, an evaluation batch, and dropping the
+  // pending step of a session that ended.
+  // Checks the configuration against the model (UserError); the middle's step state when
+  // u-shaped, null otherwise.
+  std::unique_ptr<UShapedMiddle> MakeUShapedMiddle(const std::vector<int64_t>& middle_shape) const;
+  v1::TrainReply TrainUShaped(const std::string& identity, const v1::TrainRequest& request);
+  v1::EvaluateReply EvaluateUShaped(const v1::EvaluateRequest& request);
+  void AbandonEndedUShapedStep();
 
   SplitServerOptions options_;
   std::string fingerprint_;
@@ -223,6 +242,7 @@ class SplitServer {
   std::unique_ptr<RoundCoordinator> coordinator_;    // null: schedule single
   std::unique_ptr<RoundEndpoint> round_endpoint_;    // likewise
   std::unique_ptr<VerticalTraining> vertical_;       // null unless config vertical
+  std::unique_ptr<UShapedMiddle> u_shaped_;          // null: not U-shaped
   ServerObserver* observer_ = nullptr;
 
   mutable std::mutex mutex_;  // guards the top model and the two below

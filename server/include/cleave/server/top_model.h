@@ -56,6 +56,22 @@ class TopModel {
   Step Train(const at::Tensor& activations, const at::Tensor& labels,
              const std::function<double()>& admit);
 
+  // U-shaped: the server's layers are the middle, and a step spans two calls. StartStep runs the
+  // forward pass on a batch of cut activations (the graph is kept in the result); FinishStep
+  // takes d loss / d output from the hospital, checks it as Train does, steps, and returns the
+  // gradient at the cut. No other step may run on the layers between the two (the optimizer
+  // changes the weights the graph saved): the caller gives the layers to one pending step at a
+  // time. StartStep throws NotFinite for a non-finite output; FinishStep as Train.
+  struct Forward {
+    at::Tensor input;   // the cut activations, requiring grad
+    at::Tensor output;  // the middle's output, part of the graph
+  };
+  Forward StartStep(const at::Tensor& activations);
+  at::Tensor FinishStep(const Forward& forward, const at::Tensor& output_gradient,
+                        const std::function<double()>& admit);
+  // U-shaped evaluation: the layers' output in eval mode, without a graph. Throws NotFinite.
+  at::Tensor Output(const at::Tensor& activations);
+
   struct Evaluation {
     double loss_sum = 0;
     int64_t correct = 0;
@@ -71,6 +87,10 @@ class TopModel {
   std::shared_ptr<torch::nn::Module> kfac_state() const { return kfac_ ? kfac_->state() : nullptr; }
 
  private:
+  // Checks the gradients at `input` and of the layers, asks `admit` for the scale, steps and
+  // restores the layers if the result is not finite.
+  void CheckAndStep(const at::Tensor& input, const std::function<double()>& admit);
+
   torch::nn::Sequential layers_;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
   c10::Device device_;  // of the layers' parameters

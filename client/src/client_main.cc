@@ -77,7 +77,6 @@ struct Flags {
   std::string metrics_out, checkpoint_path, save_bottom, progress_mode = "auto", log_level = "info";
   double max_message_mb = 64;
   int connect_timeout = 30;
-  std::string config = "vanilla";
   cleave::client::FeaturePartFlags part;  // vertical
 };
 
@@ -144,14 +143,9 @@ void AddTrainingFlags(CLI::App& app, Flags* f) {
       ->capture_default_str();
 }
 
-// The split configuration and, in vertical, this party's index and share of the features.
+// In the vertical configuration, this party's index and share of the features (--config itself
+// is ModelFlags::RegisterSplitConfig).
 void AddConfigFlags(CLI::App& app, Flags* f) {
-  app.add_option("--config", f->config,
-                 "split configuration: vanilla (server holds the top and the labels), u-shaped "
-                 "(hospital keeps the tail and the labels), vertical (parties hold different "
-                 "features of the same samples)")
-      ->check(CLI::IsMember({"vanilla", "u-shaped", "vertical"}))
-      ->capture_default_str();
   app.add_option("--party", f->options.party,
                  "Vertical: this party's index (0..parties-1); the server's --label-holder "
                  "sends the labels")
@@ -388,7 +382,7 @@ nlohmann::json MetricsJson(const cleave::client::SplitTrainer& trainer,
       {"update_bytes", counters.update_bytes},
       {"update_dense_fp32_bytes", counters.update_dense_bytes},
       {"nopeek_alpha", f.options.nopeek_alpha},
-      {"config", f.config},
+      {"config", f.model_flags.config},
       {"party", f.options.party},
       {"holds_labels", trainer.vertical().holds_labels},
       {"train_dcor_last_epoch", training.last.dcor},
@@ -453,7 +447,6 @@ int Run(int argc, char** argv) {
   if (!f.data_flags.fit_stats_path.empty()) return FitStats(f);
   f.options.device = cleave::ResolveDevice(f.device);
   const cleave::client::ConnectOptions connect = ResolveConnection(f);
-  f.options.config = cleave::ParseSplitConfig(f.config);
   CLEAVE_CHECK_USER(f.options.config == cleave::SplitConfig::kVertical || f.part.empty(),
                     "--image-part, --columns and --shared-ids need --config vertical");
   cleave::client::TrainingData data =

@@ -497,9 +497,8 @@ int Serve(const Flags& f) {
   return 0;
 }
 
-// --config and the vertical configuration's settings.
+// The vertical configuration's settings (--config itself is ModelFlags::RegisterSplitConfig).
 struct ConfigFlags {
-  std::string config = "vanilla";
   int parties = 2;
   std::string join = "concat";
   int label_holder = 0;
@@ -507,12 +506,6 @@ struct ConfigFlags {
 };
 
 void AddConfigFlags(CLI::App& app, ConfigFlags* f) {
-  app.add_option("--config", f->config,
-                 "split configuration: vanilla (server holds the top and the labels), u-shaped "
-                 "(hospital keeps the tail and the labels), vertical (parties hold different "
-                 "features of the same samples)")
-      ->check(CLI::IsMember({"vanilla", "u-shaped", "vertical"}))
-      ->capture_default_str();
   app.add_option("--parties", f->parties, "Vertical: number of parties (1..64)")
       ->capture_default_str();
   app.add_option("--join", f->join,
@@ -529,7 +522,6 @@ void AddConfigFlags(CLI::App& app, ConfigFlags* f) {
 }
 
 void ApplyConfigFlags(const ConfigFlags& f, cleave::server::SplitServerOptions* options) {
-  options->config = cleave::ParseSplitConfig(f.config);
   options->vertical.parties = f.parties;
   options->vertical.join = cleave::server::ParseJoinMode(f.join);
   options->vertical.label_holder = f.label_holder;

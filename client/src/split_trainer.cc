@@ -21,8 +21,6 @@ SplitTrainer::SplitTrainer(TrainerOptions options, protocol::SplitLink& link)
     : options_(std::move(options)), link_(link), augmentation_(options_.augmentation, options_.seed) {
   CLEAVE_CHECK_USER(options_.batch_size >= 1, "batch size must be at least 1");
   CLEAVE_CHECK_USER(options_.nopeek_alpha >= 0, "the NoPeek weight alpha must be >= 0, got ", options_.nopeek_alpha);
-  CLEAVE_CHECK_USER(options_.config != SplitConfig::kVertical,
-                    "this client does not run the vertical configuration");
   CLEAVE_CHECK_USER((options_.config == SplitConfig::kUShaped) == (options_.model.tail_layers > 0),
                     options_.config == SplitConfig::kUShaped
                         ? "the u-shaped configuration needs a tail of at least 1 block"

@@ -26,6 +26,21 @@ namespace cleave::server {
 using Clock = std::chrono::steady_clock;
 
 
+namespace {
+
+// How the top trains, from the server's options.
+TopOptimizerOptions TopOptimizer(const SplitServerOptions& options) {
+  TopOptimizerOptions top;
+  top.name = options.optimizer;
+  top.learning_rate = options.learning_rate;
+  top.weight_decay = options.weight_decay;
+  top.momentum = options.momentum;
+  top.kfac = options.kfac;
+  return top;
+}
+
+}  // namespace
+
 SplitServer::SplitServer(SplitServerOptions options)
     : options_(std::move(options)), sessions_(options_.max_sessions_per_identity) {
   link_spec_ = protocol::ParseLinkSpec(options_.compression);
@@ -59,13 +74,7 @@ SplitServer::SplitServer(SplitServerOptions options)
   u_shaped_ = MakeUShapedMiddle(model.middle_shape);  // null unless u-shaped
   torch::nn::Sequential top = model.top;  // shares the layers
   top->to(ResolveDevice(options_.device));
-  TopOptimizerOptions top_optimizer;
-  top_optimizer.name = options_.optimizer;
-  top_optimizer.learning_rate = options_.learning_rate;
-  top_optimizer.weight_decay = options_.weight_decay;
-  top_optimizer.momentum = options_.momentum;
-  top_optimizer.kfac = options_.kfac;
-  top_ = MakeTopModel(top, top_optimizer);
+  top_ = MakeTopModel(top, TopOptimizer(options_));
   if (options_.rounds.schedule != Schedule::kSingle) {
     coordinator_ = std::make_unique<RoundCoordinator>(options_.rounds, client_weights);
     round_endpoint_ =

@@ -206,7 +206,7 @@ v1::TrainReply SplitServer::Train(const std::string& identity, const v1::TrainRe
   // The lock is released before a refusal is counted: a round it closes calls SaveCheckpoint.
   const TopModel::Step step = Refusable("step", identity, [&] {
     std::lock_guard<std::mutex> lock(mutex_);
-    SetLearningRate(top_->optimizer(), options_.lr_schedule.At(options_.learning_rate, step_));
+    ScheduleLearningRateLocked();
     TopModel::Step taken = top_->Train(batch.activations.dense, batch.labels, [&] {
       if (!coordinator_) return 1.0;
       const StepAdmission admission =
@@ -380,6 +380,10 @@ bool SplitServer::FinishedServing(Clock::time_point now, std::chrono::millisecon
 void SplitServer::SaveCheckpoint() {
   std::lock_guard<std::mutex> lock(mutex_);
   SaveCheckpointLocked();
+}
+
+void SplitServer::ScheduleLearningRateLocked() {
+  SetLearningRate(top_->optimizer(), options_.lr_schedule.At(options_.learning_rate, step_));
 }
 
 void SplitServer::SaveCheckpointLocked() {

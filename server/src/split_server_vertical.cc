@@ -49,8 +49,7 @@ v1::TrainReply SplitServer::TrainVertical(const std::string& identity,
           VerticalTraining::TopStep top;
           {
             std::lock_guard<std::mutex> lock(mutex_);
-            SetLearningRate(top_->optimizer(),
-                            options_.lr_schedule.At(options_.learning_rate, step_));
+            ScheduleLearningRateLocked();
             top.step = top_->Train(joined, labels, [] { return 1.0; });
             top.server_step = ++step_;
             samples_ += labels.size(0);

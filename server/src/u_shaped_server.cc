@@ -39,7 +39,7 @@ v1::TrainReply SplitServer::TrainUShaped(const std::string& identity,
   bool round_closing = false;
   int64_t samples = 0;
   const auto admit = [&](int64_t model_version, int64_t batch) {  // under the middle's lock
-    SetLearningRate(top_->optimizer(), options_.lr_schedule.At(options_.learning_rate, step_));
+    ScheduleLearningRateLocked();
     if (!coordinator_) return 1.0;
     const StepAdmission admission = coordinator_->AdmitStep(identity, model_version, batch);
     round_closing = admission.round_closing;

@@ -204,6 +204,8 @@ class SplitServer {
   // The rounds' side of `call`; Refusal kMismatch when the server runs no rounds.
   RoundEndpoint& Rounds(const char* call);
   void SaveCheckpointLocked();
+  // Sets the top's learning rate for the next step from the schedule (under mutex_).
+  void ScheduleLearningRateLocked();
   // What a client's activations and labels must look like.
   protocol::TensorSpec ActivationSpec() const;
   protocol::TensorSpec LabelSpec() const;

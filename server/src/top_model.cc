@@ -42,6 +42,18 @@ TopModel::~TopModel() = default;
 
 TopModel::Step TopModel::Train(const at::Tensor& activations, const at::Tensor& labels,
                                const std::function<double()>& admit) {
+  Step step = Backward(activations, labels);
+  try {
+    const double scale = admit();
+    ApplyStep(scale);
+  } catch (...) {
+    optimizer_->zero_grad();
+    throw;
+  }
+  return step;
+}
+
+TopModel::Step TopModel::Backward(const at::Tensor& activations, const at::Tensor& labels) {
   layers_->train();
   at::Tensor input = activations.to(device_).detach().requires_grad_(true);
   const at::Tensor targets = labels.to(device_);
@@ -55,7 +67,7 @@ TopModel::Step TopModel::Train(const at::Tensor& activations, const at::Tensor& 
       throw NotFinite("the loss of this batch is not finite; the model was not changed");
     }
     loss.backward();
-    CheckAndStep(input, admit);
+    CheckGradients(input);
   } catch (...) {
     optimizer_->zero_grad();
     throw;
@@ -90,12 +102,19 @@ at::Tensor TopModel::FinishStep(const Forward& forward, const at::Tensor& output
   return forward.input.grad().to(c10::kCPU);
 }
 
-void TopModel::CheckAndStep(const at::Tensor& input, const std::function<double()>& admit) {
-  CheckGradient(input.grad(), "the gradient at the cut");
+void TopModel::CheckGradients(const at::Tensor& input) const {
+  if (input.defined()) CheckGradient(input.grad(), "the gradient at the cut");
   for (const at::Tensor& parameter : layers_->parameters()) {
     CheckGradient(parameter.grad(), "a gradient of the server's layers");
   }
-  const double scale = admit();
+}
+
+void TopModel::CheckAndStep(const at::Tensor& input, const std::function<double()>& admit) {
+  CheckGradients(input);
+  ApplyStep(admit());
+}
+
+void TopModel::ApplyStep(double scale) {
   if (kfac_) kfac_->Precondition(optimizer_->param_groups().front().options().get_lr());
   std::vector<at::Tensor> before;
   for (const at::Tensor& parameter : layers_->parameters()) {

@@ -56,6 +56,14 @@ class TopModel {
   Step Train(const at::Tensor& activations, const at::Tensor& labels,
              const std::function<double()>& admit);
 
+  // Train in two halves, for replicas that average the gradients in between (replicated_top.h):
+  // Backward runs the forward and backward pass and checks the loss and every gradient as Train
+  // does (throwing as Train, the gradients then cleared), leaving the batch's gradients in the
+  // layers' grads; ApplyStep steps on whatever the grads hold, scaled by `scale` in (0, 1], and
+  // restores the layers when the result is not finite (NotFinite).
+  Step Backward(const at::Tensor& activations, const at::Tensor& labels);
+  void ApplyStep(double scale);
+
   // U-shaped: the server's layers are the middle, and a step spans two calls. StartStep runs the
   // forward pass on a batch of cut activations (the graph is kept in the result); FinishStep
   // takes d loss / d output from the hospital, checks it as Train does, steps, and returns the
@@ -90,6 +98,8 @@ class TopModel {
   // Checks the gradients at `input` and of the layers, asks `admit` for the scale, steps and
   // restores the layers if the result is not finite.
   void CheckAndStep(const at::Tensor& input, const std::function<double()>& admit);
+  // Checks the gradients at `input` (if defined) and of the layers.
+  void CheckGradients(const at::Tensor& input) const;
 
   torch::nn::Sequential layers_;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;

@@ -1,0 +1,77 @@
+// SplitServer's replicas (replicated_top.h): the group is joined once the model (and any
+// checkpoint) is loaded, rank 0's model and step count win, and every step goes through the
+// group's step clock, which also runs the learning-rate schedule and the periodic checkpoint
+// for the group's step count (the same on every replica).
+#include <ATen/ATen.h>
+#include <spdlog/spdlog.h>
+
+#include "cleave/core/error.h"
+#include "cleave/server/split_server.h"
+
+namespace cleave::server {
+
+using Clock = std::chrono::steady_clock;
+
+void SplitServer::SetUpReplicas() {
+  const ReplicaGroupOptions& replicas = options_.replicas;
+  if (replicas.replicas <= 1) return;
+  const std::string who = detail::Concat("replica ", replicas.rank, " of ", replicas.replicas);
+  CLEAVE_CHECK_USER(options_.config == SplitConfig::kVanilla,
+                    "--replicas: only the vanilla configuration is replicated, not ",
+                    SplitConfigName(options_.config));
+  CLEAVE_CHECK_USER(options_.rounds.schedule == Schedule::kSingle,
+                    "--replicas: rounds are not replicated; use --schedule single");
+  CLEAVE_CHECK_USER(options_.optimizer != "kfac",
+                    "--replicas: K-FAC's factors are not averaged over replicas; use adam, adamw "
+                    "or sgd");
+  CLEAVE_CHECK_USER(options_.replica_idle_tick.count() > 0, "--replica-idle-us must be positive");
+  spdlog::info("{}: rendezvous at {}:{}, Gloo on {}", who, replicas.rendezvous_host,
+               replicas.rendezvous_port, replicas.interface);
+  auto group = std::make_unique<ReplicaGroup>(replicas);
+  std::vector<at::Tensor> step{at::tensor({step_}, at::kLong)};
+  group->Broadcast(step, 0);  // rank 0's count: the learning-rate schedule agrees
+  step_ = step[0].item<int64_t>();
+  ReplicatedTopHooks hooks;
+  hooks.before_tick = [this] { ScheduleLearningRateLocked(); };
+  hooks.after_step = [this] {
+    ++step_;
+    if (options_.checkpoint_every <= 0 || step_ % options_.checkpoint_every != 0) return;
+    try {
+      SaveCheckpointLocked();
+    } catch (const std::exception& error) {
+      spdlog::error("checkpoint at step {} not written: {}", step_, error.what());
+    }
+  };
+  replicated_ = std::make_unique<ReplicatedTop>(*top_, mutex_, std::move(group), std::move(hooks),
+                                                options_.replica_idle_tick);
+  spdlog::info("{}: in step with the group at step {} (rank 0's model)", who, step_);
+}
+
+v1::TrainReply SplitServer::TrainReplicated(const std::string& identity,
+                                            const v1::TrainRequest& request) {
+  CLEAVE_CHECK_INPUT(!request.has_middle_gradient(),
+                     "a middle gradient belongs to the u-shaped configuration; this server runs ",
+                     SplitConfigName(options_.config));
+  const StepCodec::Batch batch =
+      Refusable("step", identity, [&] { return step_codec_->Decode(request); });
+  const auto started = Clock::now();
+  // The single schedule: no staleness, every batch weighs its samples.
+  const TopModel::Step step = Refusable("step", identity, [&] {
+    return replicated_->Train(batch.activations.dense, batch.labels, [] { return 1.0; });
+  });
+  int64_t server_step = 0;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    samples_ += batch.size();
+    server_step = step_;
+  }
+  const v1::TrainReply reply = step_codec_->Encode(request, batch, step, false, server_step);
+  sessions_.Count(request.session_id(), 1, batch.size(), 0, 0);
+  CountBytes(request.session_id(), request.ByteSizeLong(), reply.ByteSizeLong());
+  if (observer_) {
+    observer_->OnStep(batch.size(), std::chrono::duration<double>(Clock::now() - started).count());
+  }
+  return reply;
+}
+
+}  // namespace cleave::server

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cleave/client/feature_stats.h"
+#include "cleave/client/failover_link.h"
 #include "cleave/client/grpc_link.h"
 #include "cleave/client/round_participant.h"
 #include "cleave/client/split_trainer.h"
@@ -95,7 +96,11 @@ void SpanScheduleOverEpochs(Flags* f, int64_t train_samples) {
 
 // Which server, and how this hospital proves who it is.
 void AddConnectionFlags(CLI::App& app, Flags* f) {
-  app.add_option("--server", f->server, "Server address host:port")->capture_default_str();
+  app.add_option("--server", f->server,
+                 "Server address host:port, or a comma-separated list of replicas of one server "
+                 "(cleave-server --replicas): when the one in use is unavailable the hospital "
+                 "joins the next and goes on")
+      ->capture_default_str();
   app.add_option("--ca", f->ca_path, "CA certificate that signed the server's certificate (PEM)")
       ->capture_default_str();
   app.add_option("--cert", f->cert_path, "This hospital's client certificate (PEM)");
@@ -192,6 +197,18 @@ cleave::client::ConnectOptions ResolveConnection(const Flags& f) {
     connect.tls = cleave::LoadTlsFiles(f.ca_path, f.cert_path, f.key_path);
   }
   return connect;
+}
+
+// One server: its gRPC link; several (replicas): a FailoverLink over their gRPC links.
+std::unique_ptr<cleave::protocol::SplitLink> MakeLink(const cleave::client::ConnectOptions& connect) {
+  std::vector<std::string> targets = cleave::client::ParseServerList(connect.target);
+  if (targets.size() == 1) return std::make_unique<cleave::client::GrpcLink>(connect);
+  return std::make_unique<cleave::client::FailoverLink>(
+      std::move(targets), [connect](const std::string& target) {
+        cleave::client::ConnectOptions one = connect;
+        one.target = target;
+        return std::make_unique<cleave::client::GrpcLink>(one);
+      });
 }
 
 // The checkpoint (weights and optimizer state) and, with --save-bottom, the TorchScript half.
@@ -463,8 +480,8 @@ int Run(int argc, char** argv) {
 
   const bool schedule_steps_given = f.options.schedule.total_steps > 0;
   SpanScheduleOverEpochs(&f, data.train.size());
-  cleave::client::GrpcLink link(connect);
-  cleave::client::SplitTrainer trainer(f.options, link);
+  const std::unique_ptr<cleave::protocol::SplitLink> link = MakeLink(connect);
+  cleave::client::SplitTrainer trainer(f.options, *link);
   const cleave::v1::JoinReply joined = trainer.Join(data.train.size());
   CLEAVE_CHECK_USER(joined.server().schedule() == "single" || f.options.schedule.kind != "cosine" ||
                         schedule_steps_given,

@@ -114,7 +114,9 @@ void ReplicaGroup::Run(const char* what, const std::function<void()>& collective
   const int64_t number = sequence_++;
   try {
     if (options_.replicas > 1) {
-      impl_->clock->set(kClockPrefix + std::to_string(options_.rank), std::to_string(number));
+      const std::string position = std::to_string(number);
+      impl_->clock->set(kClockPrefix + std::to_string(options_.rank),
+                        std::vector<uint8_t>(position.begin(), position.end()));
     }
     collective();
   } catch (const ReplicaFailure& failure) {

@@ -52,13 +52,21 @@ v1::TrainReply SplitServer::TrainReplicated(const std::string& identity,
   CLEAVE_CHECK_INPUT(!request.has_middle_gradient(),
                      "a middle gradient belongs to the u-shaped configuration; this server runs ",
                      SplitConfigName(options_.config));
-  const StepCodec::Batch batch =
-      Refusable("step", identity, [&] { return step_codec_->Decode(request); });
+  // As Refusable (split_server.cc): the decoding and the step are counted when refused.
+  StepCodec::Batch batch;
+  TopModel::Step step;
   const auto started = Clock::now();
-  // The single schedule: no staleness, every batch weighs its samples.
-  const TopModel::Step step = Refusable("step", identity, [&] {
-    return replicated_->Train(batch.activations.dense, batch.labels, [] { return 1.0; });
-  });
+  try {
+    batch = step_codec_->Decode(request);
+    // The single schedule: no staleness, every batch weighs its samples.
+    step = replicated_->Train(batch.activations.dense, batch.labels, [] { return 1.0; });
+  } catch (const InvalidInput& error) {
+    Refused("step", error, identity, /*exclude=*/true);
+    throw;
+  } catch (const Refusal& error) {
+    Refused("step", error, identity, /*exclude=*/false);
+    throw;
+  }
   int64_t server_step = 0;
   {
     std::lock_guard<std::mutex> lock(mutex_);

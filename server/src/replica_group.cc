@@ -88,7 +88,8 @@ ReplicaGroup::ReplicaGroup(ReplicaGroupOptions options)
     store_options.port = options_.rendezvous_port;
     store_options.isServer = options_.rank == 0;
     store_options.waitWorkers = false;  // the Gloo rendezvous below waits for everyone
-    store_options.timeout = options_.timeout;
+    // c10d counts the store's connect timeout in whole seconds (0 fails at once): round up.
+    store_options.timeout = std::chrono::ceil<std::chrono::seconds>(options_.timeout);
     impl_->store = c10::make_intrusive<c10d::TCPStore>(options_.rendezvous_host, store_options);
     if (options_.rank == 0 && options_.on_store_listening) {
       options_.on_store_listening(impl_->store->getPort());

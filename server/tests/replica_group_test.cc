@@ -12,8 +12,15 @@
 #include <torch/nn/modules/linear.h>
 #include <torch/optim/adam.h>
 
+#include <spawn.h>
+#include <unistd.h>
+#include <sys/wait.h>
+
 #include <chrono>
+#include <cstdlib>
+#include <fstream>
 #include <future>
+#include <iterator>
 #include <thread>
 
 #include "cleave/server/replicated_stepper.h"
@@ -231,6 +238,74 @@ TEST(ReplicaGroup, ReplicasHoldingDifferentTensorsFailOnEveryRank) {
     }
   });
   EXPECT_EQ(failures, 2);
+}
+
+// Two processes: this one is rank 0; it starts this test binary again as rank 1 (the
+// ReplicaProcess.Rank1 test, which runs only then), which writes its parameters to a file.
+std::vector<Replica> ProcessReplicas() {
+  std::vector<Replica> replicas(2);
+  for (int rank = 0; rank < 2; ++rank) {
+    replicas[rank].model = MakeModel(100 + rank);
+    for (int tick = 0; tick < 5; ++tick) {
+      replicas[rank].batches.push_back(MakeBatch(3 + rank + tick, 10 * tick + rank));
+    }
+  }
+  return replicas;
+}
+
+std::string Bytes(const nn::Sequential& model) {
+  std::vector<at::Tensor> flat;
+  for (const at::Tensor& p : model->parameters()) flat.push_back(p.detach().reshape(-1));
+  const at::Tensor all = at::cat(flat).contiguous();
+  return std::string(static_cast<const char*>(all.data_ptr()), all.nbytes());
+}
+
+pid_t SpawnRank1(uint16_t port, const std::string& out) {
+  std::vector<std::string> extra{"CLEAVE_TEST_REPLICA_PORT=" + std::to_string(port),
+                                 "CLEAVE_TEST_REPLICA_OUT=" + out};
+  std::vector<char*> env;
+  for (char** e = environ; *e; ++e) env.push_back(*e);
+  for (std::string& e : extra) env.push_back(e.data());
+  env.push_back(nullptr);
+  std::string exe = "/proc/self/exe", filter = "--gtest_filter=ReplicaProcess.Rank1";
+  char* argv[] = {exe.data(), filter.data(), nullptr};
+  pid_t pid = -1;
+  EXPECT_EQ(posix_spawn(&pid, exe.c_str(), nullptr, nullptr, argv, env.data()), 0);
+  return pid;
+}
+
+TEST(ReplicaProcess, TwoProcessesOnLoopbackStayBitIdentical) {
+  std::vector<Replica> replicas = ProcessReplicas();
+  const std::string out =
+      ::testing::TempDir() + "replica1-" + std::to_string(::getpid()) + ".bin";
+  pid_t child = -1;
+  ReplicaGroupOptions options = Options(2, 0, 0, milliseconds(10000));
+  options.on_store_listening = [&](uint16_t port) { child = SpawnRank1(port, out); };
+  {
+    ReplicaGroup group(options);
+    replicas[0].Run(group);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "rank 1 failed: " << status;
+  std::ifstream file(out, std::ios::binary);
+  const std::string theirs((std::istreambuf_iterator<char>(file)), {});
+  std::remove(out.c_str());
+  EXPECT_EQ(theirs.size(), Bytes(replicas[0].model).size());
+  EXPECT_TRUE(theirs == Bytes(replicas[0].model)) << "the processes' parameters differ";
+  ExpectIdenticalAndNear({replicas[0]}, Reference(MakeModel(100), replicas));
+}
+
+TEST(ReplicaProcess, Rank1) {
+  const char* port = std::getenv("CLEAVE_TEST_REPLICA_PORT");
+  const char* out = std::getenv("CLEAVE_TEST_REPLICA_OUT");
+  if (!port || !out) GTEST_SKIP() << "rank 1 of TwoProcessesOnLoopbackStayBitIdentical";
+  std::vector<Replica> replicas = ProcessReplicas();
+  {
+    ReplicaGroup group(Options(2, 1, static_cast<uint16_t>(std::atoi(port)), milliseconds(10000)));
+    replicas[1].Run(group);
+  }
+  std::ofstream(out, std::ios::binary) << Bytes(replicas[1].model);
 }
 
 // Rank 0 takes a step that rank 1 never joins: `leave` says how rank 1 goes away.

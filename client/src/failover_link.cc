@@ -58,19 +58,22 @@ v1::JoinReply FailoverLink::Join(const v1::JoinRequest& request) {
 template <typename Request, typename Call>
 auto FailoverLink::Retry(Request request, Call&& call) {
   CLEAVE_ENFORCE(joined_, "a call before Join");
-  request.set_session_id(session_);
-  try {
-    return call(*link_, request);
-  } catch (const StatusError& error) {
-    if (error.code() != grpc::StatusCode::UNAVAILABLE) throw;
-    spdlog::warn("server {} unavailable ({}); joining the next one", target(), error.what());
-    const std::string failed = target();
-    JoinFrom(current_ + 1);
-    ++failovers_;
-    spdlog::info("joined {} after {} failed (session {})", target(), failed,
-                 session_.substr(0, 8));
+  for (size_t failovers = 0;; ++failovers) {
     request.set_session_id(session_);
-    return call(*link_, request);
+    try {
+      return call(*link_, request);
+    } catch (const StatusError& error) {
+      // Each server gets one chance per call: a group that went away everywhere ends it.
+      if (error.code() != grpc::StatusCode::UNAVAILABLE || failovers + 1 >= targets_.size()) {
+        throw;
+      }
+      spdlog::warn("server {} unavailable ({}); joining the next one", target(), error.what());
+      const std::string failed = target();
+      JoinFrom(current_ + 1);
+      ++failovers_;
+      spdlog::info("joined {} after {} failed (session {})", target(), failed,
+                   session_.substr(0, 8));
+    }
   }
 }
 

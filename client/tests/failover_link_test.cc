@@ -129,6 +129,27 @@ TEST(FailoverLink, WhenNoServerAnswersTheErrorSaysSo) {
   }
 }
 
+TEST(FailoverLink, AServerThatFailsDuringTheRetryIsLeftToo) {
+  Servers servers;
+  servers.by_name["c:3"] = {};
+  FailoverLink link({"a:1", "b:2", "c:3"}, [&](const std::string& target) {
+    return std::make_unique<ScriptedLink>(servers.by_name.at(target), target);
+  });
+  link.Join(Hospital());
+  link.OpenTrainStream();
+  servers.by_name["a:1"].down = true;
+  servers.by_name["b:2"].refuse = false;
+  // b accepts the Join but is gone by the step: the call moves on to c.
+  servers.by_name["b:2"].down = false;
+  link.TrainStep(Step("x"));
+  EXPECT_EQ(link.target(), "b:2");
+  servers.by_name["b:2"].down = true;
+  link.TrainStep(Step("x"));
+  EXPECT_EQ(link.target(), "c:3");
+  EXPECT_EQ(link.failovers(), 2);
+  EXPECT_EQ(servers.by_name["c:3"].step_sessions, std::vector<std::string>{"c:3-session-1"});
+}
+
 TEST(FailoverLink, OtherErrorsPassThroughWithoutFailover) {
   Servers servers;
   FailoverLink link = servers.Link();

@@ -12,6 +12,35 @@ namespace cleave::server {
 
 using Clock = std::chrono::steady_clock;
 
+namespace {
+
+// What must be equal on every replica for their steps to be the same (the weights themselves
+// come from rank 0).
+std::string ReplicatedSettings(const SplitServerOptions& options, const std::string& fingerprint) {
+  const LearningRateSchedule& schedule = options.lr_schedule;
+  return detail::Concat(
+      "model ", fingerprint, ", optimizer ", options.optimizer, " lr ", options.learning_rate,
+      " weight decay ", options.weight_decay, " momentum ", options.momentum, ", lr schedule ",
+      schedule.kind, " ", schedule.total_steps, "/", schedule.warmup_steps, "/",
+      schedule.final_fraction, ", max batch ", options.max_batch, ", checkpoint every ",
+      options.checkpoint_every, ", compression ", options.compression.ShortDebugString());
+}
+
+}  // namespace
+
+// Every replica learns whether all run rank 0's settings, and fails with the difference if not.
+void SplitServer::CheckSameSettings(ReplicaGroup& group) const {
+  const std::string mine = ReplicatedSettings(options_, fingerprint_);
+  std::string rank0 = mine;
+  group.BroadcastBytes(rank0, 0);
+  const bool differs = rank0 != mine;
+  if (group.AllReduceSums({differs ? 1.0 : 0.0})[0] == 0) return;
+  throw UserError(detail::Concat(
+      "replica ", group.rank(), " of ", group.size(), ": the replicas run different settings",
+      differs ? detail::Concat(": rank 0 runs ", rank0, "; this replica runs ", mine)
+              : std::string(" (see the other replicas' logs)")));
+}
+
 void SplitServer::SetUpReplicas() {
   const ReplicaGroupOptions& replicas = options_.replicas;
   if (replicas.replicas <= 1) return;
@@ -28,6 +57,7 @@ void SplitServer::SetUpReplicas() {
   spdlog::info("{}: rendezvous at {}:{}, Gloo on {}", who, replicas.rendezvous_host,
                replicas.rendezvous_port, replicas.interface);
   auto group = std::make_unique<ReplicaGroup>(replicas);
+  CheckSameSettings(*group);
   std::vector<at::Tensor> step{at::tensor({step_}, at::kLong)};
   group->Broadcast(step, 0);  // rank 0's count: the learning-rate schedule agrees
   step_ = step[0].item<int64_t>();

@@ -165,6 +165,27 @@ TEST(ReplicatedServer, AReplicaThatShutsDownEndsTheGroupForTheOthers) {
   EXPECT_EQ(server.counters().refused_steps, 1);
 }
 
+TEST(ReplicatedServer, ReplicasWithDifferentSettingsRefuseToStart) {
+  Rendezvous rendezvous;
+  std::string messages[2];
+  RunBoth([&](int rank, const std::function<void()>& others_done) {
+    SplitServerOptions options = test::MlpOptions();
+    options.learning_rate = rank == 0 ? 1e-3 : 1e-2;
+    options.replicas = rendezvous.For(rank);
+    try {
+      SplitServer server(options);
+      ADD_FAILURE() << "replica " << rank << " started with other settings";
+    } catch (const UserError& error) {
+      messages[rank] = error.what();
+    }
+    others_done();
+  });
+  EXPECT_NE(messages[0].find("the replicas run different settings"), std::string::npos)
+      << messages[0];
+  EXPECT_NE(messages[1].find("rank 0 runs model"), std::string::npos) << messages[1];
+  EXPECT_NE(messages[1].find("lr 0.01"), std::string::npos) << messages[1];
+}
+
 TEST(ReplicatedServer, OnlyTheVanillaSingleScheduleIsReplicated) {
   SplitServerOptions options = test::MlpOptions();
   options.replicas.replicas = 2;

@@ -1,10 +1,11 @@
 // A link over a list of servers that are replicas of one server (cleave-server --replicas):
 // calls go to the current one; when it is unavailable (unreachable, or its replica group ended:
 // UNAVAILABLE) the link joins the next one with the hospital's Join request, reopens the Train
-// stream if one was open, and retries the call there once. Requests carry the current server's
-// session id (the one the caller holds from the first Join is replaced). A failover tries every
-// server once, starting after the one that failed; when none answers, the last error is thrown
-// (UNAVAILABLE). Other errors (refusals, mismatches) pass through untouched.
+// stream if one was open, and retries the call there (each server at most once per call).
+// Requests carry the current server's session id (the one the caller holds from the first Join
+// is replaced). A failover tries every server once, starting after the one that failed; when
+// none answers, the last error is thrown (UNAVAILABLE). Other errors (refusals, mismatches)
+// pass through untouched.
 #pragma once
 
 #include <functional>
@@ -41,8 +42,8 @@ class FailoverLink final : public protocol::SplitLink {
  private:
   // Joins targets first, first+1, ... (each once, wrapping); throws the last UNAVAILABLE.
   v1::JoinReply JoinFrom(size_t first);
-  // `call` on the current link with `request` (its session id replaced); once more on the next
-  // server after an UNAVAILABLE.
+  // `call` on the current link with `request` (its session id replaced); again on the next
+  // server after an UNAVAILABLE, until every server had its chance.
   template <typename Request, typename Call>
   auto Retry(Request request, Call&& call);
 

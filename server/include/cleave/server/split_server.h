@@ -243,6 +243,7 @@ class SplitServer {
   // Replicas (split_server_replicated.cc): joins the group (after any resume) and takes rank
   // 0's model; a step goes through the group's step clock.
   void SetUpReplicas();
+  void CheckSameSettings(ReplicaGroup& group) const;
   v1::TrainReply TrainReplicated(const std::string& identity, const v1::TrainRequest& request);
 
   SplitServerOptions options_;

@@ -201,7 +201,7 @@ void AddConnectionFlags(CLI::App& app, Flags* f) {
       ->capture_default_str();
 }
 
-// K-FAC's knobs (--optimizer kfac); the defaults are kfac-pytorch's (its SC20 code).
+// K-FAC's knobs (--optimizer kfac); the defaults and why: KfacOptions (kfac_preconditioner.h).
 void AddKfacFlags(CLI::App& app, cleave::server::KfacOptions* kfac) {
   app.add_option("--kfac-damping", kfac->damping,
                  "K-FAC damping: eigenvalue products dg x da get this added before dividing")

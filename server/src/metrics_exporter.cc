@@ -87,7 +87,20 @@ struct MetricsExporter::Metrics {
                     .Name("cleave_client_model_version")
                     .Help("Current client-side model version")
                     .Register(registry)
-                    .Add({})) {}
+                    .Add({})),
+        top_step_hospitals(
+            prometheus::BuildHistogram()
+                .Name("cleave_top_step_hospitals")
+                .Help("Hospitals' steps merged into one step of the server's layers (merging on)")
+                .Register(registry)
+                .Add({}, prometheus::Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64})),
+        top_step_samples(
+            prometheus::BuildHistogram()
+                .Name("cleave_top_step_samples")
+                .Help("Samples in one step of the server's layers (merging on)")
+                .Register(registry)
+                .Add({}, prometheus::Histogram::BucketBoundaries{16, 32, 64, 128, 256, 512, 1024,
+                                                                 2048, 4096})) {}
 
   prometheus::Counter& steps;
   prometheus::Counter& samples;
@@ -105,6 +118,8 @@ struct MetricsExporter::Metrics {
   prometheus::Counter& expired;
   prometheus::Counter& rounds;
   prometheus::Gauge& version;
+  prometheus::Histogram& top_step_hospitals;
+  prometheus::Histogram& top_step_samples;
 };
 
 MetricsExporter::MetricsExporter(const std::string& address)
@@ -135,6 +150,11 @@ void MetricsExporter::OnStep(int64_t samples, double seconds) {
   metrics_->steps.Increment();
   metrics_->samples.Increment(static_cast<double>(samples));
   metrics_->step_seconds.Observe(seconds);
+}
+
+void MetricsExporter::OnTopStep(int64_t hospitals, int64_t samples) {
+  metrics_->top_step_hospitals.Observe(static_cast<double>(hospitals));
+  metrics_->top_step_samples.Observe(static_cast<double>(samples));
 }
 
 void MetricsExporter::OnBytes(int64_t received, int64_t sent) {

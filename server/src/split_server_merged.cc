@@ -53,12 +53,20 @@ v1::TrainReply SplitServer::TrainMerged(const std::string& identity,
                                         const StepCodec::Batch& batch) {
   const auto started = Clock::now();
   MergedStep pending(identity, request, batch);
-  // Rethrown here, outside every lock: a refusal may close a round.
-  Refusable("step", identity, [&] {
-    merger_->Run(pending);
-    if (pending.error) std::rethrow_exception(pending.error);
-    return true;
-  });
+  merger_->Run(pending);
+  // Rethrown here, outside every lock (a refusal may close a round), and counted as
+  // SplitServer::Refusable counts it.
+  if (pending.error) {
+    try {
+      std::rethrow_exception(pending.error);
+    } catch (const InvalidInput& error) {
+      Refused("step", error, identity, /*exclude=*/true);
+      throw;
+    } catch (const Refusal& error) {
+      Refused("step", error, identity, /*exclude=*/false);
+      throw;
+    }
+  }
   return ReplyToStep(request, batch, pending.step, pending.round_closing, pending.server_step,
                      started);
 }

@@ -40,7 +40,7 @@ void StepMerger::Run(Entry& entry) {
   queued_samples_ += entry.samples;
   changed_.notify_all();  // a leader may be waiting for company
   while (!entry.done) {
-    if (!leading_ && !queue_.empty()) {
+    if (!leading_ && !entry.taken) {
       Lead(lock);
     } else {
       changed_.wait(lock);
@@ -61,6 +61,7 @@ std::vector<StepMerger::Entry*> StepMerger::TakeGroupLocked() {
   while (!queue_.empty()) {
     Entry* next = queue_.front();
     if (!group.empty() && samples + next->samples > options_.max_batch) break;
+    next->taken = true;
     group.push_back(next);
     samples += next->samples;
     queued_samples_ -= next->samples;

@@ -338,8 +338,7 @@ TEST(MergedServerTest, ConcurrentHospitalsGetTheirOwnRepliesFromFewerTopSteps) {
        {"cleave_top_step_hospitals_count " + std::to_string(counters.top_steps),
         "cleave_top_step_hospitals_sum " + std::to_string(counters.steps),
         "cleave_top_step_samples_sum " + std::to_string(counters.samples)}) {
-    EXPECT_NE(text.find(line), std::string::npos) << "missing '" << line << "' in
-" << text;
+    EXPECT_NE(text.find(line), std::string::npos) << "missing '" << line << "' in\n" << text;
   }
 }
 

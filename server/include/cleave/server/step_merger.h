@@ -6,7 +6,8 @@
 // `max_wait` has passed since the first queued step arrived; and while a group is running it
 // keeps gathering (a step queued then would wait for the model anyway). It then takes steps from
 // the front of the queue up to `max_batch` samples (at least one, however large) and runs them
-// with the runner, on its own thread; the others wait for their group. The runner is expected to
+// with the runner, on its own thread; the others wait for their group. Only a step still queued
+// leads (one whose group is running only waits for it). The runner is expected to
 // record each step's outcome in it (its own error included); an exception it lets escape is
 // given to every step of the group. Thread-safe.
 #pragma once
@@ -41,6 +42,7 @@ class StepMerger {
    private:
     friend class StepMerger;
     std::chrono::steady_clock::time_point arrived;
+    bool taken = false;  // into a group
     bool done = false;
   };
   using Runner = std::function<void(const std::vector<Entry*>& group)>;

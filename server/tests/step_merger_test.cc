@@ -426,6 +426,49 @@ TEST(MergedServerTest, EachHospitalsStalenessScalesItsOwnShare) {
   EXPECT_GT(differs, 1e-5);
 }
 
+// A step the rounds refuse (c was never told to train) leaves the group; a and b still merge.
+TEST(MergedServerTest, AStepTheRoundsRefuseLeavesTheGroupAndTheOthersMerge) {
+  SplitServerOptions options = MergingOptions(std::chrono::microseconds(1000000));
+  constexpr double kLearningRate = 0.05;
+  options.learning_rate = kLearningRate;
+  options.rounds.schedule = Schedule::kSplitFed;
+  options.rounds.min_clients = 2;
+  options.rounds.round_samples = 1000;
+  options.compression.mutable_updates()->set_method("none");
+  SplitServer server(options);
+  const std::vector<std::string> names = {"a", "b", "c"};
+  std::vector<std::string> sessions;
+  for (const std::string& name : names) {
+    sessions.push_back(server.Join(name, JoinFor(server)).session_id());
+  }
+  ASSERT_EQ(server.Sync("a", SyncFor(sessions[0], -1)).action(), v1::SyncReply::TRAIN);
+  ASSERT_EQ(server.Sync("b", SyncFor(sessions[1], -1)).action(), v1::SyncReply::TRAIN);
+  const std::vector<at::Tensor> before = server.top_parameters();
+  const std::vector<Batch> batches = {MakeBatch(4, 71), MakeBatch(6, 72), MakeBatch(5, 73)};
+  std::vector<std::thread> threads;
+  std::vector<std::string> errors(3);
+  for (size_t i = 0; i < 3; ++i) {
+    threads.emplace_back([&, i] {
+      try {
+        server.Train(names[i], TrainFor(sessions[i], batches[i], 0));
+      } catch (const Refusal& error) {
+        errors[i] = error.what();
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  EXPECT_TRUE(errors[0].empty()) << errors[0];
+  EXPECT_TRUE(errors[1].empty()) << errors[1];
+  EXPECT_FALSE(errors[2].empty()) << "c's step was admitted";
+  const ServerCounters counters = server.counters();
+  EXPECT_EQ(counters.merged_steps, 1);
+  EXPECT_EQ(counters.top_steps, 1);
+  EXPECT_EQ(counters.refused_steps, 1);
+  ExpectClose(server.top_parameters(),
+              ReferenceSgd(TopWith(before), {batches[0], batches[1]}, {1.0, 1.0}, kLearningRate),
+              1e-5);
+}
+
 TEST(MergedServerTest, ALoneHospitalIsNotHeldMuchBeyondTheWait) {
   constexpr auto kWait = std::chrono::milliseconds(50);
   SplitServer server(MergingOptions(kWait));

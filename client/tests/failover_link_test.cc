@@ -20,6 +20,7 @@ using protocol::StatusError;
 struct Server {
   bool down = false;
   bool refuse = false;
+  bool steps_down = false;  // only the steps are UNAVAILABLE
   int joins = 0;
   int streams = 0;
   std::vector<std::string> step_sessions;
@@ -43,6 +44,7 @@ class ScriptedLink final : public protocol::SplitLink {
   }
   v1::TrainReply TrainStep(const v1::TrainRequest& request) override {
     Check();
+    if (server_.steps_down) throw StatusError(grpc::StatusCode::UNAVAILABLE, name_ + " broke");
     if (server_.refuse) throw StatusError(grpc::StatusCode::INVALID_ARGUMENT, "refused");
     server_.step_sessions.push_back(request.session_id());
     return v1::TrainReply();
@@ -138,15 +140,11 @@ TEST(FailoverLink, AServerThatFailsDuringTheRetryIsLeftToo) {
   link.Join(Hospital());
   link.OpenTrainStream();
   servers.by_name["a:1"].down = true;
-  servers.by_name["b:2"].refuse = false;
-  // b accepts the Join but is gone by the step: the call moves on to c.
-  servers.by_name["b:2"].down = false;
-  link.TrainStep(Step("x"));
-  EXPECT_EQ(link.target(), "b:2");
-  servers.by_name["b:2"].down = true;
+  servers.by_name["b:2"].steps_down = true;  // b takes the Join, then fails the step
   link.TrainStep(Step("x"));
   EXPECT_EQ(link.target(), "c:3");
   EXPECT_EQ(link.failovers(), 2);
+  EXPECT_EQ(servers.by_name["b:2"].joins, 1);
   EXPECT_EQ(servers.by_name["c:3"].step_sessions, std::vector<std::string>{"c:3-session-1"});
 }
 

@@ -53,6 +53,8 @@ void SplitServer::SetUpReplicas() {
   CLEAVE_CHECK_USER(options_.optimizer != "kfac",
                     "--replicas: K-FAC's factors are not averaged over replicas; use adam, adamw "
                     "or sgd");
+  CLEAVE_CHECK_USER(options_.merge.max_batch == 0,
+                    "--replicas: merged steps (--merge-max-batch) are not replicated yet");
   CLEAVE_CHECK_USER(options_.replica_idle_tick.count() > 0, "--replica-idle-us must be positive");
   spdlog::info("{}: rendezvous at {}:{}, Gloo on {}", who, replicas.rendezvous_host,
                replicas.rendezvous_port, replicas.interface);

@@ -94,7 +94,7 @@ TEST_P(ScriptHalvesTest, UShapedThreePartsTrain) {
   RecordProperty("loss_before_after",
                  std::to_string(before.loss) + " " + std::to_string(after.loss));
   RecordProperty("accuracy_after", std::to_string(after.accuracy));
-  // Measured (both links): loss 1.10 -> 0.13, accuracy 95%.
+  // Measured (both links, seed-fixed data and weights): loss 0.995 -> 0.083, accuracy 96.5%.
   EXPECT_LT(after.loss, 0.5 * before.loss);
   EXPECT_GT(after.accuracy, 0.85) << "before training: " << before.accuracy;
   EXPECT_GT(trainer.counters().u_shaped.middle_gradient_up.messages, 0);

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdio>
 #include <future>
+#include <memory>
 #include <mutex>
 #include <string>
 
@@ -207,15 +208,29 @@ struct PartyResult {
 };
 
 // One vertical party: joins, trains, evaluates (every party evaluates each test batch), leaves.
+// Party 0 builds its model first (`built` is set then), party 1 after it (`wait_for` has it):
+// each seeds LibTorch's global generator, so two built at once would draw each other's weights,
+// and the order decides the generator's state that the server's dropout draws from.
 PartyResult RunParty(server::SplitServer& server, const WireRecorder::Options& wire_options,
                      WireRecord* record, const Dataset& train, const Dataset& test,
-                     const LabelLeakageOptions& options, const StepPlan& plan, int party) {
+                     const LabelLeakageOptions& options, const StepPlan& plan, int party,
+                     std::promise<void>* built, std::shared_future<void> wait_for) {
   const Dataset mine = PartOf(train, party);
   server::InProcessLink in_process(server, "party-" + std::to_string(party));
   WireRecorder wire(in_process, wire_options, record);
-  client::SplitTrainer trainer(
-      TrainerOptions(options, PartySpec(options.model, mine), SplitConfig::kVertical, plan, party),
-      wire);
+  if (wait_for.valid()) wait_for.get();  // rethrows if party 0 could not build its model
+  std::unique_ptr<client::SplitTrainer> built_trainer;
+  try {
+    built_trainer = std::make_unique<client::SplitTrainer>(
+        TrainerOptions(options, PartySpec(options.model, mine), SplitConfig::kVertical, plan,
+                       party),
+        wire);
+  } catch (...) {
+    if (built != nullptr) built->set_exception(std::current_exception());
+    throw;
+  }
+  if (built != nullptr) built->set_value();
+  client::SplitTrainer& trainer = *built_trainer;
   PartyResult result;
   result.batch_seed = trainer.Join(mine.size()).server().vertical_batch_seed();
   Train(trainer, mine, plan);
@@ -235,11 +250,14 @@ LabelLeakageRow VerticalRun(const Dataset& train, const Dataset& test,
   WireRecorder::Options holder_options;
   holder_options.record_labels = true;
   WireRecord passive_wire, holder_wire;
+  std::promise<void> passive_built;
+  const std::shared_future<void> after_passive = passive_built.get_future().share();
   auto passive = std::async(std::launch::async, [&] {
-    return RunParty(server, passive_options, &passive_wire, train, test, options, plan, 0);
+    return RunParty(server, passive_options, &passive_wire, train, test, options, plan, 0,
+                    &passive_built, {});
   });
-  const PartyResult holder =
-      RunParty(server, holder_options, &holder_wire, train, test, options, plan, 1);
+  const PartyResult holder = RunParty(server, holder_options, &holder_wire, train, test, options,
+                                      plan, 1, nullptr, after_passive);
   passive.get();
   const std::vector<at::Tensor> labels =
       ReplayLabels(train, options.batch_size, holder.batch_seed, plan);

@@ -41,7 +41,8 @@ Example:
 
 Bring your own model: export it with tools/export/cleave_export.py and pass --bottom bottom.pt
 (the server runs --top top.pt of the same export); --save-bottom writes the trained half back as
-TorchScript.
+TorchScript. U-shaped (--config u-shaped): export with --tail-layers N and pass --tail tail.pt
+too (the server runs the middle as --top top.pt); --save-tail writes the trained tail.
 
 When the server runs rounds (cleave-server --schedule sequential or splitfed), the client follows
 them: it trains each round from the current shared client-side weights, sends its weight delta
@@ -75,7 +76,7 @@ struct Flags {
   cleave::client::TrainerOptions options;
   int64_t epochs = 1;
   std::string device = "cpu";
-  std::string metrics_out, checkpoint_path, save_bottom, progress_mode = "auto", log_level = "info";
+  std::string metrics_out, checkpoint_path, save_bottom, save_tail, progress_mode = "auto", log_level = "info";
   double max_message_mb = 64;
   int connect_timeout = 30;
   cleave::client::FeaturePartFlags part;  // vertical
@@ -167,6 +168,10 @@ void AddOutputFlags(CLI::App& app, Flags* f) {
                  "With --bottom: write the trained half as TorchScript (with its metadata) here "
                  "after every epoch and at the end (atomically)")
       ->needs("--bottom");
+  app.add_option("--save-tail", f->save_tail,
+                 "With --tail (u-shaped): write the trained tail as TorchScript (with its "
+                 "metadata) here after every epoch and at the end (atomically)")
+      ->needs("--tail");
   app.add_option("--progress", f->progress_mode, "auto (bar on a terminal), bar, lines or none")
       ->capture_default_str();
   app.add_option("--max-message-mb", f->max_message_mb,
@@ -211,11 +216,15 @@ std::unique_ptr<cleave::protocol::SplitLink> MakeLink(const cleave::client::Conn
       });
 }
 
-// The checkpoint (weights and optimizer state) and, with --save-bottom, the TorchScript half.
+// The checkpoint (weights and optimizer state) and, with --save-bottom / --save-tail, the
+// TorchScript parts.
 void SaveClientCheckpoint(cleave::client::SplitTrainer& trainer, const Flags& f,
                           const std::string& counter, int64_t value) {
   if (!f.save_bottom.empty()) {
     cleave::SaveScriptHalf(*cleave::FindScriptHalf(*trainer.model().bottom), f.save_bottom);
+  }
+  if (!f.save_tail.empty()) {
+    cleave::SaveScriptHalf(*cleave::FindScriptHalf(*trainer.model().tail), f.save_tail);
   }
   if (f.checkpoint_path.empty()) return;
   cleave::CheckpointMeta meta;

@@ -29,7 +29,7 @@ grep -qF -- "--aux-samples" "$dir/measure-help" || fail "measure --help"
 grep -qF -- "--alphas" "$dir/sweep-help" || fail "sweep --help"
 grep -qF -- "--client-lr" "$dir/sweep-help" || fail "sweep --help"
 "$bin" labels --help >"$dir/labels-help" || fail "labels --help exited non-zero"
-for topic in --label-defence --label-defence-strength --tail-cut --positive-class --steps; do
+for topic in --label-defence --label-defence-strength --tail-cut --positive-class --steps --replica; do
   grep -qF -- "$topic" "$dir/labels-help" || fail "labels --help does not mention '$topic'"
 done
 

@@ -3,6 +3,7 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
@@ -22,6 +23,7 @@
 #include "cleave/core/device.h"
 #include "cleave/core/model_flags.h"
 #include "cleave/core/script_half.h"
+#include "cleave/privacy/gradient_defence.h"
 #include "cleave/protocol/status_error.h"
 #include "cleave/protocol/tensor_message.h"
 
@@ -80,6 +82,7 @@ struct Flags {
   double max_message_mb = 64;
   int connect_timeout = 30;
   cleave::client::FeaturePartFlags part;  // vertical
+  std::string label_defence = "none";     // u-shaped
 };
 
 // A cosine learning-rate schedule without --lr-schedule-steps spans every step of --epochs over
@@ -157,6 +160,28 @@ void AddConfigFlags(CLI::App& app, Flags* f) {
                  "sends the labels")
       ->capture_default_str();
   f->part.Register(app);
+  app.add_option("--label-defence", f->label_defence,
+                 "U-shaped: what this hospital does to the middle's gradient (d loss / d a2) before "
+                 "sending it, against label inference by the server: none, clip (each sample's "
+                 "norm to at most X x the batch's median norm) or noise (seeded Gaussian, norm "
+                 "about X x the median norm). Cost and effect: docs/LEAKAGE.md")
+      ->check(CLI::IsMember({"none", "clip", "noise"}))
+      ->capture_default_str();
+  app.add_option("--label-defence-strength", f->options.label_defence.strength,
+                 "X of --label-defence (finite, > 0)")
+      ->capture_default_str();
+}
+
+// --label-defence into the trainer's options; only the u-shaped hospital sends a gradient.
+void ResolveLabelDefence(Flags* f) {
+  f->options.label_defence.kind = cleave::privacy::ParseGradientDefenceKind(f->label_defence);
+  CLEAVE_CHECK_USER(f->options.label_defence.kind == cleave::privacy::GradientDefenceKind::kNone ||
+                        f->options.config == cleave::SplitConfig::kUShaped,
+                    "--label-defence needs --config u-shaped on the client (vertical: set it on "
+                    "cleave-server)");
+  const double strength = f->options.label_defence.strength;
+  CLEAVE_CHECK_USER(std::isfinite(strength) && strength > 0,
+                    "--label-defence-strength must be finite and > 0, got ", strength);
 }
 
 // What the run writes (metrics, checkpoints, progress, logs) and the link's limits.
@@ -470,6 +495,7 @@ int Run(int argc, char** argv) {
   const auto progress = cleave::client::ParseProgressMode(f.progress_mode);
   f.options.model = f.model_flags.Spec();
   f.options.config = f.model_flags.Config();
+  ResolveLabelDefence(&f);
   if (!f.data_flags.fit_stats_path.empty()) return FitStats(f);
   f.options.device = cleave::ResolveDevice(f.device);
   const cleave::client::ConnectOptions connect = ResolveConnection(f);

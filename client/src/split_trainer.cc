@@ -25,6 +25,12 @@ SplitTrainer::SplitTrainer(TrainerOptions options, protocol::SplitLink& link)
                     options_.config == SplitConfig::kUShaped
                         ? "the u-shaped configuration needs a tail of at least 1 block"
                         : "a tail (--tail-layers) needs --config u-shaped");
+  CLEAVE_CHECK_USER(options_.label_defence.kind == privacy::GradientDefenceKind::kNone ||
+                        options_.config == SplitConfig::kUShaped,
+                    "--label-defence on the client needs --config u-shaped (vertical: the "
+                    "server's --label-defence defends the passive parties)");
+  label_defender_ =
+      std::make_shared<privacy::GradientDefender>(options_.label_defence, options_.seed);
   model_ = BuildSplitModel(options_.model, options_.seed);
   model_.bottom->to(options_.device);
   if (model_.tail) model_.tail->to(options_.device);
@@ -76,7 +82,8 @@ v1::JoinReply SplitTrainer::Join(int64_t num_train_samples) {
   gradient_decoder_ = std::make_unique<protocol::GradientDecoder>(link_spec_.gradients);
   if (model_.tail) {
     u_shaped_ = std::make_unique<UShapedTail>(model_.tail, link_spec_, model_.middle_shape,
-                                              server_config_.max_batch(), options_.seed);
+                                              server_config_.max_batch(), options_.seed,
+                                              label_defender_);
   }
   return reply;
 }

@@ -22,10 +22,12 @@ protocol::TensorSpec MiddleOutputSpec(const std::vector<int64_t>& middle_shape, 
 }  // namespace
 
 UShapedTail::UShapedTail(torch::nn::Sequential tail, const protocol::LinkSpec& link,
-                         const std::vector<int64_t>& middle_shape, int64_t max_batch, uint64_t seed)
+                         const std::vector<int64_t>& middle_shape, int64_t max_batch, uint64_t seed,
+                         std::shared_ptr<privacy::GradientDefender> label_defender)
     : tail_(std::move(tail)),
       middle_output_(link.activations, MiddleOutputSpec(middle_shape, max_batch)),
-      middle_gradient_(link.gradients, seed + 2) {
+      middle_gradient_(link.gradients, seed + 2),
+      label_defender_(std::move(label_defender)) {
   CLEAVE_ENFORCE(tail_, "a U-shaped client needs its tail");
 }
 
@@ -60,7 +62,8 @@ c10::Device UShapedTail::Device() const {
 
 void UShapedTail::EncodeMiddleGradient(const at::Tensor& gradient,
                                        const protocol::SentPositions& sent, v1::Tensor* message) {
-  middle_gradient_.Encode(gradient, sent, message);
+  middle_gradient_.Encode(label_defender_ ? label_defender_->Apply(gradient) : gradient, sent,
+                          message);
 }
 
 UShapedTail::Evaluation UShapedTail::Evaluate(const at::Tensor& middle_output,

@@ -80,10 +80,20 @@ expect_error 2 "checkpoint '$dir/bad.ckpt' is corrupt" "$server" --listen 127.0.
 [ "$before" = "$(md5sum <"$dir/bad.ckpt")" ] || fail "corrupt checkpoint was modified"
 
 # Split configurations: a tail needs u-shaped, and a middle block; a vanilla hospital is refused
-# by a u-shaped server (exit 3, naming it); a u-shaped one trains and reports all four directions.
+# by a u-shaped server (exit 3, naming it); a u-shaped one (with the label defence on) trains and
+# reports all four directions.
 expect_error 2 "--tail-layers needs --config u-shaped" "$server" --listen 127.0.0.1:0 "${tls_server[@]}" --tail-layers 2
 expect_error 2 "--middle-gradient-timeout must be > 0" "$server" --listen 127.0.0.1:0 "${tls_server[@]}" --config u-shaped --middle-gradient-timeout 0
 expect_error 2 "leaves the server no middle block" "$server" --listen 127.0.0.1:0 "${tls_server[@]}" --config u-shaped --cut 3
+# The label defence: the sender holding the labels applies it, so cleave-client takes it in
+# u-shaped only and cleave-server in vertical only; a bad strength is one line.
+expect_error 2 "--label-defence on the server needs --config vertical" "$server" --listen 127.0.0.1:0 "${tls_server[@]}" --label-defence clip
+expect_error 2 "--label-defence on the server needs --config vertical" "$server" --listen 127.0.0.1:0 "${tls_server[@]}" --config u-shaped --label-defence noise
+expect_error 2 "--label-defence-strength must be finite and > 0, got 0" "$server" --listen 127.0.0.1:0 "${tls_server[@]}" --config vertical --label-defence clip --label-defence-strength 0
+expect_error 2 "--label-defence needs --config u-shaped on the client" "$client" "${tls_client[@]}" --label-defence noise
+expect_error 2 "--label-defence needs --config u-shaped on the client" "$client" "${tls_client[@]}" --config vertical --label-defence clip
+expect_error 2 "--label-defence-strength must be finite and > 0, got -1" "$client" "${tls_client[@]}" --config u-shaped --label-defence clip --label-defence-strength -1
+expect_error 2 "--label-defence" "$client" "${tls_client[@]}" --config u-shaped --label-defence blur
 write_linear_csv "$dir/linear.csv"
 ushaped=(--model mlp --input-shape 4 --classes 2 --config u-shaped)
 start_server ushaped "${ushaped[@]}"
@@ -93,7 +103,8 @@ got=$?
 [ "$got" = 3 ] || fail "vanilla client on a u-shaped server exited $got, expected 3: $(cat "$dir/err")"
 grep -q "u-shaped tail=1" "$dir/err" || fail "vanilla client on a u-shaped server: $(cat "$dir/err")"
 timeout 60 "$client" --server "127.0.0.1:$port" "${tls_client[@]}" "${ushaped[@]}" --dataset csv \
-  --csv "$dir/linear.csv" --epochs 2 --metrics-out "$dir/u-shaped.json" >"$dir/out" 2>"$dir/err" ||
+  --csv "$dir/linear.csv" --epochs 2 --metrics-out "$dir/u-shaped.json" \
+  --label-defence noise --label-defence-strength 0.5 >"$dir/out" 2>"$dir/err" ||
   fail "u-shaped client: $(cat "$dir/err")"
 grep -q "^u-shaped: activations up .* middle output down .* middle gradient up .* cut gradient down" \
   "$dir/out" || fail "u-shaped client printed no four directions: $(cat "$dir/out")"
@@ -108,12 +119,12 @@ for flag in --checkpoint-every --schedule --rounds --round-samples --round-deadl
             --min-clients --max-staleness --update-compression --metrics-listen --max-threads \
             --max-streams-per-connection --max-calls-per-client --max-client-request-mb \
             --max-large-requests-mb --linger-after-rounds --metrics-out --config --tail-layers \
-            --middle-gradient-timeout; do
+            --middle-gradient-timeout --label-defence --label-defence-strength; do
   grep -qE -- "^ +$flag " "$dir/server-help" || fail "server --help does not explain $flag"
 done
 for flag in --metrics-out --csv --test-csv --label-column --labels --csv-delimiter --test-fraction \
             --input-shape --classes --standardize --stats --fit-stats --pool-stats --config \
-            --tail-layers; do
+            --tail-layers --label-defence --label-defence-strength; do
   grep -qE -- "^ +$flag " "$dir/client-help" || fail "client --help does not explain $flag"
 done
 "$server" --listen 127.0.0.1:0 --insecure >"$dir/out" 2>"$dir/err" &

@@ -50,4 +50,15 @@ at::Tensor ApplyGradientDefence(const at::Tensor& gradients, const GradientDefen
   return (rows + noise * (bound * per_element)).reshape(gradients.sizes());
 }
 
+GradientDefender::GradientDefender(GradientDefence defence, uint64_t seed)
+    : defence_(defence), seed_(seed) {
+  CLEAVE_CHECK_USER(!active() || (std::isfinite(defence_.strength) && defence_.strength > 0),
+                    "--label-defence-strength must be finite and > 0, got ", defence_.strength);
+}
+
+at::Tensor GradientDefender::Apply(const at::Tensor& gradients) {
+  if (!active()) return gradients;
+  return ApplyGradientDefence(gradients, defence_, seed_ * 1000003u + applied_++);
+}
+
 }  // namespace cleave::privacy

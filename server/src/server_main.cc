@@ -4,6 +4,7 @@
 
 #include <CLI/CLI.hpp>
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <memory>
@@ -18,6 +19,7 @@
 #include "cleave/core/logging.h"
 #include "cleave/core/device.h"
 #include "cleave/core/model_flags.h"
+#include "cleave/privacy/gradient_defence.h"
 #include "cleave/server/grpc_server.h"
 #include "cleave/server/metrics_exporter.h"
 #include "cleave/server/split_server.h"
@@ -522,6 +524,8 @@ struct ConfigFlags {
   std::string join = "concat";
   int label_holder = 0;
   int64_t party_timeout_ms = 30000;
+  std::string label_defence = "none";
+  double label_defence_strength = 1.0;
 };
 
 void AddConfigFlags(CLI::App& app, ConfigFlags* f) {
@@ -538,6 +542,17 @@ void AddConfigFlags(CLI::App& app, ConfigFlags* f) {
                  "Vertical: how long a step waits for every party before it fails for the "
                  "parties waiting (DEADLINE_EXCEEDED)")
       ->capture_default_str();
+  app.add_option("--label-defence", f->label_defence,
+                 "Vertical: what the server does to the gradient slice it returns to each party "
+                 "other than --label-holder, against label inference by those parties: none, "
+                 "clip (each sample's norm to at most X x the batch's median norm) or noise "
+                 "(seeded Gaussian, norm about X x the median norm). Cost and effect: "
+                 "docs/LEAKAGE.md")
+      ->check(CLI::IsMember({"none", "clip", "noise"}))
+      ->capture_default_str();
+  app.add_option("--label-defence-strength", f->label_defence_strength,
+                 "X of --label-defence (finite, > 0)")
+      ->capture_default_str();
 }
 
 void ApplyConfigFlags(const ConfigFlags& f, cleave::server::SplitServerOptions* options) {
@@ -546,6 +561,14 @@ void ApplyConfigFlags(const ConfigFlags& f, cleave::server::SplitServerOptions* 
   options->vertical.label_holder = f.label_holder;
   CLEAVE_CHECK_USER(f.party_timeout_ms > 0, "--party-timeout-ms must be positive");
   options->vertical.party_timeout = std::chrono::milliseconds(f.party_timeout_ms);
+  options->vertical.label_defence.kind = cleave::privacy::ParseGradientDefenceKind(f.label_defence);
+  options->vertical.label_defence.strength = f.label_defence_strength;
+  CLEAVE_CHECK_USER(f.label_defence == "none" || options->config == cleave::SplitConfig::kVertical,
+                    "--label-defence on the server needs --config vertical (u-shaped: the "
+                    "hospital's cleave-client --label-defence defends what it sends)");
+  CLEAVE_CHECK_USER(std::isfinite(f.label_defence_strength) && f.label_defence_strength > 0,
+                    "--label-defence-strength must be finite and > 0, got ",
+                    f.label_defence_strength);
 }
 
 // Replicas of the server (replica_group.h).

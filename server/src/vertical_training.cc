@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <spdlog/spdlog.h>
 
+#include <cmath>
 #include <map>
 
 #include "cleave/core/error.h"
@@ -19,6 +20,7 @@ struct VerticalTraining::Party {
   std::vector<int64_t> cut_shape;
   std::unique_ptr<protocol::ActivationDecoder> activations;
   std::unique_ptr<protocol::GradientEncoder> gradients;
+  std::shared_ptr<privacy::GradientDefender> label_defender;  // null for the label holder
 };
 
 VerticalTraining::VerticalTraining(VerticalOptions options, const protocol::LinkSpec& link,
@@ -39,6 +41,10 @@ VerticalTraining::VerticalTraining(VerticalOptions options, const protocol::Link
                     "--label-holder must be a party in 0..", options_.parties - 1, ", got ",
                     options_.label_holder);
   CLEAVE_CHECK_USER(options_.party_timeout.count() > 0, "--party-timeout-ms must be positive");
+  const double strength = options_.label_defence.strength;
+  CLEAVE_CHECK_USER(options_.label_defence.kind == privacy::GradientDefenceKind::kNone ||
+                        (std::isfinite(strength) && strength > 0),
+                    "--label-defence-strength must be finite and > 0, got ", strength);
   CLEAVE_CHECK_USER(
       options_.join != JoinMode::kConcat || top_shape_.empty() || top_shape_[0] >= options_.parties,
       "concat of ", options_.parties, " parties needs a top input of at least ", options_.parties,
@@ -77,10 +83,21 @@ void VerticalTraining::Admit(const std::string& identity, const v1::JoinRequest&
   party->activations = std::make_unique<protocol::ActivationDecoder>(
       link_.activations, ActivationTensorSpec(shape, max_batch_, activation_bound_));
   party->gradients = std::make_unique<protocol::GradientEncoder>(link_.gradients, seed_ + index);
+  party->label_defender = LabelDefenderOf(index);
   parties_[index] = std::move(party);
   spdlog::info("'{}' is party {} of {} (cut layer {}{})", PeerText(identity), index,
                options_.parties, protocol::ShapeToString(shape),
                index == options_.label_holder ? ", holds the labels" : "");
+}
+
+std::shared_ptr<privacy::GradientDefender> VerticalTraining::LabelDefenderOf(int index) {
+  if (index == options_.label_holder) return nullptr;
+  std::shared_ptr<privacy::GradientDefender>& defender = label_defenders_[index];
+  if (!defender) {
+    defender = std::make_shared<privacy::GradientDefender>(options_.label_defence,
+                                                           seed_ + static_cast<uint64_t>(index));
+  }
+  return defender;
 }
 
 void VerticalTraining::Describe(v1::ServerConfig* told, uint64_t batch_seed) const {
@@ -155,7 +172,9 @@ v1::TrainReply VerticalTraining::Train(const std::string& identity, const v1::Tr
   reply.set_server_step(share.server_step);
   reply.set_loss(share.step.loss);  // 0 for all but the label holder
   reply.set_correct(share.step.correct);
-  party.gradients->Encode(share.gradient, positions, reply.mutable_gradients());
+  const at::Tensor gradient =
+      party.label_defender ? party.label_defender->Apply(share.gradient) : share.gradient;
+  party.gradients->Encode(gradient, positions, reply.mutable_gradients());
   return reply;
 }
 

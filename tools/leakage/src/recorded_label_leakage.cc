@@ -163,12 +163,11 @@ LabelLeakageRow UShapedRun(const Dataset& train, const Dataset& test,
         received.push_back(gradient.detach().to(at::kCPU).clone());
       });
   server::InProcessLink in_process(server, "hospital");
-  WireRecorder::Options wire_options;
-  wire_options.defend_middle_gradient = defence;  // the hospital defends what it sends
-  wire_options.seed = options.seed;
   WireRecord record;
-  WireRecorder wire(in_process, wire_options, &record);
-  client::SplitTrainer trainer(TrainerOptions(options, spec, SplitConfig::kUShaped, plan), wire);
+  WireRecorder wire(in_process, {}, &record);
+  client::TrainerOptions trainer_options = TrainerOptions(options, spec, SplitConfig::kUShaped, plan);
+  trainer_options.label_defence = defence;  // the hospital defends what it sends, as the binary
+  client::SplitTrainer trainer(trainer_options, wire);
   trainer.Join(train.size());
   Train(trainer, train, plan);
   const double accuracy = trainer.Evaluate(test).accuracy;
@@ -242,11 +241,12 @@ PartyResult RunParty(server::SplitServer& server, const WireRecorder::Options& w
 LabelLeakageRow VerticalRun(const Dataset& train, const Dataset& test,
                             const LabelLeakageOptions& options, const StepPlan& plan,
                             const privacy::GradientDefence& defence) {
-  server::SplitServer server(ServerOptions(options, options.model, SplitConfig::kVertical));
+  server::SplitServerOptions server_options =
+      ServerOptions(options, options.model, SplitConfig::kVertical);
+  server_options.vertical.label_defence = defence;  // the server defends the passive slice
+  server::SplitServer server(server_options);
   WireRecorder::Options passive_options;
   passive_options.record_reply_gradients = true;
-  passive_options.defend_reply_gradient = defence;  // the server defends the passive slice
-  passive_options.seed = options.seed;
   WireRecorder::Options holder_options;
   holder_options.record_labels = true;
   WireRecord passive_wire, holder_wire;

@@ -24,16 +24,8 @@ WireRecorder::WireRecorder(protocol::SplitLink& inner, Options options, WireReco
   CLEAVE_ENFORCE(record_ != nullptr, "a WireRecorder needs a record");
 }
 
-void WireRecorder::Defend(const privacy::GradientDefence& defence, v1::Tensor* message) {
-  if (defence.kind == privacy::GradientDefenceKind::kNone) return;
-  const at::Tensor defended = privacy::ApplyGradientDefence(
-      DecodeDenseMessage(*message), defence, options_.seed * 1000003u + defended_++);
-  message->Clear();
-  protocol::EncodeDense(defended.contiguous(), message);
-}
-
 v1::TrainReply WireRecorder::TrainStep(const v1::TrainRequest& request) {
-  v1::TrainRequest sent = request;
+  const v1::TrainRequest& sent = request;
   if (sent.has_activations()) {
     ++record_->train_requests;
     if (sent.has_labels()) ++record_->train_requests_with_labels;
@@ -41,15 +33,9 @@ v1::TrainReply WireRecorder::TrainStep(const v1::TrainRequest& request) {
       record_->labels.push_back(DecodeDenseMessage(sent.labels()));
     }
   }
-  if (sent.has_middle_gradient()) {
-    Defend(options_.defend_middle_gradient, sent.mutable_middle_gradient());
-  }
-  v1::TrainReply reply = inner_.TrainStep(sent);
-  if (reply.has_gradients()) {
-    Defend(options_.defend_reply_gradient, reply.mutable_gradients());
-    if (options_.record_reply_gradients) {
-      record_->reply_gradients.push_back(DecodeDenseMessage(reply.gradients()));
-    }
+  const v1::TrainReply reply = inner_.TrainStep(sent);
+  if (reply.has_gradients() && options_.record_reply_gradients) {
+    record_->reply_gradients.push_back(DecodeDenseMessage(reply.gradients()));
   }
   return reply;
 }

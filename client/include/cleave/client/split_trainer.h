@@ -21,6 +21,7 @@
 #include "cleave/core/lr_schedule.h"
 #include "cleave/core/split_config.h"
 #include "cleave/core/split_model.h"
+#include "cleave/privacy/gradient_defence.h"
 #include "cleave/protocol/cleave.pb.h"
 #include "cleave/protocol/link_spec.h"
 #include "cleave/protocol/split_link.h"
@@ -71,6 +72,9 @@ struct TrainerOptions {
   // Split configuration; vertical: this client's party index (vertical_party.h).
   SplitConfig config = SplitConfig::kVanilla;
   int party = 0;
+  // U-shaped: what the hospital does to d loss / d a2 before sending it (seeded from `seed`),
+  // against label inference by the server (privacy/gradient_defence.h). Off by default.
+  privacy::GradientDefence label_defence;
 };
 
 struct EpochStats {
@@ -173,6 +177,7 @@ class SplitTrainer {
   std::unique_ptr<ActivationCompressor> compressor_;
   std::unique_ptr<protocol::GradientDecoder> gradient_decoder_;
   std::unique_ptr<UShapedTail> u_shaped_;  // null: not U-shaped
+  std::shared_ptr<privacy::GradientDefender> label_defender_;  // u-shaped's, across Joins
   LinkCounters counters_;
   std::vector<double> step_losses_;
   int64_t step_ = 0;

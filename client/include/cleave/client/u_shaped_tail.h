@@ -10,8 +10,10 @@
 #include <torch/nn/modules/container/sequential.h>
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
+#include "cleave/privacy/gradient_defence.h"
 #include "cleave/protocol/activation_codec.h"
 #include "cleave/protocol/cleave.pb.h"
 #include "cleave/protocol/gradient_codec.h"
@@ -38,9 +40,12 @@ struct UShapedBytes {
 class UShapedTail {
  public:
   // `tail`: the client's last blocks (SplitModel::tail); `middle_shape`: a2 of one sample;
-  // `max_batch`: the server's (a reply never has more rows than the request).
+  // `max_batch`: the server's (a reply never has more rows than the request); `label_defender`
+  // (null: none) defends each middle gradient before it is encoded; the trainer keeps it across
+  // Joins so its noise never repeats.
   UShapedTail(torch::nn::Sequential tail, const protocol::LinkSpec& link,
-              const std::vector<int64_t>& middle_shape, int64_t max_batch, uint64_t seed);
+              const std::vector<int64_t>& middle_shape, int64_t max_batch, uint64_t seed,
+              std::shared_ptr<privacy::GradientDefender> label_defender = nullptr);
 
   // The middle's output the server sent for a batch of `batch` rows, checked: shape, batch,
   // finiteness, magnitude (InvalidInput otherwise). Zeros where the server sent nothing.
@@ -54,7 +59,8 @@ class UShapedTail {
   // Training: the tail (train mode) on a2, the mean cross-entropy on `labels`, and its backward
   // pass (the tail's parameter gradients accumulate; the caller zeroes and steps them).
   Step Backward(const at::Tensor& middle_output, const at::Tensor& labels);
-  // d loss / d a2 at the positions a2 took, compressed as the link's gradients are.
+  // d loss / d a2 at the positions a2 took, defended (label_defender) and then compressed as
+  // the link's gradients are.
   void EncodeMiddleGradient(const at::Tensor& gradient, const protocol::SentPositions& sent,
                             v1::Tensor* message);
 
@@ -77,6 +83,7 @@ class UShapedTail {
   torch::nn::Sequential tail_;
   protocol::ActivationDecoder middle_output_;
   protocol::GradientEncoder middle_gradient_;
+  std::shared_ptr<privacy::GradientDefender> label_defender_;
   UShapedBytes bytes_;
 };
 

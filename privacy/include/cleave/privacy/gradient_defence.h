@@ -5,6 +5,7 @@
 
 #include <ATen/Tensor.h>
 
+#include <atomic>
 #include <cstdint>
 #include <string>
 
@@ -30,5 +31,26 @@ const char* GradientDefenceName(GradientDefenceKind kind);
 // (ignored by kNone and kClip). Throws InvalidInput if strength is not finite and > 0.
 at::Tensor ApplyGradientDefence(const at::Tensor& gradients, const GradientDefence& defence,
                                 uint64_t generator_seed);
+
+// The defence as the party sending the gradients applies it, one batch after another: each
+// call's noise is seeded from `seed` and the number of calls before it, so a run is
+// reproducible and no two batches share noise. cleave-client (U-shaped: the middle gradient),
+// cleave-server (vertical: the passive parties' slices) and cleave-leakage's measurement all
+// defend through this. Keep one per sender for its whole run (a sender that joins again goes on
+// counting, so no noise repeats). Apply is thread-safe.
+class GradientDefender {
+ public:
+  // Throws UserError if the defence is on and its strength is not finite and > 0.
+  GradientDefender(GradientDefence defence, uint64_t seed);
+  bool active() const { return defence_.kind != GradientDefenceKind::kNone; }
+  const GradientDefence& defence() const { return defence_; }
+  // `gradients` itself when the defence is off, else the defended copy.
+  at::Tensor Apply(const at::Tensor& gradients);
+
+ private:
+  GradientDefence defence_;
+  uint64_t seed_;
+  std::atomic<uint64_t> applied_{0};  // batches defended so far
+};
 
 }  // namespace cleave::privacy

@@ -4,7 +4,8 @@
 // One party (--label-holder) sends the labels; the others never see the loss or the accuracy.
 // A step, or an evaluation batch, waits for every party (party_rendezvous.h) up to the party
 // timeout. What each party sends is decoded and checked with its own cut shape and the link's
-// compression, exactly as a vanilla client's; its gradient is compressed the same way.
+// compression, exactly as a vanilla client's; its gradient is compressed the same way, after
+// the label defence (VerticalOptions::label_defence) for every party that lacks the labels.
 // SplitServer owns one when its configuration is vertical; nothing here knows gRPC.
 #pragma once
 
@@ -19,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "cleave/privacy/gradient_defence.h"
 #include "cleave/protocol/activation_codec.h"
 #include "cleave/protocol/cleave.pb.h"
 #include "cleave/protocol/gradient_codec.h"
@@ -34,6 +36,10 @@ struct VerticalOptions {
   JoinMode join = JoinMode::kConcat;
   int label_holder = 0;  // the party that sends the labels
   std::chrono::milliseconds party_timeout{30000};
+  // Applied to the gradient slice of every party but the label holder before it is encoded
+  // (noise seeded per party from the server's seed), against label inference by those parties.
+  // The label holder's own slice is not defended: it tells that party nothing it lacks.
+  privacy::GradientDefence label_defence;
 };
 
 class VerticalTraining {
@@ -87,6 +93,8 @@ class VerticalTraining {
   // The party `identity` holds (kNotAllowed if none; shared: a Join of the same party replaces
   // it while a step of the old one may still run) and what it sent, decoded and checked.
   std::shared_ptr<Party> PartyOf(const std::string& identity);
+  // The defender of party `index`'s gradient (under parties_mutex_); null for the label holder.
+  std::shared_ptr<privacy::GradientDefender> LabelDefenderOf(int index);
   Sent Decode(const Party& party, const v1::Tensor& activations, const v1::Tensor& labels,
               bool has_labels) const;
   std::vector<StepShare> RunStep(std::vector<Sent>& sent, const RunTop& run_top) const;
@@ -103,6 +111,8 @@ class VerticalTraining {
   uint64_t seed_;
   std::mutex parties_mutex_;  // guards parties_ (each Party's codecs are its own thread's)
   std::map<int, std::shared_ptr<Party>> parties_;
+  // Each passive party's label defender, kept across its Joins so its noise never repeats.
+  std::map<int, std::shared_ptr<privacy::GradientDefender>> label_defenders_;
   PartyRendezvous<Sent, StepShare> steps_;
   PartyRendezvous<Sent, TopModel::Evaluation> evaluations_;
 };

@@ -1,8 +1,8 @@
 // A SplitLink between a trainer and its link that records what crosses it for the label-leakage
-// measurement (recorded_label_leakage.h) and, when asked, applies a gradient defence to a
-// gradient on its way, as the party sending it would: the U-shaped middle gradient the hospital
-// sends, or the gradient the server returns to a vertical passive party. Messages must be dense
-// (the measurement runs an uncompressed link); anything else is an Error.
+// measurement (recorded_label_leakage.h). The gradient defence is not applied here but by the
+// product itself (TrainerOptions::label_defence, VerticalOptions::label_defence), so what is
+// measured is what the binaries send. Messages must be dense (the measurement runs an
+// uncompressed link); anything else is an Error.
 #pragma once
 
 #include <ATen/Tensor.h>
@@ -10,7 +10,6 @@
 #include <cstdint>
 #include <vector>
 
-#include "cleave/privacy/gradient_defence.h"
 #include "cleave/protocol/split_link.h"
 
 namespace cleave::leakage {
@@ -27,10 +26,7 @@ class WireRecorder final : public protocol::SplitLink {
  public:
   struct Options {
     bool record_labels = false;
-    bool record_reply_gradients = false;  // recorded after defend_reply_gradient
-    privacy::GradientDefence defend_middle_gradient;  // U-shaped: on the request's dL/da2
-    privacy::GradientDefence defend_reply_gradient;   // on the reply's dL/da
-    uint64_t seed = 1;                                // of the defences' noise, per step
+    bool record_reply_gradients = false;  // the reply's dL/da, as the party receives it
   };
   // `inner` and `record` must outlive this link.
   WireRecorder(protocol::SplitLink& inner, Options options, WireRecord* record);
@@ -49,13 +45,9 @@ class WireRecorder final : public protocol::SplitLink {
   }
 
  private:
-  // Decodes a dense message, applies `defence` (noise seeded per call) and encodes it back.
-  void Defend(const privacy::GradientDefence& defence, v1::Tensor* message);
-
   protocol::SplitLink& inner_;
   Options options_;
   WireRecord* record_;
-  uint64_t defended_ = 0;  // messages defended so far: the noise seed's counter
 };
 
 // The tensor of a dense wire message (float32 or int64), checked as any received tensor is.

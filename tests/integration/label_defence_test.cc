@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <future>
 #include <mutex>
 #include <numeric>
@@ -92,14 +93,18 @@ TEST(LabelDefenceUShapedTest, TheServerReceivesTheClippedMiddleGradientAndTraini
   EXPECT_TRUE(at::allclose(clipped.received[0], expected, 1e-5, 1e-7));
   EXPECT_FALSE(at::allclose(clipped.received[0], plain.received[0], 1e-5, 1e-7));
   // ...and at every step no sample's norm exceeds the batch's bound (half the median norm, which
-  // at least half the samples then sit at); without the flag the norms differ.
+  // at least half the samples then sit at); without the flag the norms spread out as it trains.
   for (size_t step = 0; step < clipped.received.size(); ++step) {
     const at::Tensor norms = RowNorms(clipped.received[step]);
     EXPECT_LE(norms.max().item<double>(), norms.median().item<double>() * (1 + 1e-4))
         << "step " << step;
   }
-  const at::Tensor plain_norms = RowNorms(plain.received[0]);
-  EXPECT_GT(plain_norms.max().item<double>(), 1.1 * plain_norms.median().item<double>());
+  double widest = 0;  // without the flag: the largest max / median norm over the steps
+  for (const at::Tensor& gradient : plain.received) {
+    const at::Tensor norms = RowNorms(gradient);
+    widest = std::max(widest, norms.max().item<double>() / norms.median().item<double>());
+  }
+  EXPECT_GT(widest, 1.1);
   const double first = Mean(clipped.losses, 0, 25), last = Mean(clipped.losses, 125, 25);
   std::printf("[ label defence ] u-shaped clip 0.5: loss %.3f -> %.3f\n", first, last);
   EXPECT_LT(last, 0.8 * first);

@@ -176,10 +176,13 @@ void MeasureSetting(torch::nn::Sequential& bottom, const Dataset& auxiliary, con
                     const SweepOptions& options, const TransmissionSettings& transmission,
                     std::FILE* log, SweepRow* row) {
   if (log) {
+    const int64_t pairs = options.leakage.attack_auxiliary_samples > 0
+                              ? std::min(options.leakage.attack_auxiliary_samples, auxiliary.size())
+                              : auxiliary.size();
     std::fprintf(log,
                  "  measuring: dCor on %lld test inputs, attack decoder on %lld auxiliary "
                  "pairs for %d epochs\n",
-                 static_cast<long long>(test.size()), static_cast<long long>(auxiliary.size()),
+                 static_cast<long long>(test.size()), static_cast<long long>(pairs),
                  options.leakage.attack.epochs);
     std::fflush(log);
   }

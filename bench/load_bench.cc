@@ -2,6 +2,8 @@
 // bounded time, in splitfed rounds. The server runs in a child process so that its memory is its
 // own. Reports steps/s, p50/p99 step latency (client-side, one TrainStep round trip), the server's
 // peak RSS, errors (target: none) and whether every accepted update was applied exactly once.
+// With --merge-max-batch the server merges the steps of hospitals waiting at the same time
+// (step_merger.h); it then also reports how many steps of its layers it took.
 // It measures; it is not a test. Exit code 1 if an error occurred or an update was lost or doubled.
 #include <ATen/ATen.h>
 #include <spdlog/spdlog.h>
@@ -42,6 +44,8 @@ struct Flags {
   std::string model = "mlp";
   int64_t batch = 16;
   int64_t round_samples = 2048;
+  int64_t merge_max_batch = 0;  // the server's --merge-max-batch (0: off)
+  int64_t merge_wait_us = 0;
   std::string json_out;
 };
 
@@ -92,6 +96,8 @@ cleave::Dataset Data(const std::string& model, uint64_t seed) {
   options.compression.mutable_activations()->set_value_precision("fp16");
   options.compression.mutable_updates()->set_method("gaussiank+");
   options.compression.mutable_updates()->set_density(0.1);
+  options.merge.max_batch = flags.merge_max_batch;
+  options.merge.max_wait = std::chrono::microseconds(flags.merge_wait_us);
   cleave::server::SplitServer server(options);
   cleave::server::ListenOptions listen;
   listen.address = "127.0.0.1:0";
@@ -103,8 +109,14 @@ cleave::Dataset Data(const std::string& model, uint64_t seed) {
   if (::read(control, &byte, 1) != 1) std::_Exit(3);
   grpc_server.Shutdown(1000);
   const cleave::server::RoundState state = server.rounds()->Snapshot();
-  const int64_t numbers[5] = {state.updates_accepted, state.updates_applied,
-                              static_cast<int64_t>(state.pending.size()), state.updates_duplicate, server.step()};
+  const cleave::server::ServerCounters counters = server.counters();
+  const int64_t numbers[7] = {state.updates_accepted,
+                              state.updates_applied,
+                              static_cast<int64_t>(state.pending.size()),
+                              state.updates_duplicate,
+                              server.step(),
+                              counters.top_steps,
+                              counters.merged_steps};
   if (::write(report, numbers, sizeof(numbers)) != sizeof(numbers)) std::_Exit(3);
   std::_Exit(0);
 }
@@ -209,9 +221,17 @@ int Run(int argc, char** argv) {
   app.add_option("--batch", flags.batch, "Batch size per step")->capture_default_str();
   app.add_option("--round-samples", flags.round_samples, "Samples (all hospitals) per round")
       ->capture_default_str();
+  app.add_option("--merge-max-batch", flags.merge_max_batch,
+                 "The server merges steps waiting at the same time, up to N samples (0: off)")
+      ->capture_default_str();
+  app.add_option("--merge-wait-us", flags.merge_wait_us,
+                 "With --merge-max-batch: longest wait for company, microseconds")
+      ->capture_default_str();
   app.add_option("--json", flags.json_out, "Also write the figures as JSON to this file");
   if (const auto code = cleave::ParseCommandLine(app, argc, argv)) return *code;
   CLEAVE_CHECK_USER(flags.clients >= 1 && flags.seconds > 0, "--clients and --seconds must be > 0");
+  cleave::server::ValidateStepMergerOptions(
+      {flags.merge_max_batch, std::chrono::microseconds(flags.merge_wait_us)});
   cleave::SetupLogging("warn");
 
   const cleave::PemPair ca = cleave::CreateCertificateAuthority("bench_load CA");
@@ -266,7 +286,7 @@ int Run(int argc, char** argv) {
   sampler.join();
   const char byte = 1;
   CLEAVE_ENFORCE(::write(control_pipe[1], &byte, 1) == 1, "cannot stop the server");
-  int64_t numbers[5] = {0, 0, 0, 0, 0};
+  int64_t numbers[7] = {0, 0, 0, 0, 0, 0, 0};
   const bool reported = ::read(report_pipe[0], numbers, sizeof(numbers)) == sizeof(numbers);
   int child_status = 0;
   ::waitpid(child, &child_status, 0);
@@ -298,6 +318,14 @@ int Run(int argc, char** argv) {
       static_cast<long long>(applied), static_cast<long long>(pending),
       static_cast<long long>(numbers[3]),
       exactly_once ? "every accepted update applied exactly once" : "MISMATCH");
+  std::printf("server: %lld hospital steps in %lld steps of its layers (%lld merged; merging %s)\n",
+              static_cast<long long>(numbers[4]), static_cast<long long>(numbers[5]),
+              static_cast<long long>(numbers[6]),
+              flags.merge_max_batch > 0
+                  ? ("up to " + std::to_string(flags.merge_max_batch) + " samples, wait " +
+                     std::to_string(flags.merge_wait_us) + " us")
+                        .c_str()
+                  : "off");
   if (!flags.json_out.empty()) {
     const nlohmann::json json = {
         {"clients", flags.clients},       {"model", flags.model},
@@ -310,6 +338,10 @@ int Run(int argc, char** argv) {
         {"errors", errors},               {"updates_acknowledged", acknowledged},
         {"updates_accepted", accepted},   {"updates_applied", applied},
         {"updates_pending", pending},     {"exactly_once", exactly_once},
+        {"merge_max_batch", flags.merge_max_batch},
+        {"merge_wait_us", flags.merge_wait_us},
+        {"server_steps", numbers[4]},     {"server_top_steps", numbers[5]},
+        {"server_merged_steps", numbers[6]},
     };
     std::ofstream(flags.json_out) << json.dump(2) << "\n";
   }

@@ -46,17 +46,12 @@ struct MetricsExporter::Metrics {
                 .Register(registry)
                 .Add({}, prometheus::Histogram::BucketBoundaries{0.001, 0.002, 0.005, 0.01, 0.02,
                                                                  0.05, 0.1, 0.2, 0.5, 1})),
-        round_seconds(prometheus::BuildHistogram()
-                          .Name("cleave_round_duration_seconds")
-                          .Help("Wall time of a round, first Sync to applied average")
-                          .Register(registry)
-                          .Add({}, prometheus::Histogram::BucketBoundaries{1, 2, 5, 10, 20, 30, 60,
-                                                                           120, 300, 600})),
-        staleness(prometheus::BuildHistogram()
-                      .Name("cleave_update_staleness")
-                      .Help("Versions between an accepted update's base and the current model")
-                      .Register(registry)
-                      .Add({}, prometheus::Histogram::BucketBoundaries{0, 1, 2, 3, 4, 8})),
+        round_seconds(Histogram(registry, "cleave_round_duration_seconds",
+                                "Wall time of a round, first Sync to applied average",
+                                {1, 2, 5, 10, 20, 30, 60, 120, 300, 600})),
+        staleness(Histogram(registry, "cleave_update_staleness",
+                            "Versions between an accepted update's base and the current model",
+                            {0, 1, 2, 3, 4, 8})),
         updates(prometheus::BuildCounter()
                     .Name("cleave_updates_accepted_total")
                     .Help("Client-model updates accepted into a round")
@@ -87,7 +82,21 @@ struct MetricsExporter::Metrics {
                     .Name("cleave_client_model_version")
                     .Help("Current client-side model version")
                     .Register(registry)
-                    .Add({})) {}
+                    .Add({})),
+        top_step_hospitals(Histogram(
+            registry, "cleave_top_step_hospitals",
+            "Hospitals' steps merged into one step of the server's layers (merging on)",
+            {1, 2, 4, 8, 16, 32, 64})),
+        top_step_samples(Histogram(registry, "cleave_top_step_samples",
+                                   "Samples in one step of the server's layers (merging on)",
+                                   {16, 32, 64, 128, 256, 512, 1024, 2048, 4096})) {}
+
+  static prometheus::Histogram& Histogram(prometheus::Registry& registry, const char* name,
+                                          const char* help,
+                                          prometheus::Histogram::BucketBoundaries buckets) {
+    return prometheus::BuildHistogram().Name(name).Help(help).Register(registry).Add(
+        {}, std::move(buckets));
+  }
 
   prometheus::Counter& steps;
   prometheus::Counter& samples;
@@ -105,6 +114,8 @@ struct MetricsExporter::Metrics {
   prometheus::Counter& expired;
   prometheus::Counter& rounds;
   prometheus::Gauge& version;
+  prometheus::Histogram& top_step_hospitals;
+  prometheus::Histogram& top_step_samples;
 };
 
 MetricsExporter::MetricsExporter(const std::string& address)
@@ -135,6 +146,11 @@ void MetricsExporter::OnStep(int64_t samples, double seconds) {
   metrics_->steps.Increment();
   metrics_->samples.Increment(static_cast<double>(samples));
   metrics_->step_seconds.Observe(seconds);
+}
+
+void MetricsExporter::OnTopStep(int64_t hospitals, int64_t samples) {
+  metrics_->top_step_hospitals.Observe(static_cast<double>(hospitals));
+  metrics_->top_step_samples.Observe(static_cast<double>(samples));
 }
 
 void MetricsExporter::OnBytes(int64_t received, int64_t sent) {

@@ -201,7 +201,7 @@ void AddConnectionFlags(CLI::App& app, Flags* f) {
       ->capture_default_str();
 }
 
-// K-FAC's knobs (--optimizer kfac); the defaults are kfac-pytorch's (its SC20 code).
+// K-FAC's knobs (--optimizer kfac); the defaults and why: KfacOptions (kfac_preconditioner.h).
 void AddKfacFlags(CLI::App& app, cleave::server::KfacOptions* kfac) {
   app.add_option("--kfac-damping", kfac->damping,
                  "K-FAC damping: eigenvalue products dg x da get this added before dividing")
@@ -529,6 +529,33 @@ void ApplyConfigFlags(const ConfigFlags& f, cleave::server::SplitServerOptions* 
   options->vertical.party_timeout = std::chrono::milliseconds(f.party_timeout_ms);
 }
 
+// Merged steps (vanilla only; server/include/cleave/server/step_merger.h).
+struct MergeFlags {
+  int64_t max_batch = 0;
+  int64_t wait_us = 0;
+};
+
+void AddMergeFlags(CLI::App& app, MergeFlags* f) {
+  app.add_option("--merge-max-batch", f->max_batch,
+                 "Vanilla only: merge the steps of hospitals waiting at the same time into one "
+                 "step of the server's layers, of at most N samples (one optimizer step for "
+                 "their samples: a bigger batch, fewer steps per epoch); 0: off")
+      ->capture_default_str();
+  app.add_option("--merge-wait-us", f->wait_us,
+                 "With --merge-max-batch: the longest the first waiting step waits for company, "
+                 "in microseconds (0..1000000; not waited once every hospital's step is in)")
+      ->capture_default_str();
+}
+
+void ApplyMergeFlags(const MergeFlags& f, cleave::server::SplitServerOptions* options) {
+  options->merge.max_batch = f.max_batch;
+  options->merge.max_wait = std::chrono::microseconds(f.wait_us);
+  cleave::server::ValidateStepMergerOptions(options->merge);
+  CLEAVE_CHECK_USER(options->merge.max_batch == 0 || options->config == cleave::SplitConfig::kVanilla,
+                    "--merge-max-batch applies to the vanilla configuration, not --config ",
+                    cleave::SplitConfigName(options->config));
+}
+
 int Run(int argc, char** argv) {
   CLI::App app(kDescription, "cleave-server");
   app.get_formatter()->column_width(36);
@@ -539,9 +566,12 @@ int Run(int argc, char** argv) {
   AddEndAndOutputFlags(app, &flags);
   ConfigFlags config;
   AddConfigFlags(app, &config);
+  MergeFlags merge;
+  AddMergeFlags(app, &merge);
   if (const auto code = cleave::ParseCommandLine(app, argc, argv)) return *code;
   Resolve(&flags);
   ApplyConfigFlags(config, &flags.options);
+  ApplyMergeFlags(merge, &flags.options);
   return Serve(flags);
 }
 

@@ -72,6 +72,7 @@ SplitServer::SplitServer(SplitServerOptions options)
   step_codec_ =
       std::make_unique<StepCodec>(link_spec_, ActivationSpec(), LabelSpec(), options_.seed);
   u_shaped_ = MakeUShapedMiddle(model.middle_shape);  // null unless u-shaped
+  SetUpMerging();                                      // null unless merging
   torch::nn::Sequential top = model.top;  // shares the layers
   top->to(ResolveDevice(options_.device));
   top_ = MakeTopModel(top, TopOptimizer(options_));
@@ -200,6 +201,7 @@ v1::TrainReply SplitServer::Train(const std::string& identity, const v1::TrainRe
   // Decoding is the expensive, untrusted part: outside the model's lock.
   const StepCodec::Batch batch =
       Refusable("step", identity, [&] { return step_codec_->Decode(request); });
+  if (merger_) return TrainMerged(identity, request, batch);
   const auto started = Clock::now();
   bool round_closing = false;
   int64_t server_step = 0;
@@ -221,6 +223,13 @@ v1::TrainReply SplitServer::Train(const std::string& identity, const v1::TrainRe
     }
     return taken;
   });
+  return ReplyToStep(request, batch, step, round_closing, server_step, started);
+}
+
+v1::TrainReply SplitServer::ReplyToStep(const v1::TrainRequest& request,
+                                        const StepCodec::Batch& batch, const TopModel::Step& step,
+                                        bool round_closing, int64_t server_step,
+                                        Clock::time_point started) {
   const v1::TrainReply reply =
       step_codec_->Encode(request, batch, step, round_closing, server_step);
   sessions_.Count(request.session_id(), 1, batch.size(), 0, 0);
@@ -415,6 +424,8 @@ ServerCounters SplitServer::counters() const {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     counters.steps = step_;
+    counters.top_steps = step_ - merged_away_;
+    counters.merged_steps = merged_steps_;
     counters.samples = samples_;
   }
   counters.bytes_received = bytes_received_;

@@ -55,7 +55,7 @@ TopModel::Step TopModel::Train(const at::Tensor& activations, const at::Tensor& 
       throw NotFinite("the loss of this batch is not finite; the model was not changed");
     }
     loss.backward();
-    CheckAndStep(input, admit);
+    CheckAndStep(input, input.size(0), admit);
   } catch (...) {
     optimizer_->zero_grad();
     throw;
@@ -63,6 +63,75 @@ TopModel::Step TopModel::Train(const at::Tensor& activations, const at::Tensor& 
   step.cut_gradient = input.grad().to(c10::kCPU);
   step.correct = logits.argmax(1).eq(targets).sum().item<int64_t>();
   return step;
+}
+
+namespace {
+
+// Each row's weight in a merged loss: w_i / rows_i for the rows of slice i, where
+// w_i = rows_i scale_i / scaled_total.
+at::Tensor RowWeights(const std::vector<TopModel::Slice>& slices, double scaled_total,
+                      const at::TensorOptions& options) {
+  std::vector<at::Tensor> parts;
+  for (const TopModel::Slice& slice : slices) {
+    parts.push_back(at::full({slice.rows}, slice.scale / scaled_total, options));
+  }
+  return at::cat(parts);
+}
+
+// Each slice's own loss, correct count and cut gradient (undone from its weight in the loss).
+std::vector<TopModel::Step> SplitMerged(const std::vector<TopModel::Slice>& slices,
+                                        double scaled_total, const at::Tensor& row_losses,
+                                        const at::Tensor& hits, const at::Tensor& cut_gradient) {
+  std::vector<TopModel::Step> steps;
+  int64_t start = 0;
+  for (const TopModel::Slice& slice : slices) {
+    const int64_t end = start + slice.rows;
+    const double weight = static_cast<double>(slice.rows) * slice.scale / scaled_total;
+    TopModel::Step step;
+    step.loss = row_losses.slice(0, start, end).mean().item<double>();
+    step.correct = hits.slice(0, start, end).sum().item<int64_t>();
+    step.cut_gradient = cut_gradient.slice(0, start, end).div(weight);
+    steps.push_back(std::move(step));
+    start = end;
+  }
+  return steps;
+}
+
+}  // namespace
+
+std::vector<TopModel::Step> TopModel::TrainMerged(const at::Tensor& activations,
+                                                  const at::Tensor& labels,
+                                                  const std::vector<Slice>& slices) {
+  int64_t rows = 0;
+  double scaled = 0;
+  for (const Slice& slice : slices) {
+    CLEAVE_ENFORCE(slice.rows > 0 && slice.scale > 0 && slice.scale <= 1, "a merged slice of ",
+                   slice.rows, " rows at scale ", slice.scale);
+    rows += slice.rows;
+    scaled += static_cast<double>(slice.rows) * slice.scale;
+  }
+  CLEAVE_ENFORCE(rows == activations.size(0) && rows == labels.size(0), "merged slices of ", rows,
+                 " rows for a batch of ", activations.size(0));
+  layers_->train();
+  at::Tensor input = activations.to(device_).detach().requires_grad_(true);
+  const at::Tensor targets = labels.to(device_);
+  const at::Tensor logits = kfac_ ? kfac_->Forward(input) : layers_->forward(input);
+  const at::Tensor row_losses = torch::nn::functional::cross_entropy(
+      logits, targets, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+  const at::Tensor loss = (row_losses * RowWeights(slices, scaled, row_losses.options())).sum();
+  optimizer_->zero_grad();
+  try {
+    if (!std::isfinite(loss.item<double>())) {
+      throw NotFinite("the loss of this merged batch is not finite; the model was not changed");
+    }
+    loss.backward();
+    CheckAndStep(input, rows, [&] { return scaled / static_cast<double>(rows); });
+  } catch (...) {
+    optimizer_->zero_grad();
+    throw;
+  }
+  return SplitMerged(slices, scaled, row_losses.detach().to(c10::kCPU),
+                     logits.argmax(1).eq(targets).to(c10::kCPU), input.grad().to(c10::kCPU));
 }
 
 TopModel::Forward TopModel::StartStep(const at::Tensor& activations) {
@@ -82,7 +151,7 @@ at::Tensor TopModel::FinishStep(const Forward& forward, const at::Tensor& output
   optimizer_->zero_grad();
   try {
     forward.output.backward(output_gradient.to(device_));
-    CheckAndStep(forward.input, admit);
+    CheckAndStep(forward.input, forward.input.size(0), admit);
   } catch (...) {
     optimizer_->zero_grad();
     throw;
@@ -90,13 +159,33 @@ at::Tensor TopModel::FinishStep(const Forward& forward, const at::Tensor& output
   return forward.input.grad().to(c10::kCPU);
 }
 
-void TopModel::CheckAndStep(const at::Tensor& input, const std::function<double()>& admit) {
+void TopModel::CheckAndStep(const at::Tensor& input, int64_t samples,
+                            const std::function<double()>& admit) {
   CheckGradient(input.grad(), "the gradient at the cut");
   for (const at::Tensor& parameter : layers_->parameters()) {
     CheckGradient(parameter.grad(), "a gradient of the server's layers");
   }
-  const double scale = admit();
+  const double scale = ReduceGradients(samples, admit());
+  if (scale <= 0) return;  // no replica had samples
   if (kfac_) kfac_->Precondition(optimizer_->param_groups().front().options().get_lr());
+  ScaledStep(scale);
+}
+
+double TopModel::ReduceGradients(int64_t samples, double scale) {
+  if (!reducer_) return scale;
+  std::vector<at::Tensor> gradients;
+  for (const at::Tensor& parameter : layers_->parameters()) {
+    if (parameter.grad().defined()) gradients.push_back(parameter.grad());
+  }
+  const auto local = static_cast<double>(samples);
+  const StepWeight global = reducer_->Reduce(gradients, {local, local * scale});
+  CLEAVE_ENFORCE(std::isfinite(global.samples) && std::isfinite(global.scaled_samples) &&
+                     global.scaled_samples >= 0 && global.scaled_samples <= global.samples,
+                 "the gradient reducer returned a weight out of range");
+  return global.samples > 0 ? global.scaled_samples / global.samples : 0.0;
+}
+
+void TopModel::ScaledStep(double scale) {
   std::vector<at::Tensor> before;
   for (const at::Tensor& parameter : layers_->parameters()) {
     before.push_back(parameter.detach().clone());

@@ -1,6 +1,7 @@
 // Prometheus metrics of a running server (prometheus-cpp), served over HTTP at /metrics: steps,
 // samples, bytes per direction, active clients, step and round durations, update staleness,
-// refused updates and steps by reason, clipped updates, expired sessions, rounds.
+// refused updates and steps by reason, clipped updates, expired sessions, rounds; with merged
+// steps, the hospitals and samples of each step of the server's layers.
 #pragma once
 
 #include <memory>
@@ -32,6 +33,7 @@ class MetricsExporter final : public ServerObserver {
   void OnRefused(const std::string& what, const std::string& reason) override;
   void OnSessionsExpired(int64_t count) override;
   void OnRound(const RoundSummary& summary) override;
+  void OnTopStep(int64_t hospitals, int64_t samples) override;
 
  private:
   struct Metrics;

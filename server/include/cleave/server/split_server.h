@@ -35,6 +35,7 @@
 #include "cleave/server/round_endpoint.h"
 #include "cleave/server/session_table.h"
 #include "cleave/server/step_codec.h"
+#include "cleave/server/step_merger.h"
 #include "cleave/server/top_model.h"
 #include "cleave/server/u_shaped_middle.h"
 #include "cleave/server/value_bounds.h"
@@ -86,11 +87,16 @@ struct SplitServerOptions {
   SplitConfig config = SplitConfig::kVanilla;
   VerticalOptions vertical;  // config vertical only
   std::chrono::milliseconds middle_gradient_timeout{30000};
+  // Vanilla only: steps of hospitals waiting at the same time merged into one step of the top
+  // (step_merger.h, split_server_merged.cc); max_batch 0 (the default): off.
+  StepMergerOptions merge;
 };
 
 // Counts the server keeps for observability (metrics endpoint, tests).
 struct ServerCounters {
-  int64_t steps = 0;
+  int64_t steps = 0;      // hospitals' steps trained
+  int64_t top_steps = 0;  // optimizer steps of the top: fewer than steps when steps merge
+  int64_t merged_steps = 0;  // top steps that took two hospitals' steps or more
   int64_t samples = 0;
   int64_t bytes_received = 0;  // protobuf bytes of requests (Train, Evaluate, SubmitUpdate)
   int64_t bytes_sent = 0;      // protobuf bytes of replies (Train, Evaluate, Sync)
@@ -115,6 +121,11 @@ class ServerObserver {
   virtual void OnRefused(const std::string& what, const std::string& reason) = 0;
   virtual void OnSessionsExpired(int64_t count) = 0;
   virtual void OnRound(const RoundSummary& summary) = 0;
+  // With merging on: a step of the top that took `hospitals` hospitals' steps, `samples` in all.
+  virtual void OnTopStep(int64_t hospitals, int64_t samples) {
+    (void)hospitals;
+    (void)samples;
+  }
 };
 
 // The link contract's (protocol/link_spec.h), here for the server's callers and tests.
@@ -206,6 +217,21 @@ class SplitServer {
   void SaveCheckpointLocked();
   // Sets the top's learning rate for the next step from the schedule (under mutex_).
   void ScheduleLearningRateLocked();
+  // The reply to a vanilla step taken (started: when its batch was decoded), counted.
+  v1::TrainReply ReplyToStep(const v1::TrainRequest& request, const StepCodec::Batch& batch,
+                             const TopModel::Step& step, bool round_closing, int64_t server_step,
+                             std::chrono::steady_clock::time_point started);
+  // Merged steps (split_server_merged.cc): a vanilla step through the merger, and a group of
+  // them as the merger's leader runs it.
+  struct MergedStep;
+  void SetUpMerging();
+  v1::TrainReply TrainMerged(const std::string& identity, const v1::TrainRequest& request,
+                             const StepCodec::Batch& batch);
+  void RunMergedGroup(const std::vector<StepMerger::Entry*>& group);
+  std::vector<MergedStep*> AdmitMergedLocked(const std::vector<MergedStep*>& steps);
+  int64_t TrainTogetherLocked(const std::vector<MergedStep*>& steps);
+  void TrainAloneLocked(MergedStep& step, bool admitted);
+  void CommitMergedLocked(const std::vector<MergedStep*>& steps);
   // What a client's activations and labels must look like.
   protocol::TensorSpec ActivationSpec() const;
   protocol::TensorSpec LabelSpec() const;
@@ -245,11 +271,15 @@ class SplitServer {
   std::unique_ptr<RoundEndpoint> round_endpoint_;    // likewise
   std::unique_ptr<VerticalTraining> vertical_;       // null unless config vertical
   std::unique_ptr<UShapedMiddle> u_shaped_;          // null: not U-shaped
+  std::unique_ptr<StepMerger> merger_;               // null: merging off
   ServerObserver* observer_ = nullptr;
 
-  mutable std::mutex mutex_;  // guards the top model and the two below
-  int64_t step_ = 0;
+  mutable std::mutex mutex_;  // guards the top model and the four below
+  int64_t step_ = 0;          // hospitals' steps
   int64_t samples_ = 0;
+  int64_t merged_steps_ = 0;  // top steps of two hospitals' steps or more
+  int64_t merged_away_ = 0;   // hospitals' steps without a top step of their own
+
   std::atomic<int64_t> bytes_received_{0};
   std::atomic<int64_t> bytes_sent_{0};
   std::atomic<int64_t> refused_steps_{0};

@@ -5,7 +5,8 @@
 // caller serialises calls. The layers may live on a GPU (moved there before the optimizer was
 // made): inputs are moved to their device, and what goes back to the wire comes back to the host.
 // With K-FAC (`--optimizer kfac`) the forward pass runs through the KfacPreconditioner, which
-// preconditions the gradients before the optimizer (SGD) steps.
+// preconditions the gradients before the optimizer (SGD) steps. TrainMerged takes several
+// hospitals' steps in one forward/backward and one optimizer step (step_merger.h).
 #pragma once
 
 #include <ATen/Tensor.h>
@@ -36,6 +37,28 @@ struct TopOptimizerOptions {
   double weight_decay = 0;  // see MakeOptimizer
 };
 
+// The weight of a step's gradients: its samples, and its samples times their staleness scales
+// (equal without staleness).
+struct StepWeight {
+  double samples = 0;
+  double scaled_samples = 0;
+};
+
+// The one place between a step's backward pass and its optimizer step where replicas of the
+// server can combine their gradients (CheckAndStep calls it, for Train, TrainMerged and
+// FinishStep alike, after the gradients were checked finite and the step admitted, before K-FAC
+// preconditions and the optimizer steps). `gradients`: the layers' parameters' gradients (the
+// undefined ones left out), those of this server's loss, the scaled_samples-weighted mean over
+// its samples; `local`: this server's weight. Reduce replaces the gradients in place with the
+// scaled_samples-weighted mean over all replicas and returns the summed weight; the step then
+// moves scaled_samples / samples as far as a fresh step (a step whose summed samples is 0 is
+// skipped). Without a reducer the local weight is the global one.
+class GradientReducer {
+ public:
+  virtual ~GradientReducer() = default;
+  virtual StepWeight Reduce(const std::vector<at::Tensor>& gradients, StepWeight local) = 0;
+};
+
 class TopModel {
  public:
   // `kfac` (optional) must have been built on `layers`.
@@ -55,6 +78,24 @@ class TopModel {
   // finite (the layers restored).
   Step Train(const at::Tensor& activations, const at::Tensor& labels,
              const std::function<double()>& admit);
+
+  // Several hospitals' steps as one (step_merger.h): `activations` and `labels` are their
+  // batches concatenated, `slices` their sizes (rows, in order, summing to the batch) and
+  // staleness scales in (0, 1]. The loss is sum_i w_i L_i, L_i the mean cross-entropy of slice
+  // i and w_i = rows_i scale_i / sum_j rows_j scale_j, and the step moves
+  // sum_i rows_i scale_i / sum_i rows_i as far as a fresh one: under SGD exactly the step of the
+  // loss sum_i scale_i (rows_i / N) L_i, each hospital's loss weighted by its samples and its
+  // staleness. Returns one Step per slice: its own loss and correct, and as its cut gradient
+  // d L_i / d (its activations), what a step of its own would have returned. The slices were
+  // admitted before: there is no admit. Throws as Train (nothing changed).
+  struct Slice {
+    int64_t rows = 0;
+    double scale = 1.0;
+  };
+  std::vector<Step> TrainMerged(const at::Tensor& activations, const at::Tensor& labels,
+                                const std::vector<Slice>& slices);
+  // Not owned; null (the default) for a server without replicas.
+  void SetGradientReducer(GradientReducer* reducer) { reducer_ = reducer; }
 
   // U-shaped: the server's layers are the middle, and a step spans two calls. StartStep runs the
   // forward pass on a batch of cut activations (the graph is kept in the result); FinishStep
@@ -87,14 +128,21 @@ class TopModel {
   std::shared_ptr<torch::nn::Module> kfac_state() const { return kfac_ ? kfac_->state() : nullptr; }
 
  private:
-  // Checks the gradients at `input` and of the layers, asks `admit` for the scale, steps and
-  // restores the layers if the result is not finite.
-  void CheckAndStep(const at::Tensor& input, const std::function<double()>& admit);
+  // Checks the gradients at `input` and of the layers, asks `admit` for the scale, lets the
+  // reducer (if any) combine the gradients of `samples` samples, steps and restores the layers
+  // if the result is not finite.
+  void CheckAndStep(const at::Tensor& input, int64_t samples,
+                    const std::function<double()>& admit);
+  // The scale of the step (0: skip it) after the reducer, if any, combined the gradients.
+  double ReduceGradients(int64_t samples, double scale);
+  // Takes the optimizer step scaled by `scale`; restores the layers if it is not finite.
+  void ScaledStep(double scale);
 
   torch::nn::Sequential layers_;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
   c10::Device device_;  // of the layers' parameters
   std::unique_ptr<KfacPreconditioner> kfac_;
+  GradientReducer* reducer_ = nullptr;
 };
 
 // The top model with the optimizer `options` name. Throws UserError for an unknown name, bad

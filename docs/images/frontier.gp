@@ -13,6 +13,7 @@ set ylabel "dCor(inputs, transmitted activations), batches of 1024"
 plot "docs/images/frontier.dat" using 3:4 with points pointtype 7 pointsize 1.3 title "dCor", \
      "" using 3:4:2 with labels offset char 0.8,0.6 font ",8" notitle
 set ylabel "attack SSIM (1 = perfect copy)"
+set key top left
 plot "docs/images/frontier.dat" using 3:5 with points pointtype 7 pointsize 1.3 title "decoder (3,000 pairs)", \
      "" using 3:6 with points pointtype 5 title "strong decoder (10,000 pairs, width 64)", \
      "" using 3:7 with points pointtype 9 pointsize 1.5 title "mask-only", \

@@ -144,7 +144,7 @@ void AddTrainingFlags(CLI::App& app, Flags* f) {
   app.add_option("--act-noise", options.activation_noise,
                  "Noise defence: adds Gaussian noise of this standard deviation to every "
                  "activation sent, in training and evaluation (0 = off; combines with NoPeek)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(CLI::Range(0.0, 1e6))
       ->capture_default_str();
 }
 

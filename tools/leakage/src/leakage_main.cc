@@ -286,7 +286,7 @@ struct MeasureFlags {
         .add_option("--act-noise", act_noise,
                     "Noise defence the client ran with (cleave-client --act-noise): Gaussian "
                     "noise of this sigma is added to what is measured (0: off)")
-        ->check(CLI::NonNegativeNumber)
+        ->check(CLI::Range(0.0, 1e6))
         ->capture_default_str();
     attack.Register(measure);
     measure.add_option("--grid", grid_path,
@@ -352,7 +352,7 @@ struct SweepFlags {
         .add_option("--act-noise", options.noises,
                     "Noise defence sigmas (cleave-client --act-noise), each run with every alpha "
                     "(alpha > 0 and sigma > 0: NoPeek + noise)")
-        ->check(CLI::NonNegativeNumber)
+        ->check(CLI::Range(0.0, 1e6))
         ->capture_default_str();
     sweep.add_option("--method", method, "Compressor for densities below 1: " + SparseMethodList())
         ->check(CLI::IsMember(SparseMethodNames()))

@@ -32,12 +32,6 @@ HOSPITALS="${HOSPITALS:-3}"
 ROUNDS="${ROUNDS:-40}"
 ROUND_SAMPLES="${ROUND_SAMPLES:-6000}"
 BETA="${BETA:-0.5}"
-ACT_COMPRESSION="${ACT_COMPRESSION:-gaussiank+}"
-ACT_DENSITY="${ACT_DENSITY:-0.11}"
-ACT_PRECISION="${ACT_PRECISION:-int4}"
-GRAD_COMPRESSION="${GRAD_COMPRESSION:-gaussiank+}"
-GRAD_DENSITY="${GRAD_DENSITY:-0.25}"
-GRAD_PRECISION="${GRAD_PRECISION:-int4}"
 UPDATE_COMPRESSION="${UPDATE_COMPRESSION:-gaussiank+}"
 UPDATE_DENSITY="${UPDATE_DENSITY:-0.5}"
 PARTITION="${PARTITION:-dirichlet}"
@@ -51,31 +45,21 @@ if [ "$CONFIG" = u-shaped ]; then
   config_flags+=(--tail-layers "$TAIL_LAYERS")
   DENSE_PER_SAMPLE=51200
 fi
-SKIP_BUILD="${SKIP_BUILD:-0}"
 KILL="${KILL:-1}"
 KILL_AT_ROUND="${KILL_AT_ROUND:-4}"
 RESTART_AFTER="${RESTART_AFTER:-8}"
-TRAIN_LIMIT="${TRAIN_LIMIT:-0}"
-PORT="${PORT:-50051}"
 METRICS_PORT="${METRICS_PORT:-9464}"
 RUN_DIR="${RUN_DIR:-runs/hospitals-$(date +%Y%m%d-%H%M%S)}"
 NAMES=(st-mary general-east riverside north-clinic south-clinic)
 [ "$HOSPITALS" -ge 1 ] && [ "$HOSPITALS" -le ${#NAMES[@]} ] ||
   { echo "HOSPITALS must be 1..${#NAMES[@]}" >&2; exit 2; }
 
-if [ "$SKIP_BUILD" != 1 ]; then
-  echo "== setup and build"
-  bash scripts/setup.sh
-  bash scripts/build.sh
-fi
-BIN=build/bin
+source demos/lib.sh  # the link knobs, PORT, SKIP_BUILD, TRAIN_LIMIT, BIN; build, certificates
+demo_build
 mkdir -p "$RUN_DIR"
 
 echo "== certificates (one CA, a server, ${HOSPITALS} hospital(s)) in $RUN_DIR/pki"
-client_flags=()
-for ((i = 0; i < HOSPITALS; i++)); do client_flags+=(--client "${NAMES[$i]}"); done
-"$BIN/cleave-provision" --out "$RUN_DIR/pki" "${client_flags[@]}" >/dev/null
-printf '%s\n' "${NAMES[@]:0:$HOSPITALS}" >"$RUN_DIR/allowlist.txt"
+demo_provision "$RUN_DIR" "${NAMES[@]:0:$HOSPITALS}"
 
 echo "== server on 127.0.0.1:$PORT: ${CONFIG}, splitfed, ${ROUNDS} rounds of ${ROUND_SAMPLES} samples," \
   "activations ${ACT_COMPRESSION} ${ACT_DENSITY} ${ACT_PRECISION} (log: $RUN_DIR/server.log," \
@@ -85,21 +69,11 @@ echo "== server on 127.0.0.1:$PORT: ${CONFIG}, splitfed, ${ROUNDS} rounds of ${R
   --clients "$RUN_DIR/allowlist.txt" --model cnn --cut 1 "${config_flags[@]}" \
   --schedule splitfed --rounds "$ROUNDS" --round-samples "$ROUND_SAMPLES" \
   --round-deadline 120 --quorum $(((HOSPITALS + 1) / 2)) --min-clients "$HOSPITALS" \
-  --act-compression "$ACT_COMPRESSION" --act-density "$ACT_DENSITY" \
-  --act-precision "$ACT_PRECISION" --grad-compression "$GRAD_COMPRESSION" \
-  --grad-density "$GRAD_DENSITY" --grad-precision "$GRAD_PRECISION" \
-  --update-compression "$UPDATE_COMPRESSION" --update-density "$UPDATE_DENSITY" \
+  "${link_flags[@]}" --update-compression "$UPDATE_COMPRESSION" --update-density "$UPDATE_DENSITY" \
   --checkpoint "$RUN_DIR/server.ckpt" --checkpoint-every 500 \
   --metrics-listen "127.0.0.1:$METRICS_PORT" --metrics-out "$RUN_DIR/metrics.prom" \
   >"$RUN_DIR/server.out" 2>"$RUN_DIR/server.log" &
 server_pid=$!
-pids=()
-cleanup() {
-  kill "${pids[@]}" 2>/dev/null || true
-  kill "$server_pid" 2>/dev/null || true
-  wait 2>/dev/null || true
-}
-trap cleanup EXIT
 # The server's per-round summary is the live progress view.
 tail -n +1 -F --pid="$server_pid" "$RUN_DIR/server.log" 2>/dev/null |
   grep --line-buffered -E "round [0-9]+ (done|starts)|joined|released|refused" |
@@ -108,9 +82,8 @@ tail_pid=$!
 
 start_hospital() {  # start_hospital INDEX
   local i="$1" name="${NAMES[$1]}"
-  "$BIN/cleave-client" --server "localhost:$PORT" --ca "$RUN_DIR/pki/ca.crt" \
-    --cert "$RUN_DIR/pki/clients/$name.crt" --key "$RUN_DIR/pki/clients/$name.key" \
-    --model cnn --cut 1 "${config_flags[@]}" --train-limit "$TRAIN_LIMIT" \
+  demo_tls "$RUN_DIR" "$name"
+  "$BIN/cleave-client" --server "localhost:$PORT" "${tls[@]}" --model cnn --cut 1 "${config_flags[@]}" --train-limit "$TRAIN_LIMIT" \
     --shard "$i" --shards "$HOSPITALS" --partition "$PARTITION" --dirichlet-beta "$BETA" \
     --seed $((i + 1)) --progress lines --metrics-out "$RUN_DIR/$name.json" \
     --checkpoint "$RUN_DIR/$name.ckpt" >>"$RUN_DIR/$name.out" 2>>"$RUN_DIR/$name.log" &
@@ -164,7 +137,6 @@ trap - EXIT
 
 echo
 echo "== results (metrics JSON, logs, the server's final Prometheus metrics in $RUN_DIR)"
-field() { sed -n "s/^ *\"$2\": *\(.*\),\{0,1\}$/\1/p" "$1" | tr -d ',"'; }
 total_train_bytes=0
 total_dense=0
 for ((i = 0; i < HOSPITALS; i++)); do

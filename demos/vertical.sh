@@ -18,18 +18,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 EPOCHS="${EPOCHS:-2}"
-TRAIN_LIMIT="${TRAIN_LIMIT:-0}"
 TEST_LIMIT="${TEST_LIMIT:-0}"
 JOIN="${JOIN:-sum}"
 BATCH="${BATCH:-64}"
-ACT_COMPRESSION="${ACT_COMPRESSION:-gaussiank+}"
-ACT_DENSITY="${ACT_DENSITY:-0.11}"
-ACT_PRECISION="${ACT_PRECISION:-int4}"
-GRAD_COMPRESSION="${GRAD_COMPRESSION:-gaussiank+}"
-GRAD_DENSITY="${GRAD_DENSITY:-0.25}"
-GRAD_PRECISION="${GRAD_PRECISION:-int4}"
-PORT="${PORT:-50051}"
-SKIP_BUILD="${SKIP_BUILD:-0}"
+source demos/lib.sh  # the link knobs, PORT, SKIP_BUILD, TRAIN_LIMIT, BIN; build, certificates
 RUN_DIR="${RUN_DIR:-runs/vertical-$(date +%Y%m%d-%H%M%S)}"
 NAMES=(radiology lab)
 PARTS=(left right)
@@ -41,35 +33,19 @@ case "$JOIN" in
   *) echo "JOIN must be sum or concat" >&2; exit 2 ;;
 esac
 
-if [ "$SKIP_BUILD" != 1 ]; then
-  echo "== setup and build"
-  bash scripts/setup.sh
-  bash scripts/build.sh
-fi
-BIN=build/bin
+demo_build
 mkdir -p "$RUN_DIR"
 
 echo "== certificates (one CA, a server, ${NAMES[*]}) in $RUN_DIR/pki"
-"$BIN/cleave-provision" --out "$RUN_DIR/pki" --client radiology --client lab >/dev/null
-printf '%s\n' "${NAMES[@]}" >"$RUN_DIR/allowlist.txt"
+demo_provision "$RUN_DIR" "${NAMES[@]}"
 
 echo "== server on 127.0.0.1:$PORT: vertical, 2 parties, join ${JOIN}, the lab holds the labels"
 "$BIN/cleave-server" --listen "127.0.0.1:$PORT" \
   --ca "$RUN_DIR/pki/ca.crt" --cert "$RUN_DIR/pki/server.crt" --key "$RUN_DIR/pki/server.key" \
   --clients "$RUN_DIR/allowlist.txt" "${server_model[@]}" \
-  --config vertical --parties 2 --join "$JOIN" --label-holder 1 \
-  --act-compression "$ACT_COMPRESSION" --act-density "$ACT_DENSITY" \
-  --act-precision "$ACT_PRECISION" --grad-compression "$GRAD_COMPRESSION" \
-  --grad-density "$GRAD_DENSITY" --grad-precision "$GRAD_PRECISION" \
+  --config vertical --parties 2 --join "$JOIN" --label-holder 1 "${link_flags[@]}" \
   >"$RUN_DIR/server.out" 2>"$RUN_DIR/server.log" &
 server_pid=$!
-pids=()
-cleanup() {
-  kill "${pids[@]}" 2>/dev/null || true
-  kill "$server_pid" 2>/dev/null || true
-  wait 2>/dev/null || true
-}
-trap cleanup EXIT
 
 for i in 0 1; do
   name="${NAMES[$i]}"
@@ -78,9 +54,8 @@ for i in 0 1; do
   else
     party_model=(--model cnn --cut 3)
   fi
-  "$BIN/cleave-client" --server "localhost:$PORT" --ca "$RUN_DIR/pki/ca.crt" \
-    --cert "$RUN_DIR/pki/clients/$name.crt" --key "$RUN_DIR/pki/clients/$name.key" \
-    "${party_model[@]}" --config vertical --party "$i" --image-part "${PARTS[$i]}" \
+  demo_tls "$RUN_DIR" "$name"
+  "$BIN/cleave-client" --server "localhost:$PORT" "${tls[@]}" "${party_model[@]}" --config vertical --party "$i" --image-part "${PARTS[$i]}" \
     --epochs "$EPOCHS" --batch-size "$BATCH" --train-limit "$TRAIN_LIMIT" \
     --test-limit "$TEST_LIMIT" --seed $((i + 1)) --progress lines \
     --metrics-out "$RUN_DIR/$name.json" >"$RUN_DIR/$name.out" 2>"$RUN_DIR/$name.log" &
@@ -100,7 +75,6 @@ echo
 echo "== results (metrics JSON and logs in $RUN_DIR)"
 # Dense fp32 per training sample: the cut layer up and its gradient down, 4 bytes a value.
 if [ "$JOIN" = sum ]; then dense=50176; else dense=1024; fi
-field() { sed -n "s/^ *\"$2\": *\(.*\),\{0,1\}$/\1/p" "$1" | tr -d ',"'; }
 for i in 0 1; do
   name="${NAMES[$i]}"
   m="$RUN_DIR/$name.json"

@@ -5,6 +5,7 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config
   libtorch-dev                                   # LibTorch 1.13 (CPU): models, autograd
+  libgloo-dev                                    # gloo headers for c10d ProcessGroupGloo (server replicas)
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler  # the wire protocol
   libssl-dev                                     # OpenSSL 3: certificates (cleave-provision)
   libgtest-dev libbenchmark-dev                  # tests, benchmarks

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cleave/client/feature_stats.h"
+#include "cleave/client/failover_link.h"
 #include "cleave/client/grpc_link.h"
 #include "cleave/client/round_participant.h"
 #include "cleave/client/split_trainer.h"
@@ -40,7 +41,8 @@ Example:
 
 Bring your own model: export it with tools/export/cleave_export.py and pass --bottom bottom.pt
 (the server runs --top top.pt of the same export); --save-bottom writes the trained half back as
-TorchScript.
+TorchScript. U-shaped (--config u-shaped): export with --tail-layers N and pass --tail tail.pt
+too (the server runs the middle as --top top.pt); --save-tail writes the trained tail.
 
 When the server runs rounds (cleave-server --schedule sequential or splitfed), the client follows
 them: it trains each round from the current shared client-side weights, sends its weight delta
@@ -74,7 +76,7 @@ struct Flags {
   cleave::client::TrainerOptions options;
   int64_t epochs = 1;
   std::string device = "cpu";
-  std::string metrics_out, checkpoint_path, save_bottom, progress_mode = "auto", log_level = "info";
+  std::string metrics_out, checkpoint_path, save_bottom, save_tail, progress_mode = "auto", log_level = "info";
   double max_message_mb = 64;
   int connect_timeout = 30;
   cleave::client::FeaturePartFlags part;  // vertical
@@ -95,7 +97,11 @@ void SpanScheduleOverEpochs(Flags* f, int64_t train_samples) {
 
 // Which server, and how this hospital proves who it is.
 void AddConnectionFlags(CLI::App& app, Flags* f) {
-  app.add_option("--server", f->server, "Server address host:port")->capture_default_str();
+  app.add_option("--server", f->server,
+                 "Server address host:port, or a comma-separated list of replicas of one server "
+                 "(cleave-server --replicas): when the one in use is unavailable the hospital "
+                 "joins the next and goes on")
+      ->capture_default_str();
   app.add_option("--ca", f->ca_path, "CA certificate that signed the server's certificate (PEM)")
       ->capture_default_str();
   app.add_option("--cert", f->cert_path, "This hospital's client certificate (PEM)");
@@ -167,6 +173,10 @@ void AddOutputFlags(CLI::App& app, Flags* f) {
                  "With --bottom: write the trained half as TorchScript (with its metadata) here "
                  "after every epoch and at the end (atomically)")
       ->needs("--bottom");
+  app.add_option("--save-tail", f->save_tail,
+                 "With --tail (u-shaped): write the trained tail as TorchScript (with its "
+                 "metadata) here after every epoch and at the end (atomically)")
+      ->needs("--tail");
   app.add_option("--progress", f->progress_mode, "auto (bar on a terminal), bar, lines or none")
       ->capture_default_str();
   app.add_option("--max-message-mb", f->max_message_mb,
@@ -199,11 +209,27 @@ cleave::client::ConnectOptions ResolveConnection(const Flags& f) {
   return connect;
 }
 
-// The checkpoint (weights and optimizer state) and, with --save-bottom, the TorchScript half.
+// One server: its gRPC link; several (replicas): a FailoverLink over their gRPC links.
+std::unique_ptr<cleave::protocol::SplitLink> MakeLink(const cleave::client::ConnectOptions& connect) {
+  std::vector<std::string> targets = cleave::client::ParseServerList(connect.target);
+  if (targets.size() == 1) return std::make_unique<cleave::client::GrpcLink>(connect);
+  return std::make_unique<cleave::client::FailoverLink>(
+      std::move(targets), [connect](const std::string& target) {
+        cleave::client::ConnectOptions one = connect;
+        one.target = target;
+        return std::make_unique<cleave::client::GrpcLink>(one);
+      });
+}
+
+// The checkpoint (weights and optimizer state) and, with --save-bottom / --save-tail, the
+// TorchScript parts.
 void SaveClientCheckpoint(cleave::client::SplitTrainer& trainer, const Flags& f,
                           const std::string& counter, int64_t value) {
   if (!f.save_bottom.empty()) {
     cleave::SaveScriptHalf(*cleave::FindScriptHalf(*trainer.model().bottom), f.save_bottom);
+  }
+  if (!f.save_tail.empty()) {
+    cleave::SaveScriptHalf(*cleave::FindScriptHalf(*trainer.model().tail), f.save_tail);
   }
   if (f.checkpoint_path.empty()) return;
   cleave::CheckpointMeta meta;
@@ -469,8 +495,8 @@ int Run(int argc, char** argv) {
 
   const bool schedule_steps_given = f.options.schedule.total_steps > 0;
   SpanScheduleOverEpochs(&f, data.train.size());
-  cleave::client::GrpcLink link(connect);
-  cleave::client::SplitTrainer trainer(f.options, link);
+  const std::unique_ptr<cleave::protocol::SplitLink> link = MakeLink(connect);
+  cleave::client::SplitTrainer trainer(f.options, *link);
   const cleave::v1::JoinReply joined = trainer.Join(data.train.size());
   CLEAVE_CHECK_USER(joined.server().schedule() == "single" || f.options.schedule.kind != "cosine" ||
                         schedule_steps_given,

@@ -58,13 +58,27 @@ std::vector<int64_t> ShapeField(const nlohmann::json& json, const char* key,
   return shape;
 }
 
+// U-shaped exports: middle_shape and tail_layers, both or neither; a tail needs them.
+void ParseUShapedMeta(const nlohmann::json& json, const std::string& path, ScriptMeta* meta) {
+  const bool u_shaped = json.contains("middle_shape") || json.contains("tail_layers");
+  CLEAVE_CHECK_USER(u_shaped || meta->half != "tail", "'", path,
+                    "': a tail without metadata fields 'middle_shape' and 'tail_layers'");
+  if (!u_shaped) return;
+  meta->middle_shape = ShapeField(json, "middle_shape", path);
+  CLEAVE_CHECK_USER(json.contains("tail_layers") && json["tail_layers"].is_number_integer() &&
+                        json["tail_layers"].get<int64_t>() >= 1 &&
+                        json["tail_layers"].get<int64_t>() <= 1000,
+                    "'", path, "': metadata field 'tail_layers' must be an integer 1..1000");
+  meta->tail_layers = json["tail_layers"].get<int>();
+}
+
 ScriptMeta ParseMeta(const std::string& text, const std::string& path) {
   const nlohmann::json json = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   CLEAVE_CHECK_USER(json.is_object(), "'", path, "': the cleave metadata is not a JSON object");
   ScriptMeta meta;
   meta.half = json.value("half", "");
-  CLEAVE_CHECK_USER(meta.half == "bottom" || meta.half == "top", "'", path,
-                    "': metadata field 'half' must be \"bottom\" or \"top\"");
+  CLEAVE_CHECK_USER(meta.half == "bottom" || meta.half == "top" || meta.half == "tail", "'", path,
+                    "': metadata field 'half' must be \"bottom\", \"top\" or \"tail\"");
   meta.input_shape = ShapeField(json, "input_shape", path);
   meta.cut_shape = ShapeField(json, "cut_shape", path);
   CLEAVE_CHECK_USER(json.contains("classes") && json["classes"].is_number_integer() &&
@@ -74,6 +88,7 @@ ScriptMeta ParseMeta(const std::string& text, const std::string& path) {
   meta.split_id = json.value("split_id", "");
   CLEAVE_CHECK_USER(!meta.split_id.empty() && meta.split_id.size() <= 64, "'", path,
                     "': metadata field 'split_id' must be 1..64 characters");
+  ParseUShapedMeta(json, path, &meta);
   return meta;
 }
 
@@ -131,15 +146,17 @@ void CheckScripted(torch::jit::Module& module, const std::string& path) {
 
 // One forward pass on zeros: the half maps what its metadata says to what its metadata says.
 void CheckShapes(torch::jit::Module& module, const ScriptMeta& meta, const std::string& path) {
-  const bool bottom = meta.half == "bottom";
+  const std::vector<int64_t> classes = {meta.num_classes};
+  const bool u_shaped = !meta.middle_shape.empty();
+  const std::vector<int64_t>& sample = meta.half == "bottom" ? meta.input_shape
+                                       : meta.half == "top"  ? meta.cut_shape
+                                                             : meta.middle_shape;
+  const std::vector<int64_t>& result = meta.half == "bottom"            ? meta.cut_shape
+                                       : meta.half == "top" && u_shaped ? meta.middle_shape
+                                                                        : classes;
   std::vector<int64_t> in = {1}, expected = {1};
-  const std::vector<int64_t>& sample = bottom ? meta.input_shape : meta.cut_shape;
   in.insert(in.end(), sample.begin(), sample.end());
-  if (bottom) {
-    expected.insert(expected.end(), meta.cut_shape.begin(), meta.cut_shape.end());
-  } else {
-    expected.push_back(meta.num_classes);
-  }
+  expected.insert(expected.end(), result.begin(), result.end());
   at::NoGradGuard no_grad;
   module.eval();
   c10::IValue value;
@@ -188,11 +205,15 @@ std::string ScriptMetaToJson(const ScriptMeta& meta) {
   (void)meta;
   NoJson();
 #else
-  const nlohmann::json json = {{"half", meta.half},
-                               {"input_shape", meta.input_shape},
-                               {"cut_shape", meta.cut_shape},
-                               {"classes", meta.num_classes},
-                               {"split_id", meta.split_id}};
+  nlohmann::json json = {{"half", meta.half},
+                         {"input_shape", meta.input_shape},
+                         {"cut_shape", meta.cut_shape},
+                         {"classes", meta.num_classes},
+                         {"split_id", meta.split_id}};
+  if (!meta.middle_shape.empty()) {
+    json["middle_shape"] = meta.middle_shape;
+    json["tail_layers"] = meta.tail_layers;
+  }
   return json.dump();
 #endif
 }

@@ -56,12 +56,15 @@ int ValidateSpec(const ModelSpec& spec) {
     return static_cast<int>(MlpHidden(spec).size()) + 1;
   }
   if (spec.architecture == "torchscript") {
-    CLEAVE_CHECK_USER(spec.tail_layers == 0,
-                      "a U-shaped split of TorchScript halves needs a tail.pt export (not yet "
-                      "supported): use the cnn or mlp zoo models");
-    CLEAVE_CHECK_USER(!spec.bottom_script.empty() || !spec.top_script.empty(),
-                      "a torchscript model needs a bottom or a top half (.pt)");
-    return 2;
+    CLEAVE_CHECK_USER((spec.tail_layers > 0) == !spec.middle_shape.empty(),
+                      "a U-shaped split of TorchScript parts needs an export with a tail "
+                      "(tools/export/cleave_export.py --tail-layers N)");
+    CLEAVE_CHECK_USER(spec.tail_layers > 0 || spec.tail_script.empty(),
+                      "a tail (.pt) belongs to a U-shaped export");
+    CLEAVE_CHECK_USER(!spec.bottom_script.empty() || !spec.top_script.empty() ||
+                          !spec.tail_script.empty(),
+                      "a torchscript model needs a bottom, top or tail part (.pt)");
+    return spec.tail_layers > 0 ? 3 : 2;
   }
   throw UserError("unknown model architecture '" + spec.architecture + "' (use cnn or mlp)");
 }
@@ -183,7 +186,9 @@ torch::nn::Sequential LoadHalf(const std::string& path, const char* half, const 
   ScriptHalf loaded = LoadScriptHalf(path, half);
   const ScriptMeta& meta = loaded->meta();
   CLEAVE_CHECK_USER(meta.split_id == spec.split_id && meta.input_shape == spec.input_shape &&
-                        meta.cut_shape == spec.cut_shape && meta.num_classes == spec.num_classes,
+                        meta.cut_shape == spec.cut_shape && meta.num_classes == spec.num_classes &&
+                        meta.middle_shape == spec.middle_shape &&
+                        meta.tail_layers == spec.tail_layers,
                     "'", path, "' changed since its metadata was read");
   return torch::nn::Sequential(loaded);
 }
@@ -191,43 +196,57 @@ torch::nn::Sequential LoadHalf(const std::string& path, const char* half, const 
 SplitModel LoadScriptModel(const ModelSpec& spec) {
   ValidateSpec(spec);
   SplitModel model;
-  model.num_blocks = 2;
+  model.num_blocks = spec.tail_layers > 0 ? 3 : 2;
   model.cut_shape = spec.cut_shape;
+  model.middle_shape = spec.middle_shape;
   model.bottom = LoadHalf(spec.bottom_script, "bottom", spec);
   model.top = LoadHalf(spec.top_script, "top", spec);
+  model.tail = LoadHalf(spec.tail_script, "tail", spec);
   return model;
 }
 
-void CheckSameSplit(const ScriptMeta& bottom, const ScriptMeta& top, const ModelSpec& spec) {
-  CLEAVE_CHECK_USER(bottom.split_id == top.split_id && bottom.input_shape == top.input_shape &&
-                        bottom.cut_shape == top.cut_shape && bottom.num_classes == top.num_classes,
-                    "'", spec.bottom_script, "' (split ", bottom.split_id, ") and '",
-                    spec.top_script, "' (split ", top.split_id,
-                    ") are not the two halves of one export");
+void CheckSameSplit(const ScriptMeta& first, const std::string& first_path,
+                    const ScriptMeta& other, const std::string& other_path) {
+  CLEAVE_CHECK_USER(first.split_id == other.split_id && first.input_shape == other.input_shape &&
+                        first.cut_shape == other.cut_shape &&
+                        first.num_classes == other.num_classes &&
+                        first.middle_shape == other.middle_shape &&
+                        first.tail_layers == other.tail_layers,
+                    "'", first_path, "' (split ", first.split_id, ") and '", other_path,
+                    "' (split ", other.split_id, ") are not parts of one export");
 }
 
 }  // namespace
 
-ModelSpec TorchScriptSpec(const std::string& bottom_path, const std::string& top_path) {
+ModelSpec TorchScriptSpec(const std::string& bottom_path, const std::string& top_path,
+                          const std::string& tail_path) {
+  CLEAVE_CHECK_USER(!bottom_path.empty() || !top_path.empty() || !tail_path.empty(),
+                    "a torchscript model needs a bottom, top or tail part (.pt)");
+  ScriptMeta meta;
+  std::string meta_path;
+  for (const auto& [path, half] :
+       {std::pair{bottom_path, "bottom"}, {top_path, "top"}, {tail_path, "tail"}}) {
+    if (path.empty()) continue;
+    const ScriptMeta read = ReadScriptMeta(path);
+    CLEAVE_CHECK_USER(read.half == half, "'", path, "' is the ", read.half,
+                      " half of a split, not the ", half);
+    if (!meta.half.empty()) CheckSameSplit(meta, meta_path, read, path);
+    meta = read;
+    meta_path = path;
+  }
   ModelSpec spec;
   spec.architecture = "torchscript";
   spec.cut = 1;
   spec.bottom_script = bottom_path;
   spec.top_script = top_path;
-  ValidateSpec(spec);
-  ScriptMeta meta;
-  for (const auto& [path, half] : {std::pair{bottom_path, "bottom"}, {top_path, "top"}}) {
-    if (path.empty()) continue;
-    const ScriptMeta read = ReadScriptMeta(path);
-    CLEAVE_CHECK_USER(read.half == half, "'", path, "' is the ", read.half,
-                      " half of a split, not the ", half);
-    if (!meta.half.empty()) CheckSameSplit(meta, read, spec);
-    meta = read;
-  }
+  spec.tail_script = tail_path;
   spec.input_shape = meta.input_shape;
   spec.cut_shape = meta.cut_shape;
   spec.num_classes = meta.num_classes;
   spec.split_id = meta.split_id;
+  spec.middle_shape = meta.middle_shape;
+  spec.tail_layers = meta.tail_layers;
+  ValidateSpec(spec);
   return spec;
 }
 
@@ -242,6 +261,10 @@ std::string DescribeSpec(const ModelSpec& spec) {
   if (spec.architecture == "torchscript") {
     out << "torchscript split=" << spec.split_id << " input=" << JoinShape(spec.input_shape)
         << " cut_shape=" << JoinShape(spec.cut_shape) << " classes=" << spec.num_classes;
+    if (spec.tail_layers > 0) {
+      out << " u-shaped tail=" << spec.tail_layers
+          << " middle_shape=" << JoinShape(spec.middle_shape);
+    }
     return out.str();
   }
   out << spec.architecture << " cut=" << spec.cut << " input=" << JoinShape(spec.input_shape)

@@ -7,6 +7,7 @@
 #include <torch/nn/functional/loss.h>
 #include <torch/nn/modules/container/sequential.h>
 #include <torch/optim/adam.h>
+#include <torch/csrc/jit/serialization/import.h>
 #include <torch/utils.h>
 
 #include <string>
@@ -15,6 +16,7 @@
 #include "cleave/core/error.h"
 #include "cleave/core/file_io.h"
 #include "cleave/core/split_model.h"
+#include "cleave/test_support/script_halves.h"
 #include "cleave/test_support/temp_dir.h"
 
 namespace cleave {
@@ -91,6 +93,48 @@ TEST(ScriptHalfTest, MetadataMakesTheSpecAndFingerprint) {
   EXPECT_NE(ModelFingerprint(client), ModelFingerprint(TorchScriptSpec("", other)));
   EXPECT_THROW(TorchScriptSpec(bottom, other), UserError);
   EXPECT_THROW(TorchScriptSpec(top, ""), UserError);  // a top given as the bottom
+}
+
+// A U-shaped export: three parts whose metadata name the middle shape; the spec, the parts
+// loaded where they belong, one fingerprint on both ends, and the mix-ups refused.
+TEST(ScriptHalfTest, UShapedExportHasThreeParts) {
+  if (!ScriptHalvesAvailable()) GTEST_SKIP() << "built without nlohmann-json";
+  test_support::TempDir dir;
+  const test_support::ScriptHalfPaths parts =
+      test_support::WriteUShapedScriptParts(dir.path(), "u", "split-u", 8, 3);
+  const ScriptMeta meta = ReadScriptMeta(parts.tail);
+  EXPECT_EQ(meta.half, "tail");
+  EXPECT_EQ(meta.middle_shape, (std::vector<int64_t>{8}));
+  EXPECT_EQ(meta.tail_layers, 1);
+  const ModelSpec client = TorchScriptSpec(parts.bottom, "", parts.tail);
+  const ModelSpec server = TorchScriptSpec("", parts.top);
+  EXPECT_EQ(client.tail_layers, 1);
+  EXPECT_EQ(server.middle_shape, (std::vector<int64_t>{8}));
+  EXPECT_EQ(ModelFingerprint(client), ModelFingerprint(server));
+  EXPECT_NE(DescribeSpec(server).find("u-shaped tail=1 middle_shape=8"), std::string::npos)
+      << DescribeSpec(server);
+
+  SplitModel model = BuildSplitModel(TorchScriptSpec(parts.bottom, parts.top, parts.tail), 1);
+  ASSERT_TRUE(model.tail);
+  EXPECT_EQ(model.middle_shape, (std::vector<int64_t>{8}));
+  model.bottom->eval();
+  const at::Tensor logits =
+      model.tail->forward(model.top->forward(model.bottom->forward(at::randn({5, 8}))));
+  EXPECT_EQ(logits.sizes().vec(), (std::vector<int64_t>{5, 3}));
+  EXPECT_EQ(FlattenClientParameters(model).numel(), (8 * 4 + 4) + (8 * 3 + 3));
+
+  // A vanilla export's top is not a middle; a tail of another export; a tail as the bottom.
+  const auto vanilla = test_support::WriteScriptHalves(dir.path(), "v", "split-u", 8, 3);
+  EXPECT_THROW(TorchScriptSpec(parts.bottom, vanilla.top, parts.tail), UserError);
+  const auto other = test_support::WriteUShapedScriptParts(dir.path(), "o", "split-o", 8, 3);
+  EXPECT_THROW(TorchScriptSpec(parts.bottom, "", other.tail), UserError);
+  EXPECT_THROW(TorchScriptSpec(parts.tail, "", ""), UserError);
+  // A tail whose metadata lacks the middle shape.
+  torch::jit::Module tail = torch::jit::load(parts.tail);
+  tail.save(dir.File("bare_tail.pt"),
+            {{kScriptMetaFile, ScriptMetaToJson({"tail", {8}, {4}, 3, "split-u"})}});
+  EXPECT_NE(RefusalOf(dir.File("bare_tail.pt"), "tail").find("'middle_shape'"), std::string::npos)
+      << RefusalOf(dir.File("bare_tail.pt"), "tail");
 }
 
 TEST(ScriptHalfTest, BadFilesAreRefusedWithOneLine) {

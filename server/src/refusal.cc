@@ -22,6 +22,8 @@ const char* RefusalReason(RefusalKind kind) {
       return "nonfinite";
     case RefusalKind::kPartyMissing:
       return "party_missing";
+    case RefusalKind::kReplicaLost:
+      return "replica_lost";
   }
   return "invalid";
 }

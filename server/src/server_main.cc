@@ -78,8 +78,23 @@ Split configurations (--config):
 
   cleave-server ... --config vertical --parties 2 --join concat --model cnn --cut 1
 
+Replicas (--replicas W): W cleave-server processes (one machine or several) hold identical copies
+of the top and serve different hospitals; after every step the replicas average their gradients
+(weighted by samples) with an allreduce on c10d's ProcessGroupGloo and take the same step, in
+lockstep (a replica without work joins with zero weight). Rank 0 hosts the rendezvous store at
+--rendezvous and its model (and --resume'd checkpoint) is copied to the others at start. Gloo is
+plain TCP and the store has no authentication: run replicas on a private network only and bind
+Gloo there with --replica-interface. Vanilla configuration, single schedule, not kfac. When a
+replica dies, stops answering for --replica-timeout-ms, or shuts down, the others refuse steps
+(UNAVAILABLE: hospitals move to another server of their --server list), write their checkpoint
+and exit 3; restart the whole group.
+
+  cleave-server ... --replicas 2 --replica-rank 0 --rendezvous 10.0.0.1:29400 --replica-interface eth1
+  cleave-server ... --replicas 2 --replica-rank 1 --rendezvous 10.0.0.1:29400 --replica-interface eth1
+
 SIGINT/SIGTERM: stop accepting, finish open steps, write the checkpoint, exit 0.
-Exit codes: 0 ok, 1 internal error, 2 bad flags, files or certificates.)";
+Exit codes: 0 ok, 1 internal error, 2 bad flags, files or certificates, 3 the replica group
+ended.)";
 
 struct CompressionFlags {
   // Strings as typed; protocol::ParseLinkSpec (in SplitServer) checks them with one clear line.
@@ -438,7 +453,7 @@ void Resolve(Flags* f) {
 // Waits for SIGINT/SIGTERM or, with a round limit and `linger_seconds` >= 0, for the end of the
 // server's work (SplitServer::FinishedServing). Checked a few times a second: the signals are
 // blocked in every thread, so this thread takes them with sigtimedwait between the checks.
-void WaitForStop(const sigset_t& stop_signals, const cleave::server::SplitServer& server,
+bool WaitForStop(const sigset_t& stop_signals, const cleave::server::SplitServer& server,
                  double linger_seconds) {
   const timespec tick{0, 200 * 1000 * 1000};
   const auto linger = std::chrono::milliseconds(static_cast<int64_t>(linger_seconds * 1000));
@@ -446,13 +461,17 @@ void WaitForStop(const sigset_t& stop_signals, const cleave::server::SplitServer
     const int signal_number = sigtimedwait(&stop_signals, nullptr, &tick);
     if (signal_number == SIGINT || signal_number == SIGTERM) {
       spdlog::info("received {}, shutting down", signal_number == SIGINT ? "SIGINT" : "SIGTERM");
-      return;
+      return true;
+    }
+    if (const std::string ended = server.replicas_ended(); !ended.empty()) {
+      spdlog::error("the replica group ended: {}; shutting down (restart the group)", ended);
+      return false;
     }
     std::string why;
     if (linger_seconds >= 0 &&
         server.FinishedServing(std::chrono::steady_clock::now(), linger, &why)) {
       spdlog::info("{}: shutting down", why);
-      return;
+      return true;
     }
   }
 }
@@ -484,7 +503,7 @@ int Serve(const Flags& f) {
   std::printf("cleave-server listening on port %d\n", grpc_server.port());
   std::fflush(stdout);
 
-  WaitForStop(stop_signals, server, f.linger_seconds);
+  const bool clean = WaitForStop(stop_signals, server, f.linger_seconds);
   grpc_server.Shutdown();
   server.SaveCheckpoint();
   server.SetObserver(nullptr);
@@ -494,7 +513,7 @@ int Serve(const Flags& f) {
   }
   spdlog::info("stopped after {} steps; received {} bytes, sent {} bytes", server.step(),
                server.bytes_received(), server.bytes_sent());
-  return 0;
+  return clean ? 0 : 3;
 }
 
 // The vertical configuration's settings (--config itself is ModelFlags::RegisterSplitConfig).
@@ -527,6 +546,51 @@ void ApplyConfigFlags(const ConfigFlags& f, cleave::server::SplitServerOptions* 
   options->vertical.label_holder = f.label_holder;
   CLEAVE_CHECK_USER(f.party_timeout_ms > 0, "--party-timeout-ms must be positive");
   options->vertical.party_timeout = std::chrono::milliseconds(f.party_timeout_ms);
+}
+
+// Replicas of the server (replica_group.h).
+struct ReplicaFlags {
+  std::string rendezvous;
+  int64_t timeout_ms = 30000;
+  int64_t idle_us = 2000;
+};
+
+void AddReplicaFlags(CLI::App& app, ReplicaFlags* f, cleave::server::SplitServerOptions* options) {
+  app.add_option("--replicas", options->replicas.replicas,
+                 "Replicas of this server that train the top in lockstep (1: none)")
+      ->capture_default_str();
+  app.add_option("--replica-rank", options->replicas.rank,
+                 "This replica's rank in [0, --replicas); rank 0 hosts the rendezvous store and "
+                 "its model is copied to the others at start")
+      ->capture_default_str();
+  app.add_option("--rendezvous", f->rendezvous,
+                 "HOST:PORT of the rendezvous store (c10d TCPStore) on rank 0; rank 0 listens on "
+                 "PORT on all addresses (no authentication: a private network only)");
+  app.add_option("--replica-interface", options->replicas.interface,
+                 "Interface name (e.g. eth1) or address of this machine on the replicas' private "
+                 "network, where Gloo (plain TCP) listens")
+      ->capture_default_str();
+  app.add_option("--replica-timeout-ms", f->timeout_ms,
+                 "How long the rendezvous and each allreduce wait for the other replicas before "
+                 "the group ends with an error naming the replica that is missing")
+      ->capture_default_str();
+  app.add_option("--replica-idle-us", f->idle_us,
+                 "How long a replica with no pending step waits for one before it joins the "
+                 "group's step with zero weight")
+      ->capture_default_str();
+}
+
+void ApplyReplicaFlags(const ReplicaFlags& f, cleave::server::SplitServerOptions* options) {
+  cleave::server::ReplicaGroupOptions& replicas = options->replicas;
+  CLEAVE_CHECK_USER(f.timeout_ms > 0, "--replica-timeout-ms must be positive");
+  CLEAVE_CHECK_USER(f.idle_us > 0 && f.idle_us <= 10'000'000,
+                    "--replica-idle-us must be in [1, 10000000]");
+  replicas.timeout = std::chrono::milliseconds(f.timeout_ms);
+  options->replica_idle_tick = std::chrono::microseconds(f.idle_us);
+  if (!f.rendezvous.empty()) cleave::server::ParseRendezvous(f.rendezvous, "--rendezvous", replicas);
+  cleave::server::ValidateReplicaOptions(replicas);
+  CLEAVE_CHECK_USER(replicas.replicas == 1 || !f.rendezvous.empty(), "--replicas ",
+                    replicas.replicas, " needs --rendezvous HOST:PORT");
 }
 
 // Merged steps (vanilla only; server/include/cleave/server/step_merger.h).
@@ -566,11 +630,14 @@ int Run(int argc, char** argv) {
   AddEndAndOutputFlags(app, &flags);
   ConfigFlags config;
   AddConfigFlags(app, &config);
+  ReplicaFlags replicas;
+  AddReplicaFlags(app, &replicas, &flags.options);
   MergeFlags merge;
   AddMergeFlags(app, &merge);
   if (const auto code = cleave::ParseCommandLine(app, argc, argv)) return *code;
   Resolve(&flags);
   ApplyConfigFlags(config, &flags.options);
+  ApplyReplicaFlags(replicas, &flags.options);
   ApplyMergeFlags(merge, &flags.options);
   return Serve(flags);
 }

@@ -101,6 +101,7 @@ SplitServer::SplitServer(SplitServerOptions options)
     step_ = ResumeServer(options_.checkpoint_path, fingerprint_, *top_, coordinator_.get(),
                          client_parameters_);
   }
+  SetUpReplicas();
   if (coordinator_) {
     // Resumed after the last round: the linger after it starts now.
     if (coordinator_->finished()) rounds_finished_at_ = Clock::now();
@@ -122,6 +123,7 @@ SplitServer::SplitServer(SplitServerOptions options)
 }
 
 SplitServer::~SplitServer() {
+  replicated_.reset();  // its clock calls back into this object
   reaper_.reset();
   // Its deadline thread calls back into this object: stop it first.
   coordinator_.reset();
@@ -195,6 +197,7 @@ v1::TrainReply SplitServer::Train(const std::string& identity, const v1::TrainRe
   CheckSession(identity, request.session_id(), request.protocol_version());
   if (vertical_) return TrainVertical(identity, request);
   if (u_shaped_) return TrainUShaped(identity, request);
+  if (replicated_) return TrainReplicated(identity, request);
   CLEAVE_CHECK_INPUT(!request.has_middle_gradient(),
                      "a middle gradient belongs to the u-shaped configuration; this server runs ",
                      SplitConfigName(options_.config));

@@ -19,6 +19,8 @@ grpc::StatusCode StatusCodeFor(RefusalKind kind) {
       return grpc::StatusCode::INVALID_ARGUMENT;
     case RefusalKind::kPartyMissing:
       return grpc::StatusCode::DEADLINE_EXCEEDED;
+    case RefusalKind::kReplicaLost:
+      return grpc::StatusCode::UNAVAILABLE;
   }
   return grpc::StatusCode::INTERNAL;
 }

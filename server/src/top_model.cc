@@ -134,6 +134,42 @@ std::vector<TopModel::Step> TopModel::TrainMerged(const at::Tensor& activations,
                      logits.argmax(1).eq(targets).to(c10::kCPU), input.grad().to(c10::kCPU));
 }
 
+TopModel::Step TopModel::Backward(const at::Tensor& activations, const at::Tensor& labels) {
+  layers_->train();
+  at::Tensor input = activations.to(device_).detach().requires_grad_(true);
+  const at::Tensor targets = labels.to(device_);
+  const at::Tensor logits = kfac_ ? kfac_->Forward(input) : layers_->forward(input);
+  const at::Tensor loss = torch::nn::functional::cross_entropy(logits, targets);
+  Step step;
+  step.loss = loss.item<double>();
+  optimizer_->zero_grad();
+  try {
+    if (!std::isfinite(step.loss)) {
+      throw NotFinite("the loss of this batch is not finite; the model was not changed");
+    }
+    loss.backward();
+    CheckGradients(input);
+  } catch (...) {
+    optimizer_->zero_grad();
+    throw;
+  }
+  step.cut_gradient = input.grad().to(c10::kCPU);
+  step.correct = logits.argmax(1).eq(targets).sum().item<int64_t>();
+  return step;
+}
+
+void TopModel::ApplyStep(double scale) {
+  if (kfac_) kfac_->Precondition(optimizer_->param_groups().front().options().get_lr());
+  ScaledStep(scale);
+}
+
+void TopModel::CheckGradients(const at::Tensor& input) const {
+  if (input.defined()) CheckGradient(input.grad(), "the gradient at the cut");
+  for (const at::Tensor& parameter : layers_->parameters()) {
+    CheckGradient(parameter.grad(), "a gradient of the server's layers");
+  }
+}
+
 TopModel::Forward TopModel::StartStep(const at::Tensor& activations) {
   layers_->train();
   Forward forward;

@@ -38,6 +38,26 @@ void CheckPartyCutShape(JoinMode mode, const std::vector<int64_t>& party_shape,
   }
 }
 
+void CheckConcatWidths(const std::map<int, int64_t>& widths, int parties,
+                       const std::vector<int64_t>& top_shape, int party) {
+  int64_t total = 0;
+  std::string listed;
+  for (const auto& [index, width] : widths) {
+    total += width;
+    listed += (listed.empty() ? "" : ", ") + detail::Concat("party ", index, ": ", width);
+  }
+  const int64_t missing = parties - static_cast<int64_t>(widths.size());
+  const bool fits = missing > 0 ? total + missing <= top_shape[0] : total == top_shape[0];
+  if (fits) return;
+  throw Refusal(RefusalKind::kMismatch,
+                detail::Concat("party ", party, "'s cut layer does not fit the join: the top's "
+                               "input has ", top_shape[0], " along its first dimension, the "
+                               "parties' cut layers give ", total, " (", listed, ")",
+                               missing > 0 ? detail::Concat(" with ", missing,
+                                                            " more to come (at least 1 each)")
+                                           : std::string()));
+}
+
 at::Tensor JoinActivations(JoinMode mode, const std::vector<at::Tensor>& parts,
                            const std::vector<int64_t>& top_shape) {
   CLEAVE_ENFORCE(!parts.empty(), "no parts to join");

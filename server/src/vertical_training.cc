@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <spdlog/spdlog.h>
 
+#include <map>
+
 #include "cleave/core/error.h"
 #include "cleave/core/peer_text.h"
 #include "cleave/protocol/version.h"
@@ -56,12 +58,17 @@ void VerticalTraining::Admit(const std::string& identity, const v1::JoinRequest&
                                    request.vertical_cut_shape().end());
   CheckPartyCutShape(options_.join, shape, top_shape_, index);
   std::lock_guard<std::mutex> lock(parties_mutex_);
+  std::map<int, int64_t> widths = {{index, shape[0]}};
   for (const auto& [other, party] : parties_) {
     if ((other == index) != (party->identity == identity)) {
       throw Refusal(RefusalKind::kNotAllowed,
                     detail::Concat("'", PeerText(party->identity), "' is party ", other, "; '",
                                    PeerText(identity), "' cannot be party ", index));
     }
+    if (other != index) widths[other] = party->cut_shape[0];
+  }
+  if (options_.join == JoinMode::kConcat) {
+    CheckConcatWidths(widths, options_.parties, top_shape_, index);
   }
   auto party = std::make_shared<Party>();
   party->index = index;

@@ -50,6 +50,25 @@ TEST(VerticalJoinTest, ShapesThatCannotJoinAreRefused) {
   EXPECT_NO_THROW(CheckPartyCutShape(JoinMode::kConcat, {16, 14, 14}, {32, 14, 14}, 1));
 }
 
+// Concat at Join: the widths so far must leave 1 for each party to come and, all in, add up.
+TEST(VerticalJoinTest, ConcatWidthsThatCannotAddUpAreRefusedAtJoin) {
+  EXPECT_NO_THROW(CheckConcatWidths({{0, 4}}, 2, {12}, 0));
+  EXPECT_NO_THROW(CheckConcatWidths({{0, 4}, {1, 8}}, 2, {12}, 1));
+  EXPECT_NO_THROW(CheckConcatWidths({{2, 10}}, 3, {12}, 2));
+  EXPECT_THROW(CheckConcatWidths({{2, 11}}, 3, {12}, 2), Refusal);  // no room for 2 more
+  try {
+    CheckConcatWidths({{0, 4}, {1, 8}}, 2, {16}, 1);
+    FAIL() << "4 + 8 was taken for 16";
+  } catch (const Refusal& refusal) {
+    EXPECT_EQ(refusal.kind(), RefusalKind::kMismatch);
+    EXPECT_NE(std::string(refusal.what())
+                  .find("the top's input has 16 along its first dimension, the parties' cut "
+                        "layers give 12 (party 0: 4, party 1: 8)"),
+              std::string::npos)
+        << refusal.what();
+  }
+}
+
 TEST(PartyRendezvousTest, TheLastPartyRunsTheStepOnceAndEachGetsItsResult) {
   PartyRendezvous<int, int> rendezvous(3, std::chrono::milliseconds(5000), "step");
   std::atomic<int> runs{0};

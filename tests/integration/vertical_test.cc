@@ -13,6 +13,8 @@
 #include "cleave/client/vertical_features.h"
 #include "cleave/protocol/status_error.h"
 #include "cleave/server/split_server.h"
+#include "cleave/test_support/script_halves.h"
+#include "cleave/test_support/temp_dir.h"
 #include "cleave/test_support/test_server.h"
 #include "cleave/test_support/tiny_data.h"
 
@@ -148,6 +150,54 @@ TEST(VerticalMissingPartyTest, TheWaitingPartyGetsAClearStatusAndTheServerServes
   again.TrainEpoch(PartOf(train, "0:6"), 0, 1, nullptr);
   EXPECT_EQ(other.get().steps, 2);
   EXPECT_EQ(server.split_server().step(), 2);
+}
+
+// A party that brings its own bottom (a TorchScript --bottom, 6 columns -> 4 units) beside a zoo
+// party (6 -> 8): the server's top takes the 12 joined units, and the two train one model over
+// loopback mutual TLS. A top that takes 16 instead: the second party to join is refused at Join
+// with FAILED_PRECONDITION naming the widths, before any step.
+TEST(VerticalScriptBottomTest, APartyWithItsOwnBottomTrainsAndAWrongWidthIsRefusedAtJoin) {
+  test_support::TempDir dir;
+  const auto own = test_support::WriteScriptHalves(dir.path(), "party0", "party-0-model", 6, 3);
+  server::SplitServerOptions options = VerticalServer(2, std::chrono::milliseconds(20000));
+  options.model = test_support::MlpSpec(kFeatures, {4 + kWidth, 16}, 3);
+  TestServer server(options, LinkKind::kGrpc);
+  const Dataset train = test_support::LinearRuleData(4800, 1, kFeatures);
+  TrainerOptions script_party = Party(0, 6);
+  script_party.model = TorchScriptSpec(own.bottom, "");
+  script_party.learning_rate = 1e-2;
+  std::vector<double> holder_losses;
+  auto run = [&](int p, const TrainerOptions& party_options) {
+    const Dataset mine = PartOf(train, Columns(2)[p]);
+    auto link = server.Link("party-" + std::to_string(p));
+    SplitTrainer trainer(party_options, *link);
+    trainer.Join(mine.size());
+    trainer.TrainEpoch(mine, 0, 1, nullptr);
+    if (p == 1) holder_losses = trainer.step_losses();
+    trainer.Leave();
+  };
+  auto party0 = std::async(std::launch::async, run, 0, script_party);
+  run(1, Party(1, 6));
+  party0.get();
+  ASSERT_EQ(holder_losses.size(), 150u);
+  const double first = Mean(holder_losses, 0, 25), last = Mean(holder_losses, 125, 25);
+  std::printf("[ vertical ] TorchScript party 0 + zoo party 1: loss %.3f -> %.3f\n", first, last);
+  EXPECT_LT(last, 0.7 * first);
+
+  options.model = test_support::MlpSpec(kFeatures, {16, 16}, 3);
+  TestServer wide(options, LinkKind::kGrpc);
+  auto link0 = wide.Link("party-0"), link1 = wide.Link("party-1");
+  SplitTrainer first_party(script_party, *link0), second_party(Party(1, 6), *link1);
+  first_party.Join(train.size());  // 4 of 16, room left for party 1
+  try {
+    second_party.Join(train.size());
+    FAIL() << "4 + 8 units were joined into a top that takes 16";
+  } catch (const protocol::StatusError& error) {
+    EXPECT_EQ(error.code(), grpc::StatusCode::FAILED_PRECONDITION);
+    EXPECT_NE(std::string(error.what()).find("give 12 (party 0: 4, party 1: 8)"),
+              std::string::npos)
+        << error.what();
+  }
 }
 
 }  // namespace

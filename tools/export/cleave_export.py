@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
-"""Cut a PyTorch model into the two TorchScript halves that cleave trains.
+"""Cut a PyTorch model into the TorchScript parts that cleave trains.
 
 cleave-client --bottom bottom.pt runs the first part of the model on a hospital's data;
-cleave-server --top top.pt runs the rest. This tool takes your nn.Module, cuts it between two of
+cleave-server --top top.pt runs the rest. With --tail-layers N (U-shaped split learning,
+--config u-shaped on both ends) the model's last N top-level children become a third part,
+tail.pt, that the hospital runs after the server's middle (top.pt), so the labels never leave it:
+cleave-client --bottom bottom.pt --tail tail.pt, cleave-server --top top.pt. This tool takes your nn.Module, cuts it between two of
 its top-level children, scripts both halves with torch.jit.script (not torch.jit.trace: a trace
 fixes dropout and batch-norm in one mode), checks that top(bottom(x)) equals model(x) on a random
-batch, and writes bottom.pt and top.pt with the metadata cleave checks (input shape, cut shape,
-classes, split id) in an extra file named cleave.json.
+batch (tail(top(bottom(x))) with a tail), and writes the parts with the metadata cleave checks
+(input shape, cut shape, classes, split id; U-shaped: middle shape and tail layers) in an extra
+file named cleave.json.
 
 The model's forward must call its top-level children in order (an nn.Sequential does; so does a
 ResNet-style class whose skip connections live inside its blocks). Work done in forward outside
@@ -18,6 +22,8 @@ Example:
       --out-dir halves
   python3 cleave_export.py --model my_model.py:build --kwargs '{"width": 32}' \\
       --input-shape 30 --cut 2
+  python3 cleave_export.py --model my_model.py:SmallResNet --input-shape 1x28x28 --cut stem \\
+      --tail-layers 1 --out-dir parts    # U-shaped: bottom.pt, top.pt (middle), tail.pt
 
 Exit codes: 0 written, 2 bad arguments or a model that cannot be cut or scripted as asked.
 Needs PyTorch (Debian: apt-get install python3-torch).
@@ -61,9 +67,16 @@ def parse_args(argv):
                         help="file name of the client's half (default: bottom.pt)")
     parser.add_argument("--top", default="top.pt",
                         help="file name of the server's half (default: top.pt)")
+    parser.add_argument("--tail-layers", type=int, default=0, metavar="N",
+                        help="U-shaped: the model's last N top-level children form a third part "
+                             "that the hospital runs after the server's middle (default: 0, no "
+                             "tail: two halves for vanilla or vertical)")
+    parser.add_argument("--tail", default="tail.pt",
+                        help="file name of the client's tail with --tail-layers (default: "
+                             "tail.pt)")
     parser.add_argument("--split-id",
-                        help="id both halves carry, compared at Join (default: a digest of the "
-                             "halves' code, parameter shapes and the shapes above)")
+                        help="id every part carries, compared at Join (default: a digest of the "
+                             "parts' code, parameter shapes and the shapes above)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the weights and the check batch (default: 0)")
     parser.add_argument("--check-batch", type=int, default=4,
@@ -139,17 +152,28 @@ def cut_index(children, cut):
     return index
 
 
-def split(model, cut):
+def split(model, cut, tail_layers=0):
+    """The model's top-level children as [bottom, top] or, with a tail, [bottom, top, tail]."""
     import torch.nn as nn
     children = list(model.named_children())
     index = cut_index(children, cut)
-    bottom = nn.Sequential(collections.OrderedDict(children[:index]))
-    top = nn.Sequential(collections.OrderedDict(children[index:]))
-    for half, name in ((bottom, "bottom"), (top, "top")):
-        if not any(True for _ in half.parameters()):
-            raise ExportError(f"the {name} half ({', '.join(n for n, _ in half.named_children())})"
+    if tail_layers < 0:
+        raise ExportError(f"--tail-layers must be 0 or more, got {tail_layers}")
+    tail_from = len(children) - tail_layers
+    if tail_layers and tail_from <= index:
+        raise ExportError(f"--tail-layers {tail_layers} after --cut {cut} leaves the server no "
+                          f"middle (the model has {len(children)} top-level children: "
+                          f"{', '.join(n for n, _ in children)})")
+    bounds = [(0, index), (index, tail_from)] + ([(tail_from, len(children))] if tail_layers else [])
+    parts = [nn.Sequential(collections.OrderedDict(children[a:b])) for a, b in bounds]
+    for part, name in zip(parts, PART_NAMES):
+        if not any(True for _ in part.parameters()):
+            raise ExportError(f"the {name} part ({', '.join(n for n, _ in part.named_children())})"
                               " has no parameters to train: cut elsewhere")
-    return bottom, top
+    return parts
+
+
+PART_NAMES = ("bottom", "top", "tail")
 
 
 def script(half, name):
@@ -161,42 +185,75 @@ def script(half, name):
         raise ExportError(f"cannot script the {name} half with torch.jit.script: {first}") from None
 
 
-def check_equal(model, bottom, top, x, tolerance):
+def run_parts(parts, x):
+    """Every part's output in turn: [cut, logits] or [cut, middle output, logits]."""
+    outputs = []
+    for part in parts:
+        x = part(x)
+        outputs.append(x)
+    return outputs
+
+
+def check_equal(model, parts, x, tolerance):
     import torch
-    for module in (model, bottom, top):
+    for module in [model] + list(parts):
         module.eval()
     with torch.no_grad():
         try:
             whole = model(x)
-            cut = bottom(x)
-            halves = top(cut)
+            outputs = run_parts(parts, x)
         except Exception as error:
             first = str(error).strip().splitlines()[0]
             raise ExportError(f"the model fails on a batch of shape {list(x.shape)}: "
                               f"{first}") from None
+    composed = "tail(top(bottom(x)))" if len(parts) == 3 else "top(bottom(x))"
+    halves = outputs[-1]
     if not isinstance(whole, torch.Tensor) or whole.dim() != 2:
         raise ExportError("the model must return one tensor of logits [batch, classes], got "
                           f"{getattr(whole, 'shape', type(whole).__name__)}")
     if halves.shape != whole.shape:
-        raise ExportError(f"top(bottom(x)) has shape {list(halves.shape)} but the model gives "
+        raise ExportError(f"{composed} has shape {list(halves.shape)} but the model gives "
                           f"{list(whole.shape)}: its forward does more than call its top-level "
                           "children in order; wrap that work in modules or cut elsewhere")
     difference = (halves - whole).abs().max().item()
     if not difference <= tolerance:
-        raise ExportError(f"top(bottom(x)) differs from the model by up to {difference:.3g} "
+        raise ExportError(f"{composed} differs from the model by up to {difference:.3g} "
                           f"(> {tolerance:g}): its forward does more than call its top-level "
                           "children in order (e.g. a skip connection across the cut, or "
                           "torch.flatten between children); wrap that work in modules or cut "
                           "elsewhere")
-    return cut, whole, difference
+    return outputs, whole, difference
 
 
-def digest(bottom, top, shapes):
-    text = json.dumps({
-        "bottom": [bottom.code, [(n, list(t.shape)) for n, t in bottom.state_dict().items()]],
-        "top": [top.code, [(n, list(t.shape)) for n, t in top.state_dict().items()]],
-        "shapes": shapes}, sort_keys=True)
+def digest(parts, shapes):
+    fields = {name: [part.code, [(n, list(t.shape)) for n, t in part.state_dict().items()]]
+              for name, part in zip(PART_NAMES, parts)}
+    fields["shapes"] = shapes
+    text = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def metadata(args, shape, outputs, classes, scripted):
+    meta = {"input_shape": shape, "cut_shape": list(outputs[0].shape[1:]), "classes": classes}
+    if args.tail_layers:
+        meta["middle_shape"] = list(outputs[1].shape[1:])
+        meta["tail_layers"] = args.tail_layers
+    meta["split_id"] = args.split_id or digest(scripted, meta)
+    if not 1 <= len(meta["split_id"]) <= 64:
+        raise ExportError("--split-id must be 1..64 characters")
+    return meta
+
+
+def write_parts(args, scripted, meta):
+    os.makedirs(args.out_dir, exist_ok=True)
+    written = []
+    for part, name, file_name in zip(scripted, PART_NAMES, (args.bottom, args.top, args.tail)):
+        part.train()  # cleave sets the mode itself; saved in training mode like a fresh model
+        path = os.path.join(args.out_dir, file_name)
+        part.save(path, _extra_files={"cleave.json": json.dumps(dict(meta, half=name))})
+        count = sum(p.numel() for p in part.parameters())
+        written.append(f"{path} ({count} parameters)")
+    return written
 
 
 def export(args):
@@ -206,33 +263,25 @@ def export(args):
         raise ExportError("--check-batch must be at least 1")
     torch.manual_seed(args.seed)
     model = load_model(args.model, args.kwargs)
-    bottom, top = split(model, args.cut)
+    parts = split(model, args.cut, args.tail_layers)
     x = torch.randn([args.check_batch] + shape)
-    cut, whole, _ = check_equal(model, bottom, top, x, args.tolerance)
+    outputs, whole, _ = check_equal(model, parts, x, args.tolerance)
     classes = whole.shape[1]
     if args.classes is not None and args.classes != classes:
         raise ExportError(f"--classes {args.classes}, but the model gives {classes} outputs")
     if classes < 2:
         raise ExportError(f"the model gives {classes} output(s); cleave needs 2 or more classes")
-    scripted_bottom, scripted_top = script(bottom, "bottom"), script(top, "top")
-    _, _, difference = check_equal(model, scripted_bottom, scripted_top, x, args.tolerance)
-    meta = {"input_shape": shape, "cut_shape": list(cut.shape[1:]), "classes": classes}
-    meta["split_id"] = args.split_id or digest(scripted_bottom, scripted_top, meta)
-    if not 1 <= len(meta["split_id"]) <= 64:
-        raise ExportError("--split-id must be 1..64 characters")
-    os.makedirs(args.out_dir, exist_ok=True)
-    written = []
-    for half, name, file_name in ((scripted_bottom, "bottom", args.bottom),
-                                  (scripted_top, "top", args.top)):
-        half.train()  # cleave sets the mode itself; saved in training mode like a fresh model
-        path = os.path.join(args.out_dir, file_name)
-        half.save(path, _extra_files={"cleave.json": json.dumps(dict(meta, half=name))})
-        count = sum(p.numel() for p in half.parameters())
-        written.append(f"{path} ({count} parameters)")
+    scripted = [script(part, name) for part, name in zip(parts, PART_NAMES)]
+    _, _, difference = check_equal(model, scripted, x, args.tolerance)
+    meta = metadata(args, shape, outputs, classes, scripted)
+    written = write_parts(args, scripted, meta)
     size = lambda dims: "x".join(str(d) for d in dims)
-    print(f"wrote {written[0]} and {written[1]}: input {size(shape)} -> cut "
-          f"{size(meta['cut_shape'])} -> {classes} classes, split id {meta['split_id']}; "
-          f"top(bottom(x)) matches the model (largest difference {difference:.2g})")
+    middle = f" -> middle {size(meta['middle_shape'])}" if args.tail_layers else ""
+    composed = "tail(top(bottom(x)))" if args.tail_layers else "top(bottom(x))"
+    print(f"wrote {' and '.join(written)}: input {size(shape)} -> cut "
+          f"{size(meta['cut_shape'])}{middle} -> {classes} classes, split id "
+          f"{meta['split_id']}; {composed} matches the model (largest difference "
+          f"{difference:.2g})")
 
 
 def main(argv=None):

@@ -1,4 +1,5 @@
-// `cleave-leakage labels`: label leakage of the split configurations (label_leakage.h).
+// `cleave-leakage labels`: label leakage of the split configurations, from real runs
+// (recorded_label_leakage.h) or, with --replica, an in-process replica (label_leakage.h).
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -19,6 +20,7 @@ struct LabelsFlags {
   int64_t positive_class = -1;
   std::string defence = "none";
   std::string markdown_path;
+  bool replica = false;  // the in-process replica (label_leakage.h) instead of real runs
 
   void Register(CLI::App& labels);
 };

@@ -33,7 +33,7 @@ for topic in --act-noise --strong-aux-samples --strong-width --seeds --client-op
 done
 grep -qF -- "--act-noise" "$dir/measure-help" || fail "measure --help does not mention --act-noise"
 "$bin" labels --help >"$dir/labels-help" || fail "labels --help exited non-zero"
-for topic in --label-defence --label-defence-strength --tail-cut --positive-class --steps; do
+for topic in --label-defence --label-defence-strength --tail-cut --positive-class --steps --replica; do
   grep -qF -- "$topic" "$dir/labels-help" || fail "labels --help does not mention '$topic'"
 done
 

@@ -37,6 +37,7 @@ struct ModelFlags {
   int64_t num_classes = 10;
   std::vector<int64_t> hidden;
   std::string bottom_script, top_script;  // TorchScript halves (.pt) instead of the zoo
+  std::string tail_script;                // U-shaped TorchScript exports: the client's tail.pt
   std::string config = "vanilla";         // split configuration (RegisterSplitConfig)
   int tail_layers = 1;                    // u-shaped: blocks of the top kept at the hospital
   CLI::Option* tail_option = nullptr;
@@ -68,8 +69,15 @@ struct ModelFlags {
       halves.push_back(app.add_option(
           "--top", top_script,
           "Train this TorchScript half (.pt, from tools/export/cleave_export.py) instead of "
-          "--model; input shape, cut shape and classes come from its metadata"));
+          "--model; input shape, cut shape and classes come from its metadata (--config "
+          "u-shaped: the middle of an export made with --tail-layers)"));
     }
+    halves.push_back(app.add_option(
+        "--tail", tail_script,
+        top ? "--config u-shaped with --bottom: the client-side tail.pt of the same export (its "
+              "starting weights for rounds)"
+            : "--config u-shaped with --bottom: train this TorchScript tail (.pt, from "
+              "tools/export/cleave_export.py --tail-layers N) after the server's middle"));
     for (CLI::Option* half : halves) {
       half->check(CLI::ExistingFile);
       for (const char* zoo : {"--model", "--cut", "--input-shape", "--classes", "--hidden"}) {
@@ -95,10 +103,32 @@ struct ModelFlags {
 
   SplitConfig Config() const { return ParseSplitConfig(config); }
 
-  bool Scripted() const { return !bottom_script.empty() || !top_script.empty(); }
+  bool Scripted() const {
+    return !bottom_script.empty() || !top_script.empty() || !tail_script.empty();
+  }
+
+  // TorchScript parts: the configuration must match the export (a tail or none).
+  ModelSpec ScriptSpec() const {
+    CLEAVE_CHECK_USER(!tail_option || tail_option->count() == 0,
+                      "--tail-layers is the export's with TorchScript parts (cleave_export.py "
+                      "--tail-layers N)");
+    const bool u_shaped = Config() == SplitConfig::kUShaped;
+    CLEAVE_CHECK_USER(u_shaped || tail_script.empty(), "--tail needs --config u-shaped");
+    ModelSpec spec = TorchScriptSpec(bottom_script, top_script, tail_script);
+    const std::string& file = !top_script.empty() ? top_script : bottom_script;
+    CLEAVE_CHECK_USER(!u_shaped || spec.tail_layers > 0, "'", file,
+                      "' is from an export without a tail: for --config u-shaped export three "
+                      "parts with cleave_export.py --tail-layers N");
+    CLEAVE_CHECK_USER(u_shaped || spec.tail_layers == 0, "'", file,
+                      "' is from a U-shaped export (with a tail): use --config u-shaped");
+    CLEAVE_CHECK_USER(!u_shaped || bottom_script.empty() == tail_script.empty(),
+                      "--config u-shaped with TorchScript parts: --bottom and --tail go together "
+                      "(bottom.pt and tail.pt of one export)");
+    return spec;
+  }
 
   ModelSpec Spec() const {
-    if (Scripted()) return TorchScriptSpec(bottom_script, top_script);
+    if (Scripted()) return ScriptSpec();
     ModelSpec spec;
     spec.architecture = architecture;
     spec.cut = cut;

@@ -19,11 +19,17 @@ namespace cleave {
 inline constexpr const char* kScriptMetaFile = "cleave.json";
 
 struct ScriptMeta {
-  std::string half;                  // "bottom" (client) or "top" (server)
+  // "bottom" (client), "top" (server) or, in a U-shaped export, "tail" (client, after the
+  // server's part, which is then the middle: "top" maps the cut to middle_shape).
+  std::string half;
   std::vector<int64_t> input_shape;  // one sample of the data, without the batch dimension
   std::vector<int64_t> cut_shape;    // one sample's cut-layer activation
   int64_t num_classes = 0;
-  std::string split_id;  // the same in both halves of one export
+  std::string split_id;  // the same in all parts of one export
+  // U-shaped exports only (empty / 0 otherwise): one sample's middle output, and how many of
+  // the model's top-level children the tail holds. Every part of the export carries them.
+  std::vector<int64_t> middle_shape;
+  int tail_layers = 0;
 };
 
 // False in a build without nlohmann-json: every function below that reads or writes metadata
@@ -54,8 +60,9 @@ TORCH_MODULE(ScriptHalf);
 // Loads the half at `path` and checks it before any training: the metadata says `expected_half`;
 // the module has parameters (a frozen or inference-optimised export has none); no dropout or
 // batch-norm runs in a mode fixed at trace time (torch.jit.trace); one dry forward pass (eval
-// mode, no gradient) maps [1, input_shape] to [1, cut_shape] (bottom) or [1, cut_shape] to
-// [1, classes] (top). Returns it in training mode. Throws UserError naming the file otherwise.
+// mode, no gradient) maps [1, input_shape] to [1, cut_shape] (bottom), [1, cut_shape] to
+// [1, classes] (top; U-shaped: to [1, middle_shape]) or [1, middle_shape] to [1, classes]
+// (tail). Returns it in training mode. Throws UserError naming the file otherwise.
 ScriptHalf LoadScriptHalf(const std::string& path, const std::string& expected_half);
 
 // The ScriptHalf inside a half BuildSplitModel made from a "torchscript" spec; nullptr for a zoo

@@ -27,6 +27,10 @@ struct ModelSpec {
   std::string top_script;
   std::vector<int64_t> cut_shape = {};
   std::string split_id;
+  // torchscript U-shaped exports (tail_layers > 0, from the metadata): the client's tail.pt and
+  // the middle's output shape of one sample.
+  std::string tail_script;
+  std::vector<int64_t> middle_shape = {};
 };
 
 struct SplitModel {
@@ -45,10 +49,11 @@ struct SplitModel {
 //   [Flatten, Linear(64*H/4*W/4 -> 128), ReLU, Dropout(0.3)] [Linear(128 -> classes)]
 // "mlp" (input F): [Linear, ReLU] per hidden width, then [Linear(-> classes)].
 //
-// "torchscript": the halves named in the spec, loaded and checked by LoadScriptHalf (each a
-// Sequential holding one ScriptHalf, script_half.h); a half this end does not hold is null.
+// "torchscript": the parts named in the spec, loaded and checked by LoadScriptHalf (each a
+// Sequential holding one ScriptHalf, script_half.h); a part this end does not hold is null. A
+// U-shaped export (spec.tail_layers > 0) has three: bottom, top (the server's middle) and tail.
 //
-// With spec.tail_layers = t > 0 (cnn and mlp only) the top's last t blocks form `tail` instead;
+// With spec.tail_layers = t > 0 (cnn and mlp) the top's last t blocks form `tail` instead;
 // a cut + t beyond blocks-1 (no block left for the middle) is a UserError.
 //
 // Builds the model with weights initialised from `seed` (a torchscript half keeps its own). This
@@ -57,11 +62,12 @@ struct SplitModel {
 // 1..num_blocks-1, a bad input shape, or a torchscript half LoadScriptHalf refuses.
 SplitModel BuildSplitModel(const ModelSpec& spec, uint64_t seed);
 
-// A "torchscript" spec from the halves this end holds (either or both paths may be empty, not
-// both): input shape, classes, cut shape and split id come from their metadata (ReadScriptMeta).
-// Throws UserError if a file's metadata is missing or bad, if a file holds the other half, or if
-// the two halves' metadata disagree.
-ModelSpec TorchScriptSpec(const std::string& bottom_path, const std::string& top_path);
+// A "torchscript" spec from the parts this end holds (any path may be empty, not all): input
+// shape, classes, cut shape, split id and (U-shaped exports) middle shape and tail_layers come
+// from their metadata (ReadScriptMeta). Throws UserError if a file's metadata is missing or bad,
+// if a file holds another part than its flag names, or if the parts' metadata disagree.
+ModelSpec TorchScriptSpec(const std::string& bottom_path, const std::string& top_path,
+                          const std::string& tail_path = "");
 
 // The parameters of `module` (recursively, in registration order) as one flat float32 vector:
 // how client-side weights travel between hospitals and the server in rounds.

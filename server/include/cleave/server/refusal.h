@@ -24,6 +24,9 @@ enum class RefusalKind {
   kNonFinite,    // NaN or Inf
   // Vertical: another party sent nothing for this step within the party timeout.
   kPartyMissing,
+  // Replicas: the replica group ended (a replica died or stopped answering, or the group shut
+  // down); this server trains no more. The hospital joins another replica.
+  kReplicaLost,
 };
 
 // The short label metrics count refusals by ("stale", "not_participant", ...).

@@ -31,6 +31,8 @@
 #include "cleave/server/client_allowlist.h"
 #include "cleave/server/periodic_task.h"
 #include "cleave/server/refusal.h"
+#include "cleave/server/replica_group.h"
+#include "cleave/server/replicated_top.h"
 #include "cleave/server/round_coordinator.h"
 #include "cleave/server/round_endpoint.h"
 #include "cleave/server/session_table.h"
@@ -87,6 +89,11 @@ struct SplitServerOptions {
   SplitConfig config = SplitConfig::kVanilla;
   VerticalOptions vertical;  // config vertical only
   std::chrono::milliseconds middle_gradient_timeout{30000};
+  // Replicas of this server (replica_group.h, replicated_top.h): with replicas.replicas > 1 the
+  // top trains in lockstep with the other replicas (vanilla configuration, single schedule,
+  // not K-FAC); a tick without local work waits replica_idle_tick for some.
+  ReplicaGroupOptions replicas;
+  std::chrono::microseconds replica_idle_tick{2000};
   // Vanilla only: steps of hospitals waiting at the same time merged into one step of the top
   // (step_merger.h, split_server_merged.cc); max_batch 0 (the default): off.
   StepMergerOptions merge;
@@ -164,6 +171,10 @@ class SplitServer {
   void TrainStreamEnded(const std::string& identity, const std::string& session_id);
   // U-shaped only (null otherwise): the middle's step state and counters.
   UShapedMiddle* u_shaped() { return u_shaped_.get(); }
+
+  // Replicas: empty while this server's replica group trains (or without replicas); why the
+  // group ended otherwise (the server then trains no more and should exit).
+  std::string replicas_ended() const { return replicated_ ? replicated_->ended() : ""; }
 
   // Writes the checkpoint now (no-op without a checkpoint path).
   void SaveCheckpoint();
@@ -255,6 +266,11 @@ class SplitServer {
   v1::TrainReply TrainUShaped(const std::string& identity, const v1::TrainRequest& request);
   v1::EvaluateReply EvaluateUShaped(const v1::EvaluateRequest& request);
   void AbandonEndedUShapedStep();
+  // Replicas (split_server_replicated.cc): joins the group (after any resume) and takes rank
+  // 0's model; a step goes through the group's step clock.
+  void SetUpReplicas();
+  void CheckSameSettings(ReplicaGroup& group) const;
+  v1::TrainReply TrainReplicated(const std::string& identity, const v1::TrainRequest& request);
 
   SplitServerOptions options_;
   std::string fingerprint_;
@@ -271,6 +287,7 @@ class SplitServer {
   std::unique_ptr<RoundEndpoint> round_endpoint_;    // likewise
   std::unique_ptr<VerticalTraining> vertical_;       // null unless config vertical
   std::unique_ptr<UShapedMiddle> u_shaped_;          // null: not U-shaped
+  std::unique_ptr<ReplicatedTop> replicated_;        // null: no replicas
   std::unique_ptr<StepMerger> merger_;               // null: merging off
   ServerObserver* observer_ = nullptr;
 

@@ -97,6 +97,15 @@ class TopModel {
   // Not owned; null (the default) for a server without replicas.
   void SetGradientReducer(GradientReducer* reducer) { reducer_ = reducer; }
 
+  // Train in two halves, for replicas that average the gradients in between themselves
+  // (replicated_top.h; the GradientReducer is not called): Backward runs the forward and
+  // backward pass and checks the loss and every gradient as Train does (throwing as Train, the
+  // gradients then cleared), leaving the batch's gradients in the layers' grads; ApplyStep
+  // preconditions (K-FAC) and steps on whatever the grads hold, scaled by `scale` in (0, 1], and
+  // restores the layers when the result is not finite (NotFinite).
+  Step Backward(const at::Tensor& activations, const at::Tensor& labels);
+  void ApplyStep(double scale);
+
   // U-shaped: the server's layers are the middle, and a step spans two calls. StartStep runs the
   // forward pass on a batch of cut activations (the graph is kept in the result); FinishStep
   // takes d loss / d output from the hospital, checks it as Train does, steps, and returns the
@@ -133,6 +142,8 @@ class TopModel {
   // if the result is not finite.
   void CheckAndStep(const at::Tensor& input, int64_t samples,
                     const std::function<double()>& admit);
+  // Checks the gradients at `input` (if defined) and of the layers.
+  void CheckGradients(const at::Tensor& input) const;
   // The scale of the step (0: skip it) after the reducer, if any, combined the gradients.
   double ReduceGradients(int64_t samples, double scale);
   // Takes the optimizer step scaled by `scale`; restores the layers if it is not finite.

@@ -6,6 +6,7 @@
 #include <ATen/Tensor.h>
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,14 @@ const char* JoinModeName(JoinMode mode);
 // which JoinActivations checks once all have sent).
 void CheckPartyCutShape(JoinMode mode, const std::vector<int64_t>& party_shape,
                         const std::vector<int64_t>& top_shape, int party);
+
+// Concat only, at Join: the first dimensions of the parties admitted so far (`widths`, party
+// index -> width, the joining party's included) must leave at least 1 for each of the
+// `parties` not yet admitted and, once every party is in, add up to the top's. Throws
+// Refusal(kMismatch) naming the widths otherwise, so a party whose own bottom (a TorchScript
+// --bottom, say) is too wide or narrow is told at Join rather than at its first step.
+void CheckConcatWidths(const std::map<int, int64_t>& widths, int parties,
+                       const std::vector<int64_t>& top_shape, int party);
 
 // The top's input from the parties' [B, ...] activations, in party order. Throws InvalidInput
 // if the batch sizes differ or the joined shape is not [B, top_shape...].

@@ -9,7 +9,8 @@ namespace cleave::test_support {
 
 struct ScriptHalfPaths {
   std::string bottom;  // [features] -> linear -> ReLU -> dropout(0.1, training) -> [4]
-  std::string top;     // [4] -> linear -> [classes]
+  std::string top;     // [4] -> linear -> [classes] (U-shaped: [4] -> linear -> ReLU -> [8])
+  std::string tail;    // U-shaped only: [8] -> linear -> [classes]
 };
 
 // Writes `dir`/`name`_bottom.pt and `dir`/`name`_top.pt, both with metadata naming `split_id`;
@@ -17,5 +18,11 @@ struct ScriptHalfPaths {
 ScriptHalfPaths WriteScriptHalves(const std::string& dir, const std::string& name,
                                   const std::string& split_id, int64_t features = 8,
                                   int64_t classes = 3, uint64_t seed = 1);
+
+// A U-shaped export: `dir`/`name`_bottom.pt, _top.pt (the server's middle) and _tail.pt, with
+// middle_shape {8} and tail_layers 1 in every part's metadata.
+ScriptHalfPaths WriteUShapedScriptParts(const std::string& dir, const std::string& name,
+                                        const std::string& split_id, int64_t features = 8,
+                                        int64_t classes = 3, uint64_t seed = 1);
 
 }  // namespace cleave::test_support

@@ -147,6 +147,11 @@ void AddTrainingFlags(CLI::App& app, Flags* f) {
                  "NoPeek weight: adds alpha * dCor(inputs, sent activations) to the client loss "
                  "(0 = vanilla split learning)")
       ->capture_default_str();
+  app.add_option("--act-noise", options.activation_noise,
+                 "Noise defence: adds Gaussian noise of this standard deviation to every "
+                 "activation sent, in training and evaluation (0 = off; combines with NoPeek)")
+      ->check(CLI::Range(0.0, 1e6))
+      ->capture_default_str();
 }
 
 // In the vertical configuration, this party's index and share of the features (--config itself
@@ -408,6 +413,7 @@ nlohmann::json MetricsJson(const cleave::client::SplitTrainer& trainer,
       {"update_bytes", counters.update_bytes},
       {"update_dense_fp32_bytes", counters.update_dense_bytes},
       {"nopeek_alpha", f.options.nopeek_alpha},
+      {"act_noise", f.options.activation_noise},
       {"config", f.model_flags.config},
       {"party", f.options.party},
       {"holds_labels", trainer.vertical().holds_labels},

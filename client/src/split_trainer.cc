@@ -16,9 +16,18 @@
 #include "cleave/protocol/tensor_message.h"
 
 namespace cleave::client {
+namespace {
+
+// The noise defence draws from its own stream, apart from the seed's other uses.
+constexpr uint64_t kNoiseSeedOffset = 0x6e6f697365;
+
+}  // namespace
 
 SplitTrainer::SplitTrainer(TrainerOptions options, protocol::SplitLink& link)
-    : options_(std::move(options)), link_(link), augmentation_(options_.augmentation, options_.seed) {
+    : options_(std::move(options)),
+      link_(link),
+      augmentation_(options_.augmentation, options_.seed),
+      noise_(options_.activation_noise, options_.seed + kNoiseSeedOffset) {
   CLEAVE_CHECK_USER(options_.batch_size >= 1, "batch size must be at least 1");
   CLEAVE_CHECK_USER(options_.nopeek_alpha >= 0, "the NoPeek weight alpha must be >= 0, got ", options_.nopeek_alpha);
   CLEAVE_CHECK_USER((options_.config == SplitConfig::kUShaped) == (options_.model.tail_layers > 0),
@@ -39,6 +48,10 @@ SplitTrainer::SplitTrainer(TrainerOptions options, protocol::SplitLink& link)
 }
 
 SplitTrainer::~SplitTrainer() = default;
+
+at::Tensor SplitTrainer::SentActivations(const at::Tensor& inputs) {
+  return noise_.Apply(model_.bottom->forward(inputs));
+}
 
 namespace {
 
@@ -91,7 +104,7 @@ void BatchCursor::Next(at::Tensor* inputs, at::Tensor* labels) {
 SplitTrainer::StepResult SplitTrainer::Step(const at::Tensor& inputs, const at::Tensor& labels,
                                             double* dcor_sum) {
   if (u_shaped_) return UShapedStep(inputs, labels, dcor_sum);
-  const at::Tensor activations = model_.bottom->forward(inputs);
+  const at::Tensor activations = SentActivations(inputs);
   // The mask is part of the forward pass: only what is sent carries gradient back.
   const SelectedActivations selected = compressor_->Select(activations);
 
@@ -339,7 +352,7 @@ EvalStats SplitTrainer::Evaluate(const Dataset& test, int64_t batch_size) {
   at::Tensor inputs, labels;
   while (batches.Next(&inputs, &labels)) {
     inputs = inputs.to(options_.device);
-    const at::Tensor activations = model_.bottom->forward(inputs);
+    const at::Tensor activations = SentActivations(inputs);
     const SelectedActivations selected = compressor_->Select(activations);
     // Leakage of what is sent: only full batches, so that every figure has the stated batch size
     // (the plain estimator's bias depends on it), unless the test set fits in one batch.

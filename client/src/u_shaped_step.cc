@@ -36,7 +36,7 @@ std::vector<int64_t> SizesOf(const at::Tensor& tensor) {
 SplitTrainer::StepResult SplitTrainer::UShapedStep(const at::Tensor& inputs,
                                                    const at::Tensor& labels, double* dcor_sum) {
   UShapedBytes& bytes = u_shaped_->bytes();
-  const at::Tensor activations = model_.bottom->forward(inputs);
+  const at::Tensor activations = SentActivations(inputs);
   const SelectedActivations selected = compressor_->Select(activations);
   v1::TrainRequest up;  // a1, and no labels: they stay here
   up.set_protocol_version(protocol::kProtocolVersion);

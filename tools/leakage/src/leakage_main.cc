@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -31,7 +32,8 @@ constexpr const char* kDescription =
 
 Subcommands:
   measure  one trained client (a checkpoint written by cleave-client --checkpoint)
-  sweep    trains locally for each NoPeek alpha and density, then measures accuracy and leakage
+  sweep    trains locally for each NoPeek alpha, noise sigma and density, then measures accuracy
+           and leakage; writes the frontier (CSV, JSON, table, gnuplot PNG)
   labels   label leakage of each split configuration: the gradient attacks of Li et al. 2021
 
 What the numbers mean for a hospital:
@@ -49,6 +51,12 @@ What the numbers mean for a hospital:
             SSIM (structural similarity, 1 = perfect copy, near 0 = no structure recovered),
             PSNR (dB, higher = closer) and MSE (pixel error, inputs in [0, 1]), per image,
             averaged. The PNG grid shows originals above their reconstructions.
+            Beside it: a stronger decoder (--strong-aux-samples pairs, --strong-width channels),
+            a mask-only decoder (sparse links: trained on which positions were sent, 1 or 0,
+            values dropped: what the sparsity pattern alone reveals) and, with
+            --inversion-samples, UnSplit (no auxiliary data, the bottom's layers only).
+  noise     --act-noise: the noise defence, Gaussian noise added by the client to every
+            activation it sends (cleave-client --act-noise); every figure is of the noisy ones.
   AUC       (labels) how well a party that does not hold the labels ranks samples of a class
             above the others from the gradients it receives: by each sample's gradient norm, or
             by its cosine with the gradient of one sample whose class it knows. 0.5: nothing
@@ -58,6 +66,8 @@ Examples:
   cleave-leakage measure --checkpoint runs/st-mary.ckpt --model cnn --cut 1 --density 0.05 \
                          --method gaussiank+ --grid runs/st-mary-grid.png
   cleave-leakage sweep --alphas 0 1 3 10 30 --densities 1 0.05 --epochs 1 --out runs/leakage
+  cleave-leakage sweep --alphas 0 5 --act-noise 0 0.5 --seeds 1 2 3 --strong-aux-samples 10000 \
+                       --out runs/frontier
   cleave-leakage labels --steps 300 --positive-class 0 --label-defence clip \
                         --label-defence-strength 0.5
 
@@ -95,6 +105,13 @@ cleave::privacy::ReconstructionAttackOptions DefaultAttack() {
   return attack;
 }
 
+// Wider (128 channels) and, with --strong-aux-samples, trained on more pairs than the default.
+cleave::privacy::ReconstructionAttackOptions StrongAttack() {
+  cleave::privacy::ReconstructionAttackOptions attack = DefaultAttack();
+  attack.width = 128;
+  return attack;
+}
+
 struct AttackFlags {
   cleave::privacy::ReconstructionAttackOptions attack = DefaultAttack();
   int64_t aux_samples = 3000;
@@ -102,8 +119,11 @@ struct AttackFlags {
   int64_t grid_images = 8;
   int64_t inversion_samples = 0;
   cleave::privacy::InversionOptions inversion;
+  cleave::privacy::ReconstructionAttackOptions strong = StrongAttack();
+  int64_t strong_aux_samples = 0;
 
   void Register(CLI::App& app) {
+    RegisterStrong(app);
     app.add_option("--inversion-samples", inversion_samples,
                    "Also run model inversion without auxiliary data (UnSplit: the attacker knows "
                    "the bottom's layers, not its weights) on this many test images (0: off)")
@@ -136,8 +156,25 @@ struct AttackFlags {
     app.add_option("--grid-images", grid_images, "Test images shown in reconstruction grids")
         ->capture_default_str();
   }
+  // The stronger decoder, reported beside the default one.
+  void RegisterStrong(CLI::App& app) {
+    app.add_option("--strong-aux-samples", strong_aux_samples,
+                   "Also run a stronger decoder trained on this many auxiliary pairs (e.g. "
+                   "10000; the attacker's share grows to hold them; 0: off)")
+        ->check(CLI::NonNegativeNumber)
+        ->capture_default_str();
+    app.add_option("--strong-width", strong.width, "Channels of the stronger decoder")
+        ->check(CLI::PositiveNumber)
+        ->capture_default_str();
+    app.add_option("--strong-epochs", strong.epochs, "Epochs the stronger decoder trains")
+        ->check(CLI::PositiveNumber)
+        ->capture_default_str();
+  }
+  // Pairs split off for the attacker: enough for both decoders.
+  int64_t AttackerShare() const { return std::max(aux_samples, strong_aux_samples); }
   cleave::leakage::LeakageOptions Options(uint64_t seed) const {
     CLEAVE_CHECK_USER(grid_images >= 1, "--grid-images must be at least 1");
+    CLEAVE_CHECK_USER(aux_samples >= 1, "--aux-samples must be at least 1");
     cleave::leakage::LeakageOptions options;
     options.attack = attack;
     options.dcor_batch_size = dcor_batch_size;
@@ -145,6 +182,9 @@ struct AttackFlags {
     options.seed = seed;
     options.inversion_samples = inversion_samples;
     options.inversion = inversion;
+    options.attack_auxiliary_samples = aux_samples;
+    options.strong_attack = strong;
+    options.strong_auxiliary_samples = strong_aux_samples;
     return options;
   }
 };
@@ -162,6 +202,16 @@ void PrintReport(const cleave::leakage::LeakageReport& report) {
       d.dcor_bias_corrected, 100 * report.density_sent,
       static_cast<long long>(report.auxiliary_samples), static_cast<long long>(report.test_samples),
       report.attack_ssim, report.attack_psnr, report.attack_mse);
+  if (report.strong_attack.auxiliary_samples > 0) {
+    std::printf("stronger decoder (%lld auxiliary pairs):\n  SSIM %.4f   PSNR %.2f dB   MSE %.5f\n",
+                static_cast<long long>(report.strong_attack.auxiliary_samples),
+                report.strong_attack.ssim, report.strong_attack.psnr, report.strong_attack.mse);
+  }
+  if (report.mask_attack.auxiliary_samples > 0) {
+    std::printf("mask-only decoder (which positions were sent, values dropped):\n"
+                "  SSIM %.4f   PSNR %.2f dB   MSE %.5f\n",
+                report.mask_attack.ssim, report.mask_attack.psnr, report.mask_attack.mse);
+  }
   if (report.inversion_samples > 0) {
     std::printf(
         "inversion without auxiliary data (UnSplit, %lld test images):\n"
@@ -186,7 +236,12 @@ nlohmann::json ReportJson(const cleave::leakage::LeakageReport& report) {
           {"auxiliary_samples", report.auxiliary_samples},
           {"test_samples", report.test_samples},
           {"inversion_ssim", number(report.inversion_ssim)},
-          {"inversion_samples", report.inversion_samples}};
+          {"inversion_samples", report.inversion_samples},
+          {"strong_attack_ssim", number(report.strong_attack.ssim)},
+          {"strong_attack_mse", number(report.strong_attack.mse)},
+          {"strong_auxiliary_samples", report.strong_attack.auxiliary_samples},
+          {"mask_attack_ssim", number(report.mask_attack.ssim)},
+          {"mask_attack_mse", number(report.mask_attack.mse)}};
 }
 
 // `measure`: one trained client's checkpoint, under the transmission the server asks for.
@@ -200,6 +255,7 @@ struct MeasureFlags {
   std::string checkpoint_path, grid_path, json_path;
   int64_t send_batch_size = 64;
   uint64_t seed = 1;
+  double act_noise = 0;
 
   void Register(CLI::App& measure) {
     measure
@@ -225,6 +281,12 @@ struct MeasureFlags {
     measure
         .add_option("--batch-size", send_batch_size,
                     "Batch the client sends (the compressor selects per sent batch)")
+        ->capture_default_str();
+    measure
+        .add_option("--act-noise", act_noise,
+                    "Noise defence the client ran with (cleave-client --act-noise): Gaussian "
+                    "noise of this sigma is added to what is measured (0: off)")
+        ->check(CLI::Range(0.0, 1e6))
         ->capture_default_str();
     attack.Register(measure);
     measure.add_option("--grid", grid_path,
@@ -259,8 +321,8 @@ struct SweepFlags {
     attack.Register(sweep);
     sweep
         .add_option("--out", out_dir,
-                    "Directory for leakage.csv, leakage.md, leakage.png, leakage.gp and the "
-                    "reconstruction grids")
+                    "Directory for leakage.csv, leakage.json, leakage.md, leakage.png, "
+                    "leakage.gp and the reconstruction grids")
         ->required();
     sweep.add_option("--progress", progress_mode, "auto (bar on a terminal), bar, lines or none")
         ->capture_default_str();
@@ -268,6 +330,11 @@ struct SweepFlags {
         .add_option("--seed", options.seed,
                     "Seed of weights, shuffling, data split, decoder and sampling")
         ->capture_default_str();
+    sweep
+        .add_option("--seeds", options.seeds,
+                    "Run every setting once per seed (weights, shuffling, decoder, sampling); "
+                    "the data split keeps --seed")
+        ->expected(1, -1);
   }
 
   // The grid of settings: alphas x densities, and how sparse payloads are sent.
@@ -280,6 +347,12 @@ struct SweepFlags {
     sweep
         .add_option("--densities", options.densities,
                     "Fractions of activation elements sent (1 = dense)")
+        ->capture_default_str();
+    sweep
+        .add_option("--act-noise", options.noises,
+                    "Noise defence sigmas (cleave-client --act-noise), each run with every alpha "
+                    "(alpha > 0 and sigma > 0: NoPeek + noise)")
+        ->check(CLI::Range(0.0, 1e6))
         ->capture_default_str();
     sweep.add_option("--method", method, "Compressor for densities below 1: " + SparseMethodList())
         ->check(CLI::IsMember(SparseMethodNames()))
@@ -313,6 +386,10 @@ struct SweepFlags {
         ->capture_default_str();
     sweep.add_option("--client-lr", client_lr,
                      "Learning rate of the client-side layers (default: --lr)");
+    sweep
+        .add_option("--client-optimizer", options.client_optimizer,
+                    "Optimizer of the client-side layers, adam or sgd (default: --optimizer)")
+        ->check(CLI::IsMember({"adam", "sgd"}));
   }
 };
 
@@ -326,6 +403,7 @@ void WriteMeasureJson(const MeasureFlags& f, const cleave::ModelSpec& spec,
   json["density"] = transmission.density;
   json["precision"] = cleave::ToString(transmission.precision);
   json["send_batch_size"] = f.send_batch_size;
+  json["act_noise"] = f.act_noise;
   json["seed"] = f.seed;
   cleave::WriteFileAtomic(f.json_path, json.dump(2) + "\n");
 }
@@ -337,7 +415,7 @@ int Measure(const MeasureFlags& f) {
   const cleave::client::TrainingData data =
       cleave::client::LoadTrainingData(f.data, spec.num_classes);
   const cleave::leakage::ClientAndAuxiliary split =
-      cleave::leakage::SplitOffAuxiliary(data.train, f.attack.aux_samples, 0, f.seed);
+      cleave::leakage::SplitOffAuxiliary(data.train, f.attack.AttackerShare(), 0, f.seed);
   if (!f.json_path.empty()) cleave::WriteFileAtomic(f.json_path, "{}\n");  // fail early
   const cleave::leakage::TransmissionSettings transmission = {
       cleave::ParseMethod(f.method), f.density, cleave::ParseValuePrecision(f.precision)};
@@ -345,6 +423,7 @@ int Measure(const MeasureFlags& f) {
   options.surrogate = [spec](uint64_t seed) { return cleave::BuildSplitModel(spec, seed).bottom; };
   options.transmission = transmission;
   options.send_batch_size = f.send_batch_size;
+  options.activation_noise = f.act_noise;
   std::printf("measuring %s, transmission %s:%g:%s, %lld test samples\n",
               cleave::DescribeSpec(spec).c_str(), cleave::MethodName(transmission.method),
               transmission.density, cleave::ToString(transmission.precision),
@@ -353,9 +432,15 @@ int Measure(const MeasureFlags& f) {
       cleave::leakage::MeasureLeakage(model.bottom, split.auxiliary, data.test, options);
   PrintReport(report);
   if (!f.grid_path.empty()) {
-    cleave::privacy::WritePngGrid(f.grid_path, {report.grid_originals, report.grid_reconstructions},
-                                  2);
-    std::printf("grid (originals above reconstructions) written to %s\n", f.grid_path.c_str());
+    std::vector<at::Tensor> rows = {report.grid_originals, report.grid_reconstructions};
+    for (const at::Tensor& more :
+         {report.strong_attack.grid_reconstructions, report.mask_attack.grid_reconstructions}) {
+      if (more.defined()) rows.push_back(more);
+    }
+    cleave::privacy::WritePngGrid(f.grid_path, rows, 2);
+    std::printf("grid (originals above the decoder's, then the strong and mask-only decoders' "
+                "reconstructions when run) written to %s\n",
+                f.grid_path.c_str());
   }
   if (!f.json_path.empty()) WriteMeasureJson(f, spec, transmission, report);
   return 0;
@@ -389,9 +474,11 @@ void WriteSweepPlot(const std::string& out_dir, const std::vector<cleave::leakag
   cleave::WriteFileAtomic(script_path, cleave::leakage::SweepGnuplotScript(rows, plot_path));
   std::string why_not;
   if (cleave::leakage::RunGnuplot(script_path, &why_not)) {
-    std::printf("wrote %s, %s, %s\n", csv_path.c_str(), md_path.c_str(), plot_path.c_str());
+    std::printf("wrote %s (and .json), %s, %s\n", csv_path.c_str(), md_path.c_str(),
+                plot_path.c_str());
   } else {
-    std::printf("%s\nwrote %s, %s\n", why_not.c_str(), csv_path.c_str(), md_path.c_str());
+    std::printf("%s\nwrote %s (and .json), %s\n", why_not.c_str(), csv_path.c_str(),
+                md_path.c_str());
   }
   std::printf("%s", cleave::leakage::SweepMarkdown(rows).c_str());
 }
@@ -403,8 +490,9 @@ int Sweep(const SweepFlags& f) {
   const cleave::client::TrainingData data =
       cleave::client::LoadTrainingData(data_flags, options.model.num_classes);
   const cleave::leakage::ClientAndAuxiliary split = cleave::leakage::SplitOffAuxiliary(
-      data.train, f.attack.aux_samples, f.data.train_limit, options.seed);
-  const std::string csv_path = f.out_dir + "/leakage.csv", md_path = f.out_dir + "/leakage.md";
+      data.train, f.attack.AttackerShare(), f.data.train_limit, options.seed);
+  const std::string csv_path = f.out_dir + "/leakage.csv", md_path = f.out_dir + "/leakage.md",
+                    json_path = f.out_dir + "/leakage.json";
   cleave::WriteFileAtomic(csv_path, cleave::leakage::SweepCsv({}));  // fail early
   std::printf(
       "sweep: %s, client trains on %lld samples, attacker holds %lld, %lld test\n",
@@ -419,6 +507,7 @@ int Sweep(const SweepFlags& f) {
         done.push_back(row);
         cleave::WriteFileAtomic(csv_path, cleave::leakage::SweepCsv(done));
         cleave::WriteFileAtomic(md_path, cleave::leakage::SweepMarkdown(done));
+        cleave::WriteFileAtomic(json_path, cleave::leakage::SweepJson(done));
       });
   WriteSweepPlot(f.out_dir, rows, csv_path, md_path);
   return 0;
@@ -436,7 +525,8 @@ int Run(int argc, char** argv) {
   MeasureFlags measure_flags;
   measure_flags.Register(*measure);
   CLI::App* sweep = app.add_subcommand(
-      "sweep", "Train locally per NoPeek alpha and density; measure accuracy and leakage");
+      "sweep",
+      "Train locally per NoPeek alpha, noise sigma and density; measure accuracy and leakage");
   SweepFlags sweep_flags;
   sweep_flags.Register(*sweep);
   CLI::App* labels = app.add_subcommand(

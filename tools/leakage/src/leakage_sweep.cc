@@ -5,8 +5,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
-#include <map>
 #include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "cleave/client/split_trainer.h"
 #include "cleave/core/error.h"
@@ -57,15 +59,21 @@ void CheckSweepOptions(const SweepOptions& options) {
     CLEAVE_CHECK_USER(density > 0 && density <= 1, "density ", density, " is outside (0, 1]");
   }
   CLEAVE_CHECK_USER(options.epochs >= 1, "--epochs must be at least 1");
+  CLEAVE_CHECK_USER(!options.noises.empty(), "the sweep needs at least one noise sigma");
+  for (double sigma : options.noises) {
+    CLEAVE_CHECK_USER(std::isfinite(sigma) && sigma >= 0, "noise sigma ", sigma,
+                      " must be finite and >= 0");
+  }
 }
 
 namespace {
 
 server::SplitServerOptions ServerOptionsFor(const SweepOptions& options,
-                                            const TransmissionSettings& transmission) {
+                                            const TransmissionSettings& transmission,
+                                            uint64_t seed) {
   server::SplitServerOptions server_options;
   server_options.model = options.model;
-  server_options.seed = options.seed;
+  server_options.seed = seed;
   server_options.optimizer = options.optimizer;
   server_options.learning_rate = options.server_learning_rate;
   server_options.max_batch = std::max<int64_t>(4096, options.batch_size);
@@ -75,15 +83,17 @@ server::SplitServerOptions ServerOptionsFor(const SweepOptions& options,
   return server_options;
 }
 
-client::TrainerOptions TrainerOptionsFor(const SweepOptions& options, double alpha) {
+client::TrainerOptions TrainerOptionsFor(const SweepOptions& options, const SweepRow& row) {
   client::TrainerOptions trainer_options;
   trainer_options.model = options.model;
-  trainer_options.seed = options.seed;
-  trainer_options.optimizer = options.optimizer;
+  trainer_options.seed = row.seed;
+  trainer_options.optimizer =
+      options.client_optimizer.empty() ? options.optimizer : options.client_optimizer;
   trainer_options.learning_rate = options.client_learning_rate;
   trainer_options.batch_size = options.batch_size;
   trainer_options.max_steps_per_epoch = options.max_steps_per_epoch;
-  trainer_options.nopeek_alpha = alpha;
+  trainer_options.nopeek_alpha = row.alpha;
+  trainer_options.activation_noise = row.noise;
   return trainer_options;
 }
 
@@ -108,9 +118,9 @@ torch::nn::Sequential TrainAndEvaluate(const Dataset& client_train, const Datase
                                        const TransmissionSettings& transmission,
                                        client::ProgressReporter* progress, std::FILE* log,
                                        SweepRow* row) {
-  server::SplitServer split_server(ServerOptionsFor(options, transmission));
+  server::SplitServer split_server(ServerOptionsFor(options, transmission, row->seed));
   server::InProcessLink link(split_server, "leakage-sweep");
-  client::SplitTrainer trainer(TrainerOptionsFor(options, row->alpha), link);
+  client::SplitTrainer trainer(TrainerOptionsFor(options, *row), link);
   trainer.Join(client_train.size());
   for (int64_t epoch = 0; epoch < options.epochs; ++epoch) {
     const client::EpochStats stats =
@@ -127,166 +137,263 @@ torch::nn::Sequential TrainAndEvaluate(const Dataset& client_train, const Datase
   return trainer.model().bottom;
 }
 
-// dCor and the reconstruction attack on what the trained bottom sends; the grid PNG if asked.
+// Originals above every attack's reconstructions (decoder, strong decoder, mask-only, UnSplit:
+// those that ran), then the tensors are released.
+void WriteGrid(const SweepOptions& options, SweepRow* row) {
+  LeakageReport& l = row->leakage;
+  if (!options.grid_dir.empty()) {
+    std::vector<at::Tensor> grid_rows = {l.grid_originals, l.grid_reconstructions};
+    for (const at::Tensor& more : {l.strong_attack.grid_reconstructions,
+                                   l.mask_attack.grid_reconstructions, l.grid_inversions}) {
+      // UnSplit may cover fewer images than the grid: only full rows.
+      if (more.defined() && more.size(0) == l.grid_originals.size(0)) grid_rows.push_back(more);
+    }
+    std::string name = SettingLabel(*row);
+    std::replace(name.begin(), name.end(), ' ', '_');
+    row->grid_path = options.grid_dir + "/grid_" + name + "_seed" + std::to_string(row->seed) +
+                     ".png";
+    privacy::WritePngGrid(row->grid_path, grid_rows, options.grid_scale);
+  }
+  l.grid_originals = l.grid_reconstructions = l.grid_inversions = at::Tensor();
+  l.strong_attack.grid_reconstructions = l.mask_attack.grid_reconstructions = at::Tensor();
+}
+
+void LogMeasured(std::FILE* log, const SweepRow& row) {
+  if (!log) return;
+  const LeakageReport& l = row.leakage;
+  std::fprintf(log,
+               "  test accuracy %.2f%%, dCor %.4f (bias-corrected dCor^2 %.4f, baseline %.4f, "
+               "batches of %lld), attack SSIM %.4f PSNR %.2f dB MSE %.5f; strong decoder SSIM "
+               "%.4f, mask-only SSIM %.4f, UnSplit SSIM %.4f\n",
+               100 * row.test_accuracy, l.dcor.dcor, l.dcor.dcor_bias_corrected, l.dcor.baseline,
+               static_cast<long long>(l.dcor.batch_size), l.attack_ssim, l.attack_psnr,
+               l.attack_mse, l.strong_attack.ssim, l.mask_attack.ssim, l.inversion_ssim);
+  std::fflush(log);
+}
+
+// dCor and the attacks on what the trained bottom sends; the grid PNG if asked.
 void MeasureSetting(torch::nn::Sequential& bottom, const Dataset& auxiliary, const Dataset& test,
                     const SweepOptions& options, const TransmissionSettings& transmission,
                     std::FILE* log, SweepRow* row) {
   if (log) {
+    const int64_t pairs = options.leakage.attack_auxiliary_samples > 0
+                              ? std::min(options.leakage.attack_auxiliary_samples, auxiliary.size())
+                              : auxiliary.size();
     std::fprintf(log,
                  "  measuring: dCor on %lld test inputs, attack decoder on %lld auxiliary "
                  "pairs for %d epochs\n",
-                 static_cast<long long>(test.size()), static_cast<long long>(auxiliary.size()),
+                 static_cast<long long>(test.size()), static_cast<long long>(pairs),
                  options.leakage.attack.epochs);
     std::fflush(log);
   }
   LeakageOptions leakage_options = options.leakage;
   leakage_options.transmission = transmission;
   leakage_options.send_batch_size = options.batch_size;
-  leakage_options.seed = options.seed;
+  leakage_options.seed = row->seed;
+  leakage_options.activation_noise = row->noise;
   row->leakage = MeasureLeakage(bottom, auxiliary, test, leakage_options);
-  if (!options.grid_dir.empty()) {
-    row->grid_path = options.grid_dir + "/grid_alpha" + Short(row->alpha) + "_density" +
-                     Short(row->density) + ".png";
-    privacy::WritePngGrid(row->grid_path,
-                          {row->leakage.grid_originals, row->leakage.grid_reconstructions},
-                          options.grid_scale);
-  }
-  row->leakage.grid_originals = at::Tensor();
-  row->leakage.grid_reconstructions = at::Tensor();
-  if (log) {
-    std::fprintf(log,
-                 "  test accuracy %.2f%%, dCor %.4f (bias-corrected dCor^2 %.4f, baseline "
-                 "%.4f, batches of %lld), attack SSIM %.4f PSNR %.2f dB MSE %.5f\n",
-                 100 * row->test_accuracy, row->leakage.dcor.dcor,
-                 row->leakage.dcor.dcor_bias_corrected, row->leakage.dcor.baseline,
-                 static_cast<long long>(row->leakage.dcor.batch_size), row->leakage.attack_ssim,
-                 row->leakage.attack_psnr, row->leakage.attack_mse);
-    std::fflush(log);
-  }
+  WriteGrid(options, row);
+  LogMeasured(log, *row);
+}
+
+// One setting: trains, evaluates and measures.
+SweepRow RunSetting(const Dataset& client_train, const Dataset& auxiliary, const Dataset& test,
+                    const SweepOptions& options, SweepRow row, client::ProgressReporter* progress,
+                    std::FILE* log) {
+  const TransmissionSettings transmission = {
+      row.method, row.method == Method::kNone ? 1.0 : row.density, row.precision};
+  torch::nn::Sequential bottom =
+      TrainAndEvaluate(client_train, test, options, transmission, progress, log, &row);
+  MeasureSetting(bottom, auxiliary, test, options, transmission, log, &row);
+  return row;
 }
 
 }  // namespace
+
+std::string SettingLabel(const SweepRow& row) {
+  std::string label;
+  if (row.alpha > 0) label += "a" + Short(row.alpha);
+  if (row.noise > 0) label += (label.empty() ? "n" : " n") + Short(row.noise);
+  if (row.density < 1) label += (label.empty() ? "d" : " d") + Short(row.density);
+  return label.empty() ? "vanilla" : label;
+}
 
 std::vector<SweepRow> RunSweep(const Dataset& client_train, const Dataset& auxiliary,
                                const Dataset& test, const SweepOptions& options,
                                client::ProgressReporter* progress, std::FILE* log,
                                const std::function<void(const SweepRow&)>& on_row) {
   CheckSweepOptions(options);
+  const std::vector<uint64_t> seeds =
+      options.seeds.empty() ? std::vector<uint64_t>{options.seed} : options.seeds;
+  const size_t settings = seeds.size() * options.densities.size() * options.alphas.size() *
+                          options.noises.size();
   std::vector<SweepRow> rows;
-  const int64_t settings = static_cast<int64_t>(options.alphas.size() * options.densities.size());
-  for (double density : options.densities) {
-    for (double alpha : options.alphas) {
-      SweepRow row;
-      row.alpha = alpha;
-      row.density = density;
-      row.method = density >= 1 ? Method::kNone : options.method;
-      row.precision = options.precision;
-      const TransmissionSettings transmission = {
-          row.method, row.method == Method::kNone ? 1.0 : density, row.precision};
-      if (log) {
-        std::fprintf(log, "[setting %zu/%lld] alpha %s, density %s (%s, %s): training\n",
-                     rows.size() + 1, static_cast<long long>(settings), Short(alpha).c_str(),
-                     Short(density).c_str(), MethodName(row.method), ToString(row.precision));
-        std::fflush(log);
+  for (uint64_t seed : seeds) {
+    for (double density : options.densities) {
+      for (double alpha : options.alphas) {
+        for (double noise : options.noises) {
+          SweepRow row;
+          row.alpha = alpha;
+          row.density = density;
+          row.noise = noise;
+          row.seed = seed;
+          row.method = density >= 1 ? Method::kNone : options.method;
+          row.precision = options.precision;
+          if (log) {
+            std::fprintf(log, "[setting %zu/%zu] %s, seed %llu (%s, %s): training\n",
+                         rows.size() + 1, settings, SettingLabel(row).c_str(),
+                         static_cast<unsigned long long>(seed), MethodName(row.method),
+                         ToString(row.precision));
+            std::fflush(log);
+          }
+          rows.push_back(
+              RunSetting(client_train, auxiliary, test, options, row, progress, log));
+          if (on_row) on_row(rows.back());
+        }
       }
-      torch::nn::Sequential bottom =
-          TrainAndEvaluate(client_train, test, options, transmission, progress, log, &row);
-      MeasureSetting(bottom, auxiliary, test, options, transmission, log, &row);
-      rows.push_back(row);
-      if (on_row) on_row(rows.back());
     }
   }
   return rows;
 }
 
+namespace {
+
+// Every column of a row, named, in the CSV's order; numbers already formatted ("nan" for NaN).
+std::vector<std::pair<std::string, std::string>> RowFields(const SweepRow& row) {
+  const LeakageReport& l = row.leakage;
+  return {{"alpha", Short(row.alpha)},
+          {"act_noise", Short(row.noise)},
+          {"density", Short(row.density)},
+          {"seed", std::to_string(row.seed)},
+          {"method", MethodName(row.method)},
+          {"precision", ToString(row.precision)},
+          {"density_sent", Number(l.density_sent, 5)},
+          {"test_accuracy", Number(row.test_accuracy, 5)},
+          {"test_loss", Number(row.test_loss, 5)},
+          {"dcor", Number(l.dcor.dcor, 5)},
+          {"dcor_bias_corrected", Number(l.dcor.dcor_bias_corrected, 5)},
+          {"dcor_baseline", Number(l.dcor.baseline, 5)},
+          {"dcor_batch_size", std::to_string(l.dcor.batch_size)},
+          {"dcor_batches", std::to_string(l.dcor.batches)},
+          {"attack_mse", Number(l.attack_mse, 6)},
+          {"attack_psnr", Number(l.attack_psnr, 3)},
+          {"attack_ssim", Number(l.attack_ssim, 5)},
+          {"auxiliary_samples", std::to_string(l.auxiliary_samples)},
+          {"strong_attack_ssim", Number(l.strong_attack.ssim, 5)},
+          {"strong_attack_mse", Number(l.strong_attack.mse, 6)},
+          {"strong_auxiliary_samples", std::to_string(l.strong_attack.auxiliary_samples)},
+          {"mask_attack_ssim", Number(l.mask_attack.ssim, 5)},
+          {"mask_attack_mse", Number(l.mask_attack.mse, 6)},
+          {"inversion_ssim", Number(l.inversion_ssim, 5)},
+          {"inversion_samples", std::to_string(l.inversion_samples)},
+          {"test_samples", std::to_string(l.test_samples)},
+          {"train_samples", std::to_string(row.train_samples)},
+          {"train_seconds", Number(row.train_seconds, 1)},
+          {"train_dcor_last_epoch", Number(row.train_dcor_last_epoch, 5)},
+          {"grid", row.grid_path}};
+}
+
+// The columns that hold text rather than numbers (quoted in JSON).
+bool IsTextField(const std::string& name) {
+  return name == "method" || name == "precision" || name == "grid";
+}
+
+}  // namespace
+
 std::string SweepCsv(const std::vector<SweepRow>& rows) {
   std::ostringstream csv;
-  csv << "alpha,density,method,precision,density_sent,test_accuracy,test_loss,dcor,"
-         "dcor_bias_corrected,dcor_baseline,dcor_batch_size,dcor_batches,attack_mse,attack_psnr,"
-         "attack_ssim,auxiliary_samples,test_samples,train_samples,train_seconds,"
-         "train_dcor_last_epoch,grid,inversion_ssim,inversion_samples\n";
+  const auto header = RowFields(SweepRow{});
+  for (size_t i = 0; i < header.size(); ++i) csv << (i ? "," : "") << header[i].first;
+  csv << '\n';
   for (const SweepRow& row : rows) {
-    const LeakageReport& l = row.leakage;
-    csv << Short(row.alpha) << ',' << Short(row.density) << ',' << MethodName(row.method) << ','
-        << ToString(row.precision) << ',' << Number(l.density_sent, 5) << ','
-        << Number(row.test_accuracy, 5) << ',' << Number(row.test_loss, 5) << ','
-        << Number(l.dcor.dcor, 5) << ',' << Number(l.dcor.dcor_bias_corrected, 5) << ','
-        << Number(l.dcor.baseline, 5) << ',' << l.dcor.batch_size << ',' << l.dcor.batches << ','
-        << Number(l.attack_mse, 6) << ',' << Number(l.attack_psnr, 3) << ','
-        << Number(l.attack_ssim, 5) << ',' << l.auxiliary_samples << ',' << l.test_samples << ','
-        << row.train_samples << ',' << Number(row.train_seconds, 1) << ','
-        << Number(row.train_dcor_last_epoch, 5) << ',' << row.grid_path << ','
-        << Number(l.inversion_ssim, 5) << ',' << l.inversion_samples << '\n';
+    const auto fields = RowFields(row);
+    for (size_t i = 0; i < fields.size(); ++i) csv << (i ? "," : "") << fields[i].second;
+    csv << '\n';
   }
   return csv.str();
+}
+
+std::string SweepJson(const std::vector<SweepRow>& rows) {
+  std::ostringstream json;
+  json << "[";
+  for (size_t r = 0; r < rows.size(); ++r) {
+    json << (r ? ",\n " : "\n ") << "{";
+    const auto fields = RowFields(rows[r]);
+    for (size_t i = 0; i < fields.size(); ++i) {
+      const auto& [name, value] = fields[i];
+      json << (i ? ", " : "") << '"' << name << "\": ";
+      if (IsTextField(name)) {
+        json << GnuplotQuote(value);  // the same escaping of quotes and backslashes
+      } else {
+        json << (value == "nan" ? "null" : value);
+      }
+    }
+    json << "}";
+  }
+  json << "\n]\n";
+  return json.str();
 }
 
 std::string SweepMarkdown(const std::vector<SweepRow>& rows) {
   std::ostringstream md;
   const int64_t batch = rows.empty() ? 0 : rows.front().leakage.dcor.batch_size;
-  md << "| alpha | density | test accuracy | dCor (n = " << batch
-     << ") | bias-corrected dCor^2 | independence baseline | attack SSIM | attack PSNR (dB) | "
-        "attack MSE |\n";
-  md << "|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+  md << "| setting | seed | test accuracy | dCor (n = " << batch
+     << ") | bias-corrected dCor^2 | independence baseline | decoder SSIM | strong decoder SSIM "
+        "| mask-only SSIM | UnSplit SSIM | decoder PSNR (dB) |\n";
+  md << "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+  auto ssim = [](double value) { return std::isnan(value) ? std::string("-") : Number(value, 3); };
   for (const SweepRow& row : rows) {
     const LeakageReport& l = row.leakage;
-    md << "| " << Short(row.alpha) << " | " << Short(row.density) << " | "
+    md << "| " << SettingLabel(row) << " | " << row.seed << " | "
        << Number(100 * row.test_accuracy, 2) << "% | " << Number(l.dcor.dcor, 3) << " | "
        << Number(l.dcor.dcor_bias_corrected, 3) << " | " << Number(l.dcor.baseline, 3) << " | "
-       << Number(l.attack_ssim, 3) << " | " << Number(l.attack_psnr, 2) << " | "
-       << Number(l.attack_mse, 4) << " |\n";
+       << ssim(l.attack_ssim) << " | " << ssim(l.strong_attack.ssim) << " | "
+       << ssim(l.mask_attack.ssim) << " | " << ssim(l.inversion_ssim) << " | "
+       << Number(l.attack_psnr, 2) << " |\n";
   }
   return md.str();
 }
 
 std::string SweepGnuplotScript(const std::vector<SweepRow>& rows, const std::string& png_path) {
-  // One data block per density: accuracy (%), dCor, attack SSIM, alpha.
-  std::map<double, std::vector<const SweepRow*>> by_density;
-  for (const SweepRow& row : rows) by_density[row.density].push_back(&row);
+  // One data block: accuracy (%), dCor, SSIM of decoder, strong, mask-only, UnSplit, decoder MSE,
+  // label.
   std::ostringstream gp;
-  gp << "# Generated by cleave-leakage sweep: leakage against test accuracy.\n";
-  int block = 0;
-  for (const auto& [density, members] : by_density) {
-    gp << "$density" << block++ << " << EOD\n";
-    for (const SweepRow* row : members) {
-      gp << Number(100 * row->test_accuracy, 3) << ' ' << Number(row->leakage.dcor.dcor, 5) << ' '
-         << Number(row->leakage.attack_ssim, 5) << ' ' << Number(row->leakage.attack_mse, 6) << ' '
-         << Short(row->alpha) << '\n';
-    }
-    gp << "EOD\n";
+  gp << "# Generated by cleave-leakage sweep: the privacy/accuracy frontier.\n"
+     << "$rows << EOD\n";
+  for (const SweepRow& row : rows) {
+    const LeakageReport& l = row.leakage;
+    gp << Number(100 * row.test_accuracy, 3) << ' ' << Number(l.dcor.dcor, 5) << ' '
+       << Number(l.attack_ssim, 5) << ' ' << Number(l.strong_attack.ssim, 5) << ' '
+       << Number(l.mask_attack.ssim, 5) << ' ' << Number(l.inversion_ssim, 5) << ' '
+       << Number(l.attack_mse, 6) << ' ' << GnuplotQuote(SettingLabel(row)) << '\n';
   }
+  gp << "EOD\n";
   const int64_t batch = rows.empty() ? 0 : rows.front().leakage.dcor.batch_size;
-  // SSIM needs images; for tabular inputs the second panel shows the attack's MSE.
+  // SSIM needs images; for tabular inputs the second panel shows the decoder's MSE.
   const bool have_ssim = std::any_of(rows.begin(), rows.end(), [](const SweepRow& row) {
     return !std::isnan(row.leakage.attack_ssim);
   });
-  gp << "set terminal pngcairo size 1200,480 font \"sans,10\"\n"
+  gp << "set terminal pngcairo size 1200,520 font \"sans,10\"\n"
      << "set output " << GnuplotQuote(png_path) << "\n"
-     << "set multiplot layout 1,2 title \"NoPeek: leakage against test accuracy (labels: "
-        "alpha)\"\n"
-     << "set grid\nset key bottom left\nset xlabel \"test accuracy (%)\"\n";
-  for (int panel = 0; panel < 2; ++panel) {
-    const int column = panel == 0 ? 2 : have_ssim ? 3 : 4;
-    // dCor and SSIM live in [0, 1]: a fixed axis keeps small changes from looking large.
-    gp << (panel == 0 || have_ssim ? "set yrange [0:1.05]\n" : "set autoscale y\n");
-    if (panel == 0) {
-      gp << "set ylabel \"dCor(inputs, transmitted activations), batches of " << batch << "\"\n";
-    } else if (have_ssim) {
-      gp << "set ylabel \"reconstruction attack SSIM (1 = perfect copy)\"\n";
-    } else {
-      gp << "set ylabel \"reconstruction attack MSE (lower = closer copy)\"\n";
-    }
-    gp << "plot ";
-    int index = 0;
-    for (const auto& [density, members] : by_density) {
-      if (index > 0) gp << ", \\\n     ";
-      gp << "$density" << index << " using 1:" << column
-         << " with linespoints pointtype 7 linewidth 2 title \"density " << Short(density)
-         << "\", $density" << index << " using 1:" << column
-         << ":(sprintf(\"%g\", $5)) with labels offset char 1,0.6 notitle";
-      ++index;
-    }
-    gp << "\n";
+     << "set datafile missing \"nan\"\n"
+     << "set multiplot layout 1,2 title \"Leakage against test accuracy (labels: a = NoPeek "
+        "alpha, n = noise sigma, d = density)\"\n"
+     << "set grid\nset key top left\nset xlabel \"test accuracy (%)\"\n"
+     << "set yrange [0:1.05]\n"
+     << "set ylabel \"dCor(inputs, transmitted activations), batches of " << batch << "\"\n"
+     << "plot $rows using 1:2 with points pointtype 7 pointsize 1.3 title \"dCor\", \\\n"
+     << "     $rows using 1:2:8 with labels offset char 0.8,0.6 font \",8\" notitle\n";
+  if (have_ssim) {
+    gp << "set ylabel \"attack SSIM (1 = perfect copy)\"\n"
+       << "plot $rows using 1:3 with points pointtype 7 pointsize 1.3 title \"decoder\", \\\n"
+       << "     $rows using 1:4 with points pointtype 5 title \"strong decoder\", \\\n"
+       << "     $rows using 1:5 with points pointtype 9 title \"mask-only\", \\\n"
+       << "     $rows using 1:6 with points pointtype 13 title \"UnSplit (no aux. data)\", \\\n"
+       << "     $rows using 1:3:8 with labels offset char 0.8,0.6 font \",8\" notitle\n";
+  } else {
+    gp << "set autoscale y\nset ylabel \"reconstruction attack MSE (lower = closer copy)\"\n"
+       << "plot $rows using 1:7 with points pointtype 7 pointsize 1.3 title \"decoder\", \\\n"
+       << "     $rows using 1:7:8 with labels offset char 0.8,0.6 font \",8\" notitle\n";
   }
   gp << "unset multiplot\n";
   return gp.str();

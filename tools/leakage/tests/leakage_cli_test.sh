@@ -28,6 +28,10 @@ done
 grep -qF -- "--aux-samples" "$dir/measure-help" || fail "measure --help"
 grep -qF -- "--alphas" "$dir/sweep-help" || fail "sweep --help"
 grep -qF -- "--client-lr" "$dir/sweep-help" || fail "sweep --help"
+for topic in --act-noise --strong-aux-samples --strong-width --seeds --client-optimizer; do
+  grep -qF -- "$topic" "$dir/sweep-help" || fail "sweep --help does not mention '$topic'"
+done
+grep -qF -- "--act-noise" "$dir/measure-help" || fail "measure --help does not mention --act-noise"
 "$bin" labels --help >"$dir/labels-help" || fail "labels --help exited non-zero"
 for topic in --label-defence --label-defence-strength --tail-cut --positive-class --steps --replica; do
   grep -qF -- "$topic" "$dir/labels-help" || fail "labels --help does not mention '$topic'"
@@ -47,4 +51,7 @@ expect_error "--label-defence" labels --label-defence dp
 expect_error "--label-defence-strength" labels --label-defence noise --label-defence-strength 0
 expect_error "--positive-class" labels --positive-class 12 --train-limit 10 --test-limit 10
 expect_error "density" sweep --out "$dir/o" --densities 1.5 --data-dir "$dir/no-data"
+expect_error "--act-noise" sweep --out "$dir/o" --act-noise -1
+expect_error "--act-noise" measure --checkpoint "$dir/bad.ckpt" --act-noise -1
+expect_error "--client-optimizer" sweep --out "$dir/o" --client-optimizer lbfgs
 echo "leakage_cli_test: ok"

@@ -2,6 +2,8 @@
 // split, a leakage measurement of a CNN cut, and a small sweep with its CSV, table and plot.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <torch/nn/modules/container/functional.h>
+#include <torch/nn/modules/container/sequential.h>
 
 #include <algorithm>
 #include <cmath>
@@ -176,6 +178,89 @@ TEST(MeasureLeakageTest, AnUntrainedConvBlockRevealsItsInputs) {
   EXPECT_TRUE(at::equal(report.grid_originals, test.inputs.slice(0, 0, 5)));
 }
 
+// A "bottom" that sends its input unchanged, and one that sends noise unrelated to it.
+torch::nn::Sequential IdentityBottom() {
+  return torch::nn::Sequential(torch::nn::Functional([](const at::Tensor& x) { return x * 1; }));
+}
+torch::nn::Sequential UnrelatedBottom() {
+  return torch::nn::Sequential(
+      torch::nn::Functional([](const at::Tensor& x) { return at::rand_like(x); }));
+}
+
+// Leakage of a bottom's 20%-sparse transmission, with only the decoders (no dCor of interest).
+LeakageReport SparseLeakage(torch::nn::Sequential bottom) {
+  at::manual_seed(5);
+  const Dataset auxiliary = SmoothImages(384, 1), test = SmoothImages(64, 2);
+  LeakageOptions options;
+  options.transmission = {Method::kGaussianKPlus, 0.2, ValuePrecision::kFp32};
+  options.send_batch_size = 32;
+  options.dcor_batch_size = 32;
+  options.attack.epochs = 6;
+  options.attack.learning_rate = 3e-3;
+  options.attack.width = 16;
+  return MeasureLeakage(bottom, auxiliary, test, options);
+}
+
+TEST(MeasureLeakageTest, TheMaskAloneRevealsInputsWhenTheSelectionFollowsThem) {
+  // Activations = the image; Gaussian-k sends its brightest 20% of pixels: the mask of sent
+  // positions is a thresholded image, and a decoder given only the mask recovers its structure.
+  const LeakageReport informative = SparseLeakage(IdentityBottom());
+  EXPECT_NEAR(informative.density_sent, 0.2, 0.01);
+  EXPECT_EQ(informative.mask_attack.auxiliary_samples, 384);
+  ASSERT_EQ(informative.mask_attack.grid_reconstructions.sizes(), (at::IntArrayRef{8, 1, 28, 28}));
+  // Sent positions chosen on noise unrelated to the images: the mask says nothing.
+  const LeakageReport random = SparseLeakage(UnrelatedBottom());
+  EXPECT_GT(informative.mask_attack.ssim, 0.4) << "random mask " << random.mask_attack.ssim;
+  EXPECT_LT(random.mask_attack.ssim, 0.5 * informative.mask_attack.ssim);
+  EXPECT_LT(random.mask_attack.ssim, 0.2);
+}
+
+TEST(MeasureLeakageTest, NoMaskAttackOnADenseLinkAndTheStrongDecoderOnlyWhenAsked) {
+  SplitModel model = BuildSplitModel({}, 3);
+  const Dataset auxiliary = SmoothImages(64, 1), test = SmoothImages(32, 2);
+  LeakageOptions options;
+  options.dcor_batch_size = 16;
+  options.attack.epochs = 1;
+  options.attack_auxiliary_samples = 40;
+  const LeakageReport dense = MeasureLeakage(model.bottom, auxiliary, test, options);
+  EXPECT_EQ(dense.auxiliary_samples, 40);
+  EXPECT_EQ(dense.mask_attack.auxiliary_samples, 0);
+  EXPECT_TRUE(std::isnan(dense.mask_attack.ssim));
+  EXPECT_EQ(dense.strong_attack.auxiliary_samples, 0);
+  EXPECT_TRUE(std::isnan(dense.strong_attack.ssim));
+  options.strong_auxiliary_samples = 1000;  // capped at what the attacker holds
+  options.strong_attack.epochs = 1;
+  options.strong_attack.width = 24;
+  const LeakageReport strong = MeasureLeakage(model.bottom, auxiliary, test, options);
+  EXPECT_EQ(strong.auxiliary_samples, 40);
+  EXPECT_EQ(strong.strong_attack.auxiliary_samples, 64);
+  EXPECT_TRUE(std::isfinite(strong.strong_attack.ssim));
+  EXPECT_EQ(strong.attack_ssim, dense.attack_ssim);  // the default decoder is unchanged
+}
+
+TEST(MeasureLeakageTest, TheNoiseDefenceIsMeasuredOnWhatIsSent) {
+  const Dataset data = SmoothImages(40, 1);
+  torch::nn::Sequential bottom = IdentityBottom();
+  const at::Tensor noisy = TransmittedActivations(bottom, data.inputs, {}, 16, 1, nullptr, 0.5);
+  EXPECT_NEAR((noisy - data.inputs).std().item<double>(), 0.5, 0.02);
+  EXPECT_TRUE(noisy.equal(TransmittedActivations(bottom, data.inputs, {}, 16, 1, nullptr, 0.5)));
+  EXPECT_TRUE(data.inputs.equal(TransmittedActivations(bottom, data.inputs, {}, 16, 1)));
+
+  // Large noise on identity activations: dCor and the decoder both fall.
+  const Dataset auxiliary = SmoothImages(256, 3), test = SmoothImages(64, 4);
+  LeakageOptions options;
+  options.dcor_batch_size = 64;
+  options.attack.epochs = 6;
+  options.attack.learning_rate = 3e-3;
+  options.attack.width = 16;
+  const LeakageReport clean = MeasureLeakage(bottom, auxiliary, test, options);
+  options.activation_noise = 3.0;
+  const LeakageReport defended = MeasureLeakage(bottom, auxiliary, test, options);
+  EXPECT_GT(clean.attack_ssim, 0.6);
+  EXPECT_LT(defended.attack_ssim, 0.5 * clean.attack_ssim) << "clean " << clean.attack_ssim;
+  EXPECT_LT(defended.dcor.dcor_bias_corrected, 0.5 * clean.dcor.dcor_bias_corrected);
+}
+
 class SweepTest : public ::testing::Test {
  protected:
   test_support::TempDir dir_;
@@ -244,16 +329,20 @@ TEST_F(SweepTest, NoPeekLowersLeakageAndTheOutputsDescribeEverySetting) {
 
   const std::string csv = SweepCsv(rows);
   EXPECT_EQ(Lines(csv), 5);
-  EXPECT_EQ(csv.rfind("alpha,density,method,", 0), 0u);
-  EXPECT_NE(csv.find("\n10,0.5,gaussiank+,fp32,"), std::string::npos);
+  EXPECT_EQ(csv.rfind("alpha,act_noise,density,seed,method,", 0), 0u);
+  EXPECT_NE(csv.find("\n10,0,0.5,1,gaussiank+,fp32,"), std::string::npos);
+  const std::string json = SweepJson(rows);
+  EXPECT_EQ(std::count(json.begin(), json.end(), '{'), 4);
+  EXPECT_NE(json.find("\"method\": \"gaussiank+\""), std::string::npos);
+  EXPECT_NE(json.find("\"attack_ssim\": null"), std::string::npos);
   const std::string table = SweepMarkdown(rows);
   EXPECT_EQ(Lines(table), 6);
   EXPECT_NE(table.find("dCor (n = 512)"), std::string::npos);
 
   const std::string png = dir_.File("leakage.png");
   const std::string script = SweepGnuplotScript(rows, png);
-  EXPECT_NE(script.find("title \"density 1\""), std::string::npos);
-  EXPECT_NE(script.find("title \"density 0.5\""), std::string::npos);
+  EXPECT_NE(script.find("\"a10 d0.5\""), std::string::npos);  // one labelled point per setting
+  EXPECT_NE(script.find("\"vanilla\""), std::string::npos);
   const std::string script_path = dir_.File("leakage.gp");
   WriteFileAtomic(script_path, script);
   if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) GTEST_SKIP() << "no gnuplot";
@@ -262,6 +351,33 @@ TEST_F(SweepTest, NoPeekLowersLeakageAndTheOutputsDescribeEverySetting) {
   const std::string bytes = ReadFile(png, "plot");
   ASSERT_GT(bytes.size(), 8u);
   EXPECT_EQ(bytes.substr(1, 3), "PNG");
+}
+
+TEST_F(SweepTest, NoiseSettingsAndSeedsMultiplyTheSettings) {
+  SweepOptions options;
+  options.model = TabularSpec();
+  options.alphas = {0, 1};
+  options.densities = {1.0};
+  options.noises = {0, 3};
+  options.seeds = {4, 5};
+  options.epochs = 1;
+  options.max_steps_per_epoch = 4;
+  options.batch_size = 64;
+  options.leakage.dcor_batch_size = 256;
+  options.leakage.attack.epochs = 1;
+  const Dataset data = Tabular(256, 1);
+  const std::vector<SweepRow> rows = RunSweep(data, data, data, options, nullptr, nullptr);
+  ASSERT_EQ(rows.size(), 8u);
+  EXPECT_EQ(rows[0].seed, 4u);
+  EXPECT_EQ(rows[7].seed, 5u);
+  EXPECT_EQ(SettingLabel(rows[0]), "vanilla");
+  EXPECT_EQ(SettingLabel(rows[1]), "n3");
+  EXPECT_EQ(SettingLabel(rows[3]), "a1 n3");
+  // Noise of sigma 3 on an untrained MLP's activations hides most of the inputs.
+  EXPECT_LT(rows[1].leakage.dcor.dcor_bias_corrected,
+            0.5 * rows[0].leakage.dcor.dcor_bias_corrected);
+  // Another seed, another model.
+  EXPECT_NE(rows[0].test_loss, rows[4].test_loss);
 }
 
 TEST(RunSweepTest, RejectsBadSettings) {
@@ -274,6 +390,11 @@ TEST(RunSweepTest, RejectsBadSettings) {
   options.alphas = {-1};
   EXPECT_THROW(RunSweep(data, data, data, options, nullptr, nullptr), UserError);
   options.alphas = {};
+  EXPECT_THROW(RunSweep(data, data, data, options, nullptr, nullptr), UserError);
+  options.alphas = {0};
+  options.noises = {-1};
+  EXPECT_THROW(RunSweep(data, data, data, options, nullptr, nullptr), UserError);
+  options.noises = {};
   EXPECT_THROW(RunSweep(data, data, data, options, nullptr, nullptr), UserError);
 }
 

@@ -21,6 +21,7 @@
 #include "cleave/core/lr_schedule.h"
 #include "cleave/core/split_config.h"
 #include "cleave/core/split_model.h"
+#include "cleave/privacy/activation_noise.h"
 #include "cleave/protocol/cleave.pb.h"
 #include "cleave/protocol/link_spec.h"
 #include "cleave/protocol/split_link.h"
@@ -67,6 +68,10 @@ struct TrainerOptions {
   int64_t batch_size = 64;
   int64_t max_steps_per_epoch = 0;  // 0: whole epoch (tests use small numbers)
   double nopeek_alpha = 0;          // weight of dCor(inputs, sent activations) in the client loss
+  // Noise defence (privacy/activation_noise.h): sigma of the Gaussian noise added to every
+  // activation before it is selected and sent, in training and evaluation alike (the server never
+  // sees a clean activation); 0: off. Seeded from `seed`.
+  double activation_noise = 0;
 #include "cleave/client/u_shaped_tail.h"
   // Split configuration; vertical: this client's party index (vertical_party.h).
   SplitConfig config = SplitConfig::kVanilla;
@@ -182,6 +187,7 @@ class SplitTrainer {
   // Built at the first update and kept: its error-feedback residual spans rounds and Joins.
   std::unique_ptr<protocol::UpdateEncoder> update_encoder_;
   BatchAugmentation augmentation_;
+  privacy::ActivationNoise noise_;  // sigma 0: identity
 
   struct StepResult {
     double loss = 0;
@@ -206,6 +212,8 @@ class SplitTrainer {
   v1::EvaluateReply UShapedEvaluateBatch(const at::Tensor& activations,
                                          const SelectedActivations& selected,
                                          const at::Tensor& labels, EvalStats* stats);
+  // The bottom's output as it leaves the hospital: with the noise defence's draw added.
+  at::Tensor SentActivations(const at::Tensor& inputs);
   // Applies the server's gradient at the cut (and the NoPeek term) to the bottom.
   void BackwardAtCut(const at::Tensor& inputs, const at::Tensor& activations,
                      const SelectedActivations& selected, const at::Tensor& gradient,

@@ -26,9 +26,24 @@ using TransmissionSettings = protocol::DirectionSpec;
 // selection is per sent tensor, so the batch matters), encoded and decoded exactly as on the wire
 // (value rounding included); zeros where nothing was sent. Returns [N, cut shape...] on the CPU.
 // `density_sent` (optional) receives the fraction of elements actually sent.
+// `noise_sigma` > 0: the noise defence (privacy::ActivationNoise, seeded from `seed`) is added to
+// the bottom's output before selection, as cleave-client --act-noise does.
 at::Tensor TransmittedActivations(torch::nn::Sequential& bottom, const at::Tensor& inputs,
                                   const TransmissionSettings& transmission, int64_t send_batch_size,
-                                  uint64_t seed, double* density_sent = nullptr);
+                                  uint64_t seed, double* density_sent = nullptr,
+                                  double noise_sigma = 0);
+
+// What TransmittedActivations computes, with the selection kept: `mask` [N, cut shape...] is 1
+// where an element was sent and 0 elsewhere; undefined when everything was sent (not sparse).
+struct Transmission {
+  at::Tensor values;
+  at::Tensor mask;
+  double density_sent = 1.0;
+  bool sparse = false;  // some elements were not sent
+};
+Transmission Transmit(torch::nn::Sequential& bottom, const at::Tensor& inputs,
+                      const TransmissionSettings& transmission, int64_t send_batch_size,
+                      uint64_t seed, double noise_sigma = 0);
 
 struct DistanceCorrelationEstimate {
   double dcor = 0;                 // plain sample dCor, mean over batches
@@ -51,12 +66,30 @@ struct LeakageOptions {
   int64_t dcor_batch_size = 1024;  // rows per dCor estimate
   privacy::ReconstructionAttackOptions attack;
   int64_t grid_images = 8;  // originals and reconstructions kept for the PNG grid
+  // Pairs the default decoder (and the mask-only one) trains on: the first ones of the auxiliary
+  // set; 0: all of it.
+  int64_t attack_auxiliary_samples = 0;
+  // A stronger decoder (wider, more pairs), reported beside the default one; 0 pairs: not run.
+  privacy::ReconstructionAttackOptions strong_attack;
+  int64_t strong_auxiliary_samples = 0;
+  // Noise defence on the sent activations (cleave-client --act-noise): sigma, 0 = off.
+  double activation_noise = 0;
   uint64_t seed = 1;
   // Inversion without auxiliary data (UnSplit) on the first `inversion_samples` test images
   // (0: not run); `surrogate` builds the bottom's architecture with fresh random weights.
   int64_t inversion_samples = 0;
   privacy::InversionOptions inversion;
   privacy::SurrogateFactory surrogate;
+};
+
+// One decoder's scores on the test set (auxiliary_samples 0: not run).
+struct AttackScores {
+  double mse = std::numeric_limits<double>::quiet_NaN();
+  double psnr = std::numeric_limits<double>::quiet_NaN();
+  double ssim = std::numeric_limits<double>::quiet_NaN();  // NaN also when inputs are not images
+  double final_loss = 0;
+  int64_t auxiliary_samples = 0;
+  at::Tensor grid_reconstructions;  // of the first grid images
 };
 
 struct LeakageReport {
@@ -70,6 +103,10 @@ struct LeakageReport {
   int64_t test_samples = 0;          // inputs the attack and dCor were scored on
   at::Tensor grid_originals;         // [grid_images, input shape...]
   at::Tensor grid_reconstructions;   // the attacker's reconstructions of the same images
+  // The stronger decoder (LeakageOptions::strong_*), and the mask-only decoder: trained on the
+  // selection mask alone (1 where sent, values dropped), run when the transmission is sparse.
+  AttackScores strong_attack;
+  AttackScores mask_attack;
   // Inversion without auxiliary data: SSIM up to polarity (NaN when not run or not images).
   double inversion_ssim = std::numeric_limits<double>::quiet_NaN();
   int64_t inversion_samples = 0;

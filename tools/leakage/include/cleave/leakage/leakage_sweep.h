@@ -21,12 +21,19 @@ struct SweepOptions {
   ModelSpec model;
   std::vector<double> alphas = {0, 1, 3, 10, 30};
   std::vector<double> densities = {1.0, 0.05};
+  // Noise defence sigmas (cleave-client --act-noise); every alpha is run with every sigma, so
+  // alphas > 0 with sigmas > 0 are NoPeek + noise.
+  std::vector<double> noises = {0.0};
+  // Seeds of weights, shuffling, sampling and decoder, one run per seed (empty: `seed` alone).
+  // The attacker's share of the data is split off once, with `seed`.
+  std::vector<uint64_t> seeds;
   Method method = Method::kGaussianKPlus;  // compressor for densities below 1 (1.0 sends all)
   ValuePrecision precision = ValuePrecision::kFp32;
   int64_t epochs = 1;
   int64_t batch_size = 64;
   int64_t max_steps_per_epoch = 0;  // 0: whole epochs
   std::string optimizer = "adam";
+  std::string client_optimizer;  // empty: `optimizer`
   double server_learning_rate = 1e-3;
   double client_learning_rate = 1e-3;
   LeakageOptions leakage;  // transmission and send batch are set per setting from the above
@@ -38,6 +45,8 @@ struct SweepOptions {
 struct SweepRow {
   double alpha = 0;
   double density = 1;  // requested
+  double noise = 0;    // sigma of the noise defence
+  uint64_t seed = 1;
   Method method = Method::kNone;  // compressor used (none at density 1)
   ValuePrecision precision = ValuePrecision::kFp32;
   double test_accuracy = 0;
@@ -54,7 +63,7 @@ struct SweepRow {
 // data.
 void CheckSweepOptions(const SweepOptions& options);
 
-// Runs every (density, alpha) setting in order, densities outer. `on_row` (optional) is called
+// Runs every (seed, density, alpha, noise) setting in order, seeds outermost, noises innermost. `on_row` (optional) is called
 // after each setting, so that callers can write partial results. Progress (a line per epoch and
 // per setting) goes to `progress`.
 std::vector<SweepRow> RunSweep(const Dataset& client_train, const Dataset& auxiliary,
@@ -62,12 +71,18 @@ std::vector<SweepRow> RunSweep(const Dataset& client_train, const Dataset& auxil
                                client::ProgressReporter* progress, std::FILE* log,
                                const std::function<void(const SweepRow&)>& on_row = {});
 
-// leakage.csv: one row per setting, a header naming every column.
+// leakage.csv: one row per setting, a header naming every column (every attack's scores).
 std::string SweepCsv(const std::vector<SweepRow>& rows);
 // leakage.md: a markdown table (accuracy, dCor, bias-corrected dCor^2, baseline, attack scores).
 std::string SweepMarkdown(const std::vector<SweepRow>& rows);
-// The gnuplot script that draws leakage against accuracy into `png_path`: dCor, and attack SSIM
-// (MSE for inputs that are not images), one curve per density, points labelled with alpha.
+// leakage.json: the same rows as an array of objects (NaN as null).
+std::string SweepJson(const std::vector<SweepRow>& rows);
+// A short label of a row's setting for plots and file names: "a30 n0.5 d0.05" (parts at their
+// defaults, alpha 0, noise 0 and density 1, left out; "vanilla" when all are).
+std::string SettingLabel(const SweepRow& row);
+// The gnuplot script that draws the frontier into `png_path`: test accuracy against dCor, and
+// against every attack's SSIM (MSE for inputs that are not images), one point per setting,
+// labelled with SettingLabel.
 std::string SweepGnuplotScript(const std::vector<SweepRow>& rows, const std::string& png_path);
 
 // Runs gnuplot on `script_path`. Returns false with `why_not` set when gnuplot is not installed

@@ -1,6 +1,7 @@
 // Replicas of the server, in one process, without gRPC: W SplitServers (W = 1: a plain server;
 // W = 2: two replicas on c10d ProcessGroupGloo over loopback) and H hospital threads, hospital
 // h on replica h % W, each sending Train steps of one batch back to back for a bounded time.
+// With --merge-max-batch, steps waiting on a server (or replica) merge into one step of the top.
 // Reports samples/s, p50/p99 Train latency and the server's step count; with --allreduce also
 // the cost of one gradient allreduce of the top's size (median of N) between two replicas, and
 // of one forward/backward/step of the top at --batch: the model in docs/PERFORMANCE.md.
@@ -36,6 +37,8 @@ struct Flags {
   int64_t batch = 16;
   int64_t idle_us = 2000;
   int allreduce_iterations = 0;
+  int64_t merge_max_batch = 0;
+  int64_t merge_wait_us = 0;
 };
 
 cleave::ModelSpec Spec(const std::string& model) {
@@ -76,6 +79,8 @@ std::vector<std::unique_ptr<cleave::server::SplitServer>> StartServers(const Fla
       options.max_sessions_per_identity = flags.hospitals;
       if (flags.replicas > 1) options.replicas = rendezvous.For(flags.replicas, rank);
       options.replica_idle_tick = std::chrono::microseconds(flags.idle_us);
+      options.merge.max_batch = flags.merge_max_batch;
+      options.merge.max_wait = std::chrono::microseconds(flags.merge_wait_us);
       return std::make_unique<cleave::server::SplitServer>(options);
     }));
   }
@@ -131,9 +136,10 @@ void RunLoad(const Flags& flags) {
   for (auto& hospital : hospitals) hospital.join();
   const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
   std::printf(
-      "model %s, %d replica(s), %d hospitals, batch %lld: %.0f samples/s (%zu steps in %.1f s), "
-      "p50 %.2f ms, p99 %.2f ms, server steps %lld\n",
+      "model %s, %d replica(s), %d hospitals, batch %lld, merge %lld/%lld us: %.0f samples/s "
+      "(%zu steps in %.1f s), p50 %.2f ms, p99 %.2f ms, server steps %lld\n",
       flags.model.c_str(), flags.replicas, flags.hospitals, static_cast<long long>(flags.batch),
+      static_cast<long long>(flags.merge_max_batch), static_cast<long long>(flags.merge_wait_us),
       static_cast<double>(latencies.size() * flags.batch) / elapsed, latencies.size(), elapsed,
       Quantile(latencies, 0.5) * 1e3, Quantile(latencies, 0.99) * 1e3,
       static_cast<long long>(servers[0]->step()));
@@ -199,6 +205,13 @@ int Run(int argc, char** argv) {
   app.add_option("--allreduce", flags.allreduce_iterations,
                  "Instead of the load: time this many gradient allreduces of the top's size")
       ->check(CLI::Range(0, 100000));
+  app.add_option("--merge-max-batch", flags.merge_max_batch,
+                 "--merge-max-batch of the servers: merge waiting steps up to this many samples "
+                 "(0: off)")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 20));
+  app.add_option("--merge-wait-us", flags.merge_wait_us,
+                 "--merge-wait-us of the servers (needs --merge-max-batch)")
+      ->check(CLI::Range(int64_t{0}, int64_t{1000000}));
   if (const auto code = cleave::ParseCommandLine(app, argc, argv)) return *code;
   spdlog::set_level(spdlog::level::warn);
   if (flags.allreduce_iterations > 0) {

@@ -5,6 +5,9 @@
 #include <torch/serialize/input-archive.h>
 #include <torch/serialize/output-archive.h>
 
+#include <spdlog/spdlog.h>
+
+#include "cleave/core/error.h"
 #include "cleave/server/refusal.h"
 
 namespace cleave::server {
@@ -32,13 +35,15 @@ void LoadOptimizer(torch::optim::Optimizer& optimizer, const std::string& bytes)
 
 ReplicatedTop::ReplicatedTop(TopModel& top, std::mutex& model_mutex,
                              std::unique_ptr<ReplicaGroup> group, ReplicatedTopHooks hooks,
-                             std::chrono::microseconds idle_tick)
+                             std::chrono::microseconds idle_tick, StepMergerOptions merge)
     : top_(top),
       model_mutex_(model_mutex),
       group_(std::move(group)),
       stepper_(std::make_unique<ReplicatedStepper>(*group_, top.layers()->parameters())),
       hooks_(std::move(hooks)),
-      idle_tick_(idle_tick) {
+      idle_tick_(idle_tick),
+      merge_(merge) {
+  ValidateStepMergerOptions(merge_);
   CLEAVE_ENFORCE(top_.kfac() == nullptr, "K-FAC's factors are not averaged over replicas");
   Synchronize();
   clock_ = std::thread([this] { Clock(); });
@@ -103,20 +108,110 @@ void ReplicatedTop::End(const std::string& why) {
 }
 
 void ReplicatedTop::Clock() {
-  while (Tick(NextJob())) {
+  for (;;) {
+    Jobs jobs = NextJobs();
+    if (!Tick(jobs)) return;
   }
 }
 
-std::unique_ptr<ReplicatedTop::Job> ReplicatedTop::NextJob() {
-  std::unique_lock<std::mutex> lock(mutex_);
-  changed_.wait_for(lock, idle_tick_, [&] { return !jobs_.empty() || stop_requested_; });
-  if (jobs_.empty()) return nullptr;
-  std::unique_ptr<Job> job = std::move(jobs_.front());
-  jobs_.pop_front();
-  return job;
+bool ReplicatedTop::ReadyLocked() const {
+  if (stop_requested_) return true;
+  int64_t samples = 0;
+  for (const auto& job : jobs_) samples += job->activations.size(0);
+  if (samples >= merge_.max_batch) return true;
+  return hooks_.expected_steps && jobs_.size() >= hooks_.expected_steps();
 }
 
-bool ReplicatedTop::Tick(std::unique_ptr<Job> job) {
+ReplicatedTop::Jobs ReplicatedTop::NextJobs() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  changed_.wait_for(lock, idle_tick_, [&] { return !jobs_.empty() || stop_requested_; });
+  const bool merging = merge_.max_batch > 0;
+  if (merging && !jobs_.empty() && merge_.max_wait.count() > 0) {
+    changed_.wait_for(lock, merge_.max_wait, [&] { return ReadyLocked(); });
+  }
+  Jobs taken;
+  int64_t samples = 0;
+  while (!jobs_.empty()) {
+    const int64_t rows = jobs_.front()->activations.size(0);
+    if (!taken.empty() && (!merging || samples + rows > merge_.max_batch)) break;
+    samples += rows;
+    taken.push_back(std::move(jobs_.front()));
+    jobs_.pop_front();
+  }
+  return taken;
+}
+
+void ReplicatedTop::Answer(Jobs& jobs, const std::exception_ptr& error) {
+  for (auto& job : jobs) {
+    if (job->error) {
+      job->done.set_exception(job->error);
+    } else if (error) {
+      job->done.set_exception(error);
+    } else {
+      job->done.set_value(std::move(job->result));
+    }
+  }
+}
+
+double ReplicatedTop::LocalBackward(Jobs& jobs) {
+  if (jobs.size() == 1) {  // the unmerged step exactly: admitted once its gradients are checked
+    Job& job = *jobs.front();
+    job.result = top_.Backward(job.activations, job.labels);
+    const double scale = (*job.admit)();
+    CLEAVE_ENFORCE(scale > 0 && scale <= 1, "a step scale of ", scale);
+    return static_cast<double>(job.activations.size(0)) * scale;
+  }
+  std::vector<Job*> admitted;  // merged: the scales weigh the loss, so admission comes first
+  for (auto& job : jobs) {
+    try {
+      job->scale = (*job->admit)();
+      CLEAVE_ENFORCE(job->scale > 0 && job->scale <= 1, "a step scale of ", job->scale);
+      admitted.push_back(job.get());
+    } catch (...) {
+      job->error = std::current_exception();  // refused alone
+    }
+  }
+  return BackwardTogether(admitted);
+}
+
+double ReplicatedTop::BackwardTogether(const std::vector<Job*>& jobs) {
+  if (jobs.empty()) throw NotFinite("no step of this tick was admitted");
+  try {
+    return BackwardMerged(jobs);
+  } catch (const InvalidInput& error) {  // not finite or out of bounds: find out whose
+    spdlog::warn("a merged step of {} hospitals failed ({}); each is checked alone",
+                 jobs.size(), error.what());
+  }
+  std::vector<Job*> good;
+  for (Job* job : jobs) {
+    try {
+      BackwardMerged({job});
+      good.push_back(job);
+    } catch (...) {
+      job->error = std::current_exception();
+    }
+  }
+  if (good.empty()) throw NotFinite("no step of this tick trained");
+  return BackwardMerged(good);
+}
+
+double ReplicatedTop::BackwardMerged(const std::vector<Job*>& jobs) {
+  std::vector<at::Tensor> activations, labels;
+  std::vector<TopModel::Slice> slices;
+  double weight = 0;
+  for (const Job* job : jobs) {
+    activations.push_back(job->activations);
+    labels.push_back(job->labels);
+    slices.push_back({job->activations.size(0), job->scale});
+    weight += static_cast<double>(job->activations.size(0)) * job->scale;
+  }
+  std::vector<TopModel::Step> steps =
+      top_.BackwardMerged(at::cat(activations), at::cat(labels), slices);
+  for (size_t i = 0; i < jobs.size(); ++i) jobs[i]->result = std::move(steps[i]);
+  return weight;
+}
+
+bool ReplicatedTop::Tick(Jobs& jobs) {
   bool want_stop = false;
   {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -124,40 +219,28 @@ bool ReplicatedTop::Tick(std::unique_ptr<Job> job) {
   }
   std::lock_guard<std::mutex> model(model_mutex_);
   if (hooks_.before_tick) hooks_.before_tick();
-  TopModel::Step result;
   ReplicatedStep step;
-  step.backward = [&] {
-    result = top_.Backward(job->activations, job->labels);
-    const double scale = (*job->admit)();
-    CLEAVE_ENFORCE(scale > 0 && scale <= 1, "a step scale of ", scale);
-    return static_cast<double>(job->activations.size(0)) * scale;
-  };
+  step.backward = [&] { return LocalBackward(jobs); };
   step.step = [&] { top_.ApplyStep(1.0); };
+  double samples = 0;
+  for (const auto& job : jobs) samples += static_cast<double>(job->activations.size(0));
   TickOutcome outcome;
   try {
-    outcome = stepper_->Tick(job ? static_cast<double>(job->activations.size(0)) : 0.0, step,
-                             want_stop);
+    outcome = stepper_->Tick(samples, step, want_stop);
   } catch (const ReplicaFailure& failure) {
-    if (job) {
-      job->done.set_exception(std::make_exception_ptr(Refusal(
-          RefusalKind::kReplicaLost, std::string("this server's replica group failed: ") +
-                                         failure.what())));
-    }
+    for (auto& job : jobs) job->error = nullptr;  // every job hears that the group failed
+    Answer(jobs, std::make_exception_ptr(Refusal(
+                     RefusalKind::kReplicaLost,
+                     std::string("this server's replica group failed: ") + failure.what())));
     End(failure.what());
     return false;
   } catch (...) {
     // The averaged step was refused (not finite): the same on every replica, which stay in step.
-    if (job) job->done.set_exception(std::current_exception());
+    Answer(jobs, std::current_exception());
     return true;
   }
   if (outcome.stepped && hooks_.after_step) hooks_.after_step();
-  if (job) {
-    if (outcome.local_error) {
-      job->done.set_exception(outcome.local_error);
-    } else {
-      job->done.set_value(std::move(result));
-    }
-  }
+  Answer(jobs, outcome.local_error);
   if (!outcome.stop) return true;
   End("a replica shut down (it voted to stop the group)");
   return false;

@@ -86,7 +86,8 @@ of the top and serve different hospitals; after every step the replicas average 
 lockstep (a replica without work joins with zero weight). Rank 0 hosts the rendezvous store at
 --rendezvous and its model (and --resume'd checkpoint) is copied to the others at start. Gloo is
 plain TCP and the store has no authentication: run replicas on a private network only and bind
-Gloo there with --replica-interface. Vanilla configuration, single schedule, not kfac. When a
+Gloo there with --replica-interface. Vanilla configuration, single schedule, not kfac; with
+--merge-max-batch each replica's step merges the steps waiting on it. When a
 replica dies, stops answering for --replica-timeout-ms, or shuts down, the others refuse steps
 (UNAVAILABLE: hospitals move to another server of their --server list), write their checkpoint
 and exit 3; restart the whole group.
@@ -626,7 +627,8 @@ void AddMergeFlags(CLI::App& app, MergeFlags* f) {
   app.add_option("--merge-max-batch", f->max_batch,
                  "Vanilla only: merge the steps of hospitals waiting at the same time into one "
                  "step of the server's layers, of at most N samples (one optimizer step for "
-                 "their samples: a bigger batch, fewer steps per epoch); 0: off")
+                 "their samples: a bigger batch, fewer steps per epoch); with --replicas, each "
+                 "replica's step merges the steps waiting on it; 0: off")
       ->capture_default_str();
   app.add_option("--merge-wait-us", f->wait_us,
                  "With --merge-max-batch: the longest the first waiting step waits for company, "

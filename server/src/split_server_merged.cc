@@ -40,6 +40,7 @@ void SplitServer::SetUpMerging() {
                     "merged steps (--merge-max-batch) apply to the vanilla configuration; this "
                     "server runs ",
                     SplitConfigName(options_.config));
+  if (options_.replicas.replicas > 1) return;  // the replicas' step clock merges (SetUpReplicas)
   merger_ = std::make_unique<StepMerger>(
       options_.merge,
       [this](const std::vector<StepMerger::Entry*>& group) { RunMergedGroup(group); },

@@ -1,7 +1,8 @@
 // SplitServer's replicas (replicated_top.h): the group is joined once the model (and any
 // checkpoint) is loaded, rank 0's model and step count win, and every step goes through the
 // group's step clock, which also runs the learning-rate schedule and the periodic checkpoint
-// for the group's step count (the same on every replica).
+// for the group's step count (the same on every replica). With --merge-max-batch each tick
+// takes all of this replica's waiting steps (up to that many samples) as one merged batch.
 #include <ATen/ATen.h>
 #include <spdlog/spdlog.h>
 
@@ -53,9 +54,10 @@ void SplitServer::SetUpReplicas() {
   CLEAVE_CHECK_USER(options_.optimizer != "kfac",
                     "--replicas: K-FAC's factors are not averaged over replicas; use adam, adamw "
                     "or sgd");
-  CLEAVE_CHECK_USER(options_.merge.max_batch == 0,
-                    "--replicas: merged steps (--merge-max-batch) are not replicated yet");
   CLEAVE_CHECK_USER(options_.replica_idle_tick.count() > 0, "--replica-idle-us must be positive");
+  CLEAVE_CHECK_USER(options_.merge.max_wait < replicas.timeout,
+                    "--replicas: --merge-wait-us must be shorter than --replica-timeout-ms (the "
+                    "other replicas wait for this one's step)");
   spdlog::info("{}: rendezvous at {}:{}, Gloo on {}", who, replicas.rendezvous_host,
                replicas.rendezvous_port, replicas.interface);
   auto group = std::make_unique<ReplicaGroup>(replicas);
@@ -74,8 +76,9 @@ void SplitServer::SetUpReplicas() {
       spdlog::error("checkpoint at step {} not written: {}", step_, error.what());
     }
   };
+  hooks.expected_steps = [this] { return sessions_.size(); };
   replicated_ = std::make_unique<ReplicatedTop>(*top_, mutex_, std::move(group), std::move(hooks),
-                                                options_.replica_idle_tick);
+                                                options_.replica_idle_tick, options_.merge);
   spdlog::info("{}: in step with the group at step {} (rank 0's model)", who, step_);
 }
 

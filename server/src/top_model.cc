@@ -102,6 +102,23 @@ std::vector<TopModel::Step> SplitMerged(const std::vector<TopModel::Slice>& slic
 std::vector<TopModel::Step> TopModel::TrainMerged(const at::Tensor& activations,
                                                   const at::Tensor& labels,
                                                   const std::vector<Slice>& slices) {
+  return MergedPass(activations, labels, slices,
+                    [&](const at::Tensor& input, int64_t rows, double scaled) {
+                      CheckAndStep(input, rows, [&] { return scaled / static_cast<double>(rows); });
+                    });
+}
+
+std::vector<TopModel::Step> TopModel::BackwardMerged(const at::Tensor& activations,
+                                                     const at::Tensor& labels,
+                                                     const std::vector<Slice>& slices) {
+  return MergedPass(activations, labels, slices,
+                    [&](const at::Tensor& input, int64_t, double) { CheckGradients(input); });
+}
+
+std::vector<TopModel::Step> TopModel::MergedPass(const at::Tensor& activations,
+                                                 const at::Tensor& labels,
+                                                 const std::vector<Slice>& slices,
+                                                 const AfterBackward& after_backward) {
   int64_t rows = 0;
   double scaled = 0;
   for (const Slice& slice : slices) {
@@ -125,7 +142,7 @@ std::vector<TopModel::Step> TopModel::TrainMerged(const at::Tensor& activations,
       throw NotFinite("the loss of this merged batch is not finite; the model was not changed");
     }
     loss.backward();
-    CheckAndStep(input, rows, [&] { return scaled / static_cast<double>(rows); });
+    after_backward(input, rows, scaled);
   } catch (...) {
     optimizer_->zero_grad();
     throw;

@@ -2,15 +2,21 @@
 // loopback: hospitals' steps on either replica leave both with bit-identical layers and the same
 // step count (rank 1 starts from other weights and takes rank 0's), the returned cut gradient is
 // the batch's own, and a replica that shuts down ends the group: the other refuses steps with
-// kReplicaLost (UNAVAILABLE) and says why.
+// kReplicaLost (UNAVAILABLE) and says why. With merging, each tick takes every step waiting on a
+// replica as one merged batch: the replicas stay identical and equal a single process's step
+// on all the batches, each weighted by samples x staleness scale, and every hospital gets its
+// own cut gradient.
 #include "cleave/server/replicated_top.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <torch/nn/modules/activation.h>
 #include <torch/nn/modules/container/sequential.h>
+#include <torch/nn/functional/loss.h>
 #include <torch/nn/modules/linear.h>
+#include <torch/optim/optimizer.h>
 
+#include <atomic>
 #include <future>
 
 #include "cleave/server/refusal.h"
@@ -102,6 +108,111 @@ TEST(ReplicatedTop, StepsOnEitherReplicaKeepBothIdentical) {
   }
 }
 
+std::unique_ptr<TopModel> MakeSgdTop(uint64_t seed) {
+  at::manual_seed(seed);
+  TopOptimizerOptions sgd;
+  sgd.name = "sgd";
+  sgd.learning_rate = 0.1;
+  sgd.momentum = 0.9;
+  return MakeTopModel(nn::Sequential(nn::Linear(5, 8), nn::ReLU(), nn::Linear(8, 3)), sgd);
+}
+
+struct Pending {
+  at::Tensor x, y;
+  double scale = 1.0;
+};
+
+// One step of `top` on all `batches`: loss sum_i (n_i s_i / sum_j n_j s_j) CE_mean_i, the full
+// step; returns each batch's own d CE_mean_i / d x_i.
+std::vector<at::Tensor> ReferenceStep(TopModel& top, const std::vector<Pending>& batches) {
+  double total = 0;
+  for (const Pending& batch : batches) total += static_cast<double>(batch.x.size(0)) * batch.scale;
+  nn::Sequential layers = top.layers();
+  top.optimizer().zero_grad();
+  std::vector<at::Tensor> cuts;
+  for (const Pending& batch : batches) {
+    const double weight = static_cast<double>(batch.x.size(0)) * batch.scale / total;
+    at::Tensor x = batch.x.detach().requires_grad_(true);
+    const at::Tensor loss = torch::nn::functional::cross_entropy(layers->forward(x), batch.y);
+    (loss * weight).backward();
+    cuts.push_back(x.grad() / weight);
+  }
+  top.optimizer().step();
+  return cuts;
+}
+
+// Both replicas, two rounds of several steps each: every round is one merged tick per replica.
+TEST(ReplicatedTop, MergedTicksEqualOneStepOnAllBatches) {
+  std::unique_ptr<TopModel> tops[2] = {MakeSgdTop(1), MakeSgdTop(2)};
+  std::unique_ptr<TopModel> reference = MakeSgdTop(1);
+  at::manual_seed(7);
+  const int64_t rows[2][2][3] = {{{3, 4, 5}, {4, 3, 0}}, {{2, 4, 6}, {5, 2, 0}}};
+  const double scales[2][2][3] = {{{1.0, 0.5, 0.25}, {1.0, 0.75, 0}}, {{0.8, 1.0, 1.0}, {0.5, 1.0, 0}}};
+  std::vector<Pending> pending[2][2];  // [round][rank]
+  for (int round = 0; round < 2; ++round) {
+    for (int rank = 0; rank < 2; ++rank) {
+      for (int i = 0; i < 3 && rows[rank][round][i] > 0; ++i) {
+        const int64_t n = rows[rank][round][i];
+        pending[round][rank].push_back(
+            {at::randn({n, 5}), at::randint(0, 3, {n}, at::kLong), scales[rank][round][i]});
+      }
+    }
+  }
+  std::vector<at::Tensor> expected_cuts[2][2];
+  for (int round = 0; round < 2; ++round) {
+    std::vector<Pending> all = pending[round][0];
+    all.insert(all.end(), pending[round][1].begin(), pending[round][1].end());
+    const std::vector<at::Tensor> cuts = ReferenceStep(*reference, all);
+    const size_t first = pending[round][0].size();
+    expected_cuts[round][0].assign(cuts.begin(), cuts.begin() + static_cast<long>(first));
+    expected_cuts[round][1].assign(cuts.begin() + static_cast<long>(first), cuts.end());
+  }
+  Rendezvous rendezvous;
+  std::mutex mutexes[2];
+  int64_t steps[2] = {0, 0};
+  std::vector<at::Tensor> got_cuts[2][2];
+  RunBoth([&](int rank, const std::function<void()>& others_done) {
+    std::atomic<size_t> expected{pending[0][rank].size()};
+    ReplicatedTopHooks hooks;
+    hooks.after_step = [&, rank] { ++steps[rank]; };
+    hooks.expected_steps = [&] { return expected.load(); };
+    // A long idle tick: the first tick with work waits for this round's steps, all of them.
+    ReplicatedTop top(*tops[rank], mutexes[rank],
+                      std::make_unique<ReplicaGroup>(rendezvous.For(rank)), hooks,
+                      std::chrono::microseconds(2000000), StepMergerOptions{64, milliseconds(1000)});
+    for (int round = 0; round < 2; ++round) {
+      expected = pending[round][rank].size();
+      std::vector<std::future<TopModel::Step>> replies;
+      for (const Pending& batch : pending[round][rank]) {
+        replies.push_back(std::async(std::launch::async, [&top, &batch] {
+          const double scale = batch.scale;
+          return top.Train(batch.x, batch.y, [scale] { return scale; });
+        }));
+      }
+      for (auto& reply : replies) got_cuts[round][rank].push_back(reply.get().cut_gradient);
+    }
+    others_done();
+  });
+  EXPECT_EQ(steps[0], 2);
+  EXPECT_EQ(steps[1], 2);
+  const std::vector<at::Tensor> a = tops[0]->ParameterCopies(), b = tops[1]->ParameterCopies();
+  const std::vector<at::Tensor> want = reference->ParameterCopies();
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_TRUE(at::equal(a[i], b[i])) << "parameter " << i << " differs between the replicas";
+    EXPECT_TRUE(at::allclose(a[i], want[i], 1e-5, 1e-5)) << "parameter " << i;
+  }
+  for (int round = 0; round < 2; ++round) {
+    for (int rank = 0; rank < 2; ++rank) {
+      ASSERT_EQ(got_cuts[round][rank].size(), expected_cuts[round][rank].size());
+      for (size_t i = 0; i < got_cuts[round][rank].size(); ++i) {
+        EXPECT_TRUE(at::allclose(got_cuts[round][rank][i], expected_cuts[round][rank][i], 1e-5,
+                                 1e-6))
+            << "round " << round << " rank " << rank << " hospital " << i;
+      }
+    }
+  }
+}
+
 v1::TrainRequest Batch(const std::string& session, int64_t seed) {
   at::manual_seed(seed);
   v1::TrainRequest request;
@@ -133,6 +244,40 @@ TEST(ReplicatedServer, HospitalsOnTwoReplicasTrainOneModel) {
   });
   EXPECT_EQ(steps[0], steps[1]);
   EXPECT_GE(steps[0], 5);
+  for (size_t i = 0; i < parameters[0].size(); ++i) {
+    EXPECT_TRUE(at::equal(parameters[0][i], parameters[1][i])) << "parameter " << i;
+  }
+}
+
+TEST(ReplicatedServer, MergedStepsOnTwoReplicasTrainOneModel) {
+  Rendezvous rendezvous;
+  std::vector<at::Tensor> parameters[2];
+  int64_t steps[2] = {0, 0};
+  RunBoth([&](int rank, const std::function<void()>& others_done) {
+    SplitServerOptions options = test::MlpOptions();
+    options.seed = 1 + rank;
+    options.replicas = rendezvous.For(rank);
+    options.replica_idle_tick = std::chrono::microseconds(500);
+    options.merge = StepMergerOptions{32, std::chrono::microseconds(2000)};
+    SplitServer server(options);
+    std::vector<std::future<void>> hospitals;
+    for (int h = 0; h < 3; ++h) {
+      const std::string name = "hospital" + std::to_string(h);
+      const std::string session = server.Join(name, test::JoinFor(server)).session_id();
+      hospitals.push_back(std::async(std::launch::async, [&, name, session, h] {
+        for (int i = 0; i < 4; ++i) server.Train(name, Batch(session, 100 * rank + 10 * h + i));
+      }));
+    }
+    for (auto& hospital : hospitals) hospital.get();
+    others_done();
+    parameters[rank] = server.top_parameters();
+    steps[rank] = server.step();
+    EXPECT_EQ(server.counters().samples, 4 * 3 * 4);
+    EXPECT_EQ(server.replicas_ended(), "");
+  });
+  EXPECT_EQ(steps[0], steps[1]);
+  EXPECT_GE(steps[0], 4);   // each replica's hospitals' 12 steps in at least 4 ticks
+  EXPECT_LE(steps[0], 24);
   for (size_t i = 0; i < parameters[0].size(); ++i) {
     EXPECT_TRUE(at::equal(parameters[0][i], parameters[1][i])) << "parameter " << i;
   }

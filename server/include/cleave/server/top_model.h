@@ -105,6 +105,12 @@ class TopModel {
   // restores the layers when the result is not finite (NotFinite).
   Step Backward(const at::Tensor& activations, const at::Tensor& labels);
   void ApplyStep(double scale);
+  // Replicated merged steps: TrainMerged's forward and backward pass and its checks (throwing
+  // as TrainMerged, the gradients then cleared), without the step: the layers' grads hold the
+  // gradient of sum_i w_i L_i (w_i = rows_i scale_i / sum_j rows_j scale_j), the local batch's
+  // sum_j rows_j scale_j-weighted mean, for the replicas to average; ApplyStep then steps.
+  std::vector<Step> BackwardMerged(const at::Tensor& activations, const at::Tensor& labels,
+                                   const std::vector<Slice>& slices);
 
   // U-shaped: the server's layers are the middle, and a step spans two calls. StartStep runs the
   // forward pass on a batch of cut activations (the graph is kept in the result); FinishStep
@@ -142,6 +148,12 @@ class TopModel {
   // if the result is not finite.
   void CheckAndStep(const at::Tensor& input, int64_t samples,
                     const std::function<double()>& admit);
+  // TrainMerged and BackwardMerged: the merged forward and backward pass, then
+  // `after_backward(input, rows, sum of rows x scale)` (checks, and the step if any).
+  using AfterBackward = std::function<void(const at::Tensor& input, int64_t rows, double scaled)>;
+  std::vector<Step> MergedPass(const at::Tensor& activations, const at::Tensor& labels,
+                               const std::vector<Slice>& slices,
+                               const AfterBackward& after_backward);
   // Checks the gradients at `input` (if defined) and of the layers.
   void CheckGradients(const at::Tensor& input) const;
   // The scale of the step (0: skip it) after the reducer, if any, combined the gradients.

@@ -40,8 +40,8 @@ TopModel::TopModel(torch::nn::Sequential layers,
 
 TopModel::~TopModel() = default;
 
-TopModel::Step TopModel::Train(const at::Tensor& activations, const at::Tensor& labels,
-                               const std::function<double()>& admit) {
+TopModel::Step TopModel::BackwardThen(const at::Tensor& activations, const at::Tensor& labels,
+                                      const std::function<void(const at::Tensor& input)>& then) {
   layers_->train();
   at::Tensor input = activations.to(device_).detach().requires_grad_(true);
   const at::Tensor targets = labels.to(device_);
@@ -55,7 +55,7 @@ TopModel::Step TopModel::Train(const at::Tensor& activations, const at::Tensor& 
       throw NotFinite("the loss of this batch is not finite; the model was not changed");
     }
     loss.backward();
-    CheckAndStep(input, input.size(0), admit);
+    then(input);
   } catch (...) {
     optimizer_->zero_grad();
     throw;
@@ -63,6 +63,13 @@ TopModel::Step TopModel::Train(const at::Tensor& activations, const at::Tensor& 
   step.cut_gradient = input.grad().to(c10::kCPU);
   step.correct = logits.argmax(1).eq(targets).sum().item<int64_t>();
   return step;
+}
+
+TopModel::Step TopModel::Train(const at::Tensor& activations, const at::Tensor& labels,
+                               const std::function<double()>& admit) {
+  return BackwardThen(activations, labels, [&](const at::Tensor& input) {
+    CheckAndStep(input, input.size(0), admit);
+  });
 }
 
 namespace {
@@ -152,27 +159,8 @@ std::vector<TopModel::Step> TopModel::MergedPass(const at::Tensor& activations,
 }
 
 TopModel::Step TopModel::Backward(const at::Tensor& activations, const at::Tensor& labels) {
-  layers_->train();
-  at::Tensor input = activations.to(device_).detach().requires_grad_(true);
-  const at::Tensor targets = labels.to(device_);
-  const at::Tensor logits = kfac_ ? kfac_->Forward(input) : layers_->forward(input);
-  const at::Tensor loss = torch::nn::functional::cross_entropy(logits, targets);
-  Step step;
-  step.loss = loss.item<double>();
-  optimizer_->zero_grad();
-  try {
-    if (!std::isfinite(step.loss)) {
-      throw NotFinite("the loss of this batch is not finite; the model was not changed");
-    }
-    loss.backward();
-    CheckGradients(input);
-  } catch (...) {
-    optimizer_->zero_grad();
-    throw;
-  }
-  step.cut_gradient = input.grad().to(c10::kCPU);
-  step.correct = logits.argmax(1).eq(targets).sum().item<int64_t>();
-  return step;
+  return BackwardThen(activations, labels,
+                      [&](const at::Tensor& input) { CheckGradients(input); });
 }
 
 void TopModel::ApplyStep(double scale) {

@@ -17,7 +17,9 @@
 #include <torch/optim/optimizer.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <future>
+#include <mutex>
 
 #include "cleave/server/refusal.h"
 #include "cleave/server/split_server.h"
@@ -48,20 +50,28 @@ struct Rendezvous {
   }
 };
 
-// Both ranks' bodies in threads; a rank's body gets `others_done`, which it waits on before it
-// lets its replica go (the first to stop ends the group).
+// Both ranks' bodies in threads; a rank's body gets `others_done`, a barrier of the two ranks:
+// it waits on it before it lets its replica go (the first to stop ends the group), and again
+// after reading what it checks, if another replica's stop could change it.
 void RunBoth(const std::function<void(int, const std::function<void()>&)>& body) {
-  std::promise<void> done[2];
-  std::shared_future<void> finished[2] = {done[0].get_future().share(),
-                                          done[1].get_future().share()};
+  std::mutex mutex;
+  std::condition_variable changed;
+  int arrived = 0;
+  int64_t generation = 0;
+  const std::function<void()> barrier = [&] {
+    std::unique_lock<std::mutex> lock(mutex);
+    const int64_t mine = generation;
+    if (++arrived == 2) {
+      arrived = 0;
+      ++generation;
+      changed.notify_all();
+      return;
+    }
+    changed.wait(lock, [&] { return generation != mine; });
+  };
   std::vector<std::future<void>> ranks;
   for (int rank = 0; rank < 2; ++rank) {
-    ranks.push_back(std::async(std::launch::async, [&, rank] {
-      body(rank, [&, rank] {
-        done[rank].set_value();
-        finished[1 - rank].wait();
-      });
-    }));
+    ranks.push_back(std::async(std::launch::async, [&, rank] { body(rank, barrier); }));
   }
   for (auto& rank : ranks) rank.get();
 }
@@ -241,6 +251,7 @@ TEST(ReplicatedServer, HospitalsOnTwoReplicasTrainOneModel) {
     steps[rank] = server.step();
     EXPECT_EQ(server.counters().samples, 4 * (4 + rank));
     EXPECT_EQ(server.replicas_ended(), "");
+    others_done();  // neither replica stops before both have read
   });
   EXPECT_EQ(steps[0], steps[1]);
   EXPECT_GE(steps[0], 5);
@@ -274,6 +285,7 @@ TEST(ReplicatedServer, MergedStepsOnTwoReplicasTrainOneModel) {
     steps[rank] = server.step();
     EXPECT_EQ(server.counters().samples, 4 * 3 * 4);
     EXPECT_EQ(server.replicas_ended(), "");
+    others_done();  // neither replica stops before both have read
   });
   EXPECT_EQ(steps[0], steps[1]);
   EXPECT_GE(steps[0], 4);   // each replica's hospitals' 12 steps in at least 4 ticks

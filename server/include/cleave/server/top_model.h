@@ -143,6 +143,11 @@ class TopModel {
   std::shared_ptr<torch::nn::Module> kfac_state() const { return kfac_ ? kfac_->state() : nullptr; }
 
  private:
+  // Forward and backward on one batch (the gradients are zeroed first), then `then(input)` with
+  // the cut input whose gradient is set; a loss that is not finite, or anything `then` throws,
+  // leaves the gradients zeroed and is rethrown. Train and Backward differ only in `then`.
+  Step BackwardThen(const at::Tensor& activations, const at::Tensor& labels,
+                    const std::function<void(const at::Tensor& input)>& then);
   // Checks the gradients at `input` and of the layers, asks `admit` for the scale, lets the
   // reducer (if any) combine the gradients of `samples` samples, steps and restores the layers
   // if the result is not finite.

@@ -7,20 +7,12 @@
 
 #include "cleave/core/error.h"
 #include "cleave/test_support/tiny_data.h"
+#include "small_label_options.h"
 
 namespace cleave::leakage {
 namespace {
 
-LabelLeakageOptions SmallOptions() {
-  LabelLeakageOptions options;
-  options.model = test_support::MlpSpec(20, {32, 16}, 2);  // blocks: 2 hidden + output
-  options.model.cut = 1;
-  options.tail_cut = 2;
-  options.steps = 60;
-  options.batch_size = 32;
-  options.learning_rate = 3e-3;
-  return options;
-}
+using test::SmallOptions;
 
 TEST(LabelLeakageTest, UndefendedGradientsGiveTheLabelsAway) {
   const Dataset train = test_support::FirstFeatureData(800, 1);

@@ -13,20 +13,12 @@
 #include "cleave/leakage/wire_recorder.h"
 #include "cleave/protocol/tensor_message.h"
 #include "cleave/test_support/tiny_data.h"
+#include "small_label_options.h"
 
 namespace cleave::leakage {
 namespace {
 
-LabelLeakageOptions SmallOptions() {
-  LabelLeakageOptions options;
-  options.model = test_support::MlpSpec(20, {32, 16}, 2);  // blocks: 2 hidden + output
-  options.model.cut = 1;
-  options.tail_cut = 2;  // u-shaped: the output Linear(16 -> 2) at the hospital
-  options.steps = 60;
-  options.batch_size = 32;
-  options.learning_rate = 3e-3;
-  return options;
-}
+using test::SmallOptions;
 
 TEST(RecordedLabelLeakageTest, RealRunsGiveTheLabelsAwayAndStrongNoiseHidesThem) {
   const Dataset train = test_support::FirstFeatureData(800, 1);

@@ -13,6 +13,17 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# need_torch_python TEST: sets $python to a python3 that imports torch ($CLEAVE_PYTHON, python3
+# or /usr/bin/python3), or skips TEST (exit 77) with the reason.
+need_torch_python() {
+  python=""
+  for candidate in "${CLEAVE_PYTHON:-}" python3 /usr/bin/python3; do
+    [ -n "$candidate" ] && "$candidate" -c 'import torch' 2>/dev/null && { python="$candidate"; return; }
+  done
+  echo "$1: skipped: no python3 with PyTorch (apt-get install python3-torch)"
+  exit 77
+}
+
 # fail MESSAGE: says why, shows the tail of every log in $dir, exits 1.
 fail() {
   echo "FAIL: $*" >&2

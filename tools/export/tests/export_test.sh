@@ -10,13 +10,9 @@
 set -uo pipefail
 server="$1"; client="$2"; provision="$3"; export_py="$4"
 here="$(cd "$(dirname "$0")" && pwd)"
-python=""
-for candidate in "${CLEAVE_PYTHON:-}" python3 /usr/bin/python3; do
-  [ -n "$candidate" ] && "$candidate" -c 'import torch' 2>/dev/null && { python="$candidate"; break; }
-done
-[ -n "$python" ] || { echo "export_test: skipped: no python3 with PyTorch (apt-get install python3-torch)"; exit 77; }
 
 source "$(dirname "$0")/../../../test_support/shell/test_lib.sh"
+need_torch_python export_test
 # expect_refusal CODE PATTERN LOG: the command after it exits CODE with one error line matching.
 expect_refusal() {
   local want="$1" pattern="$2" log="$3"; shift 3

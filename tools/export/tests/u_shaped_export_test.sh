@@ -11,13 +11,9 @@
 set -uo pipefail
 server="$1"; client="$2"; provision="$3"; export_py="$4"
 here="$(cd "$(dirname "$0")" && pwd)"
-python=""
-for candidate in "${CLEAVE_PYTHON:-}" python3 /usr/bin/python3; do
-  [ -n "$candidate" ] && "$candidate" -c 'import torch' 2>/dev/null && { python="$candidate"; break; }
-done
-[ -n "$python" ] || { echo "u_shaped_export_test: skipped: no python3 with PyTorch (apt-get install python3-torch)"; exit 77; }
 
 source "$(dirname "$0")/../../../test_support/shell/test_lib.sh"
+need_torch_python u_shaped_export_test
 make_pki "$provision" st-mary
 
 # 400 rows of 64 features (an 8x8 image to the model), two classes from a fixed rule.
